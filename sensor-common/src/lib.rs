@@ -1,0 +1,238 @@
+//! The kernel/user boundary of sluice: every type that crosses a BPF map or the
+//! ring buffer, laid out `#[repr(C)]` so the eBPF object and the agent agree byte
+//! for byte. Nothing here allocates or depends on std, so `sensor-ebpf` can use it.
+#![no_std]
+
+/// Task command name length (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+/// Bytes of the executable path captured by the kernel at exec.
+pub const PATH_LEN: usize = 256;
+/// Bytes of argv captured by the kernel (NUL-separated). A power of two: the eBPF
+/// side masks its write offset with `ARGV_LEN - 1` so the verifier can bound it.
+pub const ARGV_LEN: usize = 1024;
+/// Largest single argument read in one go; the argv buffer carries this much slack
+/// past `ARGV_LEN` so a read that starts near the end stays inside the map value.
+pub const ARG_CHUNK: usize = 256;
+/// Arguments read at most per exec (a bounded loop for the verifier).
+pub const MAX_ARGS: u32 = 32;
+
+/// Ring-buffer event kinds (first field of every event).
+pub const EVENT_EXEC: u32 = 1;
+pub const EVENT_FORK: u32 = 2;
+pub const EVENT_EXIT: u32 = 3;
+
+/// `ExecEvent::flags` bits.
+pub const EXEC_ARGV_TRUNCATED: u32 = 1;
+pub const EXEC_ARGV_MISSING: u32 = 2;
+pub const EXEC_PATH_TRUNCATED: u32 = 4;
+
+/// Common prefix of every ring-buffer event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Thread-group id (the process id userspace sees).
+    pub pid: u32,
+    /// `bpf_ktime_get_boot_ns` at the event.
+    pub ktime_ns: u64,
+}
+
+/// A successful execve/execveat, emitted from `sched:sched_process_exec`, with the
+/// argv captured at `sys_enter_execve*` so even a process that lives 1 ms is named.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub flags: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+    /// Bytes used in `path` (without the NUL).
+    pub path_len: u32,
+    /// Bytes used in `argv` (NUL-separated arguments, each NUL-terminated).
+    pub argv_len: u32,
+    pub argc: u32,
+    pub _pad: u32,
+    pub path: [u8; PATH_LEN],
+    pub argv: [u8; ARGV_LEN + ARG_CHUNK],
+}
+
+/// argv as captured at syscall entry, held per thread until the exec succeeds.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ArgvBuf {
+    pub len: u32,
+    pub argc: u32,
+    pub flags: u32,
+    pub _pad: u32,
+    pub data: [u8; ARGV_LEN + ARG_CHUNK],
+}
+
+/// A new process (not a thread), from `task:task_newtask`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    pub header: EventHeader,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A thread group leader exiting, from `sched:sched_process_exit`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+}
+
+/// How the kernel learned who owns a socket (`SockInfo::origin`).
+pub const ORIGIN_CREATE: u8 = 1;
+pub const ORIGIN_CONNECT: u8 = 2;
+pub const ORIGIN_SENDMSG: u8 = 3;
+/// Accepted socket, owned by whoever bound its local port.
+pub const ORIGIN_LISTENER: u8 = 4;
+/// Older than the sensor: resolved by the agent through sock_diag and /proc.
+pub const ORIGIN_PROCFS: u8 = 5;
+
+/// `network.direction` as the kernel saw it.
+pub const DIR_UNKNOWN: u8 = 0;
+/// A local process connected out (or sent an unconnected datagram).
+pub const DIR_EGRESS: u8 = 1;
+/// A local process accepted the connection.
+pub const DIR_INGRESS: u8 = 2;
+
+/// Owner of one socket, keyed by socket cookie in the `SOCKS` map. Written in
+/// process context by the cgroup sock / sock_addr hooks, so `tgid` is the real
+/// owner, not whoever happened to be on the CPU when a packet went by.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockInfo {
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub created_ns: u64,
+    /// Set by `sock_release`; userspace retires the socket's flows once they go idle.
+    pub closed_ns: u64,
+    pub comm: [u8; COMM_LEN],
+    pub family: u16,
+    pub sock_type: u16,
+    pub protocol: u16,
+    pub origin: u8,
+    pub direction: u8,
+    /// Port given to bind(), if any (the kernel only shows it at post_bind).
+    pub bound_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// One (socket, peer) pair: the unit of byte accounting in the kernel. Addresses
+/// are IPv6 or IPv4-mapped IPv6 (`::ffff:a.b.c.d`), ports in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub cookie: u64,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// IPPROTO_TCP / IPPROTO_UDP / other.
+    pub protocol: u8,
+    /// 4 or 6: the IP version on the wire.
+    pub ip_version: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Cumulative counters of one flow; the kernel only adds (atomically), userspace
+/// takes deltas between ticks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub packets_in: u64,
+}
+
+/// Owner of a bound port, so an accepted socket (created by the kernel in softirq,
+/// where no hook sees its process) can be attributed to the listening process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    pub port: u16,
+    pub protocol: u16,
+}
+
+/// Indexes of the per-CPU `COUNTERS` array: what the kernel side lost or skipped.
+pub mod counter {
+    pub const RINGBUF_DROP_EXEC: u32 = 0;
+    pub const RINGBUF_DROP_FORK: u32 = 1;
+    pub const RINGBUF_DROP_EXIT: u32 = 2;
+    pub const ARGV_STORE_FAIL: u32 = 3;
+    pub const SOCK_STORE_FAIL: u32 = 4;
+    pub const FLOW_STORE_FAIL: u32 = 5;
+    pub const SKB_PARSE_FAIL: u32 = 6;
+    pub const SKB_NO_SOCKET: u32 = 7;
+    pub const EXEC_NO_ARGV: u32 = 8;
+    pub const LEN: u32 = 9;
+    /// Names in index order, for metrics and diagnostics.
+    pub const NAMES: [&str; LEN as usize] = [
+        "ringbuf_drop_exec",
+        "ringbuf_drop_fork",
+        "ringbuf_drop_exit",
+        "argv_store_fail",
+        "sock_store_fail",
+        "flow_store_fail",
+        "skb_parse_fail",
+        "skb_no_socket",
+        "exec_no_argv",
+    ];
+}
+
+/// Names of the globals the loader sets from the running kernel's tracepoint
+/// format files (offsets change between kernels: 6.1 has `char[16]` comms in
+/// `sched_process_fork`, 6.18 has `__data_loc` strings).
+pub mod globals {
+    pub const EXEC_FILENAME_OFF: &str = "EXEC_FILENAME_OFF";
+    pub const NEWTASK_PID_OFF: &str = "NEWTASK_PID_OFF";
+    pub const NEWTASK_FLAGS_OFF: &str = "NEWTASK_FLAGS_OFF";
+    pub const EXECVE_ARGV_OFF: &str = "EXECVE_ARGV_OFF";
+    pub const EXECVEAT_ARGV_OFF: &str = "EXECVEAT_ARGV_OFF";
+    pub const EXEC_OLD_PID_OFF: &str = "EXEC_OLD_PID_OFF";
+}
+
+/// Map names, shared so a rename on one side is a compile error on the other.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const SOCKS: &str = "SOCKS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const LISTENERS: &str = "LISTENERS";
+    pub const ARGV: &str = "ARGV";
+}
+
+/// Value of the `LISTENERS` map: who bound the port, and with which socket (so
+/// that socket's release can retire the entry and nobody else's can).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ListenValue {
+    pub cookie: u64,
+    pub owner: SockInfo,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] plain data with no padding-dependent
+    // invariants; any bit pattern is a valid value.
+    unsafe impl aya::Pod for SockInfo {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowCounters {}
+    unsafe impl aya::Pod for ListenKey {}
+    unsafe impl aya::Pod for ListenValue {}
+}

@@ -1,0 +1,84 @@
+//! sluice's kernel programs. One object holds every backend's programs; the agent
+//! loads and attaches only the set its backend needs (a program that is never
+//! loaded costs nothing, so the fentry/kprobe programs of a later backend can live
+//! here without breaking kernels that forbid them).
+//!
+//! - `process`: exec/fork/exit from stable tracepoints, argv captured at syscall
+//!   entry, emitted on the `EVENTS` ring buffer.
+//! - `sockets`: who owns each socket (cgroup sock / sock_addr hooks, process
+//!   context), keyed by socket cookie.
+//! - `traffic`: bytes in/out per (socket, peer) from cgroup_skb, aggregated in the
+//!   kernel so userspace pays per tick, not per packet.
+#![no_std]
+#![no_main]
+// Atomic adds on map values (see traffic::xadd); needs RUSTC_BOOTSTRAP for this crate.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+mod process;
+mod sockets;
+mod traffic;
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use sensor_common::{
+    counter, ArgvBuf, FlowCounters, FlowKey, ListenKey, ListenValue, SockInfo,
+};
+
+/// exec/fork/exit events. 8 MiB holds ~5,000 exec events (1.6 KiB each): the
+/// agent drains it continuously, so this only has to absorb scheduling hiccups.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// What the kernel side dropped or could not do, per CPU (no atomics needed).
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+
+/// argv read at `sys_enter_execve*`, keyed by thread id, until the exec succeeds
+/// (or fails: `sys_exit_execve*` removes it). LRU so execs that never return
+/// cannot fill it.
+#[map]
+static ARGV: LruHashMap<u32, ArgvBuf> = LruHashMap::with_max_entries(4096, 0);
+
+/// Scratch space to build an `ArgvBuf` (too large for the 512-byte BPF stack).
+#[map]
+static ARGV_SCRATCH: PerCpuArray<ArgvBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// Socket cookie -> owner. Sizes are defaults; the agent may resize at load.
+#[map]
+static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// (socket, peer) -> cumulative byte and packet counters.
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowCounters> = LruHashMap::with_max_entries(65536, 0);
+
+/// Bound (port, protocol) -> the binding socket and its owner.
+#[map]
+static LISTENERS: LruHashMap<ListenKey, ListenValue> = LruHashMap::with_max_entries(8192, 0);
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // Per-CPU slot: no other CPU writes it, a plain add is race-free.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Read a global the loader patched in (`EbpfLoader::set_global`). The volatile
+/// read stops LLVM from folding the compile-time default into the code.
+#[inline(always)]
+fn global(value: &u32) -> u32 {
+    unsafe { core::ptr::read_volatile(value) }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

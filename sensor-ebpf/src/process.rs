@@ -1,0 +1,230 @@
+//! Process lifecycle from stable tracepoints. Field offsets are not baked in: the
+//! loader reads them from the running kernel's tracefs format files and patches
+//! the globals below (their initial values are the 6.x layout).
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+    EbpfContext,
+};
+use sensor_common::{
+    counter, EventHeader, ExecEvent, ExitEvent, ForkEvent, ARGV_LEN, ARG_CHUNK, COMM_LEN,
+    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED,
+    EXEC_PATH_TRUNCATED, MAX_ARGS, PATH_LEN,
+};
+
+use crate::{count, global, ARGV, ARGV_SCRATCH, EVENTS};
+
+#[unsafe(no_mangle)]
+static EXEC_FILENAME_OFF: u32 = 8;
+#[unsafe(no_mangle)]
+static EXEC_OLD_PID_OFF: u32 = 16;
+#[unsafe(no_mangle)]
+static NEWTASK_PID_OFF: u32 = 8;
+#[unsafe(no_mangle)]
+static NEWTASK_FLAGS_OFF: u32 = 32;
+#[unsafe(no_mangle)]
+static EXECVE_ARGV_OFF: u32 = 24;
+#[unsafe(no_mangle)]
+static EXECVEAT_ARGV_OFF: u32 = 32;
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+#[tracepoint(category = "syscalls", name = "sys_enter_execve")]
+pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
+    capture_argv(&ctx, global(&EXECVE_ARGV_OFF));
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
+pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
+    capture_argv(&ctx, global(&EXECVEAT_ARGV_OFF));
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_execve")]
+pub fn sys_exit_execve(_ctx: TracePointContext) -> u32 {
+    forget_argv();
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_execveat")]
+pub fn sys_exit_execveat(_ctx: TracePointContext) -> u32 {
+    forget_argv();
+    0
+}
+
+/// A failed exec returns here with its argv still stored; a successful one was
+/// already consumed by `sched_process_exec`. Either way the entry is done.
+fn forget_argv() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = ARGV.remove(&tid);
+}
+
+/// Read argv from user memory now: after the exec succeeds the old address space
+/// (where these pointers point) is gone.
+fn capture_argv(ctx: &TracePointContext, argv_off: u32) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(buf) = ARGV_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let buf = unsafe { &mut *buf };
+    buf.len = 0;
+    buf.argc = 0;
+    buf.flags = 0;
+    let argv: *const *const u8 = match unsafe { ctx.read_at(argv_off as usize) } {
+        Ok(p) => p,
+        Err(_) => {
+            buf.flags |= EXEC_ARGV_MISSING;
+            core::ptr::null()
+        }
+    };
+    let mut off: usize = 0;
+    if !argv.is_null() {
+        for i in 0..MAX_ARGS {
+            let arg: *const u8 = match unsafe { bpf_probe_read_user(argv.wrapping_add(i as usize)) } {
+                Ok(p) => p,
+                Err(_) => break,
+            };
+            if arg.is_null() {
+                break;
+            }
+            if off >= ARGV_LEN || i == MAX_ARGS - 1 {
+                buf.flags |= EXEC_ARGV_TRUNCATED;
+                break;
+            }
+            // Masking gives the verifier a bound; the buffer has ARG_CHUNK of slack.
+            let dst = unsafe { buf.data.as_mut_ptr().add(off & (ARGV_LEN - 1)) };
+            let n = unsafe {
+                bpf_probe_read_user_str(dst as *mut c_void, ARG_CHUNK as u32, arg as *const c_void)
+            };
+            if n <= 0 {
+                break;
+            }
+            let n = n as usize;
+            if n >= ARG_CHUNK {
+                buf.flags |= EXEC_ARGV_TRUNCATED;
+            }
+            off += n;
+            buf.argc += 1;
+        }
+    }
+    buf.len = off as u32;
+    if ARGV.insert(&tid, buf, 0).is_err() {
+        count(counter::ARGV_STORE_FAIL);
+    }
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count(counter::RINGBUF_DROP_EXEC);
+        return 0;
+    };
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    let uid_gid = bpf_get_current_uid_gid();
+    ev.header = EventHeader { kind: EVENT_EXEC, pid: tgid, ktime_ns: unsafe { bpf_ktime_get_boot_ns() } };
+    ev.tid = pid_tgid as u32;
+    ev.uid = uid_gid as u32;
+    ev.gid = (uid_gid >> 32) as u32;
+    ev.flags = 0;
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+    ev.path_len = 0;
+    ev.argv_len = 0;
+    ev.argc = 0;
+    ev._pad = 0;
+
+    // filename is a __data_loc string: low 16 bits offset from the record start.
+    if let Ok(loc) = unsafe { ctx.read_at::<u32>(global(&EXEC_FILENAME_OFF) as usize) } {
+        let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+        if let Ok(s) = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut ev.path) } {
+            ev.path_len = s.len() as u32;
+            if s.len() >= PATH_LEN - 1 {
+                ev.flags |= EXEC_PATH_TRUNCATED;
+            }
+        }
+    }
+
+    // The thread that called execve may not have been the leader: by now it has
+    // taken the leader's pid, and old_pid is the tid its argv was stored under.
+    let mut key = pid_tgid as u32;
+    if ARGV.get_ptr(&key).is_none() {
+        if let Ok(old) = unsafe { ctx.read_at::<u32>(global(&EXEC_OLD_PID_OFF) as usize) } {
+            key = old;
+        }
+    }
+    match ARGV.get_ptr(&key) {
+        Some(argv) => {
+            let argv = unsafe { &*argv };
+            if unsafe { bpf_probe_read_kernel_buf(argv.data.as_ptr(), &mut ev.argv) }.is_ok() {
+                ev.argv_len = argv.len;
+                ev.argc = argv.argc;
+                ev.flags |= argv.flags;
+            }
+            let _ = ARGV.remove(&key);
+        }
+        None => {
+            ev.flags |= EXEC_ARGV_MISSING;
+            count(counter::EXEC_NO_ARGV);
+        }
+    }
+    entry.submit(0);
+    0
+}
+
+#[tracepoint(category = "task", name = "task_newtask")]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    // Threads share their process's identity; only new processes matter here.
+    let flags = unsafe { ctx.read_at::<u64>(global(&NEWTASK_FLAGS_OFF) as usize) }.unwrap_or(0);
+    if flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    let Ok(child) = (unsafe { ctx.read_at::<u32>(global(&NEWTASK_PID_OFF) as usize) }) else {
+        return 0;
+    };
+    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
+        count(counter::RINGBUF_DROP_FORK);
+        return 0;
+    };
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    let uid_gid = bpf_get_current_uid_gid();
+    ev.header = EventHeader { kind: EVENT_FORK, pid: child, ktime_ns: unsafe { bpf_ktime_get_boot_ns() } };
+    // The current task is the parent: copy_process runs in its context.
+    ev.ppid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    ev.uid = uid_gid as u32;
+    ev.gid = (uid_gid >> 32) as u32;
+    ev._pad = 0;
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+    entry.submit(0);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // Fires per thread; the leader's exit is the process's.
+    if pid_tgid as u32 != tgid {
+        return 0;
+    }
+    match EVENTS.reserve::<ExitEvent>(0) {
+        Some(mut entry) => {
+            let ev = unsafe { &mut *entry.as_mut_ptr() };
+            ev.header = EventHeader { kind: EVENT_EXIT, pid: tgid, ktime_ns: unsafe { bpf_ktime_get_boot_ns() } };
+            entry.submit(0);
+        }
+        None => count(counter::RINGBUF_DROP_EXIT),
+    }
+    0
+}

@@ -1,0 +1,164 @@
+//! Socket ownership. These cgroup hooks run in the context of the process that
+//! creates, binds, connects or sends on a socket, so `current` is the owner; the
+//! packet hooks in `traffic` run wherever the packet happens to be processed
+//! (softirq, timers) and must not trust `current`. Every hook returns 1: sluice
+//! observes, it never blocks.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+    },
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
+};
+use sensor_common::{
+    counter, ListenKey, ListenValue, SockInfo, COMM_LEN, DIR_EGRESS, DIR_UNKNOWN, ORIGIN_CONNECT,
+    ORIGIN_CREATE, ORIGIN_SENDMSG,
+};
+
+use crate::{count, LISTENERS, SOCKS};
+
+/// The current task as the owner of a socket.
+#[inline(always)]
+fn current_owner(family: u32, sock_type: u32, protocol: u32, origin: u8, direction: u8) -> SockInfo {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    SockInfo {
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        created_ns: unsafe { bpf_ktime_get_boot_ns() },
+        closed_ns: 0,
+        comm: bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]),
+        family: family as u16,
+        sock_type: sock_type as u16,
+        protocol: protocol as u16,
+        origin,
+        direction,
+        bound_port: 0,
+        _pad: [0; 6],
+    }
+}
+
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    let sk = unsafe { &*ctx.sock };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut c_void) };
+    let owner = current_owner(sk.family, sk.type_, sk.protocol, ORIGIN_CREATE, DIR_UNKNOWN);
+    if SOCKS.insert(&cookie, &owner, 0).is_err() {
+        count(counter::SOCK_STORE_FAIL);
+    }
+    1
+}
+
+#[cgroup_sock(post_bind4)]
+pub fn post_bind4(ctx: SockContext) -> i32 {
+    record_bind(&ctx);
+    1
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn post_bind6(ctx: SockContext) -> i32 {
+    record_bind(&ctx);
+    1
+}
+
+/// A bound port: remember its owner so sockets the kernel accepts on it later
+/// (in softirq, with no process in sight) can be attributed to the listener.
+#[inline(always)]
+fn record_bind(ctx: &SockContext) {
+    let sk = unsafe { &*ctx.sock };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut c_void) };
+    let port = sk.src_port as u16;
+    let mut owner = current_owner(sk.family, sk.type_, sk.protocol, ORIGIN_CREATE, DIR_UNKNOWN);
+    owner.bound_port = port;
+    if let Some(existing) = SOCKS.get_ptr_mut(&cookie) {
+        unsafe { (*existing).bound_port = port };
+    } else if SOCKS.insert(&cookie, &owner, 0).is_err() {
+        count(counter::SOCK_STORE_FAIL);
+    }
+    if port != 0 {
+        let key = ListenKey { port, protocol: sk.protocol as u16 };
+        let _ = LISTENERS.insert(&key, &ListenValue { cookie, owner }, 0);
+    }
+}
+
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut c_void) };
+    if let Some(info) = SOCKS.get_ptr_mut(&cookie) {
+        let info = unsafe { &mut *info };
+        // Not deleted here: data queued before close() still leaves after it, on
+        // this cookie. The agent retires the socket once its flows go idle.
+        info.closed_ns = unsafe { bpf_ktime_get_boot_ns() };
+        if info.bound_port != 0 {
+            let key = ListenKey { port: info.bound_port, protocol: info.protocol };
+            if let Some(l) = LISTENERS.get_ptr(&key) {
+                if unsafe { (*l).cookie } == cookie {
+                    let _ = LISTENERS.remove(&key);
+                }
+            }
+        }
+    }
+    1
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    record_active(&ctx, ORIGIN_CONNECT);
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    record_active(&ctx, ORIGIN_CONNECT);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    record_active(&ctx, ORIGIN_SENDMSG);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    record_active(&ctx, ORIGIN_SENDMSG);
+    1
+}
+
+/// connect() or an unconnected sendto(): the caller is reaching out, so it owns
+/// the socket and the direction is egress. sendmsg runs per datagram, so the
+/// common case (same owner as last time) returns after one lookup.
+#[inline(always)]
+fn record_active(ctx: &SockAddrContext, origin: u8) {
+    let sa = unsafe { &*ctx.sock_addr };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(existing) = SOCKS.get_ptr_mut(&cookie) {
+        let existing = unsafe { &mut *existing };
+        if existing.tgid == tgid && (existing.direction != DIR_UNKNOWN || origin == ORIGIN_SENDMSG) {
+            if existing.direction == DIR_UNKNOWN {
+                existing.direction = DIR_EGRESS;
+            }
+            return;
+        }
+        // A socket inherited across fork/exec or passed over a unix socket:
+        // the process reaching out with it now is its owner.
+        let bound = existing.bound_port;
+        let mut owner = current_owner(sa.family, sa.type_, sa.protocol, origin, DIR_EGRESS);
+        owner.bound_port = bound;
+        owner.created_ns = existing.created_ns;
+        *existing = owner;
+        return;
+    }
+    let owner = current_owner(sa.family, sa.type_, sa.protocol, origin, DIR_EGRESS);
+    if SOCKS.insert(&cookie, &owner, 0).is_err() {
+        count(counter::SOCK_STORE_FAIL);
+    }
+}

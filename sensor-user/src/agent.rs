@@ -1,0 +1,369 @@
+//! `sluice run`: drain the kernel every tick, attribute, aggregate, print.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::Write,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use sensor_common::{
+    counter, maps, FlowCounters, FlowKey, SockInfo, COMM_LEN, DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN,
+    ORIGIN_LISTENER, ORIGIN_PROCFS,
+};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    config::Config,
+    events,
+    flows::{self, Attribution, DeltaTracker, Owner},
+    kernel::loader::Sensor,
+    output::{self, Sink},
+    process_table::{boottime_ns, ProcSource, ProcessTable, Procfs},
+    sockets,
+};
+
+/// How long an unresolvable pre-existing socket waits before another /proc scan.
+const UNRESOLVED_RETRY: Duration = Duration::from_secs(30);
+/// How long a retired socket's owner is remembered (for packets after close).
+const OWNER_MEMORY: Duration = Duration::from_secs(300);
+
+pub struct Agent<W: Write> {
+    config: Config,
+    sensor: Sensor,
+    flows_map: BpfHashMap<MapData, FlowKey, FlowCounters>,
+    socks_map: BpfHashMap<MapData, u64, SockInfo>,
+    counters: PerCpuArray<MapData, u64>,
+    procs: ProcessTable,
+    procfs: Procfs,
+    tracker: DeltaTracker,
+    /// Owners of sockets the kernel map no longer holds (retired or evicted).
+    remembered: HashMap<u64, (Owner, Instant)>,
+    unresolved: HashMap<u64, Instant>,
+    sink: Sink<W>,
+    ctx: output::Context,
+    last_tick: Instant,
+    last_counters: Vec<u64>,
+    pub stats: Stats,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub events: u64,
+    pub decode_errors: u64,
+    pub ticks: u64,
+    pub flow_records: u64,
+    pub sockets_retired: u64,
+    pub procfs_resolved: u64,
+}
+
+impl<W: Write> Agent<W> {
+    pub fn new(config: Config, mut sensor: Sensor, out: W) -> Result<Self> {
+        let take = |sensor: &mut Sensor, name: &str| {
+            sensor.ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+        };
+        let flows_map = BpfHashMap::try_from(take(&mut sensor, maps::FLOWS)?)?;
+        let socks_map = BpfHashMap::try_from(take(&mut sensor, maps::SOCKS)?)?;
+        let counters = PerCpuArray::try_from(take(&mut sensor, maps::COUNTERS)?)?;
+        let procfs = Procfs::default();
+        let mut procs = ProcessTable::default();
+        let seeded = procs.seed(&procfs, procfs.pids());
+        eprintln!("sluice: process table seeded with {seeded} processes from /proc");
+        let ctx = output::Context { host_name: output::host_name(), backend: sensor.backend.name() };
+        let format = config.agent.format;
+        Ok(Self {
+            config,
+            sensor,
+            flows_map,
+            socks_map,
+            counters,
+            procs,
+            procfs,
+            tracker: DeltaTracker::default(),
+            remembered: HashMap::new(),
+            unresolved: HashMap::new(),
+            sink: Sink::new(out, format),
+            ctx,
+            last_tick: Instant::now(),
+            last_counters: vec![0; counter::LEN as usize],
+            stats: Stats::default(),
+        })
+    }
+
+    /// Decode and apply one ring buffer record.
+    fn on_event(&mut self, bytes: &[u8]) {
+        self.stats.events += 1;
+        match events::decode(bytes) {
+            Ok(ev) => self.procs.apply(&ev, &self.procfs),
+            Err(e) => {
+                self.stats.decode_errors += 1;
+                if self.stats.decode_errors <= 10 {
+                    eprintln!("sluice: dropped a malformed kernel event: {e}");
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            let bytes = item.to_vec();
+            drop(item);
+            self.on_event(&bytes);
+        }
+    }
+
+    /// Owner of `cookie`: the kernel's record, else one we remembered.
+    fn owner(&self, cookie: u64) -> Option<Owner> {
+        if let Ok(info) = self.socks_map.get(&cookie, 0) {
+            return Some(owner_from(&info));
+        }
+        self.remembered.get(&cookie).map(|(o, _)| *o)
+    }
+
+    /// Resolve sockets older than the sensor through sock_diag and /proc, and
+    /// teach the kernel map so later ticks need no scan.
+    fn resolve(&mut self, cookies: &[u64]) -> HashMap<u64, Owner> {
+        let now = Instant::now();
+        let due: Vec<u64> = cookies
+            .iter()
+            .copied()
+            .filter(|c| self.unresolved.get(c).is_none_or(|t| now.duration_since(*t) >= UNRESOLVED_RETRY))
+            .collect();
+        let mut found = HashMap::new();
+        if due.is_empty() {
+            return found;
+        }
+        let diag = match sockets::dump() {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("sluice: cannot list pre-existing sockets: {e:#}");
+                for c in due {
+                    self.unresolved.insert(c, now);
+                }
+                return found;
+            }
+        };
+        let listening = sockets::listening_ports(&diag);
+        let by_cookie: HashMap<u64, &sockets::DiagSocket> = diag.iter().map(|s| (s.cookie, s)).collect();
+        let inodes = sockets::inode_owners();
+        for c in due {
+            let Some(pid) = by_cookie.get(&c).and_then(|s| inodes.get(&s.inode).map(|pid| (*s, *pid))) else {
+                self.unresolved.insert(c, now);
+                continue;
+            };
+            let (s, pid) = pid;
+            let direction = if listening.contains(&s.local_port) { DIR_INGRESS } else { DIR_EGRESS };
+            let p = self.procs.get(pid).cloned().or_else(|| self.procfs.read(pid));
+            let mut comm = [0u8; COMM_LEN];
+            if let Some(p) = &p {
+                let n = p.name.len().min(COMM_LEN - 1);
+                comm[..n].copy_from_slice(&p.name.as_bytes()[..n]);
+                if self.procs.get(pid).is_none() {
+                    self.procs.insert(p.clone());
+                }
+            }
+            let info = SockInfo {
+                tgid: pid,
+                tid: pid,
+                uid: s.uid,
+                gid: p.as_ref().map(|p| p.gid).unwrap_or(0),
+                cgroup_id: p.as_ref().map(|p| p.cgroup_id).unwrap_or(0),
+                created_ns: 0,
+                closed_ns: 0,
+                comm,
+                family: 0,
+                sock_type: 0,
+                protocol: s.protocol as u16,
+                origin: ORIGIN_PROCFS,
+                direction,
+                bound_port: 0,
+                _pad: [0; 6],
+            };
+            // Best effort: if the kernel map is full the owner is still remembered here.
+            let _ = self.socks_map.insert(c, info, 0);
+            let owner = owner_from(&info);
+            self.remembered.insert(c, (owner, now));
+            self.unresolved.remove(&c);
+            self.stats.procfs_resolved += 1;
+            found.insert(c, owner);
+        }
+        found
+    }
+
+    /// One tick: snapshot, attribute, aggregate, emit, retire.
+    pub fn tick(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let window = now.duration_since(self.last_tick);
+        self.last_tick = now;
+        self.stats.ticks += 1;
+        let at = SystemTime::now();
+
+        let snapshot: Vec<(FlowKey, FlowCounters)> = self.flows_map.iter().filter_map(Result::ok).collect();
+        let deltas = self.tracker.update(snapshot.iter().copied());
+
+        let active: HashSet<u64> = deltas.iter().map(|d| d.key.cookie).collect();
+        let mut owners: HashMap<u64, Owner> = HashMap::with_capacity(active.len());
+        let mut unknown = Vec::new();
+        for &c in &active {
+            match self.owner(c) {
+                Some(o) => {
+                    owners.insert(c, o);
+                }
+                None => unknown.push(c),
+            }
+        }
+        if !unknown.is_empty() {
+            owners.extend(self.resolve(&unknown));
+        }
+        let records = flows::aggregate(&deltas, |c| {
+            owners.get(&c).copied().unwrap_or(Owner {
+                pid: 0,
+                uid: 0,
+                cgroup_id: 0,
+                direction: DIR_UNKNOWN,
+                attribution: Attribution::Unknown,
+            })
+        });
+
+        if self.config.agent.emit.flows() {
+            for r in &records {
+                if !self.config.flows.include_loopback && r.scope() == flows::Scope::Loopback {
+                    continue;
+                }
+                let p = self.procs.get(r.owner.pid);
+                let json = output::flow_json(&self.ctx, at, window, r, p);
+                self.sink
+                    .record(&json, || output::flow_text(at, r, p))
+                    .context("writing to stdout")?;
+                self.stats.flow_records += 1;
+            }
+        }
+        self.sink.flush().context("flushing stdout")?;
+
+        self.retire(&snapshot, &active);
+        self.report_counters();
+        let grace = (self.config.agent.tick * 2 + Duration::from_secs(5)).as_nanos() as u64;
+        self.procs.reap(boottime_ns(), grace);
+        Ok(())
+    }
+
+    /// Delete the kernel entries of sockets closed for a while whose flows are
+    /// idle, remembering their owners for any straggling packets.
+    fn retire(&mut self, snapshot: &[(FlowKey, FlowCounters)], active: &HashSet<u64>) {
+        let now_ns = boottime_ns();
+        let after = self.config.flows.retire_after.as_nanos() as u64;
+        let cookies: HashSet<u64> = snapshot.iter().map(|(k, _)| k.cookie).collect();
+        let mut retire: HashMap<u64, SockInfo> = HashMap::new();
+        for c in cookies {
+            if active.contains(&c) {
+                continue;
+            }
+            if let Ok(info) = self.socks_map.get(&c, 0) {
+                if info.closed_ns != 0 && now_ns.saturating_sub(info.closed_ns) >= after {
+                    retire.insert(c, info);
+                }
+            }
+        }
+        let now = Instant::now();
+        for (c, info) in retire {
+            self.remembered.insert(c, (owner_from(&info), now));
+            for (k, _) in snapshot.iter().filter(|(k, _)| k.cookie == c) {
+                let _ = self.flows_map.remove(k);
+                self.tracker.forget(k);
+            }
+            let _ = self.socks_map.remove(&c);
+            self.stats.sockets_retired += 1;
+        }
+        self.remembered.retain(|_, (_, t)| now.duration_since(*t) < OWNER_MEMORY);
+        self.unresolved.retain(|_, t| now.duration_since(*t) < OWNER_MEMORY);
+    }
+
+    /// Kernel-side drops and failures, summed over CPUs; reported when they move.
+    fn report_counters(&mut self) {
+        let mut moved = Vec::new();
+        for i in 0..counter::LEN {
+            let Ok(per_cpu) = self.counters.get(&i, 0) else { continue };
+            let total: u64 = per_cpu.iter().sum();
+            let prev = self.last_counters[i as usize];
+            if total != prev {
+                moved.push(format!("{}={} (+{})", counter::NAMES[i as usize], total, total.saturating_sub(prev)));
+                self.last_counters[i as usize] = total;
+            }
+        }
+        if self.tracker.vanished > 0 {
+            moved.push(format!("flows_evicted={}", self.tracker.vanished));
+            self.tracker.vanished = 0;
+        }
+        if !moved.is_empty() {
+            eprintln!("sluice: kernel counters: {}", moved.join(" "));
+        }
+    }
+
+    /// Kernel counters as (name, value), for `Drop`-time summaries and tests.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        counter::NAMES.iter().copied().zip(self.last_counters.iter().copied()).collect()
+    }
+
+    /// Run until SIGINT/SIGTERM; the last partial tick is flushed before return.
+    pub async fn run(mut self) -> Result<Stats> {
+        let ring = RingBuf::try_from(
+            self.sensor.ebpf.take_map(maps::EVENTS).ok_or_else(|| anyhow!("map EVENTS missing"))?,
+        )?;
+        // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so the fd
+        // cannot be closed or reused while it is registered.
+        let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|_| anyhow!("cannot poll the ring buffer fd"))?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut interval = tokio::time::interval(self.config.agent.tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await; // the first tick fires at once
+        eprintln!(
+            "sluice: ready: backend={} programs={} tick={:?} emit={:?}",
+            self.sensor.backend,
+            self.sensor.attached.len(),
+            self.config.agent.tick,
+            self.config.agent.emit
+        );
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("waiting on the ring buffer")?;
+                    self.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                _ = interval.tick() => {
+                    // Exec events first, so this tick's flows are named.
+                    self.drain(ring.get_mut());
+                    self.tick()?;
+                }
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+            }
+        }
+        self.drain(ring.get_mut());
+        self.tick()?;
+        eprintln!(
+            "sluice: stopping: {} ticks, {} kernel events ({} malformed), {} flow records, {} sockets resolved from /proc",
+            self.stats.ticks, self.stats.events, self.stats.decode_errors, self.stats.flow_records, self.stats.procfs_resolved
+        );
+        Ok(self.stats.clone())
+    }
+}
+
+fn owner_from(info: &SockInfo) -> Owner {
+    Owner {
+        pid: info.tgid,
+        uid: info.uid,
+        cgroup_id: info.cgroup_id,
+        direction: info.direction,
+        attribution: match info.origin {
+            ORIGIN_LISTENER => Attribution::Listener,
+            ORIGIN_PROCFS => Attribution::Procfs,
+            _ => Attribution::Kernel,
+        },
+    }
+}

@@ -1,0 +1,55 @@
+//! The command line (contract in DESIGN.md: run, check, config print; top,
+//! record and replay arrive with the detector).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Emit, Format, Probe};
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "eBPF sensor that attributes every outbound byte to its process and flags exfiltration")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the probes and stream records to stdout (diagnostics go to stderr).
+    Run(RunArgs),
+    /// Report what this kernel supports and which backend `auto` picks, with reasons.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print the embedded default configuration.
+    Print,
+    /// Validate a configuration file and exit.
+    Check { file: PathBuf },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML), overlaid on the embedded defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub probe: Option<Probe>,
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    #[arg(long, value_enum)]
+    pub emit: Option<Emit>,
+    /// Tick length, e.g. "5s" or "500ms" (overrides agent.tick).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub tick: Option<std::time::Duration>,
+}

@@ -1,0 +1,190 @@
+//! Configuration: an embedded default TOML overlaid by the user's file, checked
+//! strictly (unknown keys, wrong types and out-of-range values are errors that
+//! name the key) before anything is loaded into the kernel.
+
+use std::{path::Path, time::Duration};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The defaults, compiled in so `sluice run` needs no file on disk.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config{}: {message}", origin.as_deref().map(|p| format!(" in {p}")).unwrap_or_default())]
+    Invalid { origin: Option<String>, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Probe {
+    Auto,
+    Fentry,
+    Kprobe,
+    Cgroup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Emit {
+    Alerts,
+    Flows,
+    All,
+}
+
+impl Emit {
+    pub fn flows(self) -> bool {
+        matches!(self, Emit::Flows | Emit::All)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub agent: Agent,
+    pub kernel: Kernel,
+    pub flows: Flows,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    #[serde(with = "humantime_serde_compat")]
+    pub tick: Duration,
+    pub probe: Probe,
+    pub format: Format,
+    pub emit: Emit,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    pub flows_max: u32,
+    pub sockets_max: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flows {
+    pub include_loopback: bool,
+    #[serde(with = "humantime_serde_compat")]
+    pub retire_after: Duration,
+}
+
+/// Durations are written as humans write them ("5s", "500ms", "1h").
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"5s\" or \"500ms\": {e}")))
+    }
+}
+
+impl Config {
+    /// The embedded defaults alone.
+    pub fn embedded() -> Config {
+        Self::from_toml(DEFAULT_TOML, None).expect("embedded default config is valid")
+    }
+
+    /// Defaults overlaid by `path`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else { return Ok(Self::embedded()) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::from_toml(&text, Some(path.display().to_string()))
+    }
+
+    /// Parse `text` as an overlay on the defaults and validate the result.
+    pub fn from_toml(text: &str, origin: Option<String>) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { origin: origin.clone(), message };
+        let mut merged: toml::Table = DEFAULT_TOML.parse().map_err(|e| invalid(format!("{e}")))?;
+        let user: toml::Table = text.parse().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        merge(&mut merged, user);
+        let config: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let tick = self.agent.tick;
+        if tick < Duration::from_millis(100) || tick > Duration::from_secs(3600) {
+            return Err(format!("agent.tick = {tick:?}: allowed 100ms to 1h"));
+        }
+        for (key, v) in [("kernel.flows_max", self.kernel.flows_max), ("kernel.sockets_max", self.kernel.sockets_max)] {
+            if !(1024..=4_194_304).contains(&v) {
+                return Err(format!("{key} = {v}: allowed 1024 to 4194304"));
+            }
+        }
+        if self.flows.retire_after > Duration::from_secs(3600) {
+            return Err(format!("flows.retire_after = {:?}: allowed up to 1h", self.flows.retire_after));
+        }
+        Ok(())
+    }
+}
+
+/// Overlay `user` on `base`, table by table, so a file may set a single key.
+fn merge(base: &mut toml::Table, user: toml::Table) {
+    for (k, v) in user {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(u)) => merge(b, u),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse() {
+        let c = Config::embedded();
+        assert_eq!(c.agent.tick, Duration::from_secs(5));
+        assert_eq!(c.agent.probe, Probe::Auto);
+        assert_eq!(c.agent.emit, Emit::Alerts);
+    }
+
+    #[test]
+    fn overlay_keeps_other_defaults() {
+        let c = Config::from_toml("[agent]\ntick = \"1s\"\n", None).unwrap();
+        assert_eq!(c.agent.tick, Duration::from_secs(1));
+        assert_eq!(c.agent.format, Format::Json);
+        assert_eq!(c.kernel.flows_max, 65536);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml("[agent]\ntik = \"1s\"\n", Some("x.toml".into())).unwrap_err().to_string();
+        assert!(e.contains("tik") && e.contains("x.toml"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_range_are_errors() {
+        let e = Config::from_toml("[kernel]\nflows_max = \"lots\"\n", None).unwrap_err().to_string();
+        assert!(e.contains("flows_max"), "{e}");
+        let e = Config::from_toml("[kernel]\nflows_max = 10\n", None).unwrap_err().to_string();
+        assert!(e.contains("kernel.flows_max = 10"), "{e}");
+        let e = Config::from_toml("[agent]\ntick = \"soon\"\n", None).unwrap_err().to_string();
+        assert!(e.contains("soon"), "{e}");
+        let e = Config::from_toml("[agent]\nprobe = \"magic\"\n", None).unwrap_err().to_string();
+        assert!(e.contains("magic") || e.contains("probe"), "{e}");
+    }
+}

@@ -1,0 +1,321 @@
+//! From the kernel's cumulative per-(socket, peer) counters to per-tick records
+//! per (process, destination). Pure logic: the agent feeds it map snapshots and
+//! socket owners, tests feed it whatever they like.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use sensor_common::{FlowCounters, FlowKey, DIR_EGRESS, DIR_INGRESS};
+
+/// Bytes and packets that moved on one kernel flow since the last tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delta {
+    pub key: FlowKey,
+    pub counters: FlowCounters,
+}
+
+/// Remembers last tick's cumulative counters to turn snapshots into deltas.
+#[derive(Default)]
+pub struct DeltaTracker {
+    prev: HashMap<FlowKey, FlowCounters>,
+    /// Kernel entries that disappeared between ticks without being retired by us
+    /// (LRU eviction under pressure): their last tick's bytes are lost.
+    pub vanished: u64,
+}
+
+impl DeltaTracker {
+    pub fn update(&mut self, snapshot: impl IntoIterator<Item = (FlowKey, FlowCounters)>) -> Vec<Delta> {
+        let mut next = HashMap::with_capacity(self.prev.len());
+        let mut out = Vec::new();
+        for (key, cur) in snapshot {
+            let d = match self.prev.remove(&key) {
+                // Counters only grow; a smaller value means the entry was evicted
+                // and recreated, so all of it is new.
+                Some(p) if cur.bytes_out >= p.bytes_out && cur.bytes_in >= p.bytes_in => FlowCounters {
+                    bytes_out: cur.bytes_out - p.bytes_out,
+                    bytes_in: cur.bytes_in - p.bytes_in,
+                    packets_out: cur.packets_out.saturating_sub(p.packets_out),
+                    packets_in: cur.packets_in.saturating_sub(p.packets_in),
+                },
+                _ => cur,
+            };
+            if d != FlowCounters::default() {
+                out.push(Delta { key, counters: d });
+            }
+            next.insert(key, cur);
+        }
+        self.vanished += self.prev.len() as u64;
+        self.prev = next;
+        out
+    }
+
+    /// The agent deleted this entry from the kernel map on purpose.
+    pub fn forget(&mut self, key: &FlowKey) {
+        self.prev.remove(key);
+    }
+}
+
+/// Who owns a socket, as far as the agent can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub direction: u8,
+    pub attribution: Attribution,
+}
+
+/// How the owner was learned (reported, so an analyst can weigh it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attribution {
+    /// A hook in the owner's own context: socket(), connect(), sendto(), bind().
+    Kernel,
+    /// Accepted on a port the owner had bound.
+    Listener,
+    /// Socket older than the sensor: sock_diag inode matched in /proc/<pid>/fd.
+    Procfs,
+    Unknown,
+}
+
+impl Attribution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attribution::Kernel => "kernel",
+            Attribution::Listener => "listener",
+            Attribution::Procfs => "procfs",
+            Attribution::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Loopback,
+    Private,
+    LinkLocal,
+    Multicast,
+    Public,
+    Unspecified,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Loopback => "loopback",
+            Scope::Private => "private",
+            Scope::LinkLocal => "link-local",
+            Scope::Multicast => "multicast",
+            Scope::Public => "public",
+            Scope::Unspecified => "unspecified",
+        }
+    }
+}
+
+/// The kernel's 16-byte address as what it really is (v4-mapped becomes v4).
+pub fn ip_of(addr: &[u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(*addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+pub fn scope(ip: IpAddr) -> Scope {
+    match ip {
+        IpAddr::V4(v4) => scope_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return scope_v4(v4);
+            }
+            let seg0 = v6.segments()[0];
+            if v6.is_loopback() {
+                Scope::Loopback
+            } else if v6.is_unspecified() {
+                Scope::Unspecified
+            } else if v6.is_multicast() {
+                Scope::Multicast
+            } else if seg0 & 0xffc0 == 0xfe80 {
+                Scope::LinkLocal
+            } else if seg0 & 0xfe00 == 0xfc00 {
+                // Unique local addresses (fc00::/7).
+                Scope::Private
+            } else {
+                Scope::Public
+            }
+        }
+    }
+}
+
+fn scope_v4(v4: Ipv4Addr) -> Scope {
+    let o = v4.octets();
+    if v4.is_loopback() {
+        Scope::Loopback
+    } else if v4.is_unspecified() {
+        Scope::Unspecified
+    } else if v4.is_multicast() || v4.is_broadcast() {
+        Scope::Multicast
+    } else if v4.is_link_local() {
+        Scope::LinkLocal
+    } else if v4.is_private() || (o[0] == 100 && (64..128).contains(&o[1])) {
+        // RFC 1918 plus carrier-grade NAT (100.64.0.0/10).
+        Scope::Private
+    } else {
+        Scope::Public
+    }
+}
+
+pub fn transport(protocol: u8) -> &'static str {
+    match protocol {
+        6 => "tcp",
+        17 => "udp",
+        1 | 58 => "icmp",
+        _ => "other",
+    }
+}
+
+pub fn direction(d: u8) -> &'static str {
+    match d {
+        DIR_EGRESS => "egress",
+        DIR_INGRESS => "ingress",
+        _ => "unknown",
+    }
+}
+
+/// One (process, destination) for one tick: the unit of `--emit flows`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub owner: Owner,
+    pub local_ip: IpAddr,
+    pub local_port: u16,
+    pub remote_ip: IpAddr,
+    pub remote_port: u16,
+    pub protocol: u8,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub packets_in: u64,
+    /// Kernel flows (sockets) rolled into this record.
+    pub sockets: u32,
+}
+
+impl FlowRecord {
+    pub fn scope(&self) -> Scope {
+        scope(self.remote_ip)
+    }
+}
+
+/// Roll deltas up per (owner pid, remote ip, remote port, protocol).
+pub fn aggregate(deltas: &[Delta], owner_of: impl Fn(u64) -> Owner) -> Vec<FlowRecord> {
+    let mut by: HashMap<(u32, IpAddr, u16, u8), FlowRecord> = HashMap::new();
+    for d in deltas {
+        let owner = owner_of(d.key.cookie);
+        let remote_ip = ip_of(&d.key.remote_addr);
+        let k = (owner.pid, remote_ip, d.key.remote_port, d.key.protocol);
+        let r = by.entry(k).or_insert_with(|| FlowRecord {
+            owner,
+            local_ip: ip_of(&d.key.local_addr),
+            local_port: d.key.local_port,
+            remote_ip,
+            remote_port: d.key.remote_port,
+            protocol: d.key.protocol,
+            bytes_out: 0,
+            bytes_in: 0,
+            packets_out: 0,
+            packets_in: 0,
+            sockets: 0,
+        });
+        r.bytes_out += d.counters.bytes_out;
+        r.bytes_in += d.counters.bytes_in;
+        r.packets_out += d.counters.packets_out;
+        r.packets_in += d.counters.packets_in;
+        r.sockets += 1;
+    }
+    let mut v: Vec<_> = by.into_values().collect();
+    // Deterministic order: biggest uploads first.
+    v.sort_by(|a, b| {
+        b.bytes_out
+            .cmp(&a.bytes_out)
+            .then(b.bytes_in.cmp(&a.bytes_in))
+            .then(a.owner.pid.cmp(&b.owner.pid))
+            .then(a.remote_ip.cmp(&b.remote_ip))
+            .then(a.remote_port.cmp(&b.remote_port))
+    });
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(cookie: u64, remote: [u8; 4], port: u16) -> FlowKey {
+        let mut r = [0u8; 16];
+        r[10] = 0xff;
+        r[11] = 0xff;
+        r[12..].copy_from_slice(&remote);
+        FlowKey { cookie, local_addr: [0; 16], remote_addr: r, local_port: 40000, remote_port: port, protocol: 6, ip_version: 4, _pad: [0; 2] }
+    }
+
+    fn c(out: u64, inn: u64) -> FlowCounters {
+        FlowCounters { bytes_out: out, bytes_in: inn, packets_out: 1, packets_in: 1 }
+    }
+
+    #[test]
+    fn deltas_between_snapshots() {
+        let mut t = DeltaTracker::default();
+        let k = key(1, [10, 0, 0, 2], 80);
+        assert_eq!(t.update([(k, c(100, 10))])[0].counters.bytes_out, 100);
+        assert!(t.update([(k, c(100, 10))]).is_empty(), "no movement, no delta");
+        let d = t.update([(k, c(350, 15))]);
+        assert_eq!((d[0].counters.bytes_out, d[0].counters.bytes_in), (250, 5));
+    }
+
+    #[test]
+    fn recreated_entry_counts_from_zero_and_eviction_is_counted() {
+        let mut t = DeltaTracker::default();
+        let k = key(1, [10, 0, 0, 2], 80);
+        t.update([(k, c(1000, 0))]);
+        assert_eq!(t.update([(k, c(40, 0))])[0].counters.bytes_out, 40);
+        t.update(std::iter::empty());
+        assert_eq!(t.vanished, 1);
+    }
+
+    #[test]
+    fn aggregate_per_process_and_destination() {
+        let owner = |cookie: u64| Owner {
+            pid: if cookie < 10 { 100 } else { 200 },
+            uid: 0,
+            cgroup_id: 0,
+            direction: DIR_EGRESS,
+            attribution: Attribution::Kernel,
+        };
+        let ds = [
+            Delta { key: key(1, [10, 0, 0, 2], 443), counters: c(100, 1) },
+            Delta { key: key(2, [10, 0, 0, 2], 443), counters: c(50, 1) },
+            Delta { key: key(11, [10, 0, 0, 2], 443), counters: c(7, 0) },
+            Delta { key: key(1, [10, 0, 0, 3], 443), counters: c(1, 0) },
+        ];
+        let r = aggregate(&ds, owner);
+        assert_eq!(r.len(), 3);
+        assert_eq!((r[0].owner.pid, r[0].bytes_out, r[0].sockets), (100, 150, 2));
+        assert_eq!(r[0].remote_ip, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
+    }
+
+    #[test]
+    fn scopes() {
+        let s = |t: &str| scope(t.parse().unwrap());
+        assert_eq!(s("127.0.0.1"), Scope::Loopback);
+        assert_eq!(s("::1"), Scope::Loopback);
+        assert_eq!(s("::ffff:127.0.0.1"), Scope::Loopback);
+        assert_eq!(s("10.1.2.3"), Scope::Private);
+        assert_eq!(s("192.168.1.1"), Scope::Private);
+        assert_eq!(s("100.100.1.1"), Scope::Private);
+        assert_eq!(s("fd00::1"), Scope::Private);
+        assert_eq!(s("fe80::1"), Scope::LinkLocal);
+        assert_eq!(s("169.254.1.1"), Scope::LinkLocal);
+        assert_eq!(s("8.8.8.8"), Scope::Public);
+        assert_eq!(s("2001:db8::1"), Scope::Public);
+        assert_eq!(s("224.0.0.251"), Scope::Multicast);
+    }
+}

@@ -1,0 +1,60 @@
+//! Finding (or making) the filesystems the sensor needs: the cgroup v2 hierarchy
+//! its cgroup programs attach to, and bpffs.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+/// Mount point of the cgroup v2 hierarchy from a /proc/self/mounts text.
+/// Hybrid hosts mount it at /sys/fs/cgroup/unified, pure v2 hosts at /sys/fs/cgroup.
+pub fn cgroup2_mount_in(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, path, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(path)))
+    })
+}
+
+/// /proc/mounts escapes spaces and friends as octal (`\040`).
+fn unescape_mount_path(p: &str) -> String {
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    match cgroup2_mount_in(&mounts) {
+        Some(p) => Ok(p),
+        None => bail!(
+            "no cgroup v2 hierarchy is mounted; the cgroup backend attaches there. \
+             Mount one with `mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified`"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hybrid_and_pure_v2() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(cgroup2_mount_in(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let pure = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+        assert_eq!(cgroup2_mount_in(pure), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(cgroup2_mount_in("proc /proc proc rw 0 0\n"), None);
+        assert_eq!(cgroup2_mount_in("none /a\\040b cgroup2 rw 0 0"), Some(PathBuf::from("/a b")));
+    }
+}

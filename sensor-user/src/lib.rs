@@ -1,0 +1,14 @@
+//! sluice's agent as a library: the binary (`main.rs`) is a thin CLI over it, so
+//! tests can drive every part.
+
+pub mod agent;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod flows;
+pub mod kernel;
+pub mod output;
+pub mod process_table;
+pub mod sockets;
+pub mod text;

@@ -1,0 +1,217 @@
+//! The stdout contract: one ECS JSON object per line (or one readable text line).
+//! Every untrusted string goes through serde_json (JSON) or `escape_control`
+//! (text), so no process name can break a line or forge a record.
+
+use std::{
+    io::Write,
+    time::{Duration, SystemTime},
+};
+
+use serde_json::{json, Map, Value};
+
+use crate::{
+    config::Format,
+    flows::{self, FlowRecord},
+    process_table::Process,
+    text::escape_control,
+};
+
+/// Fields every line carries.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub host_name: String,
+    pub backend: &'static str,
+}
+
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// ECS `process` object; `None` fields are left out rather than invented.
+pub fn process_json(pid: u32, p: Option<&Process>) -> Value {
+    let mut m = Map::new();
+    m.insert("pid".into(), json!(pid));
+    if let Some(p) = p {
+        m.insert("name".into(), json!(p.name));
+        if !p.executable.is_empty() {
+            m.insert("executable".into(), json!(p.executable));
+        }
+        m.insert("args".into(), json!(p.args));
+        m.insert("args_count".into(), json!(p.args.len()));
+        if p.args_truncated {
+            m.insert("sluice_args_truncated".into(), json!(true));
+        }
+        m.insert("parent".into(), json!({ "pid": p.ppid }));
+        m.insert("entity_id".into(), json!(p.entity_id()));
+        if p.exited_ns.is_some() {
+            m.insert("end".into(), json!(true));
+        }
+    }
+    Value::Object(m)
+}
+
+/// One `flow-summary` event for `--emit flows`.
+pub fn flow_json(ctx: &Context, at: SystemTime, window: Duration, r: &FlowRecord, p: Option<&Process>) -> Value {
+    let net_type = if r.remote_ip.is_ipv4() { "ipv4" } else { "ipv6" };
+    json!({
+        "@timestamp": timestamp(at),
+        "event": {
+            "kind": "event",
+            "category": ["network"],
+            "type": ["connection"],
+            "action": "flow-summary",
+            "dataset": "sluice.flow",
+        },
+        "host": { "name": ctx.host_name },
+        "process": process_json(r.owner.pid, p),
+        "user": { "id": r.owner.uid.to_string() },
+        "source": { "ip": r.local_ip.to_string(), "port": r.local_port },
+        "destination": { "ip": r.remote_ip.to_string(), "port": r.remote_port },
+        "network": {
+            "transport": flows::transport(r.protocol),
+            "type": net_type,
+            "iana_number": r.protocol.to_string(),
+            "direction": flows::direction(r.owner.direction),
+        },
+        "sluice": {
+            "bytes_out": r.bytes_out,
+            "bytes_in": r.bytes_in,
+            "packets_out": r.packets_out,
+            "packets_in": r.packets_in,
+            "window_s": window.as_secs_f64(),
+            "sockets": r.sockets,
+            "cgroup_id": r.owner.cgroup_id,
+            "peer_scope": r.scope().as_str(),
+            "attribution": r.owner.attribution.as_str(),
+            "backend": ctx.backend,
+        },
+    })
+}
+
+/// One line of `--format text` for a flow record.
+pub fn flow_text(at: SystemTime, r: &FlowRecord, p: Option<&Process>) -> String {
+    let (name, exe) = p.map(|p| (p.name.as_str(), p.executable.as_str())).unwrap_or(("?", "?"));
+    escape_control(&format!(
+        "{} flow pid={} name={} exe={} {} {}:{} {} {} out={} in={} scope={}",
+        timestamp(at),
+        r.owner.pid,
+        name,
+        exe,
+        flows::direction(r.owner.direction),
+        r.remote_ip,
+        r.remote_port,
+        flows::transport(r.protocol),
+        r.owner.attribution.as_str(),
+        r.bytes_out,
+        r.bytes_in,
+        r.scope().as_str(),
+    ))
+}
+
+/// Writes records to stdout (or any writer) in the configured format.
+pub struct Sink<W: Write> {
+    out: W,
+    pub format: Format,
+    pub lines: u64,
+}
+
+impl<W: Write> Sink<W> {
+    pub fn new(out: W, format: Format) -> Self {
+        Self { out, format, lines: 0 }
+    }
+
+    /// `json` is written as one line in JSON mode, `text` in text mode.
+    pub fn record(&mut self, json: &Value, text: impl FnOnce() -> String) -> std::io::Result<()> {
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, json)?;
+                self.out.write_all(b"\n")?;
+            }
+            Format::Text => {
+                let line = text();
+                self.out.write_all(line.as_bytes())?;
+                self.out.write_all(b"\n")?;
+            }
+        }
+        self.lines += 1;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::flows::{Attribution, Owner};
+
+    fn record() -> FlowRecord {
+        FlowRecord {
+            owner: Owner { pid: 42, uid: 1000, cgroup_id: 9, direction: sensor_common::DIR_EGRESS, attribution: Attribution::Kernel },
+            local_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            local_port: 40000,
+            remote_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            remote_port: 443,
+            protocol: 6,
+            bytes_out: 5_000_000,
+            bytes_in: 1_000,
+            packets_out: 100,
+            packets_in: 50,
+            sockets: 1,
+        }
+    }
+
+    fn hostile_process() -> Process {
+        Process {
+            pid: 42,
+            ppid: 1,
+            uid: 1000,
+            gid: 1000,
+            name: "evil\n{\"x\":1}".into(),
+            executable: "/tmp/\x1b[2Jmega\\xff".into(),
+            args: vec!["a\"b".into(), "c\u{0}d".into(), "\r\n".into()],
+            args_truncated: true,
+            cgroup_id: 9,
+            start_ns: 5,
+            exited_ns: None,
+        }
+    }
+
+    #[test]
+    fn json_line_is_one_valid_object_with_ecs_fields() {
+        let ctx = Context { host_name: "h".into(), backend: "cgroup" };
+        let p = hostile_process();
+        let v = flow_json(&ctx, SystemTime::UNIX_EPOCH, Duration::from_secs(5), &record(), Some(&p));
+        let mut sink = Sink::new(Vec::new(), Format::Json);
+        sink.record(&v, String::new).unwrap();
+        let text = String::from_utf8(sink.out).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "exactly one line: {text}");
+        let back: Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(back["event"]["action"], "flow-summary");
+        assert_eq!(back["process"]["name"], "evil\n{\"x\":1}");
+        assert_eq!(back["process"]["args"][1], "c\u{0}d");
+        assert_eq!(back["destination"]["port"], 443);
+        assert_eq!(back["network"]["direction"], "egress");
+        assert_eq!(back["sluice"]["bytes_out"], 5_000_000);
+        assert_eq!(back["sluice"]["peer_scope"], "private");
+        assert_eq!(back["@timestamp"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn text_line_escapes_control_characters() {
+        let p = hostile_process();
+        let line = flow_text(SystemTime::UNIX_EPOCH, &record(), Some(&p));
+        assert!(!line.contains('\n') && !line.contains('\x1b'), "{line}");
+        assert!(line.contains("out=5000000"));
+    }
+}

@@ -1,0 +1,294 @@
+//! Who is who: every live process (seeded from /proc at start, then kept current
+//! by the kernel's exec/fork/exit events), plus recently exited ones for a grace
+//! period so bytes they sent in their last tick are still attributed.
+
+use std::collections::HashMap;
+
+use crate::{events::KernelEvent, text::lossless};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Kernel comm (at most 15 bytes).
+    pub name: String,
+    pub executable: String,
+    pub args: Vec<String>,
+    pub args_truncated: bool,
+    pub cgroup_id: u64,
+    /// CLOCK_BOOTTIME ns at fork (or exec, or /proc start time when seeded).
+    pub start_ns: u64,
+    pub exited_ns: Option<u64>,
+}
+
+impl Process {
+    /// ECS `process.entity_id`: stable for this process's life, unique across
+    /// pid reuse.
+    pub fn entity_id(&self) -> String {
+        format!("{}-{}", self.pid, self.start_ns)
+    }
+}
+
+/// Facts about a live process read from /proc (the I/O lives in `seed`).
+pub trait ProcSource {
+    fn read(&self, pid: u32) -> Option<Process>;
+    fn cwd(&self, pid: u32) -> Option<String>;
+}
+
+#[derive(Default)]
+pub struct ProcessTable {
+    procs: HashMap<u32, Process>,
+}
+
+impl ProcessTable {
+    pub fn get(&self, pid: u32) -> Option<&Process> {
+        self.procs.get(&pid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    pub fn insert(&mut self, p: Process) {
+        self.procs.insert(p.pid, p);
+    }
+
+    /// Fill the table with every process /proc shows now.
+    pub fn seed(&mut self, src: &dyn ProcSource, pids: impl IntoIterator<Item = u32>) -> usize {
+        let mut n = 0;
+        for pid in pids {
+            if let Some(p) = src.read(pid) {
+                self.procs.insert(pid, p);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn apply(&mut self, ev: &KernelEvent, src: &dyn ProcSource) {
+        match ev {
+            KernelEvent::Fork(f) => {
+                // The child runs its parent's program until it execs.
+                let parent = self.procs.get(&f.ppid).cloned();
+                let child = Process {
+                    pid: f.pid,
+                    ppid: f.ppid,
+                    uid: f.uid,
+                    gid: f.gid,
+                    name: parent.as_ref().map(|p| p.name.clone()).unwrap_or_else(|| lossless(&f.comm)),
+                    executable: parent.as_ref().map(|p| p.executable.clone()).unwrap_or_default(),
+                    args: parent.as_ref().map(|p| p.args.clone()).unwrap_or_default(),
+                    args_truncated: parent.as_ref().is_some_and(|p| p.args_truncated),
+                    cgroup_id: f.cgroup_id,
+                    start_ns: f.ktime_ns,
+                    exited_ns: None,
+                };
+                self.procs.insert(f.pid, child);
+            }
+            KernelEvent::Exec(e) => {
+                let path = lossless(&e.path);
+                let executable = if path.starts_with('/') || path.is_empty() {
+                    path
+                } else {
+                    // A relative path resolves against the cwd, while the process lives.
+                    match src.cwd(e.pid) {
+                        Some(cwd) => format!("{}/{}", cwd.trim_end_matches('/'), path.trim_start_matches("./")),
+                        None => path,
+                    }
+                };
+                let known = self.procs.get(&e.pid);
+                let ppid = known
+                    .map(|p| p.ppid)
+                    .or_else(|| src.read(e.pid).map(|p| p.ppid))
+                    .unwrap_or(0);
+                let start_ns = known.filter(|p| p.exited_ns.is_none()).map(|p| p.start_ns).unwrap_or(e.ktime_ns);
+                let args = if e.argv_missing {
+                    known.map(|p| p.args.clone()).unwrap_or_default()
+                } else {
+                    e.argv.iter().map(|a| lossless(a)).collect()
+                };
+                self.procs.insert(
+                    e.pid,
+                    Process {
+                        pid: e.pid,
+                        ppid,
+                        uid: e.uid,
+                        gid: e.gid,
+                        name: lossless(&e.comm),
+                        executable,
+                        args,
+                        args_truncated: e.argv_truncated,
+                        cgroup_id: e.cgroup_id,
+                        start_ns,
+                        exited_ns: None,
+                    },
+                );
+            }
+            KernelEvent::Exit { pid, ktime_ns } => {
+                if let Some(p) = self.procs.get_mut(pid) {
+                    p.exited_ns = Some(*ktime_ns);
+                }
+            }
+        }
+    }
+
+    /// Forget processes that exited more than `grace_ns` before `now_ns`.
+    pub fn reap(&mut self, now_ns: u64, grace_ns: u64) -> usize {
+        let before = self.procs.len();
+        self.procs.retain(|_, p| p.exited_ns.is_none_or(|t| now_ns.saturating_sub(t) < grace_ns));
+        before - self.procs.len()
+    }
+}
+
+/// The real /proc, through the procfs crate.
+pub struct Procfs {
+    ticks_per_second: u64,
+}
+
+impl Default for Procfs {
+    fn default() -> Self {
+        Self { ticks_per_second: procfs::ticks_per_second().max(1) }
+    }
+}
+
+impl Procfs {
+    pub fn pids(&self) -> Vec<u32> {
+        match procfs::process::all_processes() {
+            Ok(all) => all.filter_map(|p| p.ok()).map(|p| p.pid as u32).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl ProcSource for Procfs {
+    fn read(&self, pid: u32) -> Option<Process> {
+        let proc = procfs::process::Process::new(pid as i32).ok()?;
+        let stat = proc.stat().ok()?;
+        let status = proc.status().ok();
+        let executable = proc.exe().map(|p| lossless(p.as_os_str().as_encoded_bytes())).unwrap_or_default();
+        let args = proc
+            .cmdline()
+            .map(|v| v.iter().map(|a| lossless(a.as_bytes())).collect())
+            .unwrap_or_default();
+        let cgroup_id = cgroup_id_of(pid).unwrap_or(0);
+        Some(Process {
+            pid,
+            ppid: stat.ppid.max(0) as u32,
+            uid: status.as_ref().map(|s| s.ruid).unwrap_or(0),
+            gid: status.as_ref().map(|s| s.rgid).unwrap_or(0),
+            name: lossless(stat.comm.as_bytes()),
+            executable,
+            args,
+            args_truncated: false,
+            cgroup_id,
+            start_ns: stat.starttime * 1_000_000_000 / self.ticks_per_second,
+            exited_ns: None,
+        })
+    }
+
+    fn cwd(&self, pid: u32) -> Option<String> {
+        let p = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+        Some(lossless(p.as_os_str().as_encoded_bytes()))
+    }
+}
+
+/// The cgroup v2 id of a process: the inode number of its cgroup directory,
+/// which is what bpf_get_current_cgroup_id returns.
+fn cgroup_id_of(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let root = crate::kernel::mounts::cgroup2_mount().ok()?;
+    std::fs::metadata(root.join(path.trim_start_matches('/'))).ok().map(|m| m.ino())
+}
+
+/// CLOCK_BOOTTIME now, the clock of the kernel's event timestamps.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec; CLOCK_BOOTTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Exec, Fork};
+
+    struct NoProc;
+    impl ProcSource for NoProc {
+        fn read(&self, _: u32) -> Option<Process> {
+            None
+        }
+        fn cwd(&self, pid: u32) -> Option<String> {
+            (pid == 77).then(|| "/home/u".to_string())
+        }
+    }
+
+    fn exec(pid: u32, path: &[u8], argv: &[&[u8]]) -> KernelEvent {
+        KernelEvent::Exec(Exec {
+            pid,
+            tid: pid,
+            uid: 1000,
+            gid: 1000,
+            cgroup_id: 3,
+            ktime_ns: 200,
+            comm: path.rsplit(|&b| b == b'/').next().unwrap().to_vec(),
+            path: path.to_vec(),
+            argv: argv.iter().map(|a| a.to_vec()).collect(),
+            argv_truncated: false,
+            argv_missing: false,
+            path_truncated: false,
+        })
+    }
+
+    #[test]
+    fn fork_then_exec_keeps_parent_and_start() {
+        let mut t = ProcessTable::default();
+        t.insert(Process {
+            pid: 1,
+            ppid: 0,
+            uid: 0,
+            gid: 0,
+            name: "bash".into(),
+            executable: "/bin/bash".into(),
+            args: vec!["bash".into()],
+            args_truncated: false,
+            cgroup_id: 3,
+            start_ns: 1,
+            exited_ns: None,
+        });
+        t.apply(&KernelEvent::Fork(Fork { pid: 50, ppid: 1, uid: 0, gid: 0, cgroup_id: 3, ktime_ns: 100, comm: b"bash".to_vec() }), &NoProc);
+        assert_eq!(t.get(50).unwrap().executable, "/bin/bash");
+        t.apply(&exec(50, b"/usr/bin/curl", &[b"curl", b"-T", b"x"]), &NoProc);
+        let p = t.get(50).unwrap();
+        assert_eq!((p.ppid, p.start_ns, p.executable.as_str()), (1, 100, "/usr/bin/curl"));
+        assert_eq!(p.args, ["curl", "-T", "x"]);
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_cwd_and_hostile_bytes_survive() {
+        let mut t = ProcessTable::default();
+        t.apply(&exec(77, b"./up\xff", &[b"up\n\x1b[2J"]), &NoProc);
+        let p = t.get(77).unwrap();
+        assert_eq!(p.executable, "/home/u/up\\xff");
+        assert_eq!(p.args, ["up\n\x1b[2J"]);
+    }
+
+    #[test]
+    fn exited_processes_stay_for_the_grace_period() {
+        let mut t = ProcessTable::default();
+        t.apply(&exec(9, b"/bin/true", &[b"true"]), &NoProc);
+        t.apply(&KernelEvent::Exit { pid: 9, ktime_ns: 1_000 }, &NoProc);
+        assert_eq!(t.reap(1_500, 1_000), 0);
+        assert!(t.get(9).is_some());
+        assert_eq!(t.reap(2_500, 1_000), 1);
+        assert!(t.get(9).is_none());
+    }
+}

@@ -1,0 +1,143 @@
+//! Attributing sockets no hook saw being made: those opened before the agent
+//! started. sock_diag lists every TCP/UDP socket with its cookie (the key the
+//! kernel side uses) and inode; /proc/<pid>/fd maps the inode to its process.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    SockDiagMessage,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
+/// TCP_LISTEN in the kernel's state numbering.
+const TCP_LISTEN: u8 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiagSocket {
+    pub cookie: u64,
+    pub inode: u32,
+    pub uid: u32,
+    pub protocol: u8,
+    pub state: u8,
+    pub local_port: u16,
+}
+
+/// Every TCP and UDP socket, v4 and v6, on this network namespace.
+pub fn dump() -> Result<Vec<DiagSocket>> {
+    let mut sock = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
+    sock.bind_auto().context("binding the sock_diag socket")?;
+    sock.connect(&SocketAddr::new(0, 0)).context("connecting the sock_diag socket")?;
+    let mut out = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
+            dump_one(&sock, family, protocol, &mut out)
+                .with_context(|| format!("sock_diag dump (family {family}, protocol {protocol})"))?;
+        }
+    }
+    Ok(out)
+}
+
+fn dump_one(sock: &Socket, family: u8, protocol: u8, out: &mut Vec<DiagSocket>) -> Result<()> {
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
+    let mut packet = NetlinkMessage::new(
+        hdr,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all(),
+            socket_id,
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf[..]);
+    sock.send(&buf, 0)?;
+
+    let mut rx = vec![0u8; 64 * 1024];
+    // A dump ends with NLMSG_DONE; the bound keeps a misbehaving kernel from
+    // holding the agent forever (65,536 batches is millions of sockets).
+    for _ in 0..65_536 {
+        let n = sock.recv(&mut &mut rx[..], 0)?;
+        let mut off = 0;
+        while off < n {
+            let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[off..n])
+                .map_err(|e| anyhow::anyhow!("malformed sock_diag reply: {e}"))?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => out.push(DiagSocket {
+                    cookie: u64::from_ne_bytes(r.header.socket_id.cookie),
+                    inode: r.header.inode,
+                    uid: r.header.uid,
+                    protocol,
+                    state: r.header.state,
+                    local_port: r.header.socket_id.source_port,
+                }),
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => bail!("sock_diag error: {e:?}"),
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            off += len;
+        }
+    }
+    bail!("sock_diag dump did not finish")
+}
+
+/// Socket inode -> owning pid, from every /proc/<pid>/fd. Where several
+/// processes share a socket (inherited across fork), the lowest pid wins: the
+/// parent that made it, most often.
+pub fn inode_owners() -> HashMap<u32, u32> {
+    let mut owners = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return owners };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            if let Some(inode) = parse_socket_link(target.as_os_str().as_encoded_bytes()) {
+                owners.entry(inode).and_modify(|p: &mut u32| *p = (*p).min(pid)).or_insert(pid);
+            }
+        }
+    }
+    owners
+}
+
+/// `socket:[12345]` -> 12345
+fn parse_socket_link(t: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(t).ok()?;
+    s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Local ports with a TCP listener: a pre-existing connection on one of them
+/// was accepted (ingress), any other was opened from here (egress).
+pub fn listening_ports(all: &[DiagSocket]) -> Vec<u16> {
+    all.iter().filter(|s| s.protocol == IPPROTO_TCP && s.state == TCP_LISTEN).map(|s| s.local_port).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_links() {
+        assert_eq!(parse_socket_link(b"socket:[4026]"), Some(4026));
+        assert_eq!(parse_socket_link(b"pipe:[4026]"), None);
+        assert_eq!(parse_socket_link(b"/dev/null"), None);
+    }
+
+    #[test]
+    fn listeners() {
+        let s = |state, port| DiagSocket { cookie: 1, inode: 1, uid: 0, protocol: IPPROTO_TCP, state, local_port: port };
+        assert_eq!(listening_ports(&[s(TCP_LISTEN, 22), s(1, 50000)]), vec![22]);
+    }
+}
