@@ -148,15 +148,58 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Cumulative counters of one flow; the kernel only adds (atomically), userspace
-/// takes deltas between ticks.
+/// Cumulative counters of one flow; the kernel only adds, userspace takes
+/// deltas between ticks.
+///
+/// `bytes_*` is transport payload: for TCP only sequence space not seen before
+/// (so retransmissions and headers are not counted twice or at all), for UDP the
+/// datagram payload. `wire_bytes_*` is every L3 byte the hook saw, headers and
+/// retransmissions included.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCounters {
     pub bytes_out: u64,
     pub bytes_in: u64,
+    pub wire_bytes_out: u64,
+    pub wire_bytes_in: u64,
     pub packets_out: u64,
     pub packets_in: u64,
+    /// TCP: sequence number after the highest byte counted, per direction. TCP
+    /// transmit runs under the socket lock, so one writer at a time per flow.
+    pub next_seq_out: u32,
+    pub next_seq_in: u32,
+    /// `SEQ_OUT_VALID` / `SEQ_IN_VALID`.
+    pub seq_flags: u32,
+    pub _pad: u32,
+}
+
+pub const SEQ_OUT_VALID: u32 = 1;
+pub const SEQ_IN_VALID: u32 = 2;
+
+/// TCP sequence accounting for one direction of one flow: given the next
+/// expected sequence number (`None` before the first segment), a segment's
+/// sequence number, SYN/FIN flags and payload length, return the new next
+/// sequence number and how many payload bytes are new. Retransmissions add
+/// nothing, a partial retransmission only its new tail, and sequence numbers
+/// wrap at 2^32. A gap (segments never seen) counts just this segment.
+#[inline(always)]
+pub fn tcp_advance(next: Option<u32>, seq: u32, syn: bool, fin: bool, payload: u32) -> (u32, u32) {
+    let start = seq.wrapping_add(syn as u32);
+    let end = start.wrapping_add(payload);
+    let after = end.wrapping_add(fin as u32);
+    let Some(next) = next else {
+        return (after, payload);
+    };
+    let new_next = if after.wrapping_sub(next) as i32 > 0 { after } else { next };
+    let ahead = end.wrapping_sub(next) as i32;
+    let counted = if ahead <= 0 {
+        0
+    } else if ahead as u32 > payload {
+        payload
+    } else {
+        ahead as u32
+    };
+    (new_next, counted)
 }
 
 /// Owner of a bound port, so an accepted socket (created by the kernel in softirq,
@@ -223,6 +266,46 @@ pub mod maps {
 pub struct ListenValue {
     pub cookie: u64,
     pub owner: SockInfo,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tcp_advance;
+
+    #[test]
+    fn first_segment_counts_and_syn_fin_take_one_sequence_number() {
+        assert_eq!(tcp_advance(None, 1000, true, false, 0), (1001, 0));
+        assert_eq!(tcp_advance(Some(1001), 1001, false, false, 1448), (2449, 1448));
+        assert_eq!(tcp_advance(Some(2449), 2449, false, true, 10), (2460, 10));
+        // The FIN's retransmission adds nothing.
+        assert_eq!(tcp_advance(Some(2460), 2449, false, true, 10), (2460, 0));
+    }
+
+    #[test]
+    fn retransmissions_and_overlaps_count_only_new_bytes() {
+        assert_eq!(tcp_advance(Some(5000), 3552, false, false, 1448), (5000, 0));
+        // Half old, half new.
+        assert_eq!(tcp_advance(Some(5000), 4276, false, false, 1448), (5724, 724));
+        // A pure ACK.
+        assert_eq!(tcp_advance(Some(5000), 5000, false, false, 0), (5000, 0));
+    }
+
+    #[test]
+    fn wraps_at_two_to_the_32() {
+        let (next, n) = tcp_advance(Some(u32::MAX - 99), u32::MAX - 99, false, false, 1000);
+        assert_eq!((next, n), (900, 1000));
+        assert_eq!(tcp_advance(Some(900), u32::MAX - 99, false, false, 1000), (900, 0));
+    }
+
+    #[test]
+    fn a_gap_counts_only_the_segment() {
+        assert_eq!(tcp_advance(Some(1000), 9000, false, false, 100), (9100, 100));
+    }
+
+    #[test]
+    fn a_gso_super_segment_counts_whole() {
+        assert_eq!(tcp_advance(Some(1), 1, false, false, 65_000), (65_001, 65_000));
+    }
 }
 
 #[cfg(feature = "user")]

@@ -13,6 +13,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     counter, FlowCounters, FlowKey, ListenKey, SockInfo, DIR_INGRESS, ORIGIN_LISTENER,
+    tcp_advance, SEQ_IN_VALID, SEQ_OUT_VALID,
 };
 
 use crate::{count, FLOWS, LISTENERS, SOCKS};
@@ -32,6 +33,15 @@ pub fn skb_ingress(ctx: SkBuffContext) -> i32 {
     1
 }
 
+/// What the header parse learned besides the key.
+struct Parsed {
+    key: FlowKey,
+    /// Transport payload bytes in this skb (GSO: the whole super-packet).
+    payload: u32,
+    /// TCP only: sequence number of the first byte and SYN/FIN flags.
+    tcp: Option<(u32, bool, bool)>,
+}
+
 #[inline(always)]
 fn account(ctx: &SkBuffContext, egress: bool) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
@@ -39,49 +49,70 @@ fn account(ctx: &SkBuffContext, egress: bool) {
         count(counter::SKB_NO_SOCKET);
         return;
     }
-    let Some(key) = flow_key(ctx, cookie, egress) else {
+    let Some(p) = parse(ctx, cookie, egress) else {
         count(counter::SKB_PARSE_FAIL);
         return;
     };
-    let len = ctx.len() as u64;
-    if let Some(c) = FLOWS.get_ptr_mut(&key) {
-        add(c, len, egress);
+    let wire = ctx.len() as u64;
+    if let Some(c) = FLOWS.get_ptr_mut(&p.key) {
+        add(c, &p, wire, egress);
         return;
     }
-    // First packet of this (socket, peer).
-    let mut fresh = FlowCounters::default();
-    if egress {
-        fresh.bytes_out = len;
-        fresh.packets_out = 1;
-    } else {
-        fresh.bytes_in = len;
-        fresh.packets_in = 1;
-    }
-    if FLOWS.insert(&key, &fresh, BPF_NOEXIST as u64).is_err() {
-        // Another CPU created it between our lookup and insert: add to theirs.
-        match FLOWS.get_ptr_mut(&key) {
-            Some(c) => add(c, len, egress),
+    // First packet of this (socket, peer): insert zeroes, then count as usual.
+    let fresh = FlowCounters::default();
+    if FLOWS.insert(&p.key, &fresh, BPF_NOEXIST as u64).is_err() {
+        // Another CPU may have created it between our lookup and insert.
+        match FLOWS.get_ptr_mut(&p.key) {
+            Some(c) => add(c, &p, wire, egress),
             None => count(counter::FLOW_STORE_FAIL),
         }
         return;
     }
-    adopt_accepted(cookie, &key);
+    if let Some(c) = FLOWS.get_ptr_mut(&p.key) {
+        add(c, &p, wire, egress);
+    }
+    adopt_accepted(cookie, &p.key);
 }
 
 #[inline(always)]
-fn add(c: *mut FlowCounters, len: u64, egress: bool) {
+fn add(c: *mut FlowCounters, p: &Parsed, wire: u64, egress: bool) {
+    let payload = match p.tcp {
+        Some((seq, syn, fin)) => unsafe { new_tcp_bytes(c, seq, syn, fin, p.payload, egress) },
+        None => p.payload,
+    } as u64;
     // Shared map value updated from every CPU: atomic adds (BPF_XADD), never a
     // racy `+=`. core's AtomicU64 has no fetch_add on the BPF target (no CAS), so
     // the intrinsic it would lower to is called directly; the result is unused,
     // which lets LLVM emit the plain XADD every BPF-capable kernel accepts.
     unsafe {
         if egress {
-            xadd(&raw mut (*c).bytes_out, len);
+            xadd(&raw mut (*c).bytes_out, payload);
+            xadd(&raw mut (*c).wire_bytes_out, wire);
             xadd(&raw mut (*c).packets_out, 1);
         } else {
-            xadd(&raw mut (*c).bytes_in, len);
+            xadd(&raw mut (*c).bytes_in, payload);
+            xadd(&raw mut (*c).wire_bytes_in, wire);
             xadd(&raw mut (*c).packets_in, 1);
         }
+    }
+}
+
+/// New TCP payload in this segment (see `sensor_common::tcp_advance`). TCP
+/// transmit and receive for one socket run under its lock, so the read-modify-
+/// write of the sequence state has one writer at a time.
+#[inline(always)]
+unsafe fn new_tcp_bytes(c: *mut FlowCounters, seq: u32, syn: bool, fin: bool, payload: u32, egress: bool) -> u32 {
+    unsafe {
+        let (next, bit) = if egress {
+            (&raw mut (*c).next_seq_out, SEQ_OUT_VALID)
+        } else {
+            (&raw mut (*c).next_seq_in, SEQ_IN_VALID)
+        };
+        let known = if (*c).seq_flags & bit != 0 { Some(*next) } else { None };
+        let (new_next, counted) = tcp_advance(known, seq, syn, fin, payload);
+        *next = new_next;
+        (*c).seq_flags |= bit;
+        counted
     }
 }
 
@@ -115,7 +146,7 @@ fn adopt_accepted(cookie: u64, key: &FlowKey) {
 /// cgroup_skb). Addresses come from the packet, not the socket, so unconnected
 /// UDP sends to many peers are told apart.
 #[inline(always)]
-fn flow_key(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<FlowKey> {
+fn parse(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<Parsed> {
     let mut key = FlowKey {
         cookie,
         local_addr: [0; 16],
@@ -127,7 +158,7 @@ fn flow_key(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<FlowKey> {
         _pad: [0; 2],
     };
     let first: u8 = ctx.load(0).ok()?;
-    let (src, dst, l4_off) = match first >> 4 {
+    let (src, dst, l4_off, has_l4) = match first >> 4 {
         4 => {
             let h: [u8; 20] = ctx.load(0).ok()?;
             key.ip_version = 4;
@@ -142,9 +173,8 @@ fn flow_key(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<FlowKey> {
             dst[11] = 0xff;
             src[12..16].copy_from_slice(&h[12..16]);
             dst[12..16].copy_from_slice(&h[16..20]);
-            // Non-first fragments carry no ports.
-            let l4 = if frag == 0 { ((first & 0x0f) as usize) * 4 } else { 0 };
-            (src, dst, l4)
+            // Non-first fragments carry no transport header: all of it is payload.
+            (src, dst, ((first & 0x0f) as usize) * 4, frag == 0)
         }
         6 => {
             let h: [u8; 40] = ctx.load(0).ok()?;
@@ -154,16 +184,28 @@ fn flow_key(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<FlowKey> {
             let mut dst = [0u8; 16];
             src.copy_from_slice(&h[8..24]);
             dst.copy_from_slice(&h[24..40]);
-            (src, dst, 40)
+            (src, dst, 40, true)
         }
         _ => return None,
     };
     let (mut sport, mut dport) = (0u16, 0u16);
-    if l4_off != 0 && (key.protocol == IPPROTO_TCP || key.protocol == IPPROTO_UDP) {
-        if let Ok(ports) = ctx.load::<[u8; 4]>(l4_off) {
-            sport = u16::from_be_bytes([ports[0], ports[1]]);
-            dport = u16::from_be_bytes([ports[2], ports[3]]);
-        }
+    let len = ctx.len();
+    let mut payload = len.saturating_sub(l4_off as u32);
+    let mut tcp = None;
+    if has_l4 && key.protocol == IPPROTO_TCP {
+        let h: [u8; 14] = ctx.load(l4_off).ok()?;
+        sport = u16::from_be_bytes([h[0], h[1]]);
+        dport = u16::from_be_bytes([h[2], h[3]]);
+        let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        let doff = ((h[12] >> 4) as u32) * 4;
+        let flags = h[13];
+        payload = payload.saturating_sub(doff);
+        tcp = Some((seq, flags & 0x02 != 0, flags & 0x01 != 0));
+    } else if has_l4 && key.protocol == IPPROTO_UDP {
+        let h: [u8; 4] = ctx.load(l4_off).ok()?;
+        sport = u16::from_be_bytes([h[0], h[1]]);
+        dport = u16::from_be_bytes([h[2], h[3]]);
+        payload = payload.saturating_sub(8);
     }
     if egress {
         key.local_addr = src;
@@ -176,5 +218,5 @@ fn flow_key(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<FlowKey> {
         key.local_port = dport;
         key.remote_port = sport;
     }
-    Some(key)
+    Some(Parsed { key, payload, tcp })
 }

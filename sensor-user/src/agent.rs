@@ -8,6 +8,8 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+/// BPF_NOEXIST: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 use sensor_common::{
     counter, maps, FlowCounters, FlowKey, SockInfo, COMM_LEN, DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN,
     ORIGIN_LISTENER, ORIGIN_PROCFS,
@@ -75,7 +77,7 @@ impl<W: Write> Agent<W> {
         eprintln!("sluice: process table seeded with {seeded} processes from /proc");
         let ctx = output::Context { host_name: output::host_name(), backend: sensor.backend.name() };
         let format = config.agent.format;
-        Ok(Self {
+        let mut agent = Self {
             config,
             sensor,
             flows_map,
@@ -91,7 +93,12 @@ impl<W: Write> Agent<W> {
             last_tick: Instant::now(),
             last_counters: vec![0; counter::LEN as usize],
             stats: Stats::default(),
-        })
+        };
+        match agent.seed_sockets() {
+            Ok(n) => eprintln!("sluice: {n} sockets older than the sensor attributed through sock_diag and /proc"),
+            Err(e) => eprintln!("sluice: cannot attribute pre-existing sockets (their bytes will show pid 0): {e:#}"),
+        }
+        Ok(agent)
     }
 
     /// Decode and apply one ring buffer record.
@@ -124,8 +131,67 @@ impl<W: Write> Agent<W> {
         self.remembered.get(&cookie).map(|(o, _)| *o)
     }
 
-    /// Resolve sockets older than the sensor through sock_diag and /proc, and
-    /// teach the kernel map so later ticks need no scan.
+    /// Attribute every socket that exists now through sock_diag and /proc. Run
+    /// once right after attaching (hooks see every newer socket), so even a
+    /// pre-existing connection that finishes within the first tick is named.
+    pub fn seed_sockets(&mut self) -> Result<usize> {
+        let diag = sockets::dump()?;
+        let inodes = sockets::inode_owners();
+        let listening = sockets::listening_ports(&diag);
+        let mut n = 0;
+        for s in &diag {
+            if let Some(&pid) = inodes.get(&s.inode).filter(|_| s.inode != 0) {
+                // Never override what a hook recorded in the owner's own context.
+                if self.socks_map.get(&s.cookie, 0).is_err() {
+                    self.adopt(s, pid, &listening, BPF_NOEXIST);
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Record `pid` as the owner of a socket found through sock_diag, in the
+    /// kernel map (so later ticks need no scan) and in our own memory.
+    fn adopt(&mut self, s: &sockets::DiagSocket, pid: u32, listening: &[u16], flags: u64) -> Owner {
+        let direction = if listening.contains(&s.local_port) { DIR_INGRESS } else { DIR_EGRESS };
+        let p = self.procs.get(pid).cloned().or_else(|| self.procfs.read(pid));
+        let mut comm = [0u8; COMM_LEN];
+        if let Some(p) = &p {
+            let n = p.name.len().min(COMM_LEN - 1);
+            comm[..n].copy_from_slice(&p.name.as_bytes()[..n]);
+            if self.procs.get(pid).is_none() {
+                self.procs.insert(p.clone());
+            }
+        }
+        let info = SockInfo {
+            tgid: pid,
+            tid: pid,
+            uid: s.uid,
+            gid: p.as_ref().map(|p| p.gid).unwrap_or(0),
+            cgroup_id: p.as_ref().map(|p| p.cgroup_id).unwrap_or(0),
+            created_ns: 0,
+            closed_ns: 0,
+            comm,
+            family: 0,
+            sock_type: 0,
+            protocol: s.protocol as u16,
+            origin: ORIGIN_PROCFS,
+            direction,
+            bound_port: 0,
+            _pad: [0; 6],
+        };
+        // Best effort: if the kernel map is full the owner is still remembered here.
+        let _ = self.socks_map.insert(s.cookie, info, flags);
+        let owner = owner_from(&info);
+        self.remembered.insert(s.cookie, (owner, Instant::now()));
+        self.unresolved.remove(&s.cookie);
+        self.stats.procfs_resolved += 1;
+        owner
+    }
+
+    /// Fallback for sockets neither a hook nor the start-up snapshot saw (a race
+    /// between the two): one sock_diag dump per tick at most, retried sparingly.
     fn resolve(&mut self, cookies: &[u64]) -> HashMap<u64, Owner> {
         let now = Instant::now();
         let due: Vec<u64> = cookies
@@ -148,48 +214,18 @@ impl<W: Write> Agent<W> {
             }
         };
         let listening = sockets::listening_ports(&diag);
-        let by_cookie: HashMap<u64, &sockets::DiagSocket> = diag.iter().map(|s| (s.cookie, s)).collect();
+        let by_cookie: HashMap<u64, sockets::DiagSocket> = diag.iter().map(|s| (s.cookie, *s)).collect();
         let inodes = sockets::inode_owners();
         for c in due {
-            let Some(pid) = by_cookie.get(&c).and_then(|s| inodes.get(&s.inode).map(|pid| (*s, *pid))) else {
-                self.unresolved.insert(c, now);
-                continue;
-            };
-            let (s, pid) = pid;
-            let direction = if listening.contains(&s.local_port) { DIR_INGRESS } else { DIR_EGRESS };
-            let p = self.procs.get(pid).cloned().or_else(|| self.procfs.read(pid));
-            let mut comm = [0u8; COMM_LEN];
-            if let Some(p) = &p {
-                let n = p.name.len().min(COMM_LEN - 1);
-                comm[..n].copy_from_slice(&p.name.as_bytes()[..n]);
-                if self.procs.get(pid).is_none() {
-                    self.procs.insert(p.clone());
+            let hit = by_cookie.get(&c).filter(|s| s.inode != 0).and_then(|s| inodes.get(&s.inode).map(|pid| (*s, *pid)));
+            match hit {
+                Some((s, pid)) => {
+                    found.insert(c, self.adopt(&s, pid, &listening, 0));
+                }
+                None => {
+                    self.unresolved.insert(c, now);
                 }
             }
-            let info = SockInfo {
-                tgid: pid,
-                tid: pid,
-                uid: s.uid,
-                gid: p.as_ref().map(|p| p.gid).unwrap_or(0),
-                cgroup_id: p.as_ref().map(|p| p.cgroup_id).unwrap_or(0),
-                created_ns: 0,
-                closed_ns: 0,
-                comm,
-                family: 0,
-                sock_type: 0,
-                protocol: s.protocol as u16,
-                origin: ORIGIN_PROCFS,
-                direction,
-                bound_port: 0,
-                _pad: [0; 6],
-            };
-            // Best effort: if the kernel map is full the owner is still remembered here.
-            let _ = self.socks_map.insert(c, info, 0);
-            let owner = owner_from(&info);
-            self.remembered.insert(c, (owner, now));
-            self.unresolved.remove(&c);
-            self.stats.procfs_resolved += 1;
-            found.insert(c, owner);
         }
         found
     }

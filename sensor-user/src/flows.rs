@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use sensor_common::{FlowCounters, FlowKey, DIR_EGRESS, DIR_INGRESS};
+use sensor_common::{FlowCounters, FlowKey, DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN};
 
 /// Bytes and packets that moved on one kernel flow since the last tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +33,19 @@ impl DeltaTracker {
             let d = match self.prev.remove(&key) {
                 // Counters only grow; a smaller value means the entry was evicted
                 // and recreated, so all of it is new.
-                Some(p) if cur.bytes_out >= p.bytes_out && cur.bytes_in >= p.bytes_in => FlowCounters {
-                    bytes_out: cur.bytes_out - p.bytes_out,
-                    bytes_in: cur.bytes_in - p.bytes_in,
-                    packets_out: cur.packets_out.saturating_sub(p.packets_out),
-                    packets_in: cur.packets_in.saturating_sub(p.packets_in),
-                },
-                _ => cur,
+                Some(p) if cur.wire_bytes_out >= p.wire_bytes_out && cur.wire_bytes_in >= p.wire_bytes_in => {
+                    FlowCounters {
+                        bytes_out: cur.bytes_out.saturating_sub(p.bytes_out),
+                        bytes_in: cur.bytes_in.saturating_sub(p.bytes_in),
+                        wire_bytes_out: cur.wire_bytes_out - p.wire_bytes_out,
+                        wire_bytes_in: cur.wire_bytes_in - p.wire_bytes_in,
+                        packets_out: cur.packets_out.saturating_sub(p.packets_out),
+                        packets_in: cur.packets_in.saturating_sub(p.packets_in),
+                        ..FlowCounters::default()
+                    }
+                }
+                // The kernel's TCP sequence bookkeeping is not a quantity.
+                _ => FlowCounters { next_seq_out: 0, next_seq_in: 0, seq_flags: 0, ..cur },
             };
             if d != FlowCounters::default() {
                 out.push(Delta { key, counters: d });
@@ -192,8 +198,12 @@ pub struct FlowRecord {
     pub remote_ip: IpAddr,
     pub remote_port: u16,
     pub protocol: u8,
+    /// Transport payload (TCP: new sequence space only).
     pub bytes_out: u64,
     pub bytes_in: u64,
+    /// L3 bytes including headers and retransmissions.
+    pub wire_bytes_out: u64,
+    pub wire_bytes_in: u64,
     pub packets_out: u64,
     pub packets_in: u64,
     /// Kernel flows (sockets) rolled into this record.
@@ -222,12 +232,22 @@ pub fn aggregate(deltas: &[Delta], owner_of: impl Fn(u64) -> Owner) -> Vec<FlowR
             protocol: d.key.protocol,
             bytes_out: 0,
             bytes_in: 0,
+            wire_bytes_out: 0,
+            wire_bytes_in: 0,
             packets_out: 0,
             packets_in: 0,
             sockets: 0,
         });
+        // A listening socket (direction unknown: it only saw the SYN) and the
+        // socket it accepted merge here; the one that knows the direction wins,
+        // whatever order the map was read in.
+        if r.owner.direction == DIR_UNKNOWN && owner.direction != DIR_UNKNOWN {
+            r.owner = owner;
+        }
         r.bytes_out += d.counters.bytes_out;
         r.bytes_in += d.counters.bytes_in;
+        r.wire_bytes_out += d.counters.wire_bytes_out;
+        r.wire_bytes_in += d.counters.wire_bytes_in;
         r.packets_out += d.counters.packets_out;
         r.packets_in += d.counters.packets_in;
         r.sockets += 1;
@@ -258,15 +278,27 @@ mod tests {
     }
 
     fn c(out: u64, inn: u64) -> FlowCounters {
-        FlowCounters { bytes_out: out, bytes_in: inn, packets_out: 1, packets_in: 1 }
+        FlowCounters {
+            bytes_out: out,
+            bytes_in: inn,
+            wire_bytes_out: out + 40,
+            wire_bytes_in: inn + 40,
+            packets_out: 1,
+            packets_in: 1,
+            next_seq_out: 99,
+            seq_flags: 1,
+            ..FlowCounters::default()
+        }
     }
 
     #[test]
     fn deltas_between_snapshots() {
         let mut t = DeltaTracker::default();
         let k = key(1, [10, 0, 0, 2], 80);
-        assert_eq!(t.update([(k, c(100, 10))])[0].counters.bytes_out, 100);
-        assert!(t.update([(k, c(100, 10))]).is_empty(), "no movement, no delta");
+        let d0 = t.update([(k, c(100, 10))]);
+        assert_eq!((d0[0].counters.bytes_out, d0[0].counters.wire_bytes_out, d0[0].counters.next_seq_out), (100, 140, 0));
+        let first = t.update([(k, c(100, 10))]);
+        assert!(first.is_empty(), "no movement, no delta: {first:?}");
         let d = t.update([(k, c(350, 15))]);
         assert_eq!((d[0].counters.bytes_out, d[0].counters.bytes_in), (250, 5));
     }
@@ -300,6 +332,25 @@ mod tests {
         assert_eq!(r.len(), 3);
         assert_eq!((r[0].owner.pid, r[0].bytes_out, r[0].sockets), (100, 150, 2));
         assert_eq!(r[0].remote_ip, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
+    }
+
+    #[test]
+    fn a_known_direction_wins_over_the_listener_socket_in_any_order() {
+        let owner = |cookie: u64| Owner {
+            pid: 7,
+            uid: 0,
+            cgroup_id: 0,
+            direction: if cookie == 1 { DIR_UNKNOWN } else { DIR_INGRESS },
+            attribution: if cookie == 1 { Attribution::Kernel } else { Attribution::Listener },
+        };
+        let syn = Delta { key: key(1, [127, 0, 0, 1], 5555), counters: c(0, 60) };
+        let data = Delta { key: key(2, [127, 0, 0, 1], 5555), counters: c(10, 5000) };
+        for ds in [[syn, data], [data, syn]] {
+            let r = aggregate(&ds, owner);
+            assert_eq!(r.len(), 1);
+            assert_eq!((r[0].owner.direction, r[0].bytes_in), (DIR_INGRESS, 5060));
+            assert_eq!(r[0].owner.attribution, Attribution::Listener);
+        }
     }
 
     #[test]

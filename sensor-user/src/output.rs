@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::{
     config::Format,
     flows::{self, FlowRecord},
-    process_table::Process,
+    process_table::{boot_to_wall, Process},
     text::escape_control,
 };
 
@@ -49,8 +49,11 @@ pub fn process_json(pid: u32, p: Option<&Process>) -> Value {
         }
         m.insert("parent".into(), json!({ "pid": p.ppid }));
         m.insert("entity_id".into(), json!(p.entity_id()));
-        if p.exited_ns.is_some() {
-            m.insert("end".into(), json!(true));
+        if p.start_ns != 0 {
+            m.insert("start".into(), json!(timestamp(boot_to_wall(p.start_ns))));
+        }
+        if let Some(end) = p.exited_ns {
+            m.insert("end".into(), json!(timestamp(boot_to_wall(end))));
         }
     }
     Value::Object(m)
@@ -82,6 +85,8 @@ pub fn flow_json(ctx: &Context, at: SystemTime, window: Duration, r: &FlowRecord
         "sluice": {
             "bytes_out": r.bytes_out,
             "bytes_in": r.bytes_in,
+            "wire_bytes_out": r.wire_bytes_out,
+            "wire_bytes_in": r.wire_bytes_in,
             "packets_out": r.packets_out,
             "packets_in": r.packets_in,
             "window_s": window.as_secs_f64(),
@@ -165,6 +170,8 @@ mod tests {
             protocol: 6,
             bytes_out: 5_000_000,
             bytes_in: 1_000,
+            wire_bytes_out: 5_200_000,
+            wire_bytes_in: 6_000,
             packets_out: 100,
             packets_in: 50,
             sockets: 1,

@@ -208,6 +208,12 @@ fn cgroup_id_of(pid: u32) -> Option<u64> {
     std::fs::metadata(root.join(path.trim_start_matches('/'))).ok().map(|m| m.ino())
 }
 
+/// Wall-clock time of a CLOCK_BOOTTIME timestamp (for ECS dates).
+pub fn boot_to_wall(boot_ns: u64) -> std::time::SystemTime {
+    let ago = boottime_ns().saturating_sub(boot_ns);
+    std::time::SystemTime::now() - std::time::Duration::from_nanos(ago)
+}
+
 /// CLOCK_BOOTTIME now, the clock of the kernel's event timestamps.
 pub fn boottime_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

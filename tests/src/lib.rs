@@ -1,0 +1,348 @@
+//! Harness for sluice's end-to-end tests: the real `sluice` binary with the real
+//! eBPF programs, real programs uploading, and test hosts in network namespaces
+//! the tests create and remove. Every wait is bounded.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+pub const MB: u64 = 1_000_000;
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The sluice binary under test (`cargo xtask test` sets SLUICE_BIN).
+pub fn sluice_bin() -> PathBuf {
+    std::env::var_os("SLUICE_BIN").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/debug/sluice"))
+}
+
+/// A helper binary of this crate (built by `cargo xtask test`).
+pub fn helper_bin(name: &str) -> PathBuf {
+    sluice_bin().parent().expect("bin dir").join(name)
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    workspace().join("tests/fixtures").join(name)
+}
+
+/// The end-to-end tests load eBPF programs: root is required, and a run without
+/// it must fail loudly, not pass by skipping.
+pub fn require_root() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end tests load eBPF programs and create network namespaces: run them as root (cargo xtask test)");
+}
+
+/// A running `sluice run`, its stdout parsed line by line.
+pub struct Sluice {
+    child: Child,
+    records: Arc<Mutex<Vec<Value>>>,
+    bad_lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sluice {
+    /// Start `sluice run ARGS` and wait until it says it is attached.
+    pub fn start(args: &[&str]) -> Result<Sluice> {
+        let mut child = Command::new(sluice_bin())
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", sluice_bin().display()))?;
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let bad_lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("piped stdout");
+        let (r, b) = (records.clone(), bad_lines.clone());
+        thread::spawn(move || {
+            for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
+                match serde_json::from_slice::<Value>(&line) {
+                    Ok(v) if v.is_object() => r.lock().unwrap().push(v),
+                    _ => b.lock().unwrap().push(String::from_utf8_lossy(&line).into_owned()),
+                }
+            }
+        });
+        let err = child.stderr.take().expect("piped stderr");
+        let e = stderr.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                e.lock().unwrap().push(line);
+            }
+        });
+        let mut s = Sluice { child, records, bad_lines, stderr };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if s.stderr.lock().unwrap().iter().any(|l| l.contains("sluice: ready")) {
+                return Ok(s);
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                bail!("sluice exited early ({status}); stderr:\n{}", s.stderr_text());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!("sluice did not get ready in 60 s; stderr:\n{}", s.stderr_text())
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        self.records.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait (bounded) until `pred` holds over the records seen so far.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let recs = self.records();
+            if pred(&recs) {
+                return Ok(recs);
+            }
+            if Instant::now() >= deadline {
+                bail!("timed out after {timeout:?} waiting for {what}; {} records; stderr:\n{}", recs.len(), self.stderr_text());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, wait for a clean exit (bounded), return every record it printed.
+    pub fn stop(mut self) -> Result<Vec<Value>> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait()? {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                bail!("sluice did not stop within 30 s of SIGTERM; stderr:\n{}", self.stderr_text());
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        // Let the reader threads reach EOF.
+        thread::sleep(Duration::from_millis(200));
+        if !status.success() {
+            bail!("sluice exited with {status}; stderr:\n{}", self.stderr_text());
+        }
+        let bad = self.bad_lines.lock().unwrap().clone();
+        if !bad.is_empty() {
+            bail!("sluice printed {} lines that are not JSON objects, first: {:?}", bad.len(), bad[0]);
+        }
+        Ok(self.records())
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Flow-summary records of `pid`.
+pub fn flows_of(records: &[Value], pid: u32) -> Vec<&Value> {
+    records
+        .iter()
+        .filter(|r| r["event"]["action"] == "flow-summary" && r["process"]["pid"] == pid)
+        .collect()
+}
+
+/// Bytes `pid` sent to `ip:port` over all records.
+pub fn bytes_out_to(records: &[Value], pid: u32, ip: &str, port: u16) -> u64 {
+    flows_of(records, pid)
+        .iter()
+        .filter(|r| r["destination"]["ip"] == ip && r["destination"]["port"] == port)
+        .map(|r| r["sluice"]["bytes_out"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Assert `got` is within [lo, hi] of `want` (cgroup_skb sees packets, so
+/// IP and transport headers are counted on top of the payload).
+pub fn assert_ratio(what: &str, got: u64, want: u64, lo: f64, hi: f64) {
+    let r = got as f64 / want as f64;
+    assert!(
+        (lo..=hi).contains(&r),
+        "{what}: attributed {got} bytes for {want} sent, ratio {r:.4}, expected {lo}..={hi}"
+    );
+}
+
+static NS_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A test host: a network namespace joined to this one by a veth pair, with
+/// IPv4 10.213.N.0/30 and IPv6 fd53:5c:0:N::/64. Removed on drop.
+pub struct TestHost {
+    pub name: String,
+    pub host_veth: String,
+    pub local_v4: String,
+    pub peer_v4: String,
+    pub local_v6: String,
+    pub peer_v6: String,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl TestHost {
+    pub fn create() -> Result<TestHost> {
+        let n = NS_SEQ.fetch_add(1, Ordering::SeqCst) % 250 + 1;
+        let tag = std::process::id() % 10_000;
+        let name = format!("sluice-t{tag}-{n}");
+        let host_veth = format!("slh{tag}x{n}");
+        let peer_veth = format!("slp{tag}x{n}");
+        let _ = ip(&["netns", "del", &name]);
+        let _ = ip(&["link", "del", &host_veth]);
+        let h = TestHost {
+            name: name.clone(),
+            host_veth: host_veth.clone(),
+            local_v4: format!("10.213.{n}.1"),
+            peer_v4: format!("10.213.{n}.2"),
+            local_v6: format!("fd53:5c:0:{n:x}::1"),
+            peer_v6: format!("fd53:5c:0:{n:x}::2"),
+        };
+        ip(&["netns", "add", &name])?;
+        ip(&["link", "add", &host_veth, "type", "veth", "peer", "name", &peer_veth])?;
+        ip(&["link", "set", &peer_veth, "netns", &name])?;
+        ip(&["addr", "add", &format!("{}/30", h.local_v4), "dev", &host_veth])?;
+        ip(&["-6", "addr", "add", &format!("{}/64", h.local_v6), "dev", &host_veth, "nodad"])?;
+        ip(&["link", "set", &host_veth, "up"])?;
+        ip(&["-n", &name, "addr", "add", &format!("{}/30", h.peer_v4), "dev", &peer_veth])?;
+        ip(&["-n", &name, "-6", "addr", "add", &format!("{}/64", h.peer_v6), "dev", &peer_veth, "nodad"])?;
+        ip(&["-n", &name, "link", "set", &peer_veth, "up"])?;
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(h)
+    }
+
+    /// A command that runs inside the test host.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.host_veth]);
+    }
+}
+
+/// A running `sink.py`: started, waited for until it listens.
+pub struct Sink {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sink {
+    /// `mode` is tcp | http | udp; `host` None means this namespace.
+    pub fn start(host: Option<&TestHost>, mode: &str, addr: &str, port: u16, extra: &[&str]) -> Result<Sink> {
+        let script = fixture("sink.py");
+        let mut cmd = match host {
+            Some(h) => h.command("/usr/bin/python3"),
+            None => Command::new("/usr/bin/python3"),
+        };
+        let mut child = cmd
+            .arg(&script)
+            .args([mode, addr, &port.to_string()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting sink.py")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("piped");
+        let l = lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let sink = Sink { child, lines };
+        sink.wait_line("ready", Duration::from_secs(20))?;
+        Ok(sink)
+    }
+
+    fn wait_line(&self, prefix: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.starts_with(prefix)) {
+                return Ok(l.clone());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Err(anyhow!("sink did not print {prefix:?} within {timeout:?}"))
+    }
+
+    /// Bytes the sink received (waits for it to finish).
+    pub fn received(&self) -> Result<u64> {
+        let line = self.wait_line("received", Duration::from_secs(120))?;
+        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).context("malformed sink output")
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `cmd` to completion (bounded), return its pid.
+pub fn run_child(cmd: &mut Command, timeout: Duration) -> Result<u32> {
+    let mut child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    let pid = child.id();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("{cmd:?} failed: {status}");
+            }
+            return Ok(pid);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            bail!("{cmd:?} did not finish in {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A free local port (bind to 0, read it back, release it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(40_123)
+}
+
+/// The python uploader: connect, send N bytes, half-close, wait for the peer to
+/// close (so every byte left before exit).
+pub const PY_UPLOAD: &str = "import socket,sys\n\
+a,p,n=sys.argv[1],int(sys.argv[2]),int(sys.argv[3])\n\
+s=socket.create_connection((a,p))\n\
+buf=b'x'*(1<<20)\n\
+while n>0:\n    k=min(n,len(buf)); s.sendall(buf[:k]); n-=k\n\
+s.shutdown(socket.SHUT_WR)\n\
+s.recv(1)\n";

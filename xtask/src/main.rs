@@ -1,1 +1,116 @@
-fn main(){}
+//! `cargo xtask <command>`: everything that is not plain cargo. Each command
+//! installs what it needs first (`setup`), so a fresh Debian machine goes from
+//! clone to running sensor or green test suite with one command.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install missing Debian packages and bpf-linker (idempotent; quick when all is present).
+    Setup,
+    /// Build the eBPF object with Debian's rustc for bpfel-unknown-none.
+    BuildEbpf,
+    /// Build (release) and run `sluice run` with the given arguments (needs root).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The whole test suite: unit tests, then end-to-end scenarios on this host's kernel.
+    Test,
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("running {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+/// The host cargo (rustup's), the one running us.
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+pub fn ebpf_object() -> PathBuf {
+    root().join("sensor-ebpf/target/bpfel-unknown-none/release/sensor-ebpf")
+}
+
+fn build_ebpf() -> Result<()> {
+    let linker = setup::bpf_linker().context("bpf-linker not found; run `cargo xtask setup`")?;
+    let mut c = Command::new(setup::DEBIAN_CARGO);
+    c.current_dir(root().join("sensor-ebpf"))
+        .args(["build", "--release", "--target", "bpfel-unknown-none"])
+        // Debian's rustc ships a prebuilt core for the BPF target: no build-std.
+        .env("RUSTC", setup::DEBIAN_RUSTC)
+        // aya-ebpf uses unstable features (asm_experimental_arch); allow them for
+        // these crates only, not for the whole compiler.
+        .env("RUSTC_BOOTSTRAP", "aya_ebpf,aya_ebpf_bindings,aya_ebpf_cty,aya_ebpf_macros,sensor_ebpf,sensor_common")
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", linker)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    run(&mut c)?;
+    println!("xtask: eBPF object at {}", ebpf_object().display());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup::ensure(),
+        Cmd::BuildEbpf => {
+            setup::ensure()?;
+            build_ebpf()
+        }
+        Cmd::Run { args } => {
+            setup::ensure()?;
+            build_ebpf()?;
+            run(cargo().args(["build", "--release", "-p", "sensor-user", "--bin", "sluice"]))?;
+            let bin = root().join("target/release/sluice");
+            let mut c = Command::new(&bin);
+            c.arg("run").args(args);
+            let err = std::os::unix::process::CommandExt::exec(&mut c);
+            bail!("exec {}: {err}", bin.display())
+        }
+        Cmd::Test => {
+            setup::ensure()?;
+            setup::ensure_test_tools()?;
+            build_ebpf()?;
+            // Build once; the end-to-end tests run these binaries.
+            run(cargo().args(["build", "-p", "sensor-user", "-p", "sluice-tests", "--bins"]))?;
+            let bin = root().join("target/debug/sluice");
+            run(cargo().args(["test", "--workspace", "--exclude", "sluice-tests"]))?;
+            // Serial: each scenario runs its own sensor and measures bytes; on two
+            // cores, parallel uploads would only make timings noisy.
+            run(cargo()
+                .args(["test", "-p", "sluice-tests", "--", "--test-threads=1"])
+                .env("SLUICE_BIN", &bin))?;
+            Ok(())
+        }
+    }
+}

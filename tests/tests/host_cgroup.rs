@@ -1,0 +1,325 @@
+//! End-to-end on this host's kernel (the cgroup backend): the real sluice binary
+//! loads the real eBPF programs while real programs upload to test hosts in
+//! network namespaces (and over loopback). Each flow must be attributed to the
+//! right pid, executable and destination, with 99-103% of the bytes sent
+//! (cgroup_skb counts packets, so IP/TCP headers come on top of the payload).
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sluice_tests::*;
+
+const TICK: &[&str] = &["--emit", "flows", "--tick", "1s", "--probe", "cgroup"];
+
+fn first_flow<'a>(records: &'a [Value], pid: u32, ip: &str, port: u16) -> &'a Value {
+    flows_of(records, pid)
+        .into_iter()
+        .find(|r| r["destination"]["ip"] == ip && r["destination"]["port"] == port)
+        .unwrap_or_else(|| panic!("no flow record for pid {pid} to {ip}:{port}; records of that pid: {:?}", flows_of(records, pid)))
+}
+
+/// Upload `bytes` with the python uploader to `addr:port`, sink running on `host`.
+fn python_upload(host: Option<&TestHost>, addr: &str, bytes: u64) -> (Vec<Value>, u32, u16) {
+    require_root();
+    let port = free_port();
+    let sluice = Sluice::start(TICK).unwrap();
+    let sink = Sink::start(host, "tcp", addr, port, &[]).unwrap();
+    let pid = run_child(
+        Command::new("/usr/bin/python3").args(["-c", PY_UPLOAD, addr, &port.to_string(), &bytes.to_string()]),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert_eq!(sink.received().unwrap(), bytes, "the sink must receive every byte");
+    let records = sluice.stop().unwrap();
+    (records, pid, port)
+}
+
+fn assert_python_flow(records: &[Value], pid: u32, ip: &str, port: u16, bytes: u64, scope: &str) {
+    let got = bytes_out_to(records, pid, ip, port);
+    assert_ratio(&format!("python3 pid {pid} -> {ip}:{port}"), got, bytes, 0.99, 1.03);
+    let f = first_flow(records, pid, ip, port);
+    let wire: u64 = flows_of(records, pid)
+        .iter()
+        .filter(|r| r["destination"]["ip"] == ip && r["destination"]["port"] == port)
+        .map(|r| r["sluice"]["wire_bytes_out"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(wire >= got, "wire bytes ({wire}) include headers, so never fewer than payload ({got})");
+    assert_eq!(f["process"]["executable"], "/usr/bin/python3", "{f}");
+    assert_eq!(f["process"]["args"][0], "/usr/bin/python3", "{f}");
+    assert_eq!(f["process"]["parent"]["pid"], std::process::id(), "parent is the test process: {f}");
+    assert_eq!(f["network"]["transport"], "tcp");
+    assert_eq!(f["network"]["direction"], "egress");
+    assert_eq!(f["sluice"]["peer_scope"], scope);
+    assert_eq!(f["sluice"]["attribution"], "kernel");
+    assert_eq!(f["event"]["kind"], "event");
+    assert!(f["@timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{f}");
+    assert!(f["host"]["name"].is_string());
+    assert_eq!(f["user"]["id"], "0");
+}
+
+#[test]
+fn python_upload_to_test_host_is_attributed_to_its_pid() {
+    let host = TestHost::create().unwrap();
+    let bytes = 50 * MB;
+    let (records, pid, port) = python_upload(Some(&host), &host.peer_v4, bytes);
+    assert_python_flow(&records, pid, &host.peer_v4, port, bytes, "private");
+    assert_eq!(first_flow(&records, pid, &host.peer_v4, port)["network"]["type"], "ipv4");
+}
+
+#[test]
+fn python_upload_over_loopback_is_attributed_and_the_server_side_is_ingress() {
+    let bytes = 50 * MB;
+    let (records, pid, port) = python_upload(None, "127.0.0.1", bytes);
+    assert_python_flow(&records, pid, "127.0.0.1", port, bytes, "loopback");
+    // The sink's accepted socket: owned by the sink (via its bound port), opened by the peer.
+    let server: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["source"]["port"] == port && r["network"]["direction"] == "ingress")
+        .collect();
+    assert!(
+        !server.is_empty(),
+        "no ingress record for the sink's accepted socket on port {port}; records touching it: {:?}",
+        records.iter().filter(|r| r["source"]["port"] == port || r["destination"]["port"] == port).collect::<Vec<_>>()
+    );
+    let received: u64 = server.iter().map(|r| r["sluice"]["bytes_in"].as_u64().unwrap_or(0)).sum();
+    assert_ratio("sink bytes_in", received, bytes, 0.99, 1.03);
+    assert_eq!(server[0]["sluice"]["attribution"], "listener");
+    assert_eq!(server[0]["process"]["executable"], "/usr/bin/python3");
+}
+
+#[test]
+fn ipv6_and_v4_mapped_uploads_are_attributed() {
+    let host = TestHost::create().unwrap();
+    let bytes = 20 * MB;
+    let (records, pid, port) = python_upload(Some(&host), &host.peer_v6, bytes);
+    assert_python_flow(&records, pid, &host.peer_v6, port, bytes, "private");
+    assert_eq!(first_flow(&records, pid, &host.peer_v6, port)["network"]["type"], "ipv6");
+
+    // An AF_INET6 socket talking to ::ffff:a.b.c.d sends IPv4 on the wire.
+    let port = free_port();
+    let sluice = Sluice::start(TICK).unwrap();
+    let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &[]).unwrap();
+    let mapped = format!("::ffff:{}", host.peer_v4);
+    let script = "import socket,sys\ns=socket.socket(socket.AF_INET6)\ns.connect((sys.argv[1],int(sys.argv[2])))\ns.sendall(b'm'*int(sys.argv[3]))\ns.shutdown(1)\ns.recv(1)\n";
+    let pid = run_child(
+        Command::new("/usr/bin/python3").args(["-c", script, &mapped, &port.to_string(), &(10 * MB).to_string()]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(sink.received().unwrap(), 10 * MB);
+    let records = sluice.stop().unwrap();
+    assert_ratio("v4-mapped upload", bytes_out_to(&records, pid, &host.peer_v4, port), 10 * MB, 0.99, 1.03);
+    assert_eq!(first_flow(&records, pid, &host.peer_v4, port)["network"]["type"], "ipv4");
+}
+
+#[test]
+fn curl_put_upload_is_attributed_to_curl() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = std::env::temp_dir().join(format!("sluice-curl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("payload.bin");
+    let bytes = 50 * MB;
+    std::fs::write(&file, vec![b'c'; bytes as usize]).unwrap();
+    let port = free_port();
+    let sluice = Sluice::start(TICK).unwrap();
+    let sink = Sink::start(Some(&host), "http", &host.peer_v4, port, &[]).unwrap();
+    let url = format!("http://{}:{}/upload", host.peer_v4, port);
+    let pid = run_child(
+        Command::new("/usr/bin/curl").args(["-sS", "-o", "/dev/null", "-T"]).arg(&file).arg(&url),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert_eq!(sink.received().unwrap(), bytes);
+    let records = sluice.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_ratio("curl -T", bytes_out_to(&records, pid, &host.peer_v4, port), bytes, 0.99, 1.03);
+    let f = first_flow(&records, pid, &host.peer_v4, port);
+    assert_eq!(f["process"]["executable"], "/usr/bin/curl");
+    assert_eq!(f["process"]["name"], "curl");
+    assert!(f["process"]["args"].as_array().unwrap().iter().any(|a| a == "-T"), "{f}");
+}
+
+#[test]
+fn unconnected_udp_sender_is_attributed() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let port = free_port();
+    let (count, size) = (5000u64, 1200u64);
+    let sluice = Sluice::start(TICK).unwrap();
+    let sink = Sink::start(Some(&host), "udp", &host.peer_v4, port, &[&(count * size).to_string()]).unwrap();
+    // sendto() on an unbound, unconnected socket: only the sendmsg hook sees its owner.
+    let script = "import socket,sys,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nd=b'u'*int(sys.argv[4])\nfor i in range(int(sys.argv[3])):\n    s.sendto(d,(sys.argv[1],int(sys.argv[2])))\n    if i%200==199: time.sleep(0.002)\n";
+    let pid = run_child(
+        Command::new("/usr/bin/python3").args(["-c", script, &host.peer_v4, &port.to_string(), &count.to_string(), &size.to_string()]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let _ = sink.received();
+    let records = sluice.stop().unwrap();
+    let payload = count * size;
+    assert_ratio("udp sendto", bytes_out_to(&records, pid, &host.peer_v4, port), payload, 0.99, 1.03);
+    let f = first_flow(&records, pid, &host.peer_v4, port);
+    assert_eq!(f["network"]["transport"], "udp");
+    assert_eq!(f["network"]["direction"], "egress");
+    assert_eq!(f["process"]["executable"], "/usr/bin/python3");
+}
+
+#[test]
+fn a_process_that_lives_a_millisecond_is_still_named() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let port = free_port();
+    let bytes = MB;
+    let burst = helper_bin("burst");
+    assert!(burst.is_file(), "{} missing: cargo xtask test builds it", burst.display());
+    let sluice = Sluice::start(TICK).unwrap();
+    let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &[]).unwrap();
+    let started = Instant::now();
+    let pid = run_child(Command::new(&burst).args([&host.peer_v4, &port.to_string(), &bytes.to_string()]), Duration::from_secs(30)).unwrap();
+    let lived = started.elapsed();
+    assert_eq!(sink.received().unwrap(), bytes);
+    let records = sluice.stop().unwrap();
+    eprintln!("burst lived about {lived:?} (spawn to reap, upper bound)");
+    // Gone long before the tick: only the kernel's exec record can name it.
+    assert_ratio("burst", bytes_out_to(&records, pid, &host.peer_v4, port), bytes, 0.99, 1.03);
+    let f = first_flow(&records, pid, &host.peer_v4, port);
+    assert_eq!(f["process"]["executable"], burst.to_str().unwrap(), "{f}");
+    assert_eq!(f["process"]["name"], "burst");
+    assert_eq!(f["process"]["args"][1], host.peer_v4.as_str());
+    assert_eq!(f["process"]["args"][3], bytes.to_string());
+}
+
+#[test]
+fn a_socket_older_than_the_sensor_is_attributed_through_sock_diag() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let port = free_port();
+    let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &[]).unwrap();
+    // Connect first, send only when told: the sensor never sees connect().
+    let script = "import socket,sys\ns=socket.create_connection((sys.argv[1],int(sys.argv[2])))\nprint('connected',flush=True)\nsys.stdin.readline()\ns.sendall(b'o'*int(sys.argv[3]))\ns.shutdown(1)\ns.recv(1)\n";
+    let bytes = 10 * MB;
+    let mut client = Command::new("/usr/bin/python3")
+        .args(["-c", script, &host.peer_v4, &port.to_string(), &bytes.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(client.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "connected");
+    let sluice = Sluice::start(TICK).unwrap();
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "client did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(sink.received().unwrap(), bytes);
+    let pid = client.id();
+    let records = sluice.stop().unwrap();
+    assert_ratio("pre-existing socket", bytes_out_to(&records, pid, &host.peer_v4, port), bytes, 0.99, 1.03);
+    let f = first_flow(&records, pid, &host.peer_v4, port);
+    assert_eq!(f["sluice"]["attribution"], "procfs", "{f}");
+    assert_eq!(f["network"]["direction"], "egress", "{f}");
+    assert!(f["process"]["executable"].as_str().unwrap().contains("python3"), "{f}");
+}
+
+#[test]
+fn sigterm_flushes_the_last_partial_tick() {
+    require_root();
+    // A tick far longer than the test: only the shutdown flush can print the flow.
+    let sluice = Sluice::start(&["--emit", "flows", "--tick", "10min", "--probe", "cgroup"]).unwrap();
+    let port = free_port();
+    let sink = Sink::start(None, "tcp", "127.0.0.1", port, &[]).unwrap();
+    let pid = run_child(
+        Command::new("/usr/bin/python3").args(["-c", PY_UPLOAD, "127.0.0.1", &port.to_string(), &(5 * MB).to_string()]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(sink.received().unwrap(), 5 * MB);
+    let records = sluice.stop().unwrap();
+    assert_ratio("flushed at exit", bytes_out_to(&records, pid, "127.0.0.1", port), 5 * MB, 0.99, 1.03);
+}
+
+#[test]
+fn text_format_prints_one_line_per_flow() {
+    require_root();
+    let mut child = Command::new(sluice_bin())
+        .args(["run", "--emit", "flows", "--tick", "1s", "--format", "text"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = err.lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "sluice did not get ready");
+        match lines.next() {
+            Some(Ok(l)) if l.contains("sluice: ready") => break,
+            Some(_) => continue,
+            None => panic!("sluice exited early"),
+        }
+    }
+    let port = free_port();
+    let sink = Sink::start(None, "tcp", "127.0.0.1", port, &[]).unwrap();
+    let pid = run_child(
+        Command::new("/usr/bin/python3").args(["-c", PY_UPLOAD, "127.0.0.1", &port.to_string(), &MB.to_string()]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    sink.received().unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("pid={pid} ")) && l.contains(&format!("127.0.0.1:{port}")))
+        .unwrap_or_else(|| panic!("no text line for pid {pid}:\n{text}"));
+    assert!(line.contains(" flow ") && line.contains("exe=/usr/bin/python3") && line.contains("egress"), "{line}");
+}
+
+#[test]
+fn check_explains_the_backend_choice() {
+    require_root();
+    let out = Command::new(sluice_bin()).arg("check").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "sluice check failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for key in ["kernel:", "BTF (vmlinux):", "cgroup v2:", "tracefs:", "auto picks:"] {
+        assert!(text.contains(key), "missing {key:?}:\n{text}");
+    }
+    assert!(text.lines().any(|l| l.trim_start().starts_with("cgroup") && l.contains("usable: programs load")), "{text}");
+    assert!(text.contains("auto picks:        cgroup"), "{text}");
+}
+
+#[test]
+fn a_backend_this_build_cannot_run_fails_with_a_clear_message() {
+    require_root();
+    let out = Command::new(sluice_bin()).args(["run", "--probe", "fentry"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fentry") && err.contains("--probe cgroup"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing on stdout when nothing ran");
+}
+
+#[test]
+fn bad_config_is_rejected_before_anything_loads() {
+    let dir = std::env::temp_dir().join(format!("sluice-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[agent]\ntick = \"fast\"\n").unwrap();
+    let out = Command::new(sluice_bin()).args(["run", "--config"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("fast"), "{err}");
+    let out = Command::new(sluice_bin()).args(["run", "--config", "/nonexistent/sluice.toml"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sluice.toml"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
