@@ -31,6 +31,9 @@ use crate::{
 
 /// How long an unresolvable pre-existing socket waits before another /proc scan.
 const UNRESOLVED_RETRY: Duration = Duration::from_secs(30);
+/// Every this many ticks, closed sockets that never carried traffic are swept
+/// from the kernel's owner map (a full map walk, so not every tick).
+const SWEEP_EVERY_TICKS: u64 = 12;
 /// How long a retired socket's owner is remembered (for packets after close).
 const OWNER_MEMORY: Duration = Duration::from_secs(300);
 
@@ -248,6 +251,9 @@ impl<W: Write> Agent<W> {
             match self.owner(c) {
                 Some(o) => {
                     owners.insert(c, o);
+                    // If socket churn makes the kernel's LRU evict this owner, the
+                    // connection is still attributed from here.
+                    self.remembered.insert(c, (o, now));
                 }
                 None => unknown.push(c),
             }
@@ -281,6 +287,9 @@ impl<W: Write> Agent<W> {
         self.sink.flush().context("flushing stdout")?;
 
         self.retire(&snapshot, &active);
+        if self.stats.ticks % SWEEP_EVERY_TICKS == 0 {
+            self.sweep_closed(&snapshot);
+        }
         self.report_counters();
         let grace = (self.config.agent.tick * 2 + Duration::from_secs(5)).as_nanos() as u64;
         self.procs.reap(boottime_ns(), grace);
@@ -316,6 +325,28 @@ impl<W: Write> Agent<W> {
         }
         self.remembered.retain(|_, (_, t)| now.duration_since(*t) < OWNER_MEMORY);
         self.unresolved.retain(|_, t| now.duration_since(*t) < OWNER_MEMORY);
+    }
+
+    /// Remove owner entries of sockets closed for a while that have no flow
+    /// (failed connects, sockets that never sent): LRU would get them in the
+    /// end, but only by evicting live sockets' owners first.
+    fn sweep_closed(&mut self, snapshot: &[(FlowKey, FlowCounters)]) {
+        let now_ns = boottime_ns();
+        let after = self.config.flows.retire_after.as_nanos() as u64;
+        let with_flows: HashSet<u64> = snapshot.iter().map(|(k, _)| k.cookie).collect();
+        let stale: Vec<u64> = self
+            .socks_map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(c, info)| {
+                info.closed_ns != 0 && now_ns.saturating_sub(info.closed_ns) >= after && !with_flows.contains(c)
+            })
+            .map(|(c, _)| c)
+            .collect();
+        for c in stale {
+            let _ = self.socks_map.remove(&c);
+            self.stats.sockets_retired += 1;
+        }
     }
 
     /// Kernel-side drops and failures, summed over CPUs; reported when they move.

@@ -25,7 +25,8 @@ pub fn workspace() -> PathBuf {
 
 /// The sluice binary under test (`cargo xtask test` sets SLUICE_BIN).
 pub fn sluice_bin() -> PathBuf {
-    std::env::var_os("SLUICE_BIN").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/debug/sluice"))
+    // Relative paths are taken from the workspace root (tests run in tests/).
+    workspace().join(std::env::var_os("SLUICE_BIN").map(PathBuf::from).unwrap_or_else(|| "target/debug/sluice".into()))
 }
 
 /// A helper binary of this crate (built by `cargo xtask test`).
@@ -179,6 +180,7 @@ pub fn bytes_out_to(records: &[Value], pid: u32, ip: &str, port: u16) -> u64 {
 /// IP and transport headers are counted on top of the payload).
 pub fn assert_ratio(what: &str, got: u64, want: u64, lo: f64, hi: f64) {
     let r = got as f64 / want as f64;
+    eprintln!("measured: {what}: {got} of {want} bytes attributed, ratio {r:.5}");
     assert!(
         (lo..=hi).contains(&r),
         "{what}: attributed {got} bytes for {want} sent, ratio {r:.4}, expected {lo}..={hi}"
@@ -309,6 +311,16 @@ impl Drop for Sink {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A child process killed and reaped when the test ends, pass or panic.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -203,24 +203,27 @@ fn a_socket_older_than_the_sensor_is_attributed_through_sock_diag() {
     // Connect first, send only when told: the sensor never sees connect().
     let script = "import socket,sys\ns=socket.create_connection((sys.argv[1],int(sys.argv[2])))\nprint('connected',flush=True)\nsys.stdin.readline()\ns.sendall(b'o'*int(sys.argv[3]))\ns.shutdown(1)\ns.recv(1)\n";
     let bytes = 10 * MB;
-    let mut client = Command::new("/usr/bin/python3")
-        .args(["-c", script, &host.peer_v4, &port.to_string(), &bytes.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut client = KillOnDrop(
+        Command::new("/usr/bin/python3")
+            .args(["-c", script, &host.peer_v4, &port.to_string(), &bytes.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
-    BufReader::new(client.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(client.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "connected");
     let sluice = Sluice::start(TICK).unwrap();
-    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    client.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while client.try_wait().unwrap().is_none() {
+    while client.0.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "client did not finish");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(sink.received().unwrap(), bytes);
-    let pid = client.id();
+    let pid = client.0.id();
     let records = sluice.stop().unwrap();
     assert_ratio("pre-existing socket", bytes_out_to(&records, pid, &host.peer_v4, port), bytes, 0.99, 1.03);
     let f = first_flow(&records, pid, &host.peer_v4, port);
@@ -322,4 +325,28 @@ fn bad_config_is_rejected_before_anything_loads() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sluice.toml"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_hostile_executable_name_cannot_break_the_json_stream() {
+    use std::os::unix::ffi::OsStrExt;
+    require_root();
+    let dir = std::env::temp_dir().join(format!("sluice-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A newline with a forged record after it, an ANSI escape, invalid UTF-8.
+    let name = std::ffi::OsStr::from_bytes(b"up\n{\"event\":{\"kind\":\"alert\"}}\x1b[31m\xff");
+    let exe = dir.join(name);
+    std::fs::copy(helper_bin("burst"), &exe).unwrap();
+    let port = free_port();
+    let sluice = Sluice::start(TICK).unwrap();
+    let sink = Sink::start(None, "tcp", "127.0.0.1", port, &[]).unwrap();
+    let pid = run_child(Command::new(&exe).args(["127.0.0.1", &port.to_string(), "200000"]), Duration::from_secs(30)).unwrap();
+    sink.received().unwrap();
+    // stop() fails if any stdout line is not exactly one JSON object.
+    let records = sluice.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let f = first_flow(&records, pid, "127.0.0.1", port);
+    let shown = f["process"]["executable"].as_str().unwrap();
+    assert!(shown.ends_with("up\n{\"event\":{\"kind\":\"alert\"}}\x1b[31m\\xff"), "{shown:?}");
+    assert!(records.iter().all(|r| r["event"]["kind"] != "alert"), "a forged record got through");
 }

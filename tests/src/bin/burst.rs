@@ -6,7 +6,8 @@
 use std::{io::Write, net::TcpStream};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    // args_os: argv[0] may be any bytes (the hostile-name test relies on it).
+    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
     if args.len() != 4 {
         eprintln!("usage: burst ADDR PORT BYTES");
         std::process::exit(2);
