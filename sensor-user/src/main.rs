@@ -9,7 +9,7 @@ use sluice::{
     config::{Config, DEFAULT_TOML},
     kernel::{
         backend::{self, Backend, Verdict},
-        loader,
+        loader, privileges,
     },
 };
 
@@ -58,6 +58,8 @@ fn run(args: RunArgs) -> Result<()> {
     if let Some(t) = args.tick {
         config.agent.tick = t;
     }
+    // One clear sentence instead of the same reason repeated per backend.
+    privileges::check().map_err(anyhow::Error::msg)?;
     let chosen = match Backend::from_probe(config.agent.probe) {
         Some(b) => b,
         None => {

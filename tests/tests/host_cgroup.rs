@@ -350,3 +350,19 @@ fn a_hostile_executable_name_cannot_break_the_json_stream() {
     assert!(shown.ends_with("up\n{\"event\":{\"kind\":\"alert\"}}\x1b[31m\\xff"), "{shown:?}");
     assert!(records.iter().all(|r| r["event"]["kind"] != "alert"), "a forged record got through");
 }
+
+#[test]
+fn without_privileges_the_error_names_the_missing_capabilities() {
+    require_root();
+    // setpriv (util-linux) drops to nobody with no capabilities at all.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(sluice_bin())
+        .args(["run", "--emit", "flows"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("insufficient privileges") && err.contains("CAP_BPF") && err.contains("CAP_NET_ADMIN"), "{err}");
+    assert!(out.stdout.is_empty());
+}

@@ -11,7 +11,7 @@ use aya::{
 };
 use sensor_common::{globals, maps};
 
-use super::{backend::Backend, mounts, tracefs, EBPF_OBJECT};
+use super::{backend::Backend, mounts, privileges, tracefs, EBPF_OBJECT};
 use crate::config::Config;
 
 /// Process-lifecycle tracepoints, attached on every backend: (program, category, event).
@@ -59,6 +59,7 @@ pub fn explain(err: &anyhow::Error) -> Option<&'static str> {
 
 /// Open the object with the running kernel's tracepoint offsets patched in.
 pub fn open(config: &Config) -> Result<Ebpf> {
+    privileges::check().map_err(|e| anyhow!(e))?;
     raise_memlock();
     let tf = tracefs::tracefs_root()?;
     let offs = [

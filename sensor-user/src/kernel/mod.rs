@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod loader;
 pub mod mounts;
+pub mod privileges;
 pub mod tracefs;
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and embedded at compile time.
