@@ -151,10 +151,14 @@ pub struct FlowKey {
 /// Cumulative counters of one flow; the kernel only adds, userspace takes
 /// deltas between ticks.
 ///
-/// `bytes_*` is transport payload: for TCP only sequence space not seen before
-/// (so retransmissions and headers are not counted twice or at all), for UDP the
-/// datagram payload. `wire_bytes_*` is every L3 byte the hook saw, headers and
-/// retransmissions included.
+/// `bytes_*` is transport payload (headers never count). Outbound TCP counts
+/// only sequence space not seen before, so retransmissions are not counted
+/// twice: transmit for one socket runs under its lock, one segment at a time, in
+/// order. Inbound TCP counts every segment's payload: the cgroup ingress filter
+/// runs before the socket lock is taken, so segments of one flow can be seen out
+/// of order on two CPUs and sequence tracking would drop the earlier one.
+/// `wire_bytes_*` is every L3 byte the hook saw, headers and retransmissions
+/// included.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCounters {
@@ -164,17 +168,11 @@ pub struct FlowCounters {
     pub wire_bytes_in: u64,
     pub packets_out: u64,
     pub packets_in: u64,
-    /// TCP: sequence number after the highest byte counted, per direction. TCP
-    /// transmit runs under the socket lock, so one writer at a time per flow.
+    /// Outbound TCP: sequence number after the highest byte counted.
     pub next_seq_out: u32,
-    pub next_seq_in: u32,
-    /// `SEQ_OUT_VALID` / `SEQ_IN_VALID`.
-    pub seq_flags: u32,
-    pub _pad: u32,
+    /// Non-zero once `next_seq_out` holds a value.
+    pub seq_out_valid: u32,
 }
-
-pub const SEQ_OUT_VALID: u32 = 1;
-pub const SEQ_IN_VALID: u32 = 2;
 
 /// TCP sequence accounting for one direction of one flow: given the next
 /// expected sequence number (`None` before the first segment), a segment's

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     counter, FlowCounters, FlowKey, ListenKey, SockInfo, DIR_INGRESS, ORIGIN_LISTENER,
-    tcp_advance, SEQ_IN_VALID, SEQ_OUT_VALID,
+    tcp_advance,
 };
 
 use crate::{count, FLOWS, LISTENERS, SOCKS};
@@ -77,8 +77,8 @@ fn account(ctx: &SkBuffContext, egress: bool) {
 #[inline(always)]
 fn add(c: *mut FlowCounters, p: &Parsed, wire: u64, egress: bool) {
     let payload = match p.tcp {
-        Some((seq, syn, fin)) => unsafe { new_tcp_bytes(c, seq, syn, fin, p.payload, egress) },
-        None => p.payload,
+        Some((seq, syn, fin)) if egress => unsafe { new_tcp_out_bytes(c, seq, syn, fin, p.payload) },
+        _ => p.payload,
     } as u64;
     // Shared map value updated from every CPU: atomic adds (BPF_XADD), never a
     // racy `+=`. core's AtomicU64 has no fetch_add on the BPF target (no CAS), so
@@ -97,21 +97,16 @@ fn add(c: *mut FlowCounters, p: &Parsed, wire: u64, egress: bool) {
     }
 }
 
-/// New TCP payload in this segment (see `sensor_common::tcp_advance`). TCP
-/// transmit and receive for one socket run under its lock, so the read-modify-
-/// write of the sequence state has one writer at a time.
+/// New outbound TCP payload in this segment (see `sensor_common::tcp_advance`).
+/// Transmit for one socket runs under its lock, so this read-modify-write of the
+/// sequence state has one writer at a time, in sequence order.
 #[inline(always)]
-unsafe fn new_tcp_bytes(c: *mut FlowCounters, seq: u32, syn: bool, fin: bool, payload: u32, egress: bool) -> u32 {
+unsafe fn new_tcp_out_bytes(c: *mut FlowCounters, seq: u32, syn: bool, fin: bool, payload: u32) -> u32 {
     unsafe {
-        let (next, bit) = if egress {
-            (&raw mut (*c).next_seq_out, SEQ_OUT_VALID)
-        } else {
-            (&raw mut (*c).next_seq_in, SEQ_IN_VALID)
-        };
-        let known = if (*c).seq_flags & bit != 0 { Some(*next) } else { None };
-        let (new_next, counted) = tcp_advance(known, seq, syn, fin, payload);
-        *next = new_next;
-        (*c).seq_flags |= bit;
+        let known = if (*c).seq_out_valid != 0 { Some((*c).next_seq_out) } else { None };
+        let (next, counted) = tcp_advance(known, seq, syn, fin, payload);
+        (*c).next_seq_out = next;
+        (*c).seq_out_valid = 1;
         counted
     }
 }

@@ -45,7 +45,7 @@ impl DeltaTracker {
                     }
                 }
                 // The kernel's TCP sequence bookkeeping is not a quantity.
-                _ => FlowCounters { next_seq_out: 0, next_seq_in: 0, seq_flags: 0, ..cur },
+                _ => FlowCounters { next_seq_out: 0, seq_out_valid: 0, ..cur },
             };
             if d != FlowCounters::default() {
                 out.push(Delta { key, counters: d });
@@ -198,7 +198,7 @@ pub struct FlowRecord {
     pub remote_ip: IpAddr,
     pub remote_port: u16,
     pub protocol: u8,
-    /// Transport payload (TCP: new sequence space only).
+    /// Transport payload (outbound TCP: new sequence space only).
     pub bytes_out: u64,
     pub bytes_in: u64,
     /// L3 bytes including headers and retransmissions.
@@ -286,7 +286,7 @@ mod tests {
             packets_out: 1,
             packets_in: 1,
             next_seq_out: 99,
-            seq_flags: 1,
+            seq_out_valid: 1,
             ..FlowCounters::default()
         }
     }
