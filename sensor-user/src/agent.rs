@@ -287,7 +287,7 @@ impl<W: Write> Agent<W> {
         self.sink.flush().context("flushing stdout")?;
 
         self.retire(&snapshot, &active);
-        if self.stats.ticks % SWEEP_EVERY_TICKS == 0 {
+        if self.stats.ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
             self.sweep_closed(&snapshot);
         }
         self.report_counters();

@@ -9,11 +9,64 @@ use std::{
 
 use sensor_common::{FlowCounters, FlowKey, DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN};
 
-/// Bytes and packets that moved on one kernel flow since the last tick.
+/// Bytes and packets: what moved on a flow in some window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Volume {
+    /// Transport payload (outbound TCP: new sequence space only).
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    /// L3 bytes including headers and retransmissions.
+    pub wire_bytes_out: u64,
+    pub wire_bytes_in: u64,
+    pub packets_out: u64,
+    pub packets_in: u64,
+}
+
+impl Volume {
+    /// The quantities of a kernel counter set (its TCP bookkeeping is not one).
+    pub fn of(c: &FlowCounters) -> Volume {
+        Volume {
+            bytes_out: c.bytes_out,
+            bytes_in: c.bytes_in,
+            wire_bytes_out: c.wire_bytes_out,
+            wire_bytes_in: c.wire_bytes_in,
+            packets_out: c.packets_out,
+            packets_in: c.packets_in,
+        }
+    }
+
+    /// `cur - prev`, or None if any counter went backwards (the entry was
+    /// evicted and recreated in between).
+    pub fn since(cur: &FlowCounters, prev: &FlowCounters) -> Option<Volume> {
+        Some(Volume {
+            bytes_out: cur.bytes_out.checked_sub(prev.bytes_out)?,
+            bytes_in: cur.bytes_in.checked_sub(prev.bytes_in)?,
+            wire_bytes_out: cur.wire_bytes_out.checked_sub(prev.wire_bytes_out)?,
+            wire_bytes_in: cur.wire_bytes_in.checked_sub(prev.wire_bytes_in)?,
+            packets_out: cur.packets_out.checked_sub(prev.packets_out)?,
+            packets_in: cur.packets_in.checked_sub(prev.packets_in)?,
+        })
+    }
+
+    pub fn add(&mut self, o: &Volume) {
+        self.bytes_out += o.bytes_out;
+        self.bytes_in += o.bytes_in;
+        self.wire_bytes_out += o.wire_bytes_out;
+        self.wire_bytes_in += o.wire_bytes_in;
+        self.packets_out += o.packets_out;
+        self.packets_in += o.packets_in;
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Volume::default()
+    }
+}
+
+/// What moved on one kernel flow since the last tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delta {
     pub key: FlowKey,
-    pub counters: FlowCounters,
+    pub volume: Volume,
 }
 
 /// Remembers last tick's cumulative counters to turn snapshots into deltas.
@@ -30,25 +83,15 @@ impl DeltaTracker {
         let mut next = HashMap::with_capacity(self.prev.len());
         let mut out = Vec::new();
         for (key, cur) in snapshot {
-            let d = match self.prev.remove(&key) {
-                // Counters only grow; a smaller value means the entry was evicted
-                // and recreated, so all of it is new.
-                Some(p) if cur.wire_bytes_out >= p.wire_bytes_out && cur.wire_bytes_in >= p.wire_bytes_in => {
-                    FlowCounters {
-                        bytes_out: cur.bytes_out.saturating_sub(p.bytes_out),
-                        bytes_in: cur.bytes_in.saturating_sub(p.bytes_in),
-                        wire_bytes_out: cur.wire_bytes_out - p.wire_bytes_out,
-                        wire_bytes_in: cur.wire_bytes_in - p.wire_bytes_in,
-                        packets_out: cur.packets_out.saturating_sub(p.packets_out),
-                        packets_in: cur.packets_in.saturating_sub(p.packets_in),
-                        ..FlowCounters::default()
-                    }
-                }
-                // The kernel's TCP sequence bookkeeping is not a quantity.
-                _ => FlowCounters { next_seq_out: 0, seq_out_valid: 0, ..cur },
-            };
-            if d != FlowCounters::default() {
-                out.push(Delta { key, counters: d });
+            // Counters only grow; one that went backwards means the entry was
+            // evicted and recreated, so all of it is new.
+            let volume = self
+                .prev
+                .remove(&key)
+                .and_then(|p| Volume::since(&cur, &p))
+                .unwrap_or_else(|| Volume::of(&cur));
+            if !volume.is_zero() {
+                out.push(Delta { key, volume });
             }
             next.insert(key, cur);
         }
@@ -198,14 +241,7 @@ pub struct FlowRecord {
     pub remote_ip: IpAddr,
     pub remote_port: u16,
     pub protocol: u8,
-    /// Transport payload (outbound TCP: new sequence space only).
-    pub bytes_out: u64,
-    pub bytes_in: u64,
-    /// L3 bytes including headers and retransmissions.
-    pub wire_bytes_out: u64,
-    pub wire_bytes_in: u64,
-    pub packets_out: u64,
-    pub packets_in: u64,
+    pub volume: Volume,
     /// Kernel flows (sockets) rolled into this record.
     pub sockets: u32,
 }
@@ -230,12 +266,7 @@ pub fn aggregate(deltas: &[Delta], owner_of: impl Fn(u64) -> Owner) -> Vec<FlowR
             remote_ip,
             remote_port: d.key.remote_port,
             protocol: d.key.protocol,
-            bytes_out: 0,
-            bytes_in: 0,
-            wire_bytes_out: 0,
-            wire_bytes_in: 0,
-            packets_out: 0,
-            packets_in: 0,
+            volume: Volume::default(),
             sockets: 0,
         });
         // A listening socket (direction unknown: it only saw the SYN) and the
@@ -244,20 +275,16 @@ pub fn aggregate(deltas: &[Delta], owner_of: impl Fn(u64) -> Owner) -> Vec<FlowR
         if r.owner.direction == DIR_UNKNOWN && owner.direction != DIR_UNKNOWN {
             r.owner = owner;
         }
-        r.bytes_out += d.counters.bytes_out;
-        r.bytes_in += d.counters.bytes_in;
-        r.wire_bytes_out += d.counters.wire_bytes_out;
-        r.wire_bytes_in += d.counters.wire_bytes_in;
-        r.packets_out += d.counters.packets_out;
-        r.packets_in += d.counters.packets_in;
+        r.volume.add(&d.volume);
         r.sockets += 1;
     }
     let mut v: Vec<_> = by.into_values().collect();
     // Deterministic order: biggest uploads first.
     v.sort_by(|a, b| {
-        b.bytes_out
-            .cmp(&a.bytes_out)
-            .then(b.bytes_in.cmp(&a.bytes_in))
+        b.volume
+            .bytes_out
+            .cmp(&a.volume.bytes_out)
+            .then(b.volume.bytes_in.cmp(&a.volume.bytes_in))
             .then(a.owner.pid.cmp(&b.owner.pid))
             .then(a.remote_ip.cmp(&b.remote_ip))
             .then(a.remote_port.cmp(&b.remote_port))
@@ -287,8 +314,11 @@ mod tests {
             packets_in: 1,
             next_seq_out: 99,
             seq_out_valid: 1,
-            ..FlowCounters::default()
         }
+    }
+
+    fn v(out: u64, inn: u64) -> Volume {
+        Volume::of(&c(out, inn))
     }
 
     #[test]
@@ -296,11 +326,11 @@ mod tests {
         let mut t = DeltaTracker::default();
         let k = key(1, [10, 0, 0, 2], 80);
         let d0 = t.update([(k, c(100, 10))]);
-        assert_eq!((d0[0].counters.bytes_out, d0[0].counters.wire_bytes_out, d0[0].counters.next_seq_out), (100, 140, 0));
+        assert_eq!((d0[0].volume.bytes_out, d0[0].volume.wire_bytes_out), (100, 140));
         let first = t.update([(k, c(100, 10))]);
         assert!(first.is_empty(), "no movement, no delta: {first:?}");
         let d = t.update([(k, c(350, 15))]);
-        assert_eq!((d[0].counters.bytes_out, d[0].counters.bytes_in), (250, 5));
+        assert_eq!((d[0].volume.bytes_out, d[0].volume.bytes_in), (250, 5));
     }
 
     #[test]
@@ -308,7 +338,7 @@ mod tests {
         let mut t = DeltaTracker::default();
         let k = key(1, [10, 0, 0, 2], 80);
         t.update([(k, c(1000, 0))]);
-        assert_eq!(t.update([(k, c(40, 0))])[0].counters.bytes_out, 40);
+        assert_eq!(t.update([(k, c(40, 0))])[0].volume.bytes_out, 40);
         t.update(std::iter::empty());
         assert_eq!(t.vanished, 1);
     }
@@ -323,14 +353,14 @@ mod tests {
             attribution: Attribution::Kernel,
         };
         let ds = [
-            Delta { key: key(1, [10, 0, 0, 2], 443), counters: c(100, 1) },
-            Delta { key: key(2, [10, 0, 0, 2], 443), counters: c(50, 1) },
-            Delta { key: key(11, [10, 0, 0, 2], 443), counters: c(7, 0) },
-            Delta { key: key(1, [10, 0, 0, 3], 443), counters: c(1, 0) },
+            Delta { key: key(1, [10, 0, 0, 2], 443), volume: v(100, 1) },
+            Delta { key: key(2, [10, 0, 0, 2], 443), volume: v(50, 1) },
+            Delta { key: key(11, [10, 0, 0, 2], 443), volume: v(7, 0) },
+            Delta { key: key(1, [10, 0, 0, 3], 443), volume: v(1, 0) },
         ];
         let r = aggregate(&ds, owner);
         assert_eq!(r.len(), 3);
-        assert_eq!((r[0].owner.pid, r[0].bytes_out, r[0].sockets), (100, 150, 2));
+        assert_eq!((r[0].owner.pid, r[0].volume.bytes_out, r[0].sockets), (100, 150, 2));
         assert_eq!(r[0].remote_ip, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
     }
 
@@ -343,12 +373,12 @@ mod tests {
             direction: if cookie == 1 { DIR_UNKNOWN } else { DIR_INGRESS },
             attribution: if cookie == 1 { Attribution::Kernel } else { Attribution::Listener },
         };
-        let syn = Delta { key: key(1, [127, 0, 0, 1], 5555), counters: c(0, 60) };
-        let data = Delta { key: key(2, [127, 0, 0, 1], 5555), counters: c(10, 5000) };
+        let syn = Delta { key: key(1, [127, 0, 0, 1], 5555), volume: v(0, 60) };
+        let data = Delta { key: key(2, [127, 0, 0, 1], 5555), volume: v(10, 5000) };
         for ds in [[syn, data], [data, syn]] {
             let r = aggregate(&ds, owner);
             assert_eq!(r.len(), 1);
-            assert_eq!((r[0].owner.direction, r[0].bytes_in), (DIR_INGRESS, 5060));
+            assert_eq!((r[0].owner.direction, r[0].volume.bytes_in), (DIR_INGRESS, 5060));
             assert_eq!(r[0].owner.attribution, Attribution::Listener);
         }
     }

@@ -83,12 +83,12 @@ pub fn flow_json(ctx: &Context, at: SystemTime, window: Duration, r: &FlowRecord
             "direction": flows::direction(r.owner.direction),
         },
         "sluice": {
-            "bytes_out": r.bytes_out,
-            "bytes_in": r.bytes_in,
-            "wire_bytes_out": r.wire_bytes_out,
-            "wire_bytes_in": r.wire_bytes_in,
-            "packets_out": r.packets_out,
-            "packets_in": r.packets_in,
+            "bytes_out": r.volume.bytes_out,
+            "bytes_in": r.volume.bytes_in,
+            "wire_bytes_out": r.volume.wire_bytes_out,
+            "wire_bytes_in": r.volume.wire_bytes_in,
+            "packets_out": r.volume.packets_out,
+            "packets_in": r.volume.packets_in,
             "window_s": window.as_secs_f64(),
             "sockets": r.sockets,
             "cgroup_id": r.owner.cgroup_id,
@@ -113,8 +113,8 @@ pub fn flow_text(at: SystemTime, r: &FlowRecord, p: Option<&Process>) -> String 
         r.remote_port,
         flows::transport(r.protocol),
         r.owner.attribution.as_str(),
-        r.bytes_out,
-        r.bytes_in,
+        r.volume.bytes_out,
+        r.volume.bytes_in,
         r.scope().as_str(),
     ))
 }
@@ -158,7 +158,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::flows::{Attribution, Owner};
+    use crate::flows::{Attribution, Owner, Volume};
 
     fn record() -> FlowRecord {
         FlowRecord {
@@ -168,12 +168,14 @@ mod tests {
             remote_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
             remote_port: 443,
             protocol: 6,
-            bytes_out: 5_000_000,
-            bytes_in: 1_000,
-            wire_bytes_out: 5_200_000,
-            wire_bytes_in: 6_000,
-            packets_out: 100,
-            packets_in: 50,
+            volume: Volume {
+                bytes_out: 5_000_000,
+                bytes_in: 1_000,
+                wire_bytes_out: 5_200_000,
+                wire_bytes_in: 6_000,
+                packets_out: 100,
+                packets_in: 50,
+            },
             sockets: 1,
         }
     }

@@ -37,7 +37,7 @@ pub fn field_offset(format: &str, field: &str) -> Option<u32> {
         let line = line.trim();
         let decl = line.strip_prefix("field:")?.split(';').next()?;
         // "const char *const * argv" / "__data_loc char[] filename" / "char comm[16]"
-        let name = decl.rsplit(|c: char| c == ' ' || c == '*').next()?;
+        let name = decl.rsplit([' ', '*']).next()?;
         let name = name.split('[').next()?;
         if name != field {
             return None;
