@@ -54,6 +54,99 @@ pub struct Config {
     pub agent: Agent,
     pub kernel: Kernel,
     pub flows: Flows,
+    pub detect: Detect,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Detect {
+    #[serde(with = "humantime_serde_compat")]
+    pub short_window: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub long_window: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub suppress: Duration,
+    pub egress_only: bool,
+    pub include_loopback: bool,
+    pub allow_executables: Vec<String>,
+    pub allow_users: Vec<u32>,
+    pub allow_destinations: Vec<String>,
+    pub exfil_tool_upload: FloorRule,
+    pub watched_app_upload: FloorRule,
+    pub archive_then_upload: ArchiveRule,
+    pub volume_anomaly: AnomalyRule,
+    pub slow_drip: FloorRule,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloorRule {
+    pub enabled: bool,
+    #[serde(with = "byte_size")]
+    pub floor: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveRule {
+    pub enabled: bool,
+    #[serde(with = "byte_size")]
+    pub floor: u64,
+    #[serde(with = "humantime_serde_compat")]
+    pub within: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyRule {
+    pub enabled: bool,
+    #[serde(with = "byte_size")]
+    pub floor: u64,
+    pub sigma: f64,
+    pub min_samples: u64,
+    #[serde(with = "humantime_serde_compat")]
+    pub min_age: Duration,
+    pub alpha: f64,
+    pub sigma_floor: f64,
+    pub max_daily_drift: f64,
+}
+
+/// "10MiB", "500MB", "1GiB", "4096": byte sizes as people write them.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size like \"10MiB\" or \"500MB\""))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0f64.powi(4),
+        u => return Err(format!("{s:?}: unknown unit {u:?} (B, KB, MB, GB, KiB, MiB, GiB)")),
+    };
+    Ok((n * mult) as u64)
+}
+
+mod byte_size {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(n),
+            Raw::S(s) => super::parse_bytes(&s).map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +224,20 @@ impl Config {
                 return Err(format!("{key} = {v}: allowed 1024 to 4194304"));
             }
         }
+        let d = &self.detect;
+        if d.short_window < Duration::from_secs(1) || d.long_window < d.short_window {
+            return Err(format!(
+                "detect.short_window = {:?}, detect.long_window = {:?}: short must be at least 1s and long at least short",
+                d.short_window, d.long_window
+            ));
+        }
+        let a = &d.volume_anomaly;
+        if !(a.alpha > 0.0 && a.alpha <= 1.0) {
+            return Err(format!("detect.volume_anomaly.alpha = {}: allowed (0, 1]", a.alpha));
+        }
+        if !(a.sigma > 0.0 && a.sigma_floor > 0.0 && a.max_daily_drift > 0.0) {
+            return Err("detect.volume_anomaly.sigma, sigma_floor and max_daily_drift must be > 0".into());
+        }
         if self.flows.retire_after > Duration::from_secs(3600) {
             return Err(format!("flows.retire_after = {:?}: allowed up to 1h", self.flows.retire_after));
         }
@@ -174,6 +281,21 @@ mod tests {
     fn unknown_key_is_named() {
         let e = Config::from_toml("[agent]\ntik = \"1s\"\n", Some("x.toml".into())).unwrap_err().to_string();
         assert!(e.contains("tik") && e.contains("x.toml"), "{e}");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("10MiB"), Ok(10 * 1024 * 1024));
+        assert_eq!(parse_bytes("500MB"), Ok(500_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("1.5 GiB"), Ok(1_610_612_736));
+        assert!(parse_bytes("lots").is_err() && parse_bytes("5 parsecs").is_err());
+        let c = Config::from_toml("[detect.exfil_tool_upload]\nfloor = 123\n", None).unwrap();
+        assert_eq!(c.detect.exfil_tool_upload.floor, 123);
+        let e = Config::from_toml("[detect.slow_drip]\nfloor = \"9 furlongs\"\n", None).unwrap_err().to_string();
+        assert!(e.contains("furlongs"), "{e}");
+        let e = Config::from_toml("[detect.volume_anomaly]\nalpha = 2.0\n", None).unwrap_err().to_string();
+        assert!(e.contains("alpha"), "{e}");
     }
 
     #[test]

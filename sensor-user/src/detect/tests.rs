@@ -1,0 +1,242 @@
+//! Replay-driven tests: synthetic ticks with simulated time, no kernel.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+use crate::config::Config;
+
+const MIB: u64 = 1024 * 1024;
+
+fn proc_(pid: u32, ppid: u32, exe: &str, args: &[&str]) -> ProcInfo {
+    ProcInfo {
+        pid,
+        ppid,
+        entity_id: format!("{pid}-1"),
+        name: catalog::base(exe),
+        executable: exe.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        uid: 1000,
+        ancestors: vec![(ppid, "/bin/bash".into())],
+    }
+}
+
+fn flow(p: &ProcInfo, bytes_out: u64) -> FlowObs {
+    FlowObs {
+        process: p.clone(),
+        remote_ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)),
+        remote_port: 443,
+        transport: "tcp".into(),
+        direction: "egress".into(),
+        scope: "public".into(),
+        domain: None,
+        bytes_out,
+        bytes_in: bytes_out / 100,
+    }
+}
+
+fn tick(t: f64, flows: Vec<FlowObs>) -> TickInput {
+    TickInput { t, window_s: 5.0, execs: vec![], flows }
+}
+
+fn detector() -> Detector {
+    Detector::new(Config::embedded().detect)
+}
+
+fn ids(alerts: &[Alert]) -> Vec<&'static str> {
+    alerts.iter().map(|a| a.rule.id).collect()
+}
+
+#[test]
+fn a_mega_client_fires_the_tick_it_crosses_the_floor() {
+    let mut d = detector();
+    let mega = proc_(4242, 100, "/usr/bin/mega-put", &["mega-put", "secrets.tar", "/Backups"]);
+    assert!(d.tick(&tick(5.0, vec![flow(&mega, 3 * MIB)])).is_empty(), "3 MiB is under the 5 MiB floor");
+    let a = d.tick(&tick(10.0, vec![flow(&mega, 3 * MIB)]));
+    assert_eq!(ids(&a), [EXFIL_TOOL.id]);
+    assert_eq!(a[0].bytes_out, 6 * MIB);
+    assert!(a[0].reason.contains("mega-put (pid 4242, /usr/bin/mega-put) sent 6.0 MiB to 203.0.113.9:443"), "{}", a[0].reason);
+    assert!(a[0].reason.contains("MEGAcmd"));
+}
+
+#[test]
+fn a_renamed_tool_is_caught_by_argv0_and_rclone_command_lines_are_indicators() {
+    let mut d = detector();
+    let p = proc_(7, 1, "/tmp/.x/update", &["rclone", "copy", "/srv", "mega:loot", "--transfers", "8"]);
+    let a = d.tick(&tick(5.0, vec![flow(&p, 20 * MIB)]));
+    assert_eq!(ids(&a), [EXFIL_TOOL.id]);
+    assert!(a[0].indicators.iter().any(|i| i.contains("mega remote")), "{:?}", a[0].indicators);
+}
+
+#[test]
+fn uploads_that_are_not_uploads_are_out_of_scope() {
+    let mut d = detector();
+    let mega = proc_(1, 0, "/usr/bin/megasync", &["megasync"]);
+    let mut served = flow(&mega, 100 * MIB);
+    served.direction = "ingress".into();
+    let mut local = flow(&mega, 100 * MIB);
+    local.scope = "loopback".into();
+    assert!(d.tick(&tick(5.0, vec![served, local])).is_empty());
+}
+
+#[test]
+fn allowlists_silence_executables_users_and_destinations() {
+    let mut cfg = Config::embedded().detect;
+    cfg.allow_executables = vec!["rclone".into()];
+    cfg.allow_destinations = vec!["backup.example.com".into()];
+    let mut d = Detector::new(cfg);
+    let rclone = proc_(1, 0, "/usr/bin/rclone", &["rclone", "sync", "/srv", "b2:bucket"]);
+    assert!(d.tick(&tick(5.0, vec![flow(&rclone, 500 * MIB)])).is_empty());
+    let mega = proc_(2, 0, "/usr/bin/megasync", &["megasync"]);
+    let mut f = flow(&mega, 500 * MIB);
+    f.domain = Some("eu.backup.example.com".into());
+    assert!(d.tick(&tick(10.0, vec![f])).is_empty());
+}
+
+#[test]
+fn a_watched_application_uploading_alerts() {
+    let mut d = detector();
+    let office = proc_(9, 1, "/usr/lib/libreoffice/program/soffice.bin", &["soffice.bin"]);
+    let a = d.tick(&tick(5.0, vec![flow(&office, 2 * MIB)]));
+    assert_eq!(ids(&a), [WATCHED_APP.id]);
+    assert!(a[0].reason.contains("is not expected to upload"));
+}
+
+#[test]
+fn archive_then_upload_in_one_pipeline_and_only_then() {
+    // tar czf - dir | curl -T - ...: siblings under the shell (pid 500).
+    let tar = proc_(501, 500, "/usr/bin/tar", &["tar", "czf", "-", "/home/u/docs"]);
+    let curl = proc_(502, 500, "/usr/bin/curl", &["curl", "-T", "-", "https://x"]);
+    let mut d = detector();
+    let mut t0 = tick(5.0, vec![]);
+    t0.execs = vec![tar.clone(), curl.clone()];
+    assert!(d.tick(&t0).is_empty());
+    let a = d.tick(&tick(10.0, vec![flow(&curl, 2 * MIB)]));
+    assert_eq!(ids(&a), [ARCHIVE_THEN_UPLOAD.id]);
+    assert!(a[0].reason.contains("tar czf - /home/u/docs"), "{}", a[0].reason);
+    assert!(a[0].indicators.iter().any(|i| i.contains("curl upload")), "{:?}", a[0].indicators);
+
+    // The same upload with no archiver in its tree: nothing.
+    let mut d = detector();
+    assert!(d.tick(&tick(10.0, vec![flow(&curl, 2 * MIB)])).is_empty());
+
+    // An archiver long before (outside `within`): nothing.
+    let mut d = detector();
+    d.tick(&t0);
+    assert!(d.tick(&tick(5.0 + 3600.0, vec![flow(&curl, 2 * MIB)])).is_empty());
+}
+
+#[test]
+fn split_chunks_uploaded_by_many_short_lived_children_count_as_one() {
+    // split -b then ten curl processes of 300 KiB each: each under the floor.
+    let split = proc_(601, 600, "/usr/bin/split", &["split", "-b", "300k", "db.tar"]);
+    let mut d = detector();
+    let mut t0 = tick(5.0, vec![]);
+    t0.execs = vec![split];
+    d.tick(&t0);
+    let mut alerts = Vec::new();
+    for i in 0..10 {
+        let c = proc_(610 + i, 600, "/usr/bin/curl", &["curl", "-T", "chunk", "https://x"]);
+        alerts.extend(d.tick(&tick(10.0 + i as f64, vec![flow(&c, 300 * 1024)])));
+    }
+    assert_eq!(ids(&alerts), [ARCHIVE_THEN_UPLOAD.id], "one alert once the tree crossed 1 MiB");
+}
+
+/// 30 minutes of one tick a minute: `backup.py` sends ~3 MB a minute.
+fn benign_history(d: &mut Detector, p: &ProcInfo) -> f64 {
+    let mut t = 0.0;
+    for i in 0..30u64 {
+        t = 60.0 * (i + 1) as f64;
+        let a = d.tick(&TickInput { t, window_s: 60.0, execs: vec![], flows: vec![flow(p, 3_000_000 + (i % 5) * 150_000)] });
+        assert!(a.is_empty(), "benign history raised {:?}", ids(&a));
+    }
+    t
+}
+
+#[test]
+fn twenty_x_after_a_learned_history_is_an_anomaly_and_the_history_alone_is_not() {
+    let p = proc_(77, 1, "/usr/bin/python3", &["python3", "backup.py"]);
+    let mut d = detector();
+    let t = benign_history(&mut d, &p);
+    let a = d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], flows: vec![flow(&p, 64_000_000)] });
+    assert_eq!(ids(&a), [VOLUME_ANOMALY.id]);
+    let b = a[0].baseline.expect("evidence");
+    assert!(b.samples >= 20 && b.z > 3.0, "{b:?}");
+    assert!(a[0].reason.contains("baseline is"), "{}", a[0].reason);
+
+    // Same history, normal next minute: nothing.
+    let mut d = detector();
+    let t = benign_history(&mut d, &p);
+    assert!(d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], flows: vec![flow(&p, 3_100_000)] }).is_empty());
+}
+
+#[test]
+fn a_cold_start_does_not_alert_and_an_alerting_window_does_not_train() {
+    let p = proc_(77, 1, "/usr/bin/python3", &["python3", "backup.py"]);
+    let mut d = detector();
+    assert!(d.tick(&TickInput { t: 60.0, window_s: 60.0, execs: vec![], flows: vec![flow(&p, 64_000_000)] }).is_empty());
+
+    let mut d = detector();
+    let t = benign_history(&mut d, &p);
+    let before = d.baselines.get(&identity(&p)).copied().unwrap();
+    assert!(!d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], flows: vec![flow(&p, 64_000_000)] }).is_empty());
+    d.tick(&TickInput { t: t + 180.0, window_s: 60.0, execs: vec![], flows: vec![] });
+    let after = d.baselines.get(&identity(&p)).copied().unwrap();
+    assert_eq!(before.samples, after.samples, "the alerting window was not learned");
+}
+
+#[test]
+fn a_slow_drip_under_every_per_window_bar_alerts_over_hours() {
+    // 200 MB over ~4 h: 1 MB every 72 s, never near the 50 MiB anomaly floor.
+    let p = proc_(88, 1, "/usr/bin/python3", &["python3", "sync_notes.py"]);
+    let mut d = detector();
+    let mut alerts = Vec::new();
+    for i in 0..200u64 {
+        alerts.extend(d.tick(&TickInput { t: 72.0 * (i + 1) as f64, window_s: 5.0, execs: vec![], flows: vec![flow(&p, 1_000_000)] }));
+    }
+    assert_eq!(ids(&alerts), [SLOW_DRIP.id], "exactly one (deduplicated) drip alert");
+    assert!(alerts[0].bytes_out >= 100 * MIB);
+    assert!(alerts[0].reason.contains("without crossing any per-window bar"));
+}
+
+#[test]
+fn dedup_keeps_one_alert_per_period_and_counts_the_rest() {
+    let mega = proc_(4242, 100, "/usr/bin/megasync", &["megasync"]);
+    let mut d = detector();
+    let mut all = Vec::new();
+    for i in 0..120 {
+        all.extend(d.tick(&tick(5.0 * (i + 1) as f64, vec![flow(&mega, 10 * MIB)])));
+    }
+    assert_eq!(all.len(), 1, "10 minutes of upload: one alert");
+    let later = d.tick(&tick(3700.0, vec![flow(&mega, 10 * MIB)]));
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].suppressed, 119, "the next alert says how many were suppressed");
+}
+
+#[test]
+fn replay_is_deterministic() {
+    let run = || {
+        let mut d = detector();
+        let mut out = Vec::new();
+        let tar = proc_(501, 500, "/usr/bin/tar", &["tar", "cf", "-", "."]);
+        let curl = proc_(502, 500, "/usr/bin/curl", &["curl", "-T", "-", "x"]);
+        let mega = proc_(9, 1, "/usr/bin/mega-put", &["mega-put"]);
+        for i in 0..50u64 {
+            let mut t = tick(5.0 * (i + 1) as f64, vec![flow(&curl, 300_000), flow(&mega, 1_000_000)]);
+            if i == 3 {
+                t.execs.push(tar.clone());
+            }
+            out.extend(d.tick(&t).into_iter().map(|a| (a.t, a.rule.id, a.bytes_out, a.reason)));
+        }
+        out
+    };
+    let a = run();
+    assert!(!a.is_empty());
+    assert_eq!(a, run());
+}
+
+#[test]
+fn human_bytes_reads_well() {
+    assert_eq!(human_bytes(512), "512 B");
+    assert_eq!(human_bytes(1536), "1.5 KiB");
+    assert_eq!(human_bytes(1_288_490_189), "1.2 GiB");
+}
