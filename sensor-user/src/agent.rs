@@ -21,13 +21,18 @@ use tokio::{
 
 use crate::{
     config::Config,
-    events,
+    detect::{Detector, FlowObs, ProcInfo, TickInput},
+    events::{self, KernelEvent},
     flows::{self, Attribution, DeltaTracker, Owner},
     kernel::loader::Sensor,
     output::{self, Sink},
     process_table::{boottime_ns, ProcSource, ProcessTable, Procfs},
-    sockets,
+    record, sockets,
 };
+
+/// Exec records kept per tick for the detector; beyond this an exec storm's
+/// remainder is counted, not kept.
+const MAX_EXECS_PER_TICK: usize = 20_000;
 
 /// How long an unresolvable pre-existing socket waits before another /proc scan.
 const UNRESOLVED_RETRY: Duration = Duration::from_secs(30);
@@ -51,6 +56,9 @@ pub struct Agent<W: Write> {
     unresolved: HashMap<u64, Instant>,
     sink: Sink<W>,
     ctx: output::Context,
+    detector: Detector,
+    recorder: Option<record::Writer<std::io::BufWriter<std::fs::File>>>,
+    pending_execs: Vec<ProcInfo>,
     last_tick: Instant,
     last_counters: Vec<u64>,
     pub stats: Stats,
@@ -64,10 +72,12 @@ pub struct Stats {
     pub flow_records: u64,
     pub sockets_retired: u64,
     pub procfs_resolved: u64,
+    pub alerts: u64,
+    pub execs_dropped: u64,
 }
 
 impl<W: Write> Agent<W> {
-    pub fn new(config: Config, mut sensor: Sensor, out: W) -> Result<Self> {
+    pub fn new(config: Config, mut sensor: Sensor, out: W, record_to: Option<&std::path::Path>) -> Result<Self> {
         let take = |sensor: &mut Sensor, name: &str| {
             sensor.ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
         };
@@ -80,6 +90,14 @@ impl<W: Write> Agent<W> {
         eprintln!("sluice: process table seeded with {seeded} processes from /proc");
         let ctx = output::Context { host_name: output::host_name(), backend: sensor.backend.name() };
         let format = config.agent.format;
+        let recorder = match record_to {
+            Some(path) => {
+                let f = std::fs::File::create(path).with_context(|| format!("creating record file {}", path.display()))?;
+                Some(record::Writer::new(std::io::BufWriter::new(f), &ctx.host_name, ctx.backend)?)
+            }
+            None => None,
+        };
+        let detector = Detector::new(config.detect.clone());
         let mut agent = Self {
             config,
             sensor,
@@ -93,6 +111,9 @@ impl<W: Write> Agent<W> {
             unresolved: HashMap::new(),
             sink: Sink::new(out, format),
             ctx,
+            detector,
+            recorder,
+            pending_execs: Vec::new(),
             last_tick: Instant::now(),
             last_counters: vec![0; counter::LEN as usize],
             stats: Stats::default(),
@@ -108,7 +129,17 @@ impl<W: Write> Agent<W> {
     fn on_event(&mut self, bytes: &[u8]) {
         self.stats.events += 1;
         match events::decode(bytes) {
-            Ok(ev) => self.procs.apply(&ev, &self.procfs),
+            Ok(ev) => {
+                self.procs.apply(&ev, &self.procfs);
+                if let KernelEvent::Exec(e) = &ev {
+                    if self.pending_execs.len() < MAX_EXECS_PER_TICK {
+                        let info = self.proc_info(e.pid);
+                        self.pending_execs.push(info);
+                    } else {
+                        self.stats.execs_dropped += 1;
+                    }
+                }
+            }
             Err(e) => {
                 self.stats.decode_errors += 1;
                 if self.stats.decode_errors <= 10 {
@@ -123,6 +154,40 @@ impl<W: Write> Agent<W> {
             let bytes = item.to_vec();
             drop(item);
             self.on_event(&bytes);
+        }
+    }
+
+    /// The detector's view of a process: identity and ancestry from the table.
+    fn proc_info(&self, pid: u32) -> ProcInfo {
+        let p = self.procs.get(pid);
+        let mut ancestors = Vec::new();
+        let mut cur = p.map(|p| p.ppid).unwrap_or(0);
+        while cur > 1 && ancestors.len() < 8 && !ancestors.iter().any(|(a, _)| *a == cur) {
+            let exe = self.procs.get(cur).map(|a| a.executable.clone()).unwrap_or_default();
+            ancestors.push((cur, exe));
+            cur = self.procs.get(cur).map(|a| a.ppid).unwrap_or(0);
+        }
+        match p {
+            Some(p) => ProcInfo {
+                pid,
+                ppid: p.ppid,
+                entity_id: p.entity_id(),
+                name: p.name.clone(),
+                executable: p.executable.clone(),
+                args: p.args.clone(),
+                uid: p.uid,
+                ancestors,
+            },
+            None => ProcInfo {
+                pid,
+                ppid: 0,
+                entity_id: format!("{pid}-0"),
+                name: String::new(),
+                executable: String::new(),
+                args: Vec::new(),
+                uid: 0,
+                ancestors,
+            },
         }
     }
 
@@ -284,6 +349,7 @@ impl<W: Write> Agent<W> {
                 self.stats.flow_records += 1;
             }
         }
+        self.detect(at, window, &records)?;
         self.sink.flush().context("flushing stdout")?;
 
         self.retire(&snapshot, &active);
@@ -293,6 +359,43 @@ impl<W: Write> Agent<W> {
         self.report_counters();
         let grace = (self.config.agent.tick * 2 + Duration::from_secs(5)).as_nanos() as u64;
         self.procs.reap(boottime_ns(), grace);
+        Ok(())
+    }
+
+    /// Hand this tick to the detector (and the record file); print its alerts.
+    fn detect(&mut self, at: SystemTime, window: Duration, records: &[flows::FlowRecord]) -> Result<()> {
+        let input = TickInput {
+            t: at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            window_s: window.as_secs_f64(),
+            execs: std::mem::take(&mut self.pending_execs),
+            flows: records
+                .iter()
+                .map(|r| FlowObs {
+                    process: self.proc_info(r.owner.pid),
+                    remote_ip: r.remote_ip,
+                    remote_port: r.remote_port,
+                    transport: flows::transport(r.protocol).to_string(),
+                    direction: flows::direction(r.owner.direction).to_string(),
+                    scope: r.scope().as_str().to_string(),
+                    domain: None,
+                    bytes_out: r.volume.bytes_out,
+                    bytes_in: r.volume.bytes_in,
+                })
+                .collect(),
+        };
+        if let Some(rec) = &mut self.recorder {
+            if !input.flows.is_empty() || !input.execs.is_empty() {
+                rec.tick(&input).context("writing the record file")?;
+            }
+        }
+        let alerts = self.detector.tick(&input);
+        if self.config.agent.emit.alerts() {
+            for a in &alerts {
+                let json = output::alert_json(&self.ctx, a);
+                self.sink.record(&json, || output::alert_text(a)).context("writing to stdout")?;
+                self.stats.alerts += 1;
+            }
+        }
         Ok(())
     }
 
@@ -414,8 +517,14 @@ impl<W: Write> Agent<W> {
         self.drain(ring.get_mut());
         self.tick()?;
         eprintln!(
-            "sluice: stopping: {} ticks, {} kernel events ({} malformed), {} flow records, {} sockets resolved from /proc",
-            self.stats.ticks, self.stats.events, self.stats.decode_errors, self.stats.flow_records, self.stats.procfs_resolved
+            "sluice: stopping: {} ticks, {} kernel events ({} malformed), {} flow records, {} alerts, {} sockets resolved from /proc, {} execs over the per-tick cap",
+            self.stats.ticks,
+            self.stats.events,
+            self.stats.decode_errors,
+            self.stats.flow_records,
+            self.stats.alerts,
+            self.stats.procfs_resolved,
+            self.stats.execs_dropped
         );
         Ok(self.stats.clone())
     }

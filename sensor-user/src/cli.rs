@@ -23,6 +23,20 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run like `run`, and also write every tick's detector input to FILE.
+    Record {
+        file: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Run the detector over a record file offline, deterministically, and print its alerts.
+    Replay {
+        file: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]

@@ -46,6 +46,10 @@ impl Emit {
     pub fn flows(self) -> bool {
         matches!(self, Emit::Flows | Emit::All)
     }
+
+    pub fn alerts(self) -> bool {
+        matches!(self, Emit::Alerts | Emit::All)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

