@@ -27,7 +27,7 @@ use crate::{
     kernel::loader::Sensor,
     output::{self, Sink},
     process_table::{boottime_ns, ProcSource, ProcessTable, Procfs},
-    record, sockets,
+    record, sockets, state,
 };
 
 /// Exec records kept per tick for the detector; beyond this an exec storm's
@@ -59,6 +59,7 @@ pub struct Agent<W: Write> {
     detector: Detector,
     recorder: Option<record::Writer<std::io::BufWriter<std::fs::File>>>,
     pending_execs: Vec<ProcInfo>,
+    last_save: Instant,
     last_tick: Instant,
     last_counters: Vec<u64>,
     pub stats: Stats,
@@ -97,7 +98,8 @@ impl<W: Write> Agent<W> {
             }
             None => None,
         };
-        let detector = Detector::new(config.detect.clone());
+        let mut detector = Detector::new(config.detect.clone());
+        restore_state(&config, &mut detector);
         let mut agent = Self {
             config,
             sensor,
@@ -114,6 +116,7 @@ impl<W: Write> Agent<W> {
             detector,
             recorder,
             pending_execs: Vec::new(),
+            last_save: Instant::now(),
             last_tick: Instant::now(),
             last_counters: vec![0; counter::LEN as usize],
             stats: Stats::default(),
@@ -352,6 +355,10 @@ impl<W: Write> Agent<W> {
         self.detect(at, window, &records)?;
         self.sink.flush().context("flushing stdout")?;
 
+        if now.duration_since(self.last_save) >= self.config.state.save_every {
+            self.save_state();
+            self.last_save = now;
+        }
         self.retire(&snapshot, &active);
         if self.stats.ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
             self.sweep_closed(&snapshot);
@@ -516,6 +523,7 @@ impl<W: Write> Agent<W> {
         }
         self.drain(ring.get_mut());
         self.tick()?;
+        self.save_state();
         eprintln!(
             "sluice: stopping: {} ticks, {} kernel events ({} malformed), {} flow records, {} alerts, {} sockets resolved from /proc, {} execs over the per-tick cap",
             self.stats.ticks,
@@ -527,6 +535,44 @@ impl<W: Write> Agent<W> {
             self.stats.execs_dropped
         );
         Ok(self.stats.clone())
+    }
+}
+
+impl<W: Write> Agent<W> {
+    fn save_state(&mut self) {
+        if self.config.state.path.is_empty() {
+            return;
+        }
+        let st = state::State {
+            sluice_state: state::STATE_VERSION,
+            saved_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            baselines: self.detector.baselines.clone(),
+        };
+        if let Err(e) = state::save(std::path::Path::new(&self.config.state.path), &st) {
+            eprintln!("sluice: {e}; learned baselines are kept in memory only");
+        }
+    }
+}
+
+/// Load learned state, saying on stderr what happened; never fatal.
+fn restore_state(config: &Config, detector: &mut Detector) {
+    if config.state.path.is_empty() {
+        return;
+    }
+    let path = std::path::Path::new(&config.state.path);
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    match state::load(path, now) {
+        Ok(state::Loaded::Fresh) => eprintln!("sluice: no state at {}: learning from scratch", path.display()),
+        Ok(state::Loaded::Restored(s)) => {
+            eprintln!("sluice: restored {} baselines from {}", s.baselines.models.len(), path.display());
+            detector.baselines = s.baselines;
+        }
+        Ok(state::Loaded::SetAside { reason, moved_to }) => eprintln!(
+            "sluice: state file {} is unusable ({reason}); moved to {} and learning from scratch",
+            path.display(),
+            moved_to.display()
+        ),
+        Err(e) => eprintln!("sluice: {e}; learning from scratch"),
     }
 }
 

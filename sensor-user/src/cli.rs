@@ -66,4 +66,7 @@ pub struct RunArgs {
     /// Tick length, e.g. "5s" or "500ms" (overrides agent.tick).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub tick: Option<std::time::Duration>,
+    /// State file for learned baselines (overrides state.path; "" keeps nothing).
+    #[arg(long)]
+    pub state: Option<String>,
 }

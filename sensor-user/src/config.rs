@@ -59,6 +59,15 @@ pub struct Config {
     pub kernel: Kernel,
     pub flows: Flows,
     pub detect: Detect,
+    pub state: StateConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    pub path: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub save_every: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,4 +13,5 @@ pub mod output;
 pub mod process_table;
 pub mod record;
 pub mod sockets;
+pub mod state;
 pub mod text;

@@ -81,6 +81,9 @@ fn run(args: RunArgs, record_to: Option<std::path::PathBuf>) -> Result<()> {
     if let Some(t) = args.tick {
         config.agent.tick = t;
     }
+    if let Some(s) = args.state {
+        config.state.path = s;
+    }
     // One clear sentence instead of the same reason repeated per backend.
     privileges::check().map_err(anyhow::Error::msg)?;
     let chosen = match Backend::from_probe(config.agent.probe) {

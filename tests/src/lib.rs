@@ -47,6 +47,7 @@ pub fn require_root() {
 /// A running `sluice run`, its stdout parsed line by line.
 pub struct Sluice {
     child: Child,
+    _state: Option<TempDir>,
     records: Arc<Mutex<Vec<Value>>>,
     bad_lines: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -65,9 +66,15 @@ impl Sluice {
     }
 
     fn spawn(command: &str, args: &[&str]) -> Result<Sluice> {
-        let mut child = Command::new(sluice_bin())
-            .arg(command)
-            .args(args)
+        // Each sensor learns alone: never the host's /var/lib/sluice state.
+        let own_state = TempDir::new("state");
+        let state_path = own_state.0.join("state.json");
+        let mut cmd = Command::new(sluice_bin());
+        cmd.arg(command).args(args);
+        if !args.contains(&"--state") {
+            cmd.arg("--state").arg(&state_path);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -92,7 +99,7 @@ impl Sluice {
                 e.lock().unwrap().push(line);
             }
         });
-        let mut s = Sluice { child, records, bad_lines, stderr };
+        let mut s = Sluice { child, _state: Some(own_state), records, bad_lines, stderr };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if s.stderr.lock().unwrap().iter().any(|l| l.contains("sluice: ready")) {

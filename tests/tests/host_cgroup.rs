@@ -253,7 +253,7 @@ fn sigterm_flushes_the_last_partial_tick() {
 fn text_format_prints_one_line_per_flow() {
     require_root();
     let mut child = Command::new(sluice_bin())
-        .args(["run", "--emit", "flows", "--tick", "1s", "--format", "text"])
+        .args(["run", "--emit", "flows", "--tick", "1s", "--format", "text", "--state", ""])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

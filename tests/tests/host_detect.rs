@@ -251,3 +251,40 @@ fn record_then_replay_reproduces_the_live_alerts() {
     assert!(!live_alerts.is_empty());
     assert_eq!(live_alerts, replayed, "replay of the recording gives the live alerts");
 }
+
+#[test]
+fn learned_baselines_survive_a_restart_and_a_corrupt_state_file_is_set_aside() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("restart");
+    let state = dir.0.join("state.json");
+    let config = dir.0.join("fast.toml");
+    // Two-second windows so baselines learn within the test.
+    std::fs::write(&config, "[detect]\nshort_window = \"2s\"\n").unwrap();
+    let args = ["--tick", "1s", "--probe", "cgroup", "--config", config.to_str().unwrap(), "--state", state.to_str().unwrap()];
+    let sluice = Sluice::start(&args).unwrap();
+    let port = free_port();
+    let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &[]).unwrap();
+    // ~6 s of a steady trickle: several closed windows to learn from.
+    let script = "import socket,sys,time\ns=socket.create_connection((sys.argv[1],int(sys.argv[2])))\nfor i in range(30):\n    s.sendall(b'd'*100000); time.sleep(0.2)\ns.shutdown(1); s.recv(1)\n";
+    run_child(Command::new("/usr/bin/python3").args(["-c", script, &host.peer_v4, &port.to_string()]), Duration::from_secs(60)).unwrap();
+    sink.received().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    sluice.stop().unwrap();
+    let saved: Value = serde_json::from_slice(&std::fs::read(&state).expect("state written at shutdown")).unwrap();
+    let models = saved["baselines"]["models"].as_object().unwrap().len();
+    assert!(models > 0, "no baselines saved: {saved}");
+
+    let again = Sluice::start(&args).unwrap();
+    let err = again.stderr_text();
+    again.stop().unwrap();
+    assert!(err.contains(&format!("restored {models} baselines")), "{err}");
+
+    std::fs::write(&state, b"{\"sluice_state\": 1, \"baselines\": tru").unwrap();
+    let third = Sluice::start(&args).unwrap();
+    let err = third.stderr_text();
+    third.stop().unwrap();
+    assert!(err.contains("is unusable") && err.contains(".corrupt-"), "{err}");
+    let aside: Vec<_> = std::fs::read_dir(&dir.0).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".corrupt-")).collect();
+    assert_eq!(aside.len(), 1, "the corrupt file is kept aside, not deleted");
+}

@@ -207,6 +207,8 @@ pub struct Detector {
 /// Entities tracked at most (per map); beyond it the stalest are dropped.
 const MAX_ENTITIES: usize = 100_000;
 const MAX_BASELINES: usize = 50_000;
+/// Pinned baseline keys at most (names are attacker-controlled: bound them too).
+const MAX_PINNED: usize = 1_000;
 
 impl Detector {
     pub fn new(cfg: Detect) -> Self {
@@ -317,6 +319,11 @@ impl Detector {
             let r = &self.cfg.exfil_tool_upload;
             if r.enabled && id_out >= r.floor {
                 if let Some(product) = catalog::exfil_tool(&f.process.executable, &f.process.args) {
+                    // Never let a table flood evict what we know of these tools.
+                    if self.baselines.pinned.len() < MAX_PINNED {
+                        self.baselines.pinned.insert(id.clone());
+                        self.baselines.pinned.insert(key_dest.clone());
+                    }
                     let reason = format!(
                         "{} sent {} to {} in {} s; {} is {}, a tool used to exfiltrate to cloud storage",
                         who(&f.process),

@@ -1,0 +1,148 @@
+//! Learned state that must survive restarts (baselines), in one versioned JSON
+//! file written atomically: a temp file in the same directory, fsync, rename.
+//! A corrupt, truncated or foreign file is reported and set aside (renamed, not
+//! deleted), never fatal; an unwritable path is reported, and the agent runs on.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::detect::baseline::Table;
+
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub sluice_state: u32,
+    pub saved_at: f64,
+    pub baselines: Table,
+}
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("cannot read state file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("cannot write state file {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+}
+
+/// What loading found.
+#[derive(Debug)]
+pub enum Loaded {
+    Fresh,
+    Restored(State),
+    /// The file was unusable; it now lives at `moved_to`.
+    SetAside { reason: String, moved_to: PathBuf },
+}
+
+pub fn load(path: &Path, now: f64) -> Result<Loaded, StateError> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Fresh),
+        Err(source) => return Err(StateError::Read { path: path.display().to_string(), source }),
+    };
+    let reason = match serde_json::from_slice::<serde_json::Value>(&text) {
+        Err(e) => format!("not valid JSON ({e})"),
+        Ok(v) => match v.get("sluice_state").and_then(|x| x.as_u64()) {
+            None => "not a sluice state file (no \"sluice_state\" version)".to_string(),
+            Some(ver) if ver != STATE_VERSION as u64 => format!("state format version {ver}, this sluice reads {STATE_VERSION}"),
+            Some(_) => match serde_json::from_value::<State>(v) {
+                Ok(s) => return Ok(Loaded::Restored(s)),
+                Err(e) => format!("malformed ({e})"),
+            },
+        },
+    };
+    let moved_to = PathBuf::from(format!("{}.corrupt-{}", path.display(), now as u64));
+    std::fs::rename(path, &moved_to).map_err(|source| StateError::Write { path: path.display().to_string(), source })?;
+    Ok(Loaded::SetAside { reason, moved_to })
+}
+
+pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
+    let err = |source| StateError::Write { path: path.display().to_string(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "state".into()),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        serde_json::to_writer(&mut f, state).map_err(std::io::Error::other)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::baseline::{Params, Table};
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sluice-state-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn state() -> State {
+        let mut t = Table::default();
+        let p = Params { alpha: 0.1, sigma_floor: 0.5, max_daily_drift: 0.7 };
+        t.train("/usr/bin/rclone#1", 1000, 1.0, &p, 10);
+        t.train("/usr/bin/rclone#1", 2000, 2.0, &p, 10);
+        State { sluice_state: STATE_VERSION, saved_at: 2.0, baselines: t }
+    }
+
+    #[test]
+    fn round_trip_and_missing_is_fresh() {
+        let d = dir();
+        let p = d.join("sub/state.json");
+        assert!(matches!(load(&p, 0.0).unwrap(), Loaded::Fresh));
+        save(&p, &state()).unwrap();
+        let Loaded::Restored(s) = load(&p, 0.0).unwrap() else { panic!() };
+        assert_eq!(s.baselines.get("/usr/bin/rclone#1").unwrap().samples, 2);
+        assert!(std::fs::read_dir(p.parent().unwrap()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")));
+    }
+
+    #[test]
+    fn corrupt_truncated_and_foreign_files_are_set_aside() {
+        let d = dir();
+        let p = d.join("state.json");
+        save(&p, &state()).unwrap();
+        let full = std::fs::read(&p).unwrap();
+        for (bytes, what) in [
+            (full[..full.len() / 2].to_vec(), "not valid JSON"),
+            (b"{\"hello\": 1}".to_vec(), "not a sluice state file"),
+            (b"{\"sluice_state\": 99}".to_vec(), "version 99"),
+            (b"{\"sluice_state\": 1, \"baselines\": 7}".to_vec(), "malformed"),
+        ] {
+            std::fs::write(&p, &bytes).unwrap();
+            let Loaded::SetAside { reason, moved_to } = load(&p, 42.0).unwrap() else { panic!("{what}") };
+            assert!(reason.contains(what), "{reason}");
+            assert!(!p.exists() && moved_to.exists(), "moved, not deleted");
+            assert_eq!(std::fs::read(&moved_to).unwrap(), bytes, "nothing overwritten");
+            std::fs::remove_file(moved_to).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_unwritable_path_is_an_error_not_a_panic() {
+        let e = save(Path::new("/proc/sluice-cannot-write-here/state.json"), &state()).unwrap_err();
+        assert!(e.to_string().contains("/proc/sluice-cannot-write-here"), "{e}");
+    }
+}
