@@ -325,7 +325,7 @@ impl Detector {
                         self.baselines.pinned.insert(key_dest.clone());
                     }
                     let reason = format!(
-                        "{} sent {} to {} in {} s; {} is {}, a tool used to exfiltrate to cloud storage",
+                        "{} sent {} to {} in the last {} s; {} is {}, a tool used to exfiltrate to cloud storage",
                         who(&f.process),
                         human_bytes(id_out),
                         where_to(f),
@@ -343,7 +343,7 @@ impl Detector {
             let r = &self.cfg.watched_app_upload;
             if r.enabled && id_out >= r.floor && catalog::is_watched(&f.process.executable) {
                 let reason = format!(
-                    "{} sent {} to {} in {} s; {} is not expected to upload",
+                    "{} sent {} to {} in the last {} s; {} is not expected to upload",
                     who(&f.process),
                     human_bytes(id_out),
                     where_to(f),
@@ -401,7 +401,7 @@ impl Detector {
                     let s = m.score(kd_out, t, &self.params);
                     if s.z >= r.sigma {
                         let reason = format!(
-                            "{} sent {} to {} in {} s; its {} baseline is {} +/- {} per {} s ({} samples), z = {:.1}",
+                            "{} sent {} to {} in the last {} s; its {} baseline is {} +/- {} per {} s ({} samples), z = {:.1}",
                             who(&f.process),
                             human_bytes(kd_out),
                             where_to(f),

@@ -54,7 +54,7 @@ fn a_mega_client_fires_the_tick_it_crosses_the_floor() {
     let a = d.tick(&tick(10.0, vec![flow(&mega, 3 * MIB)]));
     assert_eq!(ids(&a), [EXFIL_TOOL.id]);
     assert_eq!(a[0].bytes_out, 6 * MIB);
-    assert!(a[0].reason.contains("mega-put (pid 4242, /usr/bin/mega-put) sent 6.0 MiB to 203.0.113.9:443"), "{}", a[0].reason);
+    assert!(a[0].reason.contains("mega-put (pid 4242, /usr/bin/mega-put) sent 6.0 MiB to 203.0.113.9:443 in the last 60 s"), "{}", a[0].reason);
     assert!(a[0].reason.contains("MEGAcmd"));
 }
 
