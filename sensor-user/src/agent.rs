@@ -547,6 +547,7 @@ impl<W: Write> Agent<W> {
             sluice_state: state::STATE_VERSION,
             saved_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
             baselines: self.detector.baselines.clone(),
+            habits: self.detector.habits.clone(),
         };
         if let Err(e) = state::save(std::path::Path::new(&self.config.state.path), &st) {
             eprintln!("sluice: {e}; learned baselines are kept in memory only");
@@ -564,8 +565,14 @@ fn restore_state(config: &Config, detector: &mut Detector) {
     match state::load(path, now) {
         Ok(state::Loaded::Fresh) => eprintln!("sluice: no state at {}: learning from scratch", path.display()),
         Ok(state::Loaded::Restored(s)) => {
-            eprintln!("sluice: restored {} baselines from {}", s.baselines.models.len(), path.display());
+            eprintln!(
+                "sluice: restored {} baselines and the habits of {} programs from {}",
+                s.baselines.models.len(),
+                s.habits.by_exe.len(),
+                path.display()
+            );
             detector.baselines = s.baselines;
+            detector.habits = s.habits;
         }
         Ok(state::Loaded::SetAside { reason, moved_to }) => eprintln!(
             "sluice: state file {} is unusable ({reason}); moved to {} and learning from scratch",

@@ -89,6 +89,19 @@ pub struct Detect {
     pub archive_then_upload: ArchiveRule,
     pub volume_anomaly: AnomalyRule,
     pub slow_drip: FloorRule,
+    pub quiet_program_upload: QuietRule,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietRule {
+    pub enabled: bool,
+    #[serde(with = "byte_size")]
+    pub floor: u64,
+    #[serde(with = "byte_size")]
+    pub trickle: u64,
+    #[serde(with = "humantime_serde_compat")]
+    pub training: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -52,6 +52,13 @@ pub const UPLOADERS: &[&str] = &[
     "rclone", "ftp", "lftp", "openssl",
 ];
 
+/// A MEGAcmd client command (mega-put, mega-exec, mega-cmd, ...), which hands
+/// its work to mega-cmd-server over a local socket.
+pub fn is_megacmd_client(executable: &str, args: &[String]) -> bool {
+    let names = [Some(base(executable)), args.first().map(|a| base(a))];
+    names.iter().flatten().any(|n| n.starts_with("mega-") && !n.starts_with("mega-cmd-server"))
+}
+
 pub fn exfil_tool(executable: &str, args: &[String]) -> Option<&'static str> {
     let names = [Some(base(executable)), args.first().map(|a| base(a))];
     for n in names.iter().flatten() {
@@ -138,6 +145,14 @@ mod tests {
         assert_eq!(exfil_tool("/opt/MEGAsync.exe", &[]), Some("MEGAsync"));
         assert_eq!(exfil_tool("/usr/bin/curl", &s(&["mega-put"])), Some("MEGAcmd"));
         assert_eq!(exfil_tool("/usr/bin/curl", &s(&["curl"])), None);
+    }
+
+    #[test]
+    fn megacmd_clients_are_not_the_server() {
+        assert!(is_megacmd_client("/usr/bin/mega-put", &s(&["mega-put", "f", "/"])));
+        assert!(is_megacmd_client("/usr/bin/mega-exec", &[]));
+        assert!(!is_megacmd_client("/usr/bin/mega-cmd-server", &[]));
+        assert!(!is_megacmd_client("/usr/bin/curl", &s(&["curl"])));
     }
 
     #[test]

@@ -111,7 +111,51 @@ pub const SLOW_DRIP: Rule = Rule {
     techniques: &[("T1030", "Data Transfer Size Limits")],
 };
 
-pub const RULES: [Rule; 5] = [EXFIL_TOOL, WATCHED_APP, ARCHIVE_THEN_UPLOAD, VOLUME_ANOMALY, SLOW_DRIP];
+pub const QUIET_PROGRAM: Rule = Rule {
+    id: "sluice.quiet_program_upload",
+    name: "Program that never used the network is uploading",
+    severity: "medium",
+    severity_num: 47,
+    techniques: &[("T1567", "Exfiltration Over Web Service"), ("T1048", "Exfiltration Over Alternative Protocol")],
+};
+
+pub const RULES: [Rule; 6] = [EXFIL_TOOL, WATCHED_APP, ARCHIVE_THEN_UPLOAD, VOLUME_ANOMALY, SLOW_DRIP, QUIET_PROGRAM];
+
+/// What sluice has learned of an executable's network habits.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Habit {
+    pub first_seen: f64,
+    pub last_seen: f64,
+    /// Most it ever sent in one short window that did not alert.
+    pub max_window: u64,
+}
+
+/// Executables by path -> habits; bounded, stalest evicted first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Habits {
+    pub by_exe: HashMap<String, Habit>,
+    /// When this host's observation began (unix seconds; 0 = not yet).
+    #[serde(default)]
+    pub observing_since: f64,
+}
+
+impl Habits {
+    fn seen(&mut self, exe: &str, t: f64) {
+        if exe.is_empty() {
+            return;
+        }
+        if let Some(h) = self.by_exe.get_mut(exe) {
+            h.last_seen = t;
+            return;
+        }
+        if self.by_exe.len() >= MAX_BASELINES {
+            if let Some(k) = self.by_exe.iter().min_by(|a, b| a.1.last_seen.total_cmp(&b.1.last_seen)).map(|(k, _)| k.clone()) {
+                self.by_exe.remove(&k);
+            }
+        }
+        self.by_exe.insert(exe.to_string(), Habit { first_seen: t, last_seen: t, max_window: 0 });
+    }
+}
 
 /// One alert, with its evidence.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,9 +240,13 @@ pub struct Detector {
     long: HashMap<String, Entity>,
     tumbles: HashMap<String, Tumble>,
     pub baselines: Table,
+    pub habits: Habits,
     /// Archiver executions by the pid of their parent: (t, archiver process).
     archives: HashMap<u32, VecDeque<(f64, ProcInfo)>>,
     dedup: HashMap<(String, String, String), DedupState>,
+    /// Recent MEGAcmd client commands (mega-put, mega-exec, ...): the bytes
+    /// leave from mega-cmd-server, and these say who asked.
+    mega_clients: VecDeque<(f64, ProcInfo)>,
     /// Last alert time per identity (slow drip stays quiet for what was caught).
     alerted_identity: HashMap<String, f64>,
     now: f64,
@@ -207,6 +255,9 @@ pub struct Detector {
 /// Entities tracked at most (per map); beyond it the stalest are dropped.
 const MAX_ENTITIES: usize = 100_000;
 const MAX_BASELINES: usize = 50_000;
+/// Slow drip on a program with a mature baseline: the long-window total must
+/// exceed this multiple of what its baseline predicts for the span.
+const DRIP_OVER_BASELINE: f64 = 3.0;
 /// Pinned baseline keys at most (names are attacker-controlled: bound them too).
 const MAX_PINNED: usize = 1_000;
 
@@ -221,7 +272,9 @@ impl Detector {
             long: HashMap::new(),
             tumbles: HashMap::new(),
             baselines: Table::default(),
+            habits: Habits::default(),
             archives: HashMap::new(),
+            mega_clients: VecDeque::new(),
             dedup: HashMap::new(),
             alerted_identity: HashMap::new(),
             now: 0.0,
@@ -290,6 +343,24 @@ impl Detector {
                 }
             }
         }
+        if self.habits.observing_since == 0.0 {
+            self.habits.observing_since = t;
+        }
+        for f in &input.flows {
+            self.habits.seen(&f.process.executable, t);
+        }
+        for e in &input.execs {
+            self.habits.seen(&e.executable, t);
+            if catalog::is_megacmd_client(&e.executable, &e.args) {
+                self.mega_clients.push_back((t, e.clone()));
+                if self.mega_clients.len() > 64 {
+                    self.mega_clients.pop_front();
+                }
+            }
+        }
+        while self.mega_clients.front().is_some_and(|(at, _)| t - at > within) {
+            self.mega_clients.pop_front();
+        }
         self.archives.retain(|_, q| {
             while q.front().is_some_and(|(at, _)| t - at > within) {
                 q.pop_front();
@@ -324,7 +395,7 @@ impl Detector {
                         self.baselines.pinned.insert(id.clone());
                         self.baselines.pinned.insert(key_dest.clone());
                     }
-                    let reason = format!(
+                    let mut reason = format!(
                         "{} sent {} to {} in the last {} s; {} is {}, a tool used to exfiltrate to cloud storage",
                         who(&f.process),
                         human_bytes(id_out),
@@ -335,6 +406,16 @@ impl Detector {
                     );
                     let mut ind = indicators.clone();
                     ind.push(format!("tool: {product}"));
+                    // The MEGAcmd server uploads on behalf of a client command
+                    // of the same user: name the latest one.
+                    if catalog::base(&f.process.executable).starts_with("mega-cmd-server")
+                        || catalog::base(&f.process.executable) == "megacmdserver"
+                    {
+                        if let Some((_, c)) = self.mega_clients.iter().rev().find(|(_, c)| c.uid == f.process.uid) {
+                            reason.push_str(&format!("; requested by `{}` (pid {})", c.args.join(" "), c.pid));
+                            ind.push(format!("requested by: {} (pid {})", c.args.join(" "), c.pid));
+                        }
+                    }
                     raised.push(self.alert(EXFIL_TOOL, f, &id, "", id_out, id_in, short_s, None, 1.0, reason, ind));
                 }
             }
@@ -425,19 +506,67 @@ impl Detector {
                 }
             }
 
-            // Slow drip: a lot over hours, with nothing else having caught it.
+            // A program seen through its training period without ever sending
+            // more than a trickle, now uploading.
+            let r = &self.cfg.quiet_program_upload;
+            if r.enabled && id_out >= r.floor {
+                if let Some(h) = self.habits.by_exe.get(&f.process.executable).copied() {
+                    let watched_for = t - h.first_seen;
+                    if watched_for >= r.training.as_secs_f64() && h.max_window <= r.trickle {
+                        let reason = format!(
+                            "{} sent {} to {} in the last {} s; in {:.1} days of watching, {} never sent more than {} in a window",
+                            who(&f.process),
+                            human_bytes(id_out),
+                            where_to(f),
+                            short_s,
+                            watched_for / 86_400.0,
+                            catalog::base(&f.process.executable),
+                            human_bytes(h.max_window)
+                        );
+                        raised.push(self.alert(QUIET_PROGRAM, f, &id, "", id_out, id_in, short_s, None, 1.0, reason, indicators.clone()));
+                        if let Some(w) = self.tumbles.get_mut(id.as_str()) {
+                            w.alerted = true;
+                        }
+                    }
+                }
+            }
+
+            // Slow drip: a lot over hours, with nothing else having caught it,
+            // and more than the program's own baseline explains (a backup agent
+            // or log shipper that always sends this much is not a drip). A
+            // baseline learned entirely inside the window may have been learned
+            // from the drip itself, so only history older than the window counts;
+            // without one, the floor decides, once sluice has watched this host
+            // for a whole window (else every steady uploader alerts at install).
             let r = &self.cfg.slow_drip;
             let caught = self.alerted_identity.get(&id).is_some_and(|&at| t - at < long_s);
+            let warmed_up = t - self.habits.observing_since >= long_s;
             if r.enabled && long_out >= r.floor && !caught {
-                let reason = format!(
-                    "{} sent {} to {} over the last {:.1} h without crossing any per-window bar (largest 5 min: {})",
-                    who(&f.process),
-                    human_bytes(long_out),
-                    where_to(f),
-                    long_s / 3600.0,
-                    human_bytes(self.long.get(&id).map(|e| e.out.peak_bucket).unwrap_or(0))
-                );
-                raised.push(self.alert(SLOW_DRIP, f, &id, "", long_out, 0, long_s, None, 1.0, reason, indicators.clone()));
+                let a = &self.cfg.volume_anomaly;
+                let expected = self
+                    .baselines
+                    .get(&id)
+                    .filter(|m| m.samples >= a.min_samples && m.first_t <= t - long_s)
+                    .map(|m| m.mean.exp_m1() * (long_s / short_s));
+                let fire = match expected {
+                    Some(e) => long_out as f64 > DRIP_OVER_BASELINE * e,
+                    None => warmed_up,
+                };
+                if fire {
+                    let explained = match expected {
+                        Some(e) => format!("; its baseline predicts {} over that span", human_bytes(e as u64)),
+                        None => String::new(),
+                    };
+                    let reason = format!(
+                        "{} sent {} to {} over the last {:.1} h without crossing any per-window bar (largest 5 min: {}){explained}",
+                        who(&f.process),
+                        human_bytes(long_out),
+                        where_to(f),
+                        long_s / 3600.0,
+                        human_bytes(self.long.get(&id).map(|e| e.out.peak_bucket).unwrap_or(0))
+                    );
+                    raised.push(self.alert(SLOW_DRIP, f, &id, "", long_out, 0, long_s, None, 1.0, reason, indicators.clone()));
+                }
             }
         }
 
@@ -458,6 +587,12 @@ impl Detector {
             self.tumbles.remove(&k);
             if !w.alerted {
                 self.baselines.train(&k, w.bytes, t, &params, MAX_BASELINES);
+                // Program-level windows (no "|destination") teach its habits.
+                if !k.contains('|') {
+                    if let Some(h) = k.rsplit_once('#').and_then(|(exe, _)| self.habits.by_exe.get_mut(exe)) {
+                        h.max_window = h.max_window.max(w.bytes);
+                    }
+                }
             }
         }
     }

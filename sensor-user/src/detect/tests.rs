@@ -59,6 +59,20 @@ fn a_mega_client_fires_the_tick_it_crosses_the_floor() {
 }
 
 #[test]
+fn the_megacmd_server_upload_names_the_client_command_that_asked_for_it() {
+    let mut d = detector();
+    let client = proc_(900, 800, "/usr/bin/mega-put", &["mega-put", "/srv/hr/salaries.xlsx", "/exfil"]);
+    let server = proc_(700, 1, "/usr/bin/mega-cmd-server", &["mega-cmd-server"]);
+    let mut t0 = tick(5.0, vec![]);
+    t0.execs = vec![client];
+    d.tick(&t0);
+    let a = d.tick(&tick(10.0, vec![flow(&server, 50 * MIB)]));
+    assert_eq!(ids(&a), [EXFIL_TOOL.id]);
+    assert_eq!(a[0].process.pid, 700, "the server is the one sending");
+    assert!(a[0].reason.contains("requested by `mega-put /srv/hr/salaries.xlsx /exfil` (pid 900)"), "{}", a[0].reason);
+}
+
+#[test]
 fn a_renamed_tool_is_caught_by_argv0_and_rclone_command_lines_are_indicators() {
     let mut d = detector();
     let p = proc_(7, 1, "/tmp/.x/update", &["rclone", "copy", "/srv", "mega:loot", "--transfers", "8"]);
@@ -186,16 +200,32 @@ fn a_cold_start_does_not_alert_and_an_alerting_window_does_not_train() {
 
 #[test]
 fn a_slow_drip_under_every_per_window_bar_alerts_over_hours() {
-    // 200 MB over ~4 h: 1 MB every 72 s, never near the 50 MiB anomaly floor.
+    // sluice has watched this host for 7 h; then a new program drips 200 MB
+    // over ~4 h: 1 MB every 72 s, never near the 50 MiB anomaly floor.
     let p = proc_(88, 1, "/usr/bin/python3", &["python3", "sync_notes.py"]);
+    let other = proc_(5, 1, "/usr/sbin/chronyd", &["chronyd"]);
     let mut d = detector();
+    d.tick(&tick(1.0, vec![flow(&other, 500)]));
+    let t0 = 7.0 * 3600.0;
     let mut alerts = Vec::new();
     for i in 0..200u64 {
-        alerts.extend(d.tick(&TickInput { t: 72.0 * (i + 1) as f64, window_s: 5.0, execs: vec![], flows: vec![flow(&p, 1_000_000)] }));
+        alerts.extend(d.tick(&TickInput { t: t0 + 72.0 * (i + 1) as f64, window_s: 5.0, execs: vec![], flows: vec![flow(&p, 1_000_000)] }));
     }
     assert_eq!(ids(&alerts), [SLOW_DRIP.id], "exactly one (deduplicated) drip alert");
     assert!(alerts[0].bytes_out >= 100 * MIB);
     assert!(alerts[0].reason.contains("without crossing any per-window bar"));
+}
+
+#[test]
+fn a_steady_uploader_with_a_learned_baseline_is_not_a_drip() {
+    // A log shipper running since sluice was installed: 1 MB a minute for 10 h.
+    let p = proc_(99, 1, "/usr/bin/fluent-bit", &["fluent-bit", "-c", "/etc/fb.conf"]);
+    let mut d = detector();
+    let mut alerts = Vec::new();
+    for i in 0..600u64 {
+        alerts.extend(d.tick(&TickInput { t: 60.0 * (i + 1) as f64, window_s: 60.0, execs: vec![], flows: vec![flow(&p, 1_000_000)] }));
+    }
+    assert!(alerts.is_empty(), "{:?}", alerts.iter().map(|a| &a.reason).collect::<Vec<_>>());
 }
 
 #[test]
@@ -239,4 +269,36 @@ fn human_bytes_reads_well() {
     assert_eq!(human_bytes(512), "512 B");
     assert_eq!(human_bytes(1536), "1.5 KiB");
     assert_eq!(human_bytes(1_288_490_189), "1.2 GiB");
+}
+
+#[test]
+fn a_program_that_never_used_the_network_uploading_alerts_after_training() {
+    let mut cfg = Config::embedded().detect;
+    cfg.quiet_program_upload.training = std::time::Duration::from_secs(3600);
+    let mut d = Detector::new(cfg);
+    let viewer = proc_(31, 1, "/usr/bin/shotwell", &["shotwell"]);
+    // (The syncer's 180 MB in 90 min is no drip: sluice has not watched 6 h yet.)
+    let chatty = proc_(32, 1, "/usr/bin/syncer", &["syncer"]);
+    // An hour and a half: the viewer only trickles, the syncer moves 2 MB a minute.
+    let mut start = tick(1.0, vec![]);
+    start.execs = vec![viewer.clone(), chatty.clone()];
+    d.tick(&start);
+    for i in 1..=90u64 {
+        let t = 60.0 * i as f64;
+        let a = d.tick(&TickInput { t, window_s: 60.0, execs: vec![], flows: vec![flow(&viewer, 2_000), flow(&chatty, 2_000_000)] });
+        assert!(a.is_empty(), "{:?}", ids(&a));
+    }
+    let t = 60.0 * 92.0;
+    let a = d.tick(&TickInput { t, window_s: 60.0, execs: vec![], flows: vec![flow(&viewer, 30 * MIB), flow(&chatty, 30 * MIB)] });
+    assert_eq!(ids(&a), [QUIET_PROGRAM.id], "only the quiet one");
+    assert_eq!(a[0].process.pid, 31);
+    assert!(a[0].reason.contains("never sent more than"), "{}", a[0].reason);
+}
+
+#[test]
+fn no_quiet_alert_before_the_training_period_ends() {
+    let mut d = detector(); // 7 days by default
+    let viewer = proc_(31, 1, "/usr/bin/shotwell", &["shotwell"]);
+    d.tick(&tick(1.0, vec![flow(&viewer, 1_000)]));
+    assert!(d.tick(&tick(86_400.0, vec![flow(&viewer, 30 * MIB)])).is_empty());
 }
