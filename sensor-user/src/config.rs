@@ -90,6 +90,16 @@ pub struct Detect {
     pub volume_anomaly: AnomalyRule,
     pub slow_drip: FloorRule,
     pub quiet_program_upload: QuietRule,
+    pub ratio_inversion: RatioRule,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatioRule {
+    pub enabled: bool,
+    #[serde(with = "byte_size")]
+    pub floor: u64,
+    pub ratio: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

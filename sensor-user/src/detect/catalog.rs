@@ -59,6 +59,22 @@ pub fn is_megacmd_client(executable: &str, args: &[String]) -> bool {
     names.iter().flatten().any(|n| n.starts_with("mega-") && !n.starts_with("mega-cmd-server"))
 }
 
+/// Programs whose sessions download: package managers and their fetch helpers
+/// (apt's `http`/`https` methods run from /usr/lib/apt/methods), wget without
+/// upload flags. An upload-shaped session from them is the anomaly.
+pub const DOWNLOAD_HEAVY: &[&str] = &[
+    "apt", "apt-get", "aptitude", "dnf", "yum", "zypper", "pacman", "apk", "pip", "pip3", "snap", "snapd", "flatpak",
+    "wget", "freshclam",
+];
+
+pub fn is_download_heavy(executable: &str, args: &[String]) -> bool {
+    // apt's fetchers are /usr/lib/apt/methods/{http,https}: judge them by directory.
+    if executable.starts_with("/usr/lib/apt/methods/") {
+        return true;
+    }
+    is_in(DOWNLOAD_HEAVY, executable) && upload_cmdline(executable, args).is_none()
+}
+
 pub fn exfil_tool(executable: &str, args: &[String]) -> Option<&'static str> {
     let names = [Some(base(executable)), args.first().map(|a| base(a))];
     for n in names.iter().flatten() {
@@ -145,6 +161,15 @@ mod tests {
         assert_eq!(exfil_tool("/opt/MEGAsync.exe", &[]), Some("MEGAsync"));
         assert_eq!(exfil_tool("/usr/bin/curl", &s(&["mega-put"])), Some("MEGAcmd"));
         assert_eq!(exfil_tool("/usr/bin/curl", &s(&["curl"])), None);
+    }
+
+    #[test]
+    fn download_heavy_programs() {
+        assert!(is_download_heavy("/usr/lib/apt/methods/https", &[]));
+        assert!(is_download_heavy("/usr/bin/pip3", &s(&["pip3", "install", "x"])));
+        assert!(is_download_heavy("/usr/bin/wget", &s(&["wget", "http://x/iso"])));
+        assert!(!is_download_heavy("/usr/bin/wget", &s(&["wget", "--post-file=db", "http://x"])));
+        assert!(!is_download_heavy("/usr/bin/curl", &s(&["curl"])));
     }
 
     #[test]

@@ -119,7 +119,16 @@ pub const QUIET_PROGRAM: Rule = Rule {
     techniques: &[("T1567", "Exfiltration Over Web Service"), ("T1048", "Exfiltration Over Alternative Protocol")],
 };
 
-pub const RULES: [Rule; 6] = [EXFIL_TOOL, WATCHED_APP, ARCHIVE_THEN_UPLOAD, VOLUME_ANOMALY, SLOW_DRIP, QUIET_PROGRAM];
+pub const RATIO_INVERSION: Rule = Rule {
+    id: "sluice.ratio_inversion",
+    name: "Download-heavy program sending far more than it receives",
+    severity: "medium",
+    severity_num: 47,
+    techniques: &[("T1048", "Exfiltration Over Alternative Protocol"), ("T1567", "Exfiltration Over Web Service")],
+};
+
+pub const RULES: [Rule; 7] =
+    [EXFIL_TOOL, WATCHED_APP, ARCHIVE_THEN_UPLOAD, VOLUME_ANOMALY, SLOW_DRIP, QUIET_PROGRAM, RATIO_INVERSION];
 
 /// What sluice has learned of an executable's network habits.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -503,6 +512,26 @@ impl Detector {
                             }
                         }
                     }
+                }
+            }
+
+            // A program whose sessions should download, sending instead.
+            let r = &self.cfg.ratio_inversion;
+            if r.enabled && kd_out >= r.floor && catalog::is_download_heavy(&f.process.executable, &f.process.args) {
+                let kd_in = self.short.get(&key_dest).map(|e| e.inb.total()).unwrap_or(0);
+                let ratio = kd_out as f64 / (kd_in.max(1)) as f64;
+                if ratio >= r.ratio {
+                    let reason = format!(
+                        "{} sent {} to {} and received {} in the last {} s (out/in {:.0}x); {} normally downloads",
+                        who(&f.process),
+                        human_bytes(kd_out),
+                        where_to(f),
+                        human_bytes(kd_in),
+                        short_s,
+                        ratio,
+                        catalog::base(&f.process.executable)
+                    );
+                    raised.push(self.alert(RATIO_INVERSION, f, &id, &dest, kd_out, kd_in, short_s, None, ratio, reason, indicators.clone()));
                 }
             }
 

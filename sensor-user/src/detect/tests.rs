@@ -302,3 +302,18 @@ fn no_quiet_alert_before_the_training_period_ends() {
     d.tick(&tick(1.0, vec![flow(&viewer, 1_000)]));
     assert!(d.tick(&tick(86_400.0, vec![flow(&viewer, 30 * MIB)])).is_empty());
 }
+
+#[test]
+fn a_package_manager_that_uploads_is_inverted_and_one_that_downloads_is_not() {
+    let mut d = detector();
+    let apt = proc_(40, 39, "/usr/lib/apt/methods/https", &["/usr/lib/apt/methods/https"]);
+    let mut normal = flow(&apt, 200_000);
+    normal.bytes_in = 80 * MIB;
+    assert!(d.tick(&tick(5.0, vec![normal])).is_empty());
+    let mut d = detector();
+    let mut upside_down = flow(&apt, 30 * MIB);
+    upside_down.bytes_in = 100_000;
+    let a = d.tick(&tick(5.0, vec![upside_down]));
+    assert_eq!(ids(&a), [RATIO_INVERSION.id]);
+    assert!(a[0].reason.contains("normally downloads"), "{}", a[0].reason);
+}
