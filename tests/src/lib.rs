@@ -396,6 +396,20 @@ pub fn run_child(cmd: &mut Command, timeout: Duration) -> Result<u32> {
     }
 }
 
+/// Try `f` until it succeeds or `timeout` passes (servers take a moment to listen).
+pub fn retry(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A free local port (bind to 0, read it back, release it).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(40_123)

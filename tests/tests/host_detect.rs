@@ -98,49 +98,17 @@ fn a_benign_mix_raises_nothing() {
 
     // 1. A large download: 50 MB in, almost nothing out.
     let port = free_port();
-    let mut server = KillOnDrop(
-        host.command("/usr/bin/python3")
-            .args(["-m", "http.server", "--bind", &host.peer_v4, &port.to_string(), "--directory"])
-            .arg(&dir.0)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _server = http_server(host.command("/usr/bin/python3"), &host.peer_v4, port, &dir.0);
     let url = format!("http://{}:{}/big.iso", host.peer_v4, port);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let downloaded = loop {
-        let ok = Command::new("/usr/bin/curl").args(["-sS", "-o", "/dev/null", "--fail", &url]).status().unwrap().success();
-        if ok || Instant::now() > deadline {
-            break ok;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let downloaded = retry(Duration::from_secs(20), || fetch(Command::new("/usr/bin/curl"), &url));
     assert!(downloaded, "download from the test host failed");
-    let _ = server.0.kill();
 
     // 2. A local server answering big requests: the test host downloads from us.
     let port = free_port();
-    let mut local = KillOnDrop(
-        Command::new("/usr/bin/python3")
-            .args(["-m", "http.server", "--bind", &host.local_v4, &port.to_string(), "--directory"])
-            .arg(&dir.0)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _local = http_server(Command::new("/usr/bin/python3"), &host.local_v4, port, &dir.0);
     let url = format!("http://{}:{}/big.iso", host.local_v4, port);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let served = loop {
-        let ok = host.command("/usr/bin/curl").args(["-sS", "-o", "/dev/null", "--fail", &url]).status().unwrap().success();
-        if ok || Instant::now() > deadline {
-            break ok;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let served = retry(Duration::from_secs(20), || fetch(host.command("/usr/bin/curl"), &url));
     assert!(served, "the test host could not download from us");
-    let _ = local.0.kill();
 
     // 3. The allowlisted backup tool uploading 50 MB.
     let port = free_port();
@@ -153,6 +121,25 @@ fn a_benign_mix_raises_nothing() {
     let recs = sluice.stop().unwrap();
     let alerts: Vec<&Value> = recs.iter().filter(|r| r["event"]["kind"] == "alert").collect();
     assert!(alerts.is_empty(), "benign activity raised alerts: {alerts:?}");
+}
+
+/// `python3 -m http.server` serving `dir` on addr:port (`python3` already set
+/// up to run in the right namespace).
+fn http_server(mut python3: Command, addr: &str, port: u16, dir: &std::path::Path) -> KillOnDrop {
+    KillOnDrop(
+        python3
+            .args(["-m", "http.server", "--bind", addr, &port.to_string(), "--directory"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// One download attempt with `curl` (already set up for its namespace).
+fn fetch(mut curl: Command, url: &str) -> bool {
+    curl.args(["-sS", "-o", "/dev/null", "--fail", url]).status().map(|s| s.success()).unwrap_or(false)
 }
 
 /// Write a record file: 30 simulated minutes of `backup.py` sending ~3 MB a

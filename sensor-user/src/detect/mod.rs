@@ -158,7 +158,11 @@ impl Habits {
             return;
         }
         if self.by_exe.len() >= MAX_BASELINES {
-            if let Some(k) = self.by_exe.iter().min_by(|a, b| a.1.last_seen.total_cmp(&b.1.last_seen)).map(|(k, _)| k.clone()) {
+            // Drop the stalest 1/16 in one pass (amortized O(log n) per insert).
+            let mut by_age: Vec<(f64, String)> = self.by_exe.iter().map(|(k, h)| (h.last_seen, k.clone())).collect();
+            let n = by_age.len() / 16 + 1;
+            by_age.select_nth_unstable_by(n - 1, |a, b| a.0.total_cmp(&b.0));
+            for (_, k) in by_age.into_iter().take(n) {
                 self.by_exe.remove(&k);
             }
         }
@@ -228,6 +232,48 @@ struct Entity {
     last: FlowObs,
 }
 
+/// Windowed entities, bounded: when full, entities whose windows emptied are
+/// swept (at most once per tick, so a flood costs O(n) per tick, not per flow),
+/// then one arbitrary entity makes room. Memory stays bounded; at worst a
+/// flooded entity's window restarts from zero.
+#[derive(Debug, Default)]
+struct Entities {
+    map: HashMap<String, Entity>,
+    last_sweep: f64,
+}
+
+impl Entities {
+    fn get(&self, key: &str) -> Option<&Entity> {
+        self.map.get(key)
+    }
+
+    fn bump(&mut self, key: &str, f: &FlowObs, t: f64, bucket: f64, span: f64) -> (u64, u64) {
+        if self.map.len() >= MAX_ENTITIES && !self.map.contains_key(key) {
+            if self.last_sweep != t {
+                self.last_sweep = t;
+                self.map.retain(|_, e| {
+                    e.out.expire(t);
+                    !e.out.is_empty()
+                });
+            }
+            if self.map.len() >= MAX_ENTITIES {
+                if let Some(k) = self.map.keys().next().cloned() {
+                    self.map.remove(&k);
+                }
+            }
+        }
+        let e = self.map.entry(key.to_string()).or_insert_with(|| Entity {
+            out: SlidingSum::new(bucket, span),
+            inb: SlidingSum::new(bucket, span),
+            last: f.clone(),
+        });
+        e.out.add(t, f.bytes_out);
+        e.inb.add(t, f.bytes_in);
+        e.last = f.clone();
+        (e.out.total(), e.inb.total())
+    }
+}
+
 /// A tumbling window that feeds a baseline when it closes.
 #[derive(Debug, Clone, Copy)]
 struct Tumble {
@@ -245,8 +291,8 @@ struct DedupState {
 pub struct Detector {
     cfg: Detect,
     params: Params,
-    short: HashMap<String, Entity>,
-    long: HashMap<String, Entity>,
+    short: Entities,
+    long: Entities,
     tumbles: HashMap<String, Tumble>,
     pub baselines: Table,
     pub habits: Habits,
@@ -277,8 +323,8 @@ impl Detector {
         Self {
             cfg,
             params,
-            short: HashMap::new(),
-            long: HashMap::new(),
+            short: Entities::default(),
+            long: Entities::default(),
             tumbles: HashMap::new(),
             baselines: Table::default(),
             habits: Habits::default(),
@@ -313,25 +359,6 @@ impl Detector {
         !self.cfg.allow_destinations.iter().any(|d| {
             *d == ip || (!dom.is_empty() && (dom == d || dom.ends_with(&format!(".{d}"))))
         })
-    }
-
-    fn bump(map: &mut HashMap<String, Entity>, key: &str, f: &FlowObs, t: f64, bucket: f64, span: f64) -> (u64, u64) {
-        if map.len() >= MAX_ENTITIES && !map.contains_key(key) {
-            // Drop entities whose windows are empty first; bounded work per insert.
-            map.retain(|_, e| {
-                e.out.expire(t);
-                !e.out.is_empty()
-            });
-        }
-        let e = map.entry(key.to_string()).or_insert_with(|| Entity {
-            out: SlidingSum::new(bucket, span),
-            inb: SlidingSum::new(bucket, span),
-            last: f.clone(),
-        });
-        e.out.add(t, f.bytes_out);
-        e.inb.add(t, f.bytes_in);
-        e.last = f.clone();
-        (e.out.total(), e.inb.total())
     }
 
     /// Feed one tick; returns the alerts it raises (after dedup).
@@ -383,9 +410,9 @@ impl Detector {
             let id = identity(&f.process);
             let dest = destination(f);
             let key_dest = format!("{id}|{dest}");
-            let (id_out, id_in) = Self::bump(&mut self.short, &id, f, t, tick_bucket, short_s);
-            let (kd_out, _) = Self::bump(&mut self.short, &key_dest, f, t, tick_bucket, short_s);
-            let (long_out, _) = Self::bump(&mut self.long, &id, f, t, 300.0, long_s);
+            let (id_out, id_in) = self.short.bump(&id, f, t, tick_bucket, short_s);
+            let (kd_out, _) = self.short.bump(&key_dest, f, t, tick_bucket, short_s);
+            let (long_out, _) = self.long.bump(&id, f, t, 300.0, long_s);
             for key in [&id, &key_dest] {
                 let w = self.tumbles.entry(key.clone()).or_insert(Tumble { start: t - input.window_s, bytes: 0, alerted: false });
                 w.bytes += f.bytes_out;
@@ -457,7 +484,7 @@ impl Detector {
                     .find_map(|p| self.archives.get(p).and_then(|q| q.back()).map(|a| (*p, a.clone())))
                 {
                     let tree_key = format!("archive-tree:{tree}");
-                    let (tree_out, tree_in) = Self::bump(&mut self.short, &tree_key, f, t, tick_bucket, within);
+                    let (tree_out, tree_in) = self.short.bump(&tree_key, f, t, tick_bucket, within);
                     if tree_out >= r.floor {
                         let reason = format!(
                             "{} sent {} to {} within {:.0} s of `{}` (pid {}) archiving in the same process tree (parent pid {})",
@@ -658,6 +685,11 @@ impl Detector {
             None => {
                 if self.dedup.len() >= MAX_ENTITIES {
                     self.dedup.retain(|_, d| t - d.last_t < suppress);
+                    if self.dedup.len() >= MAX_ENTITIES {
+                        if let Some(k) = self.dedup.keys().next().cloned() {
+                            self.dedup.remove(&k);
+                        }
+                    }
                 }
                 self.dedup.insert(key, DedupState { last_t: t, suppressed: 0 });
                 0
