@@ -146,6 +146,11 @@ pub struct FlowKey {
     /// 4 or 6: the IP version on the wire.
     pub ip_version: u8,
     pub _pad: [u8; 2],
+    /// The sending process (tgid) on the send-path backends, where the hook runs
+    /// in the sender's context; 0 on the cgroup backend (owner from `SOCKS`).
+    pub pid: u32,
+    /// Explicit, so every key byte is initialized (the verifier insists).
+    pub _pad2: u32,
 }
 
 /// Cumulative counters of one flow; the kernel only adds, userspace takes
@@ -220,7 +225,8 @@ pub mod counter {
     pub const SKB_PARSE_FAIL: u32 = 6;
     pub const SKB_NO_SOCKET: u32 = 7;
     pub const EXEC_NO_ARGV: u32 = 8;
-    pub const LEN: u32 = 9;
+    pub const SEND_READ_FAIL: u32 = 9;
+    pub const LEN: u32 = 10;
     /// Names in index order, for metrics and diagnostics.
     pub const NAMES: [&str; LEN as usize] = [
         "ringbuf_drop_exec",
@@ -232,6 +238,7 @@ pub mod counter {
         "skb_parse_fail",
         "skb_no_socket",
         "exec_no_argv",
+        "send_read_fail",
     ];
 }
 
@@ -245,6 +252,19 @@ pub mod globals {
     pub const EXECVE_ARGV_OFF: &str = "EXECVE_ARGV_OFF";
     pub const EXECVEAT_ARGV_OFF: &str = "EXECVEAT_ARGV_OFF";
     pub const EXEC_OLD_PID_OFF: &str = "EXEC_OLD_PID_OFF";
+    /// Field offsets from the kernel's BTF, for the send-path probes.
+    pub const SKC_DADDR: &str = "SKC_DADDR";
+    pub const SKC_RCV_SADDR: &str = "SKC_RCV_SADDR";
+    pub const SKC_DPORT: &str = "SKC_DPORT";
+    pub const SKC_NUM: &str = "SKC_NUM";
+    pub const SKC_FAMILY: &str = "SKC_FAMILY";
+    pub const SKC_V6_DADDR: &str = "SKC_V6_DADDR";
+    pub const SKC_V6_RCV_SADDR: &str = "SKC_V6_RCV_SADDR";
+    pub const MSG_NAME: &str = "MSG_NAME";
+    pub const SS_SKADDR_OFF: &str = "SS_SKADDR_OFF";
+    pub const SS_OLDSTATE_OFF: &str = "SS_OLDSTATE_OFF";
+    pub const SS_NEWSTATE_OFF: &str = "SS_NEWSTATE_OFF";
+    pub const SS_PROTOCOL_OFF: &str = "SS_PROTOCOL_OFF";
 }
 
 /// Map names, shared so a rename on one side is a compile error on the other.
@@ -255,6 +275,7 @@ pub mod maps {
     pub const FLOWS: &str = "FLOWS";
     pub const LISTENERS: &str = "LISTENERS";
     pub const ARGV: &str = "ARGV";
+    pub const DIRS: &str = "DIRS";
 }
 
 /// Value of the `LISTENERS` map: who bound the port, and with which socket (so

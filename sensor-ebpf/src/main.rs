@@ -16,10 +16,14 @@
 #![feature(core_intrinsics)]
 
 mod process;
+mod sendpath;
 mod sockets;
 mod traffic;
 
+use core::intrinsics::AtomicOrdering;
+
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
@@ -64,6 +68,33 @@ fn count(index: u32) {
         // Per-CPU slot: no other CPU writes it, a plain add is race-free.
         unsafe { *slot += 1 };
     }
+}
+
+/// The counters of `key`, created (zeroed) if this is its first packet or send.
+/// Returns whether this call created it, so callers can do first-time work.
+#[inline(always)]
+fn flow_counters(key: &FlowKey) -> Option<(*mut FlowCounters, bool)> {
+    if let Some(c) = FLOWS.get_ptr_mut(key) {
+        return Some((c, false));
+    }
+    // NOEXIST: if another CPU created it since our lookup, add to theirs.
+    let created = FLOWS.insert(key, &FlowCounters::default(), BPF_NOEXIST as u64).is_ok();
+    match FLOWS.get_ptr_mut(key) {
+        Some(c) => Some((c, created)),
+        None => {
+            count(counter::FLOW_STORE_FAIL);
+            None
+        }
+    }
+}
+
+/// Atomic add to a shared map value (BPF_XADD), never a racy `+=`. core's
+/// AtomicU64 has no fetch_add on the BPF target (no CAS), so the intrinsic it
+/// would lower to is called directly; the result is unused, which lets LLVM
+/// emit the plain XADD every BPF-capable kernel accepts.
+#[inline(always)]
+unsafe fn xadd(dst: *mut u64, v: u64) {
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
 }
 
 /// Read a global the loader patched in (`EbpfLoader::set_global`). The volatile

@@ -3,7 +3,7 @@
 //! kernel (one LRU map, atomic adds), so a 10 Gbit/s upload costs the agent one
 //! map entry per tick, not work per packet.
 
-use core::{ffi::c_void, intrinsics::AtomicOrdering};
+use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -16,7 +16,7 @@ use sensor_common::{
     tcp_advance,
 };
 
-use crate::{count, FLOWS, LISTENERS, SOCKS};
+use crate::{count, flow_counters, xadd, LISTENERS, SOCKS};
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -54,24 +54,11 @@ fn account(ctx: &SkBuffContext, egress: bool) {
         return;
     };
     let wire = ctx.len() as u64;
-    if let Some(c) = FLOWS.get_ptr_mut(&p.key) {
-        add(c, &p, wire, egress);
-        return;
+    let Some((c, created)) = flow_counters(&p.key) else { return };
+    add(c, &p, wire, egress);
+    if created {
+        adopt_accepted(cookie, &p.key);
     }
-    // First packet of this (socket, peer): insert zeroes, then count as usual.
-    let fresh = FlowCounters::default();
-    if FLOWS.insert(&p.key, &fresh, BPF_NOEXIST as u64).is_err() {
-        // Another CPU may have created it between our lookup and insert.
-        match FLOWS.get_ptr_mut(&p.key) {
-            Some(c) => add(c, &p, wire, egress),
-            None => count(counter::FLOW_STORE_FAIL),
-        }
-        return;
-    }
-    if let Some(c) = FLOWS.get_ptr_mut(&p.key) {
-        add(c, &p, wire, egress);
-    }
-    adopt_accepted(cookie, &p.key);
 }
 
 #[inline(always)]
@@ -80,10 +67,6 @@ fn add(c: *mut FlowCounters, p: &Parsed, wire: u64, egress: bool) {
         Some((seq, syn, fin)) if egress => unsafe { new_tcp_out_bytes(c, seq, syn, fin, p.payload) },
         _ => p.payload,
     } as u64;
-    // Shared map value updated from every CPU: atomic adds (BPF_XADD), never a
-    // racy `+=`. core's AtomicU64 has no fetch_add on the BPF target (no CAS), so
-    // the intrinsic it would lower to is called directly; the result is unused,
-    // which lets LLVM emit the plain XADD every BPF-capable kernel accepts.
     unsafe {
         if egress {
             xadd(&raw mut (*c).bytes_out, payload);
@@ -109,11 +92,6 @@ unsafe fn new_tcp_out_bytes(c: *mut FlowCounters, seq: u32, syn: bool, fin: bool
         (*c).seq_out_valid = 1;
         counted
     }
-}
-
-#[inline(always)]
-unsafe fn xadd(dst: *mut u64, v: u64) {
-    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
 }
 
 /// A socket no process-context hook has seen is either older than the sensor
@@ -151,6 +129,8 @@ fn parse(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<Parsed> {
         protocol: 0,
         ip_version: 0,
         _pad: [0; 2],
+        pid: 0,
+        _pad2: 0,
     };
     let first: u8 = ctx.load(0).ok()?;
     let (src, dst, l4_off, has_l4) = match first >> 4 {

@@ -36,6 +36,9 @@ const MAX_EXECS_PER_TICK: usize = 20_000;
 
 /// How long an unresolvable pre-existing socket waits before another /proc scan.
 const UNRESOLVED_RETRY: Duration = Duration::from_secs(30);
+/// Send-path flows idle this long are retired from the kernel map.
+const IDLE_RETIRE: Duration = Duration::from_secs(300);
+const IPPROTO_TCP: u8 = 6;
 /// Every this many ticks, closed sockets that never carried traffic are swept
 /// from the kernel's owner map (a full map walk, so not every tick).
 const SWEEP_EVERY_TICKS: u64 = 12;
@@ -47,6 +50,7 @@ pub struct Agent<W: Write> {
     sensor: Sensor,
     flows_map: BpfHashMap<MapData, FlowKey, FlowCounters>,
     socks_map: BpfHashMap<MapData, u64, SockInfo>,
+    dirs_map: BpfHashMap<MapData, u64, u8>,
     counters: PerCpuArray<MapData, u64>,
     procs: ProcessTable,
     procfs: Procfs,
@@ -84,6 +88,7 @@ impl<W: Write> Agent<W> {
         };
         let flows_map = BpfHashMap::try_from(take(&mut sensor, maps::FLOWS)?)?;
         let socks_map = BpfHashMap::try_from(take(&mut sensor, maps::SOCKS)?)?;
+        let dirs_map = BpfHashMap::try_from(take(&mut sensor, maps::DIRS)?)?;
         let counters = PerCpuArray::try_from(take(&mut sensor, maps::COUNTERS)?)?;
         let procfs = Procfs::default();
         let mut procs = ProcessTable::default();
@@ -105,6 +110,7 @@ impl<W: Write> Agent<W> {
             sensor,
             flows_map,
             socks_map,
+            dirs_map,
             counters,
             procs,
             procfs,
@@ -312,7 +318,14 @@ impl<W: Write> Agent<W> {
         let snapshot: Vec<(FlowKey, FlowCounters)> = self.flows_map.iter().filter_map(Result::ok).collect();
         let deltas = self.tracker.update(snapshot.iter().copied());
 
-        let active: HashSet<u64> = deltas.iter().map(|d| d.key.cookie).collect();
+        // cgroup backend keys (pid 0): owner by socket cookie. Send-path keys
+        // carry the sender's pid themselves.
+        let active: HashSet<u64> = deltas.iter().filter(|d| d.key.pid == 0).map(|d| d.key.cookie).collect();
+        let send_dirs: HashMap<u64, u8> = deltas
+            .iter()
+            .filter(|d| d.key.pid != 0 && d.key.protocol == IPPROTO_TCP)
+            .map(|d| (d.key.cookie, self.dirs_map.get(&d.key.cookie, 0).unwrap_or(DIR_UNKNOWN)))
+            .collect();
         let mut owners: HashMap<u64, Owner> = HashMap::with_capacity(active.len());
         let mut unknown = Vec::new();
         for &c in &active {
@@ -329,8 +342,25 @@ impl<W: Write> Agent<W> {
         if !unknown.is_empty() {
             owners.extend(self.resolve(&unknown));
         }
-        let records = flows::aggregate(&deltas, |c| {
-            owners.get(&c).copied().unwrap_or(Owner {
+        let procs = &self.procs;
+        let records = flows::aggregate(&deltas, |k| {
+            if k.pid != 0 {
+                let p = procs.get(k.pid);
+                return Owner {
+                    pid: k.pid,
+                    uid: p.map(|p| p.uid).unwrap_or(0),
+                    cgroup_id: p.map(|p| p.cgroup_id).unwrap_or(0),
+                    // A datagram is sent by whoever sends it; TCP as the
+                    // connection's state transitions said.
+                    direction: if k.protocol == IPPROTO_TCP {
+                        send_dirs.get(&k.cookie).copied().unwrap_or(DIR_UNKNOWN)
+                    } else {
+                        DIR_EGRESS
+                    },
+                    attribution: Attribution::Kernel,
+                };
+            }
+            owners.get(&k.cookie).copied().unwrap_or(Owner {
                 pid: 0,
                 uid: 0,
                 cgroup_id: 0,
@@ -360,6 +390,7 @@ impl<W: Write> Agent<W> {
             self.last_save = now;
         }
         self.retire(&snapshot, &active);
+        self.retire_idle_sends();
         if self.stats.ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
             self.sweep_closed(&snapshot);
         }
@@ -435,6 +466,18 @@ impl<W: Write> Agent<W> {
         }
         self.remembered.retain(|_, (_, t)| now.duration_since(*t) < OWNER_MEMORY);
         self.unresolved.retain(|_, t| now.duration_since(*t) < OWNER_MEMORY);
+    }
+
+    /// Send-path flows have no release hook: drop the ones idle for a while (a
+    /// socket that speaks again starts a fresh entry, counted from zero).
+    fn retire_idle_sends(&mut self) {
+        let ticks = (IDLE_RETIRE.as_secs_f64() / self.config.agent.tick.as_secs_f64()).ceil().max(1.0) as u32;
+        for k in self.tracker.idle_for(ticks) {
+            if k.pid != 0 {
+                let _ = self.flows_map.remove(&k);
+                self.tracker.forget(&k);
+            }
+        }
     }
 
     /// Remove owner entries of sockets closed for a while that have no flow

@@ -73,6 +73,8 @@ pub struct Delta {
 #[derive(Default)]
 pub struct DeltaTracker {
     prev: HashMap<FlowKey, FlowCounters>,
+    /// Ticks since each key last moved.
+    idle: HashMap<FlowKey, u32>,
     /// Kernel entries that disappeared between ticks without being retired by us
     /// (LRU eviction under pressure): their last tick's bytes are lost.
     pub vanished: u64,
@@ -90,12 +92,17 @@ impl DeltaTracker {
                 .remove(&key)
                 .and_then(|p| Volume::since(&cur, &p))
                 .unwrap_or_else(|| Volume::of(&cur));
+            let idle = if volume.is_zero() { self.idle.get(&key).copied().unwrap_or(0) + 1 } else { 0 };
             if !volume.is_zero() {
                 out.push(Delta { key, volume });
             }
+            self.idle.insert(key, idle);
             next.insert(key, cur);
         }
         self.vanished += self.prev.len() as u64;
+        for k in self.prev.keys() {
+            self.idle.remove(k);
+        }
         self.prev = next;
         out
     }
@@ -103,6 +110,12 @@ impl DeltaTracker {
     /// The agent deleted this entry from the kernel map on purpose.
     pub fn forget(&mut self, key: &FlowKey) {
         self.prev.remove(key);
+        self.idle.remove(key);
+    }
+
+    /// Keys that have not moved for at least `ticks` ticks.
+    pub fn idle_for(&self, ticks: u32) -> Vec<FlowKey> {
+        self.idle.iter().filter(|(_, &n)| n >= ticks).map(|(k, _)| *k).collect()
     }
 }
 
@@ -253,10 +266,10 @@ impl FlowRecord {
 }
 
 /// Roll deltas up per (owner pid, remote ip, remote port, protocol).
-pub fn aggregate(deltas: &[Delta], owner_of: impl Fn(u64) -> Owner) -> Vec<FlowRecord> {
+pub fn aggregate(deltas: &[Delta], owner_of: impl Fn(&FlowKey) -> Owner) -> Vec<FlowRecord> {
     let mut by: HashMap<(u32, IpAddr, u16, u8), FlowRecord> = HashMap::new();
     for d in deltas {
-        let owner = owner_of(d.key.cookie);
+        let owner = owner_of(&d.key);
         let remote_ip = ip_of(&d.key.remote_addr);
         let k = (owner.pid, remote_ip, d.key.remote_port, d.key.protocol);
         let r = by.entry(k).or_insert_with(|| FlowRecord {
@@ -301,7 +314,18 @@ mod tests {
         r[10] = 0xff;
         r[11] = 0xff;
         r[12..].copy_from_slice(&remote);
-        FlowKey { cookie, local_addr: [0; 16], remote_addr: r, local_port: 40000, remote_port: port, protocol: 6, ip_version: 4, _pad: [0; 2] }
+        FlowKey {
+            cookie,
+            local_addr: [0; 16],
+            remote_addr: r,
+            local_port: 40000,
+            remote_port: port,
+            protocol: 6,
+            ip_version: 4,
+            _pad: [0; 2],
+            pid: 0,
+            _pad2: 0,
+        }
     }
 
     fn c(out: u64, inn: u64) -> FlowCounters {
@@ -334,6 +358,19 @@ mod tests {
     }
 
     #[test]
+    fn idle_keys_are_reported_after_enough_quiet_ticks() {
+        let mut t = DeltaTracker::default();
+        let k = key(1, [10, 0, 0, 2], 80);
+        t.update([(k, c(100, 0))]);
+        t.update([(k, c(100, 0))]);
+        assert!(t.idle_for(2).is_empty());
+        t.update([(k, c(100, 0))]);
+        assert_eq!(t.idle_for(2), vec![k]);
+        t.forget(&k);
+        assert!(t.idle_for(0).is_empty());
+    }
+
+    #[test]
     fn recreated_entry_counts_from_zero_and_eviction_is_counted() {
         let mut t = DeltaTracker::default();
         let k = key(1, [10, 0, 0, 2], 80);
@@ -345,8 +382,8 @@ mod tests {
 
     #[test]
     fn aggregate_per_process_and_destination() {
-        let owner = |cookie: u64| Owner {
-            pid: if cookie < 10 { 100 } else { 200 },
+        let owner = |k: &FlowKey| Owner {
+            pid: if k.cookie < 10 { 100 } else { 200 },
             uid: 0,
             cgroup_id: 0,
             direction: DIR_EGRESS,
@@ -366,12 +403,12 @@ mod tests {
 
     #[test]
     fn a_known_direction_wins_over_the_listener_socket_in_any_order() {
-        let owner = |cookie: u64| Owner {
+        let owner = |k: &FlowKey| Owner {
             pid: 7,
             uid: 0,
             cgroup_id: 0,
-            direction: if cookie == 1 { DIR_UNKNOWN } else { DIR_INGRESS },
-            attribution: if cookie == 1 { Attribution::Kernel } else { Attribution::Listener },
+            direction: if k.cookie == 1 { DIR_UNKNOWN } else { DIR_INGRESS },
+            attribution: if k.cookie == 1 { Attribution::Kernel } else { Attribution::Listener },
         };
         let syn = Delta { key: key(1, [127, 0, 0, 1], 5555), volume: v(0, 60) };
         let data = Delta { key: key(2, [127, 0, 0, 1], 5555), volume: v(10, 5000) };

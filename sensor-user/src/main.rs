@@ -96,7 +96,7 @@ fn run(args: RunArgs, record_to: Option<std::path::PathBuf>) -> Result<()> {
             backend::choose(&verdicts).map_err(|why| anyhow::anyhow!("no probe backend works on this kernel: {why}"))?
         }
     };
-    let sensor = loader::attach(&config, chosen).with_context(|| format!("starting the {chosen} backend"))?;
+    let sensor = loader::attach(&config, chosen).with_context(|| format!("starting the {chosen} backend (`sluice check` shows what this kernel allows)"))?;
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let agent = Agent::new(config, sensor, stdout, record_to.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

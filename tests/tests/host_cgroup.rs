@@ -302,12 +302,17 @@ fn check_explains_the_backend_choice() {
 }
 
 #[test]
-fn a_backend_this_build_cannot_run_fails_with_a_clear_message() {
+fn a_backend_this_kernel_refuses_fails_with_a_clear_message() {
     require_root();
+    // This host forbids BPF trampolines and has no kprobes.
     let out = Command::new(sluice_bin()).args(["run", "--probe", "fentry"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("fentry") && err.contains("--probe cgroup"), "{err}");
+    assert!(err.contains("starting the fentry backend") && err.contains("sluice check"), "{err}");
+    let out = Command::new(sluice_bin()).args(["run", "--probe", "kprobe"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kprobe"), "{err}");
     assert!(out.stdout.is_empty(), "nothing on stdout when nothing ran");
 }
 

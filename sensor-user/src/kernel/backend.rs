@@ -36,11 +36,6 @@ impl Backend {
             Probe::Cgroup => Some(Backend::Cgroup),
         }
     }
-
-    /// Whether this build carries the backend's programs at all.
-    pub fn built(self) -> bool {
-        matches!(self, Backend::Cgroup)
-    }
 }
 
 impl fmt::Display for Backend {

@@ -5,13 +5,14 @@ use std::{fs::File, path::Path};
 use anyhow::{anyhow, Context, Result};
 use aya::{
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, FEntry, FExit, KProbe,
+        TracePoint,
     },
     Ebpf, EbpfLoader,
 };
 use sensor_common::{globals, maps};
 
-use super::{backend::Backend, mounts, privileges, tracefs, EBPF_OBJECT};
+use super::{backend::Backend, btf, mounts, privileges, tracefs, EBPF_OBJECT};
 use crate::config::Config;
 
 /// Process-lifecycle tracepoints, attached on every backend: (program, category, event).
@@ -32,6 +33,25 @@ const CGROUP_SOCK: [&str; 4] = ["sock_create", "post_bind4", "post_bind6", "sock
 const CGROUP_SOCK_ADDR: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
 const CGROUP_SKB: [(&str, CgroupSkbAttachType); 2] =
     [("skb_egress", CgroupSkbAttachType::Egress), ("skb_ingress", CgroupSkbAttachType::Ingress)];
+
+/// fentry backend: (program, kernel function, optional). tcp_sendpage carried
+/// sendfile/splice until 6.5, when it folded into tcp_sendmsg.
+const FEXIT: [(&str, &str, bool); 4] = [
+    ("fexit_tcp_sendmsg", "tcp_sendmsg", false),
+    ("fexit_tcp_sendpage", "tcp_sendpage", true),
+    ("fexit_udp_sendmsg", "udp_sendmsg", false),
+    ("fexit_udpv6_sendmsg", "udpv6_sendmsg", false),
+];
+const FENTRY_RECV: (&str, &str) = ("fentry_tcp_cleanup_rbuf", "tcp_cleanup_rbuf");
+
+/// kprobe backend: kretprobe program -> functions (the entry kprobe
+/// `kp_send_entry` goes on each of them too). Optional as above.
+const KRETPROBES: [(&str, &str, bool); 4] = [
+    ("krp_tcp_send", "tcp_sendmsg", false),
+    ("krp_tcp_send", "tcp_sendpage", true),
+    ("krp_udp_send", "udp_sendmsg", false),
+    ("krp_udp_send", "udpv6_sendmsg", false),
+];
 
 /// The loaded, attached sensor. Dropping it detaches every program.
 pub struct Sensor {
@@ -74,19 +94,51 @@ pub fn open(config: &Config) -> Result<Ebpf> {
     for (name, off) in &offs {
         loader.override_global(name, off, true);
     }
+    // sock:inet_sock_set_state: who opened each TCP connection (send-path backends).
+    let mut state_offs = Vec::new();
+    for (g, field) in [
+        (globals::SS_SKADDR_OFF, "skaddr"),
+        (globals::SS_OLDSTATE_OFF, "oldstate"),
+        (globals::SS_NEWSTATE_OFF, "newstate"),
+        (globals::SS_PROTOCOL_OFF, "protocol"),
+    ] {
+        if let Ok(off) = tracefs::offset(&tf, "sock", "inet_sock_set_state", field) {
+            state_offs.push((g, off));
+        }
+    }
+    for (name, off) in &state_offs {
+        loader.override_global(name, off, true);
+    }
+    // struct sock_common / msghdr fields for the send-path probes, from BTF.
+    // Without BTF those backends refuse to start (see send_path_offsets).
+    let field_offs = send_path_offsets().unwrap_or_default();
+    for (name, off) in &field_offs {
+        loader.override_global(name, off, true);
+    }
     loader
         .map_max_entries(maps::FLOWS, config.kernel.flows_max)
         .map_max_entries(maps::SOCKS, config.kernel.sockets_max);
     loader.load(EBPF_OBJECT).context("loading the eBPF object")
 }
 
+/// Field offsets the send-path probes read, from the running kernel's BTF.
+pub fn send_path_offsets() -> Result<Vec<(&'static str, u32)>, String> {
+    let b = btf::Btf::from_sys_fs()?;
+    let f = |s: &str, field: &str| b.field_offset(s, field).map_err(|e| e.to_string());
+    Ok(vec![
+        (globals::SKC_DADDR, f("sock_common", "skc_daddr")?),
+        (globals::SKC_RCV_SADDR, f("sock_common", "skc_rcv_saddr")?),
+        (globals::SKC_DPORT, f("sock_common", "skc_dport")?),
+        (globals::SKC_NUM, f("sock_common", "skc_num")?),
+        (globals::SKC_FAMILY, f("sock_common", "skc_family")?),
+        (globals::SKC_V6_DADDR, f("sock_common", "skc_v6_daddr")?),
+        (globals::SKC_V6_RCV_SADDR, f("sock_common", "skc_v6_rcv_saddr")?),
+        (globals::MSG_NAME, f("msghdr", "msg_name")?),
+    ])
+}
+
 /// Load and attach `backend`'s programs plus the process tracepoints.
 pub fn attach(config: &Config, backend: Backend) -> Result<Sensor> {
-    if !backend.built() {
-        return Err(anyhow!(
-            "the {backend} backend is not in this build yet (only cgroup is); use --probe cgroup or auto"
-        ));
-    }
     let mut ebpf = open(config)?;
     let mut attached = Vec::new();
     for (prog, category, event) in PROCESS_TRACEPOINTS {
@@ -97,7 +149,8 @@ pub fn attach(config: &Config, backend: Backend) -> Result<Sensor> {
     }
     match backend {
         Backend::Cgroup => attach_cgroup(&mut ebpf, &mut attached)?,
-        Backend::Fentry | Backend::Kprobe => unreachable!("checked by Backend::built"),
+        Backend::Fentry => attach_fentry(&mut ebpf, &mut attached)?,
+        Backend::Kprobe => attach_kprobe(&mut ebpf, &mut attached)?,
     }
     Ok(Sensor { ebpf, backend, attached })
 }
@@ -145,12 +198,118 @@ fn attach_cgroup(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// Can `backend` be used here? Loads (the verifier runs) but attaches nothing.
-pub fn probe(config: &Config, backend: Backend) -> Result<(), String> {
-    if !backend.built() {
-        return Err("not in this build yet (the tcp_sendmsg backends are the next milestone)".into());
+fn need_btf() -> Result<()> {
+    send_path_offsets().map(|_| ()).map_err(|e| anyhow!("{e}: the send-path probes read socket fields at offsets taken from BTF"))
+}
+
+fn attach_state_tracepoint(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
+    let tp: &mut TracePoint = program(ebpf, "sock_state")?;
+    tp.load().context("loading tracepoint program sock_state")?;
+    tp.attach("sock", "inet_sock_set_state").context("attaching tracepoint sock:inet_sock_set_state")?;
+    attached.push("tracepoint/sock/inet_sock_set_state".into());
+    Ok(())
+}
+
+/// Is `e` the kernel saying this function does not exist here?
+fn missing_function(e: &anyhow::Error) -> bool {
+    let t = format!("{e:#}");
+    t.contains("not found") || t.contains("No such file") || t.contains("ENOENT")
+}
+
+fn attach_fentry(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
+    need_btf()?;
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    for (name, func, optional) in FEXIT {
+        let p: &mut FExit = program(ebpf, name)?;
+        let r = p
+            .load(func, &btf)
+            .with_context(|| format!("loading fexit/{func}"))
+            .and_then(|_| p.attach().map(|_| ()).with_context(|| format!("attaching fexit/{func}")));
+        match r {
+            Ok(()) => attached.push(format!("fexit/{func}")),
+            Err(e) if optional && missing_function(&e) => eprintln!("sluice: {func} is not in this kernel; skipped"),
+            Err(e) => return Err(e),
+        }
     }
+    let (name, func) = FENTRY_RECV;
+    let p: &mut FEntry = program(ebpf, name)?;
+    p.load(func, &btf).with_context(|| format!("loading fentry/{func}"))?;
+    p.attach().with_context(|| format!("attaching fentry/{func}"))?;
+    attached.push(format!("fentry/{func}"));
+    attach_state_tracepoint(ebpf, attached)
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
+    need_btf()?;
+    let entry: &mut KProbe = program(ebpf, "kp_send_entry")?;
+    entry.load().context("loading kprobe program kp_send_entry")?;
+    let mut present = Vec::new();
+    for (_, func, optional) in KRETPROBES {
+        match entry.attach(func, 0).with_context(|| format!("attaching kprobe/{func}")) {
+            Ok(_) => {
+                attached.push(format!("kprobe/{func}"));
+                present.push(func);
+            }
+            Err(e) if optional && missing_function(&e) => eprintln!("sluice: {func} is not in this kernel; skipped"),
+            Err(e) => return Err(e),
+        }
+    }
+    for name in ["krp_tcp_send", "krp_udp_send", "kp_tcp_cleanup_rbuf"] {
+        let p: &mut KProbe = program(ebpf, name)?;
+        p.load().with_context(|| format!("loading {name}"))?;
+    }
+    for (name, func, _) in KRETPROBES {
+        if present.contains(&func) {
+            let p: &mut KProbe = program(ebpf, name)?;
+            p.attach(func, 0).with_context(|| format!("attaching kretprobe/{func}"))?;
+            attached.push(format!("kretprobe/{func}"));
+        }
+    }
+    let p: &mut KProbe = program(ebpf, "kp_tcp_cleanup_rbuf")?;
+    p.attach("tcp_cleanup_rbuf", 0).context("attaching kprobe/tcp_cleanup_rbuf")?;
+    attached.push("kprobe/tcp_cleanup_rbuf".into());
+    attach_state_tracepoint(ebpf, attached)
+}
+
+/// Can `backend` be used here? Loads its programs (the verifier runs); for
+/// kprobes, whose loads succeed even where attaching cannot, one probe is
+/// attached and dropped again.
+pub fn probe(config: &Config, backend: Backend) -> Result<(), String> {
     let mut ebpf = open(config).map_err(|e| format!("{e:#}"))?;
+    let refused = |e: anyhow::Error| {
+        let t = format!("{e:#}");
+        if (t.contains("Operation not permitted") || t.contains("EPERM")) && unsafe { libc::geteuid() } == 0 {
+            format!("{t} (refused even to root: kernel lockdown or no ftrace/trampoline support)")
+        } else if t.contains("devices/kprobe") {
+            format!("{t} (this kernel has no kprobes: CONFIG_KPROBES is off)")
+        } else {
+            t
+        }
+    };
+    match backend {
+        Backend::Fentry => {
+            return (|| -> Result<()> {
+                need_btf()?;
+                let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+                let p: &mut FExit = program(&mut ebpf, "fexit_tcp_sendmsg")?;
+                p.load("tcp_sendmsg", &btf).context("loading fexit/tcp_sendmsg")?;
+                Ok(())
+            })()
+            .map_err(refused);
+        }
+        Backend::Kprobe => {
+            return (|| -> Result<()> {
+                need_btf()?;
+                let p: &mut KProbe = program(&mut ebpf, "kp_send_entry")?;
+                p.load().context("loading kprobe program")?;
+                let link = p.attach("tcp_sendmsg", 0).context("attaching a kprobe to tcp_sendmsg")?;
+                p.detach(link).context("detaching the test kprobe")?;
+                Ok(())
+            })()
+            .map_err(refused);
+        }
+        Backend::Cgroup => {}
+    }
     let load = |ebpf: &mut Ebpf| -> Result<()> {
         for name in CGROUP_SOCK {
             program::<CgroupSock>(ebpf, name)?.load().with_context(|| format!("loading cgroup/{name}"))?;

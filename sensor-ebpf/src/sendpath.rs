@@ -1,0 +1,276 @@
+//! The send-path backends: probes on tcp_sendmsg, tcp_sendpage, udp_sendmsg,
+//! udpv6_sendmsg (bytes out) and tcp_cleanup_rbuf (bytes in), run in the
+//! context of the thread doing the I/O, so bytes go to the process that really
+//! sent them, at the moment it sent them.
+//!
+//! - `fentry`: fexit programs read the return value: only bytes the kernel
+//!   accepted count, a failed or partial send is not inflated (iovisor/bcc#2440).
+//! - `kprobe`: a kprobe stashes the arguments per thread, the kretprobe reads the
+//!   return value, for kernels without BPF trampolines.
+//!
+//! Struct fields are read at offsets the agent took from the running kernel's
+//! BTF and patched in as globals: nothing is laid out for one kernel.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    macros::{fentry, fexit, kprobe, kretprobe, map},
+    maps::LruHashMap,
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+use sensor_common::{counter, FlowKey};
+
+use crate::{count, flow_counters, global, xadd};
+
+#[unsafe(no_mangle)]
+static SKC_DADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_RCV_SADDR: u32 = 4;
+#[unsafe(no_mangle)]
+static SKC_DPORT: u32 = 12;
+#[unsafe(no_mangle)]
+static SKC_NUM: u32 = 14;
+#[unsafe(no_mangle)]
+static SKC_FAMILY: u32 = 16;
+#[unsafe(no_mangle)]
+static SKC_V6_DADDR: u32 = 56;
+#[unsafe(no_mangle)]
+static SKC_V6_RCV_SADDR: u32 = 72;
+#[unsafe(no_mangle)]
+static MSG_NAME: u32 = 0;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// Arguments saved at kprobe entry for the kretprobe, per thread.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Stash {
+    sk: u64,
+    msg: u64,
+}
+
+#[map]
+static STASH: LruHashMap<u64, Stash> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn read<T>(base: *const u8, off: u32) -> Option<T> {
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }.ok()
+}
+
+fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[10] = 0xff;
+    m[11] = 0xff;
+    m[12..].copy_from_slice(&a);
+    m
+}
+
+/// (socket, peer) key from the socket's own fields; for an unconnected UDP send
+/// the peer comes from the message's destination address instead.
+#[inline(always)]
+fn key_of(sk: *const u8, msg: *const u8, protocol: u8) -> Option<FlowKey> {
+    let family: u16 = read(sk, global(&SKC_FAMILY))?;
+    let mut key = FlowKey {
+        cookie: sk as u64,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        local_port: read(sk, global(&SKC_NUM))?,
+        remote_port: u16::from_be(read(sk, global(&SKC_DPORT))?),
+        protocol,
+        ip_version: 4,
+        _pad: [0; 2],
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad2: 0,
+    };
+    if family == AF_INET {
+        key.local_addr = mapped_v4(read(sk, global(&SKC_RCV_SADDR))?);
+        key.remote_addr = mapped_v4(read(sk, global(&SKC_DADDR))?);
+    } else if family == AF_INET6 {
+        let base = sk.wrapping_add(global(&SKC_V6_DADDR) as usize);
+        unsafe { bpf_probe_read_kernel_buf(base, &mut key.remote_addr) }.ok()?;
+        let base = sk.wrapping_add(global(&SKC_V6_RCV_SADDR) as usize);
+        unsafe { bpf_probe_read_kernel_buf(base, &mut key.local_addr) }.ok()?;
+        key.ip_version = 6;
+    } else {
+        return None;
+    }
+    if !msg.is_null() {
+        // struct sockaddr_in / sockaddr_in6: a userspace ABI, stable by definition.
+        let name: *const u8 = read(msg, global(&MSG_NAME)).unwrap_or(core::ptr::null());
+        if !name.is_null() {
+            let sa_family: u16 = read(name, 0)?;
+            let port: u16 = read(name, 2)?;
+            if sa_family == AF_INET {
+                key.remote_addr = mapped_v4(read(name, 4)?);
+                key.remote_port = u16::from_be(port);
+            } else if sa_family == AF_INET6 {
+                unsafe { bpf_probe_read_kernel_buf(name.wrapping_add(8), &mut key.remote_addr) }.ok()?;
+                key.remote_port = u16::from_be(port);
+            }
+        }
+    }
+    // IPv4-mapped peers (AF_INET6 socket, IPv4 on the wire) report as IPv4.
+    let r = &key.remote_addr;
+    if r[..10] == [0u8; 10] && r[10] == 0xff && r[11] == 0xff {
+        key.ip_version = 4;
+    }
+    Some(key)
+}
+
+#[inline(always)]
+fn account(sk: *const c_void, msg: *const c_void, protocol: u8, bytes: i64, egress: bool) {
+    if bytes <= 0 || sk.is_null() {
+        return;
+    }
+    let Some(key) = key_of(sk as *const u8, msg as *const u8, protocol) else {
+        count(counter::SEND_READ_FAIL);
+        return;
+    };
+    let Some((c, _)) = flow_counters(&key) else { return };
+    let n = bytes as u64;
+    // The send path sees payload only: wire bytes are what the socket accepted.
+    unsafe {
+        if egress {
+            xadd(&raw mut (*c).bytes_out, n);
+            xadd(&raw mut (*c).wire_bytes_out, n);
+            xadd(&raw mut (*c).packets_out, 1);
+        } else {
+            xadd(&raw mut (*c).bytes_in, n);
+            xadd(&raw mut (*c).wire_bytes_in, n);
+            xadd(&raw mut (*c).packets_in, 1);
+        }
+    }
+}
+
+/// The int a probed function returned (upper half of the register is noise).
+#[inline(always)]
+fn ret_int(r: u64) -> i64 {
+    r as u32 as i32 as i64
+}
+
+// ---- fentry backend: one fexit program per function (typed by its BTF) ----
+
+#[fexit(function = "tcp_sendmsg")]
+pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> u32 {
+    let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
+    account(ctx.arg(0), core::ptr::null(), IPPROTO_TCP, ret, true);
+    0
+}
+
+#[fexit(function = "tcp_sendpage")]
+pub fn fexit_tcp_sendpage(ctx: FExitContext) -> u32 {
+    let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
+    account(ctx.arg(0), core::ptr::null(), IPPROTO_TCP, ret, true);
+    0
+}
+
+#[fexit(function = "udp_sendmsg")]
+pub fn fexit_udp_sendmsg(ctx: FExitContext) -> u32 {
+    let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
+    account(ctx.arg(0), ctx.arg(1), IPPROTO_UDP, ret, true);
+    0
+}
+
+#[fexit(function = "udpv6_sendmsg")]
+pub fn fexit_udpv6_sendmsg(ctx: FExitContext) -> u32 {
+    let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
+    account(ctx.arg(0), ctx.arg(1), IPPROTO_UDP, ret, true);
+    0
+}
+
+/// Bytes the application consumed from a TCP socket (`copied` > 0).
+#[fentry(function = "tcp_cleanup_rbuf")]
+pub fn fentry_tcp_cleanup_rbuf(ctx: FEntryContext) -> u32 {
+    let copied: i32 = ctx.arg(1);
+    account(ctx.arg(0), core::ptr::null(), IPPROTO_TCP, copied as i64, false);
+    0
+}
+
+// ---- kprobe backend: entry stashes arguments, return accounts ----
+
+/// Attached to every send function: (sk, msg-or-page) by thread.
+#[kprobe]
+pub fn kp_send_entry(ctx: ProbeContext) -> u32 {
+    let sk: u64 = ctx.arg(0).unwrap_or(0);
+    let msg: u64 = ctx.arg(1).unwrap_or(0);
+    let _ = STASH.insert(&bpf_get_current_pid_tgid(), &Stash { sk, msg }, 0);
+    0
+}
+
+#[inline(always)]
+fn kretprobe_account(ctx: &RetProbeContext, protocol: u8, use_msg: bool) {
+    let tid = bpf_get_current_pid_tgid();
+    let Some(s) = (unsafe { STASH.get(&tid) }).copied() else { return };
+    let _ = STASH.remove(&tid);
+    let ret = ret_int(ctx.ret::<u64>());
+    let msg = if use_msg { s.msg as *const c_void } else { core::ptr::null() };
+    account(s.sk as *const c_void, msg, protocol, ret, true);
+}
+
+/// tcp_sendmsg / tcp_sendpage return.
+#[kretprobe]
+pub fn krp_tcp_send(ctx: RetProbeContext) -> u32 {
+    kretprobe_account(&ctx, IPPROTO_TCP, false);
+    0
+}
+
+/// udp_sendmsg / udpv6_sendmsg return.
+#[kretprobe]
+pub fn krp_udp_send(ctx: RetProbeContext) -> u32 {
+    kretprobe_account(&ctx, IPPROTO_UDP, true);
+    0
+}
+
+#[kprobe]
+pub fn kp_tcp_cleanup_rbuf(ctx: ProbeContext) -> u32 {
+    let sk: u64 = ctx.arg(0).unwrap_or(0);
+    let copied: i64 = ctx.arg::<u64>(1).map(ret_int).unwrap_or(0);
+    account(sk as *const c_void, core::ptr::null(), IPPROTO_TCP, copied, false);
+    0
+}
+
+// ---- who opened each TCP connection, for both send-path backends ----
+
+#[unsafe(no_mangle)]
+static SS_SKADDR_OFF: u32 = 8;
+#[unsafe(no_mangle)]
+static SS_OLDSTATE_OFF: u32 = 16;
+#[unsafe(no_mangle)]
+static SS_NEWSTATE_OFF: u32 = 20;
+#[unsafe(no_mangle)]
+static SS_PROTOCOL_OFF: u32 = 30;
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+
+/// `struct sock` address -> DIR_EGRESS / DIR_INGRESS (the send-path backends'
+/// socket id is that address, so the agent joins on it).
+#[map]
+static DIRS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// CLOSE -> SYN_SENT is an active open (connect); SYN_RECV -> ESTABLISHED a
+/// passive one (accept). A stable tracepoint, fields at tracefs offsets.
+#[aya_ebpf::macros::tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn sock_state(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+    let read = |off: &u32| -> Option<i32> { unsafe { ctx.read_at::<i32>(global(off) as usize) }.ok() };
+    let Ok(sk) = (unsafe { ctx.read_at::<u64>(global(&SS_SKADDR_OFF) as usize) }) else { return 0 };
+    let proto = unsafe { ctx.read_at::<u16>(global(&SS_PROTOCOL_OFF) as usize) }.unwrap_or(0);
+    if proto != IPPROTO_TCP as u16 {
+        return 0;
+    }
+    let (Some(old), Some(new)) = (read(&SS_OLDSTATE_OFF), read(&SS_NEWSTATE_OFF)) else { return 0 };
+    if new == TCP_SYN_SENT {
+        let _ = DIRS.insert(&sk, &sensor_common::DIR_EGRESS, 0);
+    } else if new == TCP_ESTABLISHED && old == TCP_SYN_RECV {
+        let _ = DIRS.insert(&sk, &sensor_common::DIR_INGRESS, 0);
+    } else if new == TCP_CLOSE {
+        let _ = DIRS.remove(&sk);
+    }
+    0
+}
