@@ -100,8 +100,14 @@ fn capture_argv(ctx: &TracePointContext, argv_off: u32) {
                 buf.flags |= EXEC_ARGV_TRUNCATED;
                 break;
             }
-            // Masking gives the verifier a bound; the buffer has ARG_CHUNK of slack.
-            let dst = unsafe { buf.data.as_mut_ptr().add(off & (ARGV_LEN - 1)) };
+            // Masking gives the verifier a bound; the buffer has ARG_CHUNK of
+            // slack. The offset goes through map memory with a volatile read so
+            // LLVM cannot prove the mask redundant (the loop check above implies
+            // it) and drop it: 6.1's verifier then loses the bound and rejects
+            // the program, though 6.18's accepts it.
+            buf.len = off as u32;
+            let masked = (unsafe { core::ptr::read_volatile(&buf.len) } as usize) & (ARGV_LEN - 1);
+            let dst = unsafe { buf.data.as_mut_ptr().add(masked) };
             let n = unsafe {
                 bpf_probe_read_user_str(dst as *mut c_void, ARG_CHUNK as u32, arg as *const c_void)
             };

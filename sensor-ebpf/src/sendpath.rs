@@ -247,7 +247,6 @@ static SS_PROTOCOL_OFF: u32 = 30;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
-const TCP_CLOSE: i32 = 7;
 
 /// `struct sock` address -> DIR_EGRESS / DIR_INGRESS (the send-path backends'
 /// socket id is that address, so the agent joins on it).
@@ -269,8 +268,9 @@ pub fn sock_state(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
         let _ = DIRS.insert(&sk, &sensor_common::DIR_EGRESS, 0);
     } else if new == TCP_ESTABLISHED && old == TCP_SYN_RECV {
         let _ = DIRS.insert(&sk, &sensor_common::DIR_INGRESS, 0);
-    } else if new == TCP_CLOSE {
-        let _ = DIRS.remove(&sk);
     }
+    // Not removed at TCP_CLOSE: a connection that opens, sends and closes
+    // within one tick must still be known when the agent reads it. The LRU
+    // bounds the map, and a reused address is overwritten by its own open.
     0
 }

@@ -3,6 +3,7 @@
 //! clone to running sensor or green test suite with one command.
 
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -30,8 +31,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The whole test suite: unit tests, then end-to-end scenarios on this host's kernel.
+    /// The whole test suite: unit tests, end-to-end scenarios on this host's
+    /// kernel (cgroup backend), then the fentry and kprobe backends in qemu.
     Test,
+    /// Only the qemu part: Debian's kernel, --probe fentry then --probe kprobe.
+    VmTest,
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -108,9 +112,14 @@ fn main() -> Result<()> {
             // Serial: each scenario runs its own sensor and measures bytes; on two
             // cores, parallel uploads would only make timings noisy.
             run(cargo()
-                .args(["test", "-p", "sluice-tests", "--", "--test-threads=1"])
+                .args(["test", "-p", "sluice-tests", "--test", "host_cgroup", "--test", "host_detect", "--", "--test-threads=1"])
                 .env("SLUICE_BIN", &bin))?;
-            Ok(())
+            vm::vm_test(cargo)
+        }
+        Cmd::VmTest => {
+            setup::ensure()?;
+            build_ebpf()?;
+            vm::vm_test(cargo)
         }
     }
 }

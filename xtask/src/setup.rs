@@ -87,6 +87,12 @@ pub fn ensure() -> Result<()> {
     Ok(())
 }
 
+/// qemu and Debian's cloud kernel (6.1: BTF, kprobes, fentry) for the VM tests;
+/// busybox and cpio to build the guest's initramfs.
+pub fn ensure_vm_tools() -> Result<()> {
+    apt_install(&["qemu-system-x86", "linux-image-cloud-amd64", "busybox-static", "cpio", "binutils"])
+}
+
 pub fn ensure_test_tools() -> Result<()> {
     apt_install(TEST_PACKAGES)
 }

@@ -276,6 +276,13 @@ fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
 /// attached and dropped again.
 pub fn probe(config: &Config, backend: Backend) -> Result<(), String> {
     let mut ebpf = open(config).map_err(|e| format!("{e:#}"))?;
+    // Every backend runs the process tracepoints: "usable" must include them
+    // (a verifier that rejects them rejects the whole sensor).
+    for (prog, _, _) in PROCESS_TRACEPOINTS {
+        program::<TracePoint>(&mut ebpf, prog)
+            .and_then(|p| p.load().with_context(|| format!("loading tracepoint program {prog}")))
+            .map_err(|e| format!("{e:#}"))?;
+    }
     let refused = |e: anyhow::Error| {
         let t = format!("{e:#}");
         if (t.contains("Operation not permitted") || t.contains("EPERM")) && unsafe { libc::geteuid() } == 0 {

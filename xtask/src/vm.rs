@@ -1,0 +1,209 @@
+//! `cargo xtask vm-test`: the send-path backends on a real kernel that allows
+//! them. This host's kernel forbids kprobes and BPF trampolines, so Debian's
+//! cloud kernel (6.1: BTF, kprobes, fentry) boots under qemu (TCG: KVM does not
+//! work here) with an initramfs holding busybox, sluice and the workloads. The
+//! guest runs every scenario under `--probe fentry`, then `--probe kprobe`, and
+//! prints the records on the serial console; `tests/tests/vm.rs` asserts on them.
+
+use std::{
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{root, run, setup};
+
+/// Longest the guest may run (boot, both backends, all scenarios).
+const GUEST_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The scenario script, run as the guest's init (busybox sh).
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /proc /sys /tmp /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t tracefs tracefs /sys/kernel/tracing
+mkdir -p /sys/fs/bpf /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 none /sys/fs/cgroup
+mount -t tmpfs tmpfs /tmp
+ip link set lo up
+echo "=====KERNEL $(uname -r)====="
+echo "=====CHECK====="
+/sluice check
+echo "=====END CHECK====="
+dd if=/dev/zero of=/tmp/sendfile.bin bs=1000000 count=20 2>/dev/null
+
+wait_for() { # file pattern tries
+  i=0
+  while ! grep -q "$2" "$1" 2>/dev/null; do
+    sleep 0.2; i=$((i+1))
+    if [ $i -gt $3 ]; then echo "SCENARIO-ERROR timeout waiting for $2 in $1"; return 1; fi
+  done
+}
+
+# scenario NAME PORT SINKKIND SINKADDR -- sender command...
+scenario() {
+  name=$1; port=$2; kind=$3; addr=$4; shift 4
+  /netload sink $kind $addr $port > /tmp/sink-$name 2>&1 &
+  SK=$!
+  wait_for /tmp/sink-$name ready 100
+  sh -c 'echo "SCENARIO '"$B"' '"$name"' pid=$$"; exec "$@"' sh "$@" > /tmp/send-$name 2>&1
+  cat /tmp/send-$name
+  wait_for /tmp/sink-$name received 600
+  # Only the sink: a bare `wait` would wait for the sensor too.
+  wait $SK
+}
+
+for B in fentry kprobe; do
+  /sluice run --probe $B --emit flows --tick 1s --state "" > /tmp/out-$B.jsonl 2> /tmp/err-$B.log &
+  SP=$!
+  if wait_for /tmp/err-$B.log "sluice: ready" 600; then
+    scenario tcp4 9001 tcp 127.0.0.1 /netload send 127.0.0.1 9001 50000000
+    scenario tcp6 9002 tcp ::1 /netload send ::1 9002 20000000
+    scenario udp 9003 udp 127.0.0.1 /netload udp 127.0.0.1 9003 5000 1200
+    scenario sendfile 9004 tcp 127.0.0.1 /netload sendfile 127.0.0.1 9004 /tmp/sendfile.bin
+    scenario burst 9005 tcp 127.0.0.1 /burst 127.0.0.1 9005 1000000
+    sleep 2
+  fi
+  kill -TERM $SP
+  wait $SP
+  echo "=====BEGIN $B====="
+  cat /tmp/out-$B.jsonl
+  echo "=====END $B====="
+  echo "=====STDERR $B====="
+  cat /tmp/err-$B.log
+  echo "=====END STDERR $B====="
+done
+echo "=====DONE====="
+poweroff -f
+"#;
+
+/// Newest Debian cloud kernel in /boot.
+fn kernel() -> Result<PathBuf> {
+    let mut k: Vec<PathBuf> = fs::read_dir("/boot")?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-") && n.to_string_lossy().ends_with("-cloud-amd64")))
+        .collect();
+    k.sort();
+    k.pop().context("no /boot/vmlinuz-*-cloud-amd64 (linux-image-cloud-amd64 should have installed one)")
+}
+
+/// Shared libraries `bin` needs, with the dynamic loader, from ldd.
+fn libs(bin: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(bin).output().context("running ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        .map(PathBuf::from)
+        .collect())
+}
+
+fn copy_into(rootfs: &Path, src: &Path, dst_rel: &Path) -> Result<()> {
+    let dst = rootfs.join(dst_rel.strip_prefix("/").unwrap_or(dst_rel));
+    if let Some(p) = dst.parent() {
+        fs::create_dir_all(p)?;
+    }
+    fs::copy(src, &dst).with_context(|| format!("copying {} into the initramfs", src.display()))?;
+    Ok(())
+}
+
+pub fn build_initramfs(bins: &[(PathBuf, &str)]) -> Result<PathBuf> {
+    let vm = root().join("target/vm");
+    let rootfs = vm.join("root");
+    let _ = fs::remove_dir_all(&rootfs);
+    fs::create_dir_all(rootfs.join("bin"))?;
+    copy_into(&rootfs, Path::new("/bin/busybox"), Path::new("/bin/busybox"))?;
+    for (src, name) in bins {
+        // Stripped: the initramfs lives in guest memory.
+        let dst = rootfs.join(name);
+        run(Command::new("strip").arg("-o").arg(&dst).arg(src))?;
+        for lib in libs(src)? {
+            copy_into(&rootfs, &lib, &lib)?;
+        }
+    }
+    let init = rootfs.join("init");
+    fs::write(&init, INIT)?;
+    run(Command::new("chmod").arg("755").arg(&init))?;
+    let initrd = vm.join("initrd.cpio.gz");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'", rootfs.display(), initrd.display()))
+        .status()?;
+    if !status.success() {
+        bail!("building the initramfs failed");
+    }
+    Ok(initrd)
+}
+
+/// Boot the guest, return the serial log's path.
+pub fn boot(initrd: &Path) -> Result<PathBuf> {
+    let kernel = kernel()?;
+    let log = root().join("target/vm/serial.log");
+    println!("xtask: booting {} under qemu (TCG)", kernel.display());
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2", "-nographic", "-no-reboot", "-kernel"])
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let mut out = child.stdout.take().context("qemu stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if started.elapsed() > GUEST_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            let buf = reader.join().unwrap_or_default();
+            fs::write(&log, &buf)?;
+            bail!("the guest did not finish within {GUEST_TIMEOUT:?}; its log is {}:\n{}", log.display(), tail(&buf));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let buf = reader.join().unwrap_or_default();
+    fs::write(&log, &buf)?;
+    println!("xtask: guest finished ({status}) in {:.0?}; serial log {}", started.elapsed(), log.display());
+    if !String::from_utf8_lossy(&buf).contains("=====DONE=====") {
+        bail!("the guest stopped before finishing its scenarios; log:\n{}", tail(&buf));
+    }
+    Ok(log)
+}
+
+fn tail(buf: &[u8]) -> String {
+    let text = String::from_utf8_lossy(buf);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+pub fn vm_test(cargo: impl Fn() -> Command) -> Result<()> {
+    setup::ensure_vm_tools()?;
+    run(cargo().args(["build", "-p", "sensor-user", "-p", "sluice-tests", "--bins"]))?;
+    let bin = root().join("target/debug");
+    let initrd = build_initramfs(&[
+        (bin.join("sluice"), "sluice"),
+        (bin.join("netload"), "netload"),
+        (bin.join("burst"), "burst"),
+    ])?;
+    let log = boot(&initrd)?;
+    run(cargo().args(["test", "-p", "sluice-tests", "--test", "vm", "--", "--test-threads=1"]).env("SLUICE_VM_LOG", &log))
+}
