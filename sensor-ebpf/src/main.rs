@@ -97,6 +97,22 @@ unsafe fn xadd(dst: *mut u64, v: u64) {
     unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
 }
 
+/// Count one packet (cgroup backend) or one send/receive call (send path).
+#[inline(always)]
+fn add_volume(c: *mut FlowCounters, payload: u64, wire: u64, egress: bool) {
+    unsafe {
+        if egress {
+            xadd(&raw mut (*c).bytes_out, payload);
+            xadd(&raw mut (*c).wire_bytes_out, wire);
+            xadd(&raw mut (*c).packets_out, 1);
+        } else {
+            xadd(&raw mut (*c).bytes_in, payload);
+            xadd(&raw mut (*c).wire_bytes_in, wire);
+            xadd(&raw mut (*c).packets_in, 1);
+        }
+    }
+}
+
 /// Read a global the loader patched in (`EbpfLoader::set_global`). The volatile
 /// read stops LLVM from folding the compile-time default into the code.
 #[inline(always)]

@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use sensor_common::{counter, FlowKey};
 
-use crate::{count, flow_counters, global, xadd};
+use crate::{add_volume, count, flow_counters, global};
 
 #[unsafe(no_mangle)]
 static SKC_DADDR: u32 = 0;
@@ -131,19 +131,8 @@ fn account(sk: *const c_void, msg: *const c_void, protocol: u8, bytes: i64, egre
         return;
     };
     let Some((c, _)) = flow_counters(&key) else { return };
-    let n = bytes as u64;
     // The send path sees payload only: wire bytes are what the socket accepted.
-    unsafe {
-        if egress {
-            xadd(&raw mut (*c).bytes_out, n);
-            xadd(&raw mut (*c).wire_bytes_out, n);
-            xadd(&raw mut (*c).packets_out, 1);
-        } else {
-            xadd(&raw mut (*c).bytes_in, n);
-            xadd(&raw mut (*c).wire_bytes_in, n);
-            xadd(&raw mut (*c).packets_in, 1);
-        }
-    }
+    add_volume(c, bytes as u64, bytes as u64, egress);
 }
 
 /// The int a probed function returned (upper half of the register is noise).

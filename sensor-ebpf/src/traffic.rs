@@ -16,7 +16,7 @@ use sensor_common::{
     tcp_advance,
 };
 
-use crate::{count, flow_counters, xadd, LISTENERS, SOCKS};
+use crate::{add_volume, count, flow_counters, LISTENERS, SOCKS};
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -67,17 +67,7 @@ fn add(c: *mut FlowCounters, p: &Parsed, wire: u64, egress: bool) {
         Some((seq, syn, fin)) if egress => unsafe { new_tcp_out_bytes(c, seq, syn, fin, p.payload) },
         _ => p.payload,
     } as u64;
-    unsafe {
-        if egress {
-            xadd(&raw mut (*c).bytes_out, payload);
-            xadd(&raw mut (*c).wire_bytes_out, wire);
-            xadd(&raw mut (*c).packets_out, 1);
-        } else {
-            xadd(&raw mut (*c).bytes_in, payload);
-            xadd(&raw mut (*c).wire_bytes_in, wire);
-            xadd(&raw mut (*c).packets_in, 1);
-        }
-    }
+    add_volume(c, payload, wire, egress);
 }
 
 /// New outbound TCP payload in this segment (see `sensor_common::tcp_advance`).
