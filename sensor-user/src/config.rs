@@ -145,6 +145,8 @@ pub struct AnomalyRule {
     pub alpha: f64,
     pub sigma_floor: f64,
     pub max_daily_drift: f64,
+    /// Standard deviations an upload command line adds to the score.
+    pub cmdline_bonus: f64,
 }
 
 /// "10MiB", "500MB", "1GiB", "4096": byte sizes as people write them.

@@ -422,52 +422,99 @@ impl Detector {
                 indicators.push(format!("command line: {c}"));
             }
 
-            // Mega clients and bulk-sync tools.
+            // Mega clients and bulk-sync tools: the process itself, or a child
+            // of one (up to three levels), whose bytes count as the tool's.
             let r = &self.cfg.exfil_tool_upload;
-            if r.enabled && id_out >= r.floor {
-                if let Some(product) = catalog::exfil_tool(&f.process.executable, &f.process.args) {
-                    // Never let a table flood evict what we know of these tools.
-                    if self.baselines.pinned.len() < MAX_PINNED {
-                        self.baselines.pinned.insert(id.clone());
-                        self.baselines.pinned.insert(key_dest.clone());
-                    }
-                    let mut reason = format!(
-                        "{} sent {} to {} in the last {} s; {} is {}, a tool used to exfiltrate to cloud storage",
-                        who(&f.process),
-                        human_bytes(id_out),
-                        where_to(f),
-                        short_s,
-                        catalog::base(&f.process.executable),
-                        product
-                    );
-                    let mut ind = indicators.clone();
-                    ind.push(format!("tool: {product}"));
-                    // The MEGAcmd server uploads on behalf of a client command
-                    // of the same user: name the latest one.
-                    if catalog::base(&f.process.executable).starts_with("mega-cmd-server")
-                        || catalog::base(&f.process.executable) == "megacmdserver"
-                    {
-                        if let Some((_, c)) = self.mega_clients.iter().rev().find(|(_, c)| c.uid == f.process.uid) {
-                            reason.push_str(&format!("; requested by `{}` (pid {})", c.args.join(" "), c.pid));
-                            ind.push(format!("requested by: {} (pid {})", c.args.join(" "), c.pid));
+            let tool = match catalog::exfil_tool(&f.process.executable, &f.process.args) {
+                Some(product) => Some((product, None)),
+                None => f.process.ancestors.iter().take(3).find_map(|(pid, exe)| catalog::exfil_tool(exe, &[]).map(|p| (p, Some((*pid, exe.clone()))))),
+            };
+            if r.enabled {
+                if let Some((product, via)) = tool {
+                    let (entity, total, total_in) = match &via {
+                        None => (id.clone(), id_out, id_in),
+                        Some((pid, _)) => {
+                            let k = format!("tool-tree:{pid}");
+                            let (o, i) = self.short.bump(&k, f, t, tick_bucket, short_s);
+                            (k, o, i)
                         }
+                    };
+                    if total >= r.floor {
+                        // Never let a table flood evict what we know of these tools.
+                        if self.baselines.pinned.len() < MAX_PINNED {
+                            self.baselines.pinned.insert(id.clone());
+                            self.baselines.pinned.insert(key_dest.clone());
+                        }
+                        let tool_name = match &via {
+                            None => catalog::base(&f.process.executable),
+                            Some((pid, exe)) => format!("its ancestor {} (pid {pid})", catalog::base(exe)),
+                        };
+                        let mut reason = format!(
+                            "{} sent {} to {} in the last {} s; {} is {}, a tool used to exfiltrate to cloud storage",
+                            who(&f.process),
+                            human_bytes(total),
+                            where_to(f),
+                            short_s,
+                            tool_name,
+                            product
+                        );
+                        let mut ind = indicators.clone();
+                        ind.push(format!("tool: {product}"));
+                        // The MEGAcmd server uploads on behalf of a client command
+                        // of the same user: name the latest one.
+                        let b = catalog::base(&f.process.executable);
+                        if b.starts_with("mega-cmd-server") || b == "megacmdserver" {
+                            if let Some((_, c)) = self.mega_clients.iter().rev().find(|(_, c)| c.uid == f.process.uid) {
+                                reason.push_str(&format!("; requested by `{}` (pid {})", c.args.join(" "), c.pid));
+                                ind.push(format!("requested by: {} (pid {})", c.args.join(" "), c.pid));
+                            }
+                        }
+                        raised.push(self.alert(EXFIL_TOOL, f, &entity, "", total, total_in, short_s, None, 1.0, reason, ind));
                     }
-                    raised.push(self.alert(EXFIL_TOOL, f, &id, "", id_out, id_in, short_s, None, 1.0, reason, ind));
                 }
             }
 
-            // Applications that should not upload.
+            // Applications that should not upload, and what they start (an
+            // interpreter or shell launched by an office suite uploads for it).
             let r = &self.cfg.watched_app_upload;
-            if r.enabled && id_out >= r.floor && catalog::is_watched(&f.process.executable) {
-                let reason = format!(
-                    "{} sent {} to {} in the last {} s; {} is not expected to upload",
-                    who(&f.process),
-                    human_bytes(id_out),
-                    where_to(f),
-                    short_s,
-                    catalog::base(&f.process.executable)
-                );
-                raised.push(self.alert(WATCHED_APP, f, &id, "", id_out, id_in, short_s, None, 1.0, reason, indicators.clone()));
+            let watched = if catalog::is_watched(&f.process.executable) {
+                Some(None)
+            } else {
+                f.process.ancestors.iter().take(3).find(|(_, exe)| catalog::is_watched(exe)).map(|(pid, exe)| Some((*pid, exe.clone())))
+            };
+            if r.enabled {
+                if let Some(via) = watched {
+                    let (entity, total, total_in) = match &via {
+                        None => (id.clone(), id_out, id_in),
+                        Some((pid, _)) => {
+                            let k = format!("watched-tree:{pid}");
+                            let (o, i) = self.short.bump(&k, f, t, tick_bucket, short_s);
+                            (k, o, i)
+                        }
+                    };
+                    if total >= r.floor {
+                        let reason = match &via {
+                            None => format!(
+                                "{} sent {} to {} in the last {} s; {} is not expected to upload",
+                                who(&f.process),
+                                human_bytes(total),
+                                where_to(f),
+                                short_s,
+                                catalog::base(&f.process.executable)
+                            ),
+                            Some((pid, exe)) => format!(
+                                "{}, started by {} (pid {pid}), sent {} to {} in the last {} s; {} is not expected to upload",
+                                who(&f.process),
+                                catalog::base(exe),
+                                human_bytes(total),
+                                where_to(f),
+                                short_s,
+                                catalog::base(exe)
+                            ),
+                        };
+                        raised.push(self.alert(WATCHED_APP, f, &entity, "", total, total_in, short_s, None, 1.0, reason, indicators.clone()));
+                    }
+                }
             }
 
             // Archive, then upload from the same process tree (siblings in a
@@ -516,7 +563,11 @@ impl Detector {
                     .or_else(|| self.baselines.get(&id).filter(|m| mature(m)).map(|m| (m, "program")));
                 if let Some((m, level)) = model {
                     let s = m.score(kd_out, t, &self.params);
-                    if s.z >= r.sigma {
+                    // A command line that public rules flag as an upload (curl -T,
+                    // wget --post-file, rclone copy ...) counts as evidence: it
+                    // raises the score and so lowers the bar.
+                    let bonus = if indicators.is_empty() { 0.0 } else { r.cmdline_bonus };
+                    if s.z + bonus >= r.sigma {
                         let reason = format!(
                             "{} sent {} to {} in the last {} s; its {} baseline is {} +/- {} per {} s ({} samples), z = {:.1}",
                             who(&f.process),
@@ -530,7 +581,7 @@ impl Detector {
                             s.samples,
                             s.z
                         );
-                        let a = self.alert(VOLUME_ANOMALY, f, &id, &dest, kd_out, id_in, short_s, Some(s), s.z, reason, indicators.clone());
+                        let a = self.alert(VOLUME_ANOMALY, f, &id, &dest, kd_out, id_in, short_s, Some(s), s.z + bonus, reason, indicators.clone());
                         raised.push(a);
                         // Never train on a window that alerted (no poisoning).
                         for key in [&id, &key_dest] {

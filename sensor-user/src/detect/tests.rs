@@ -329,3 +329,56 @@ fn a_flood_of_distinct_programs_keeps_memory_bounded() {
     assert!(d.long.map.len() <= super::MAX_ENTITIES, "{}", d.long.map.len());
     assert!(d.habits.by_exe.len() <= super::MAX_BASELINES, "{}", d.habits.by_exe.len());
 }
+
+#[test]
+fn an_interpreter_started_by_an_office_suite_uploads_for_it() {
+    let mut d = detector();
+    let mut py = proc_(51, 50, "/usr/bin/python3", &["python3", "-c", "..."]);
+    py.ancestors = vec![(50, "/usr/lib/libreoffice/program/soffice.bin".into()), (1, "/sbin/init".into())];
+    let a = d.tick(&tick(5.0, vec![flow(&py, 2 * MIB)]));
+    assert_eq!(ids(&a), [WATCHED_APP.id]);
+    assert!(a[0].reason.contains("started by soffice.bin (pid 50)"), "{}", a[0].reason);
+}
+
+#[test]
+fn ten_children_of_a_tool_splitting_an_upload_count_as_the_tool() {
+    // rclone starting helpers, each sending 1 MiB: each is under the 5 MiB floor.
+    let mut d = detector();
+    let mut all = Vec::new();
+    for i in 0..10 {
+        let mut c = proc_(700 + i, 600, "/usr/bin/curl", &["curl", "-T", "part", "https://x"]);
+        c.ancestors = vec![(600, "/usr/bin/rclone".into())];
+        all.extend(d.tick(&tick(5.0 + i as f64, vec![flow(&c, MIB)])));
+    }
+    assert_eq!(ids(&all), [EXFIL_TOOL.id], "one alert once the tree crossed the floor");
+    assert!(all[0].reason.contains("its ancestor rclone (pid 600)"), "{}", all[0].reason);
+    assert!(all[0].bytes_out >= 5 * MIB);
+}
+
+#[test]
+fn an_upload_command_line_lowers_the_anomaly_bar() {
+    // A learned history, then a window at z = 2.5: under the 3σ bar alone.
+    let run = |args: &[&str]| {
+        let p = proc_(77, 1, "/usr/bin/curl", args);
+        let mut d = detector();
+        // 30 minutes of ~20 MB a minute.
+        let mut t = 0.0;
+        for i in 0..30u64 {
+            t = 60.0 * (i + 1) as f64;
+            let b = 20_000_000 + (i % 5) * 1_000_000;
+            assert!(d.tick(&TickInput { t, window_s: 60.0, execs: vec![], flows: vec![flow(&p, b)] }).is_empty());
+        }
+        // Pick a volume with z = 2.5 against the model the rule consults first.
+        let m = *d.baselines.get(&format!("{}|203.0.113.9", identity(&p))).unwrap();
+        let sigma = m.var.sqrt().max(0.5);
+        let bytes = ((m.mean + 2.5 * sigma).exp_m1()) as u64;
+        assert!(bytes > 50 * MIB, "above the floor: {bytes}");
+        d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], flows: vec![flow(&p, bytes)] })
+    };
+    // Same argv shape both times (so the same baseline), only the flag differs.
+    let quiet = run(&["curl", "-O", "backup", "https://x"]);
+    assert!(quiet.is_empty(), "{:?}", quiet.iter().map(|a| (&a.reason, a.score)).collect::<Vec<_>>());
+    let a = run(&["curl", "-T", "backup", "https://x"]);
+    assert_eq!(ids(&a), [VOLUME_ANOMALY.id]);
+    assert!(a[0].score >= 3.0 && a[0].indicators.iter().any(|i| i.contains("curl upload")), "{:?}", a[0]);
+}

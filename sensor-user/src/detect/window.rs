@@ -8,8 +8,10 @@ use std::collections::VecDeque;
 pub struct SlidingSum {
     bucket_s: f64,
     span_s: f64,
-    /// (bucket start, total) oldest first.
-    buckets: VecDeque<(f64, u64)>,
+    /// (bucket start, total, time of its latest record) oldest first. A record at
+    /// time t carries bytes observed up to t (a tick's end), so a bucket leaves
+    /// the span once its latest record is at or before `now - span`.
+    buckets: VecDeque<(f64, u64, f64)>,
     total: u64,
     /// Largest single bucket still inside the span.
     pub peak_bucket: u64,
@@ -23,8 +25,8 @@ impl SlidingSum {
     /// Drop buckets that fell out of the span ending at `now`.
     pub fn expire(&mut self, now: f64) {
         let mut changed = false;
-        while let Some(&(start, v)) = self.buckets.front() {
-            if start + self.bucket_s <= now - self.span_s {
+        while let Some(&(_, v, last)) = self.buckets.front() {
+            if last <= now - self.span_s {
                 self.buckets.pop_front();
                 self.total -= v;
                 changed = true;
@@ -41,8 +43,11 @@ impl SlidingSum {
         self.expire(now);
         let start = (now / self.bucket_s).floor() * self.bucket_s;
         match self.buckets.back_mut() {
-            Some(b) if b.0 == start => b.1 += v,
-            _ => self.buckets.push_back((start, v)),
+            Some(b) if b.0 == start => {
+                b.1 += v;
+                b.2 = now;
+            }
+            _ => self.buckets.push_back((start, v, now)),
         }
         self.total += v;
         self.peak_bucket = self.peak_bucket.max(self.buckets.back().map(|b| b.1).unwrap_or(0));
@@ -67,13 +72,22 @@ mod tests {
         w.add(0.0, 100);
         w.add(30.0, 50);
         assert_eq!(w.total(), 150);
-        w.add(64.9, 1);
-        assert_eq!(w.total(), 151, "[0,5) still overlaps (4.9, 64.9]: kept");
-        w.add(65.0, 1);
-        assert_eq!(w.total(), 52, "[0,5) ended at 65-60: dropped");
+        w.add(59.9, 1);
+        assert_eq!(w.total(), 151, "recorded at 0, inside (-0.1, 59.9]: kept");
+        w.add(60.0, 1);
+        assert_eq!(w.total(), 52, "recorded at 0, outside (0, 60]: dropped");
         w.expire(1000.0);
         assert_eq!(w.total(), 0);
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn a_tick_as_long_as_the_window_sums_only_itself() {
+        // 60 s ticks, 60 s window: each tick's total is the window's.
+        let mut w = SlidingSum::new(60.0, 60.0);
+        w.add(60.0, 20);
+        w.add(120.0, 90);
+        assert_eq!(w.total(), 90);
     }
 
     #[test]
