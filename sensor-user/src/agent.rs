@@ -591,6 +591,7 @@ impl<W: Write> Agent<W> {
             saved_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
             baselines: self.detector.baselines.clone(),
             habits: self.detector.habits.clone(),
+            alerts: self.detector.alert_memory(),
         };
         if let Err(e) = state::save(std::path::Path::new(&self.config.state.path), &st) {
             eprintln!("sluice: {e}; learned baselines are kept in memory only");
@@ -616,6 +617,7 @@ fn restore_state(config: &Config, detector: &mut Detector) {
             );
             detector.baselines = s.baselines;
             detector.habits = s.habits;
+            detector.restore_alert_memory(s.alerts);
         }
         Ok(state::Loaded::SetAside { reason, moved_to }) => eprintln!(
             "sluice: state file {} is unusable ({reason}); moved to {} and learning from scratch",

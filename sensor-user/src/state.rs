@@ -11,7 +11,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::detect::{baseline::Table, Habits};
+use crate::detect::{baseline::Table, AlertMemory, Habits};
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -22,6 +22,8 @@ pub struct State {
     pub baselines: Table,
     #[serde(default)]
     pub habits: Habits,
+    #[serde(default)]
+    pub alerts: AlertMemory,
 }
 
 #[derive(Debug, Error)]
@@ -107,7 +109,7 @@ mod tests {
         let p = Params { alpha: 0.1, sigma_floor: 0.5, max_daily_drift: 0.7 };
         t.train("/usr/bin/rclone#1", 1000, 1.0, &p, 10);
         t.train("/usr/bin/rclone#1", 2000, 2.0, &p, 10);
-        State { sluice_state: STATE_VERSION, saved_at: 2.0, baselines: t, habits: Default::default() }
+        State { sluice_state: STATE_VERSION, saved_at: 2.0, baselines: t, habits: Default::default(), alerts: Default::default() }
     }
 
     #[test]

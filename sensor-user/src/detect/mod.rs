@@ -130,6 +130,16 @@ pub const RATIO_INVERSION: Rule = Rule {
 pub const RULES: [Rule; 7] =
     [EXFIL_TOOL, WATCHED_APP, ARCHIVE_THEN_UPLOAD, VOLUME_ANOMALY, SLOW_DRIP, QUIET_PROGRAM, RATIO_INVERSION];
 
+/// What alerting remembers across restarts: dedup periods and which programs a
+/// rule already caught, so a restart does not re-raise a burst of old alerts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertMemory {
+    /// (rule, entity, destination, last alert time, suppressed since)
+    pub dedup: Vec<(String, String, String, f64, u64)>,
+    /// (identity, last alert time)
+    pub alerted: Vec<(String, f64)>,
+}
+
 /// What sluice has learned of an executable's network habits.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Habit {
@@ -334,6 +344,20 @@ impl Detector {
             alerted_identity: HashMap::new(),
             now: 0.0,
         }
+    }
+
+    pub fn alert_memory(&self) -> AlertMemory {
+        AlertMemory {
+            dedup: self.dedup.iter().map(|((r, e, d), s)| (r.clone(), e.clone(), d.clone(), s.last_t, s.suppressed)).collect(),
+            alerted: self.alerted_identity.iter().map(|(k, t)| (k.clone(), *t)).collect(),
+        }
+    }
+
+    pub fn restore_alert_memory(&mut self, m: AlertMemory) {
+        for (r, e, d, last_t, suppressed) in m.dedup.into_iter().take(MAX_ENTITIES) {
+            self.dedup.insert((r, e, d), DedupState { last_t, suppressed });
+        }
+        self.alerted_identity.extend(m.alerted.into_iter().take(MAX_ENTITIES));
     }
 
     /// Does this flow count as an upload for the rules?

@@ -382,3 +382,18 @@ fn an_upload_command_line_lowers_the_anomaly_bar() {
     assert_eq!(ids(&a), [VOLUME_ANOMALY.id]);
     assert!(a[0].score >= 3.0 && a[0].indicators.iter().any(|i| i.contains("curl upload")), "{:?}", a[0]);
 }
+
+#[test]
+fn a_restart_does_not_re_raise_what_was_already_alerted() {
+    let mega = proc_(4242, 100, "/usr/bin/megasync", &["megasync"]);
+    let mut before = detector();
+    assert_eq!(before.tick(&tick(5.0, vec![flow(&mega, 10 * MIB)])).len(), 1);
+    // Through the state file's serialization, as a restart would.
+    let saved = serde_json::to_string(&before.alert_memory()).unwrap();
+    let mut after = detector();
+    after.restore_alert_memory(serde_json::from_str(&saved).unwrap());
+    assert!(after.tick(&tick(65.0, vec![flow(&mega, 10 * MIB)])).is_empty(), "still inside the dedup period");
+    let later = after.tick(&tick(3700.0, vec![flow(&mega, 10 * MIB)]));
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].suppressed, 1, "the suppressed count carried across the restart");
+}
