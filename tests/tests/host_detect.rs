@@ -110,7 +110,31 @@ fn a_benign_mix_raises_nothing() {
     let served = retry(Duration::from_secs(20), || fetch(host.command("/usr/bin/curl"), &url));
     assert!(served, "the test host could not download from us");
 
-    // 3. The allowlisted backup tool uploading 50 MB.
+    // 3. git clone over HTTP from the test host (a few MB of history).
+    let repo = dir.0.join("repo");
+    let git = |args: &[&str], cwd: &std::path::Path| {
+        let ok = Command::new("git").args(args).current_dir(cwd).env("GIT_AUTHOR_NAME", "t").env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t").env("GIT_COMMITTER_EMAIL", "t@t").output().unwrap();
+        assert!(ok.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&ok.stderr));
+    };
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&["init", "-q"], &repo);
+    std::fs::write(repo.join("data.bin"), incompressible(4_000_000, 99)).unwrap();
+    git(&["add", "."], &repo);
+    git(&["commit", "-qm", "data"], &repo);
+    git(&["clone", "-q", "--bare", "repo", "served.git"], &dir.0);
+    git(&["update-server-info"], &dir.0.join("served.git"));
+    let port = free_port();
+    let _gitd = http_server(host.command("/usr/bin/python3"), &host.peer_v4, port, &dir.0);
+    let url = format!("http://{}:{}/served.git", host.peer_v4, port);
+    let clone_to = dir.0.join("clone");
+    let cloned = retry(Duration::from_secs(20), || {
+        let _ = std::fs::remove_dir_all(&clone_to);
+        Command::new("git").args(["clone", "-q", &url]).arg(&clone_to).status().map(|s| s.success()).unwrap_or(false)
+    });
+    assert!(cloned, "git clone from the test host failed");
+
+    // 4. The allowlisted backup tool uploading 50 MB.
     let port = free_port();
     let sink = Sink::start(Some(&host), "http", &host.peer_v4, port, &[]).unwrap();
     let url = format!("http://{}:{}/backup", host.peer_v4, port);

@@ -323,6 +323,8 @@ const MAX_BASELINES: usize = 50_000;
 /// Slow drip on a program with a mature baseline: the long-window total must
 /// exceed this multiple of what its baseline predicts for the span.
 const DRIP_OVER_BASELINE: f64 = 3.0;
+/// Baseline key of everything this host uploads per window.
+const HOST_KEY: &str = "@host";
 /// Pinned baseline keys at most (names are attacker-controlled: bound them too).
 const MAX_PINNED: usize = 1_000;
 
@@ -330,13 +332,15 @@ impl Detector {
     pub fn new(cfg: Detect) -> Self {
         let a = &cfg.volume_anomaly;
         let params = Params { alpha: a.alpha, sigma_floor: a.sigma_floor, max_daily_drift: a.max_daily_drift };
+        let mut baselines = Table::default();
+        baselines.pinned.insert(HOST_KEY.to_string());
         Self {
             cfg,
             params,
             short: Entities::default(),
             long: Entities::default(),
             tumbles: HashMap::new(),
-            baselines: Table::default(),
+            baselines,
             habits: Habits::default(),
             archives: HashMap::new(),
             mega_clients: VecDeque::new(),
@@ -437,7 +441,7 @@ impl Detector {
             let (id_out, id_in) = self.short.bump(&id, f, t, tick_bucket, short_s);
             let (kd_out, _) = self.short.bump(&key_dest, f, t, tick_bucket, short_s);
             let (long_out, _) = self.long.bump(&id, f, t, 300.0, long_s);
-            for key in [&id, &key_dest] {
+            for key in [&id, &key_dest, &HOST_KEY.to_string()] {
                 let w = self.tumbles.entry(key.clone()).or_insert(Tumble { start: t - input.window_s, bytes: 0, alerted: false });
                 w.bytes += f.bytes_out;
             }
@@ -579,12 +583,16 @@ impl Detector {
             let r = &self.cfg.volume_anomaly;
             if r.enabled && kd_out >= r.floor {
                 let mature = |m: &baseline::Model| m.samples >= r.min_samples && t - m.first_t >= r.min_age.as_secs_f64();
+                // Destination, else program, else the whole host while keys are young:
+                // a brand-new program that out-uploads everything this host usually
+                // sends in a window is anomalous too.
                 let model = self
                     .baselines
                     .get(&key_dest)
                     .filter(|m| mature(m))
                     .map(|m| (m, "destination"))
-                    .or_else(|| self.baselines.get(&id).filter(|m| mature(m)).map(|m| (m, "program")));
+                    .or_else(|| self.baselines.get(&id).filter(|m| mature(m)).map(|m| (m, "program")))
+                    .or_else(|| self.baselines.get(HOST_KEY).filter(|m| mature(m)).map(|m| (m, "host")));
                 if let Some((m, level)) = model {
                     let s = m.score(kd_out, t, &self.params);
                     // A command line that public rules flag as an upload (curl -T,
@@ -608,8 +616,8 @@ impl Detector {
                         let a = self.alert(VOLUME_ANOMALY, f, &id, &dest, kd_out, id_in, short_s, Some(s), s.z + bonus, reason, indicators.clone());
                         raised.push(a);
                         // Never train on a window that alerted (no poisoning).
-                        for key in [&id, &key_dest] {
-                            if let Some(w) = self.tumbles.get_mut(key.as_str()) {
+                        for key in [id.as_str(), key_dest.as_str(), HOST_KEY] {
+                            if let Some(w) = self.tumbles.get_mut(key) {
                                 w.alerted = true;
                             }
                         }

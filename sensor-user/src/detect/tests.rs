@@ -397,3 +397,16 @@ fn a_restart_does_not_re_raise_what_was_already_alerted() {
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].suppressed, 1, "the suppressed count carried across the restart");
 }
+
+#[test]
+fn a_new_program_is_judged_against_the_host_while_it_has_no_history() {
+    // 30 minutes of the host's usual uploads (backup.py), then a never-seen
+    // program sends 20x that in one window.
+    let p = proc_(77, 1, "/usr/bin/python3", &["python3", "backup.py"]);
+    let mut d = detector();
+    let t = benign_history(&mut d, &p);
+    let newcomer = proc_(99, 1, "/tmp/.cache/upd", &["upd"]);
+    let a = d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], flows: vec![flow(&newcomer, 64_000_000)] });
+    assert_eq!(ids(&a), [VOLUME_ANOMALY.id]);
+    assert!(a[0].reason.contains("its host baseline"), "{}", a[0].reason);
+}
