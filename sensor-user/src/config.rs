@@ -84,6 +84,8 @@ pub struct Detect {
     pub allow_executables: Vec<String>,
     pub allow_users: Vec<u32>,
     pub allow_destinations: Vec<String>,
+    /// Informational event the first time an executable sends to a storage service.
+    pub first_storage_destination: bool,
     pub exfil_tool_upload: FloorRule,
     pub watched_app_upload: FloorRule,
     pub archive_then_upload: ArchiveRule,

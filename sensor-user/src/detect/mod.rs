@@ -127,8 +127,24 @@ pub const RATIO_INVERSION: Rule = Rule {
     techniques: &[("T1048", "Exfiltration Over Alternative Protocol"), ("T1567", "Exfiltration Over Web Service")],
 };
 
-pub const RULES: [Rule; 7] =
-    [EXFIL_TOOL, WATCHED_APP, ARCHIVE_THEN_UPLOAD, VOLUME_ANOMALY, SLOW_DRIP, QUIET_PROGRAM, RATIO_INVERSION];
+pub const FIRST_STORAGE: Rule = Rule {
+    id: "sluice.first_storage_destination",
+    name: "Program sends to a cloud-storage service for the first time",
+    severity: "low",
+    severity_num: 21,
+    techniques: &[("T1567.002", "Exfiltration Over Web Service: Exfiltration to Cloud Storage")],
+};
+
+pub const RULES: [Rule; 8] = [
+    EXFIL_TOOL,
+    WATCHED_APP,
+    ARCHIVE_THEN_UPLOAD,
+    VOLUME_ANOMALY,
+    SLOW_DRIP,
+    QUIET_PROGRAM,
+    RATIO_INVERSION,
+    FIRST_STORAGE,
+];
 
 /// What alerting remembers across restarts: dedup periods and which programs a
 /// rule already caught, so a restart does not re-raise a burst of old alerts.
@@ -156,6 +172,9 @@ pub struct Habits {
     /// When this host's observation began (unix seconds; 0 = not yet).
     #[serde(default)]
     pub observing_since: f64,
+    /// Storage services each executable has sent to ("exe\u{0}service").
+    #[serde(default)]
+    pub storage_pairs: std::collections::HashSet<String>,
 }
 
 impl Habits {
@@ -441,7 +460,8 @@ impl Detector {
             let (id_out, id_in) = self.short.bump(&id, f, t, tick_bucket, short_s);
             let (kd_out, _) = self.short.bump(&key_dest, f, t, tick_bucket, short_s);
             let (long_out, _) = self.long.bump(&id, f, t, 300.0, long_s);
-            for key in [&id, &key_dest, &HOST_KEY.to_string()] {
+            let key_exe = format!("exe:{}", f.process.executable);
+            for key in [&id, &key_dest, &key_exe, &HOST_KEY.to_string()] {
                 let w = self.tumbles.entry(key.clone()).or_insert(Tumble { start: t - input.window_s, bytes: 0, alerted: false });
                 w.bytes += f.bytes_out;
             }
@@ -453,10 +473,13 @@ impl Detector {
             // Mega clients and bulk-sync tools: the process itself, or a child
             // of one (up to three levels), whose bytes count as the tool's.
             let r = &self.cfg.exfil_tool_upload;
+            let service = f.domain.as_deref().and_then(catalog::storage_service);
             let tool = match catalog::exfil_tool(&f.process.executable, &f.process.args) {
                 Some(product) => Some((product, None)),
                 None => f.process.ancestors.iter().take(3).find_map(|(pid, exe)| catalog::exfil_tool(exe, &[]).map(|p| (p, Some((*pid, exe.clone()))))),
-            };
+            }
+            // Whatever the program calls itself, sending to Mega is using Mega.
+            .or_else(|| (service == Some("Mega")).then_some(("Mega's storage service (by destination)", None)));
             if r.enabled {
                 if let Some((product, via)) = tool {
                     let (entity, total, total_in) = match &via {
@@ -498,6 +521,23 @@ impl Detector {
                             }
                         }
                         raised.push(self.alert(EXFIL_TOOL, f, &entity, "", total, total_in, short_s, None, 1.0, reason, ind));
+                    }
+                }
+            }
+
+            // First time this executable sends to a storage service: worth a
+            // look, not an incident (learned silently while the host warms up).
+            if let Some(svc) = service {
+                let pair = format!("{}\u{0}{svc}", f.process.executable);
+                if !self.habits.storage_pairs.contains(&pair) && self.habits.storage_pairs.len() < MAX_BASELINES {
+                    self.habits.storage_pairs.insert(pair);
+                    if self.cfg.first_storage_destination && t - self.habits.observing_since >= long_s {
+                        let reason = format!(
+                            "{} sent data to {svc} ({}) for the first time since sluice began watching",
+                            who(&f.process),
+                            where_to(f)
+                        );
+                        raised.push(self.alert(FIRST_STORAGE, f, &id, svc, f.bytes_out, f.bytes_in, input.window_s, None, 0.0, reason, indicators.clone()));
                     }
                 }
             }
@@ -592,6 +632,7 @@ impl Detector {
                     .filter(|m| mature(m))
                     .map(|m| (m, "destination"))
                     .or_else(|| self.baselines.get(&id).filter(|m| mature(m)).map(|m| (m, "program")))
+                    .or_else(|| self.baselines.get(&key_exe).filter(|m| mature(m)).map(|m| (m, "executable")))
                     .or_else(|| self.baselines.get(HOST_KEY).filter(|m| mature(m)).map(|m| (m, "host")));
                 if let Some((m, level)) = model {
                     let s = m.score(kd_out, t, &self.params);
@@ -616,7 +657,7 @@ impl Detector {
                         let a = self.alert(VOLUME_ANOMALY, f, &id, &dest, kd_out, id_in, short_s, Some(s), s.z + bonus, reason, indicators.clone());
                         raised.push(a);
                         // Never train on a window that alerted (no poisoning).
-                        for key in [id.as_str(), key_dest.as_str(), HOST_KEY] {
+                        for key in [id.as_str(), key_dest.as_str(), key_exe.as_str(), HOST_KEY] {
                             if let Some(w) = self.tumbles.get_mut(key) {
                                 w.alerted = true;
                             }
@@ -726,8 +767,9 @@ impl Detector {
             self.tumbles.remove(&k);
             if !w.alerted {
                 self.baselines.train(&k, w.bytes, t, &params, MAX_BASELINES);
-                // Program-level windows (no "|destination") teach its habits.
-                if !k.contains('|') {
+                // Program-level windows (identity keys: no "|destination", not
+                // the executable or host levels) teach its habits.
+                if !k.contains('|') && !k.starts_with("exe:") && k != HOST_KEY {
                     if let Some(h) = k.rsplit_once('#').and_then(|(exe, _)| self.habits.by_exe.get_mut(exe)) {
                         h.max_window = h.max_window.max(w.bytes);
                     }

@@ -410,3 +410,48 @@ fn a_new_program_is_judged_against_the_host_while_it_has_no_history() {
     assert_eq!(ids(&a), [VOLUME_ANOMALY.id]);
     assert!(a[0].reason.contains("its host baseline"), "{}", a[0].reason);
 }
+
+#[test]
+fn a_new_argv_shape_of_a_known_executable_is_judged_against_the_executable() {
+    // python3 backup.py has history; python3 with a new script sends 20x.
+    let known = proc_(77, 1, "/usr/bin/python3", &["python3", "backup.py"]);
+    let mut d = detector();
+    let t = benign_history(&mut d, &known);
+    let fresh = proc_(78, 1, "/usr/bin/python3", &["python3", "/tmp/x.py"]);
+    let a = d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], flows: vec![flow(&fresh, 64_000_000)] });
+    assert_eq!(ids(&a), [VOLUME_ANOMALY.id]);
+    assert!(a[0].reason.contains("its executable baseline"), "{}", a[0].reason);
+}
+
+#[test]
+fn a_renamed_mega_client_is_caught_by_where_it_sends() {
+    let mut d = detector();
+    let p = proc_(66, 1, "/tmp/.x/backupd", &["backupd", "--quiet"]);
+    let mut f = flow(&p, 20 * MIB);
+    f.domain = Some("gfs270n122.userstorage.mega.co.nz".into());
+    let a = d.tick(&tick(5.0, vec![f]));
+    assert_eq!(ids(&a), [EXFIL_TOOL.id]);
+    assert!(a[0].reason.contains("by destination") && a[0].reason.contains("userstorage.mega.co.nz"), "{}", a[0].reason);
+}
+
+#[test]
+fn the_first_send_to_a_storage_service_is_an_informational_event_once() {
+    let p = proc_(12, 1, "/usr/bin/python3", &["python3", "sync.py"]);
+    let other = proc_(5, 1, "/usr/sbin/chronyd", &["chronyd"]);
+    let mut d = detector();
+    d.tick(&tick(1.0, vec![flow(&other, 100)]));
+    let mut f = flow(&p, 100_000);
+    f.domain = Some("content.dropboxapi.com".into());
+    // During the warm-up (first long window) pairs are learned silently...
+    let mut g = f.clone();
+    g.process = proc_(13, 1, "/usr/bin/rsync", &["rsync"]);
+    assert!(d.tick(&tick(600.0, vec![g.clone()])).is_empty());
+    // ...after it, a new pair is an event, once.
+    let t = 7.0 * 3600.0;
+    let a = d.tick(&tick(t, vec![f.clone()]));
+    assert_eq!(ids(&a), [FIRST_STORAGE.id]);
+    assert_eq!(a[0].rule.severity, "low");
+    assert!(a[0].reason.contains("Dropbox"), "{}", a[0].reason);
+    assert!(d.tick(&tick(t + 4000.0, vec![f])).is_empty());
+    assert!(d.tick(&tick(t + 5000.0, vec![g])).is_empty(), "learned during the warm-up");
+}
