@@ -442,7 +442,9 @@ impl<W: Write> Agent<W> {
     fn retire(&mut self, snapshot: &[(FlowKey, FlowCounters)], active: &HashSet<u64>) {
         let now_ns = boottime_ns();
         let after = self.config.flows.retire_after.as_nanos() as u64;
-        let cookies: HashSet<u64> = snapshot.iter().map(|(k, _)| k.cookie).collect();
+        // Only cgroup-backend keys (pid 0) have owners in SOCKS to retire by;
+        // send-path keys are retired by idleness (retire_idle_sends).
+        let cookies: HashSet<u64> = snapshot.iter().filter(|(k, _)| k.pid == 0).map(|(k, _)| k.cookie).collect();
         let mut retire: HashMap<u64, SockInfo> = HashMap::new();
         for c in cookies {
             if active.contains(&c) {
@@ -457,7 +459,7 @@ impl<W: Write> Agent<W> {
         let now = Instant::now();
         for (c, info) in retire {
             self.remembered.insert(c, (owner_from(&info), now));
-            for (k, _) in snapshot.iter().filter(|(k, _)| k.cookie == c) {
+            for (k, _) in snapshot.iter().filter(|(k, _)| k.pid == 0 && k.cookie == c) {
                 let _ = self.flows_map.remove(k);
                 self.tracker.forget(k);
             }
