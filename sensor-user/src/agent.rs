@@ -64,6 +64,9 @@ pub struct Agent<W: Write> {
     recorder: Option<record::Writer<std::io::BufWriter<std::fs::File>>>,
     pending_execs: Vec<ProcInfo>,
     last_save: Instant,
+    /// cgroup id -> cgroup v2 path (refreshed by a bounded walk on a miss).
+    cgroup_paths: HashMap<u64, String>,
+    cgroup_walked_tick: u64,
     last_tick: Instant,
     last_counters: Vec<u64>,
     pub stats: Stats,
@@ -123,6 +126,8 @@ impl<W: Write> Agent<W> {
             recorder,
             pending_execs: Vec::new(),
             last_save: Instant::now(),
+            cgroup_paths: HashMap::new(),
+            cgroup_walked_tick: u64::MAX,
             last_tick: Instant::now(),
             last_counters: vec![0; counter::LEN as usize],
             stats: Stats::default(),
@@ -400,15 +405,36 @@ impl<W: Write> Agent<W> {
         Ok(())
     }
 
+    /// The cgroup v2 path of a cgroup id (what the kernel recorded for the
+    /// owner, so it resolves after the process is gone): the id is the inode of
+    /// the cgroup's directory, so a miss walks the cgroup2 tree once per tick.
+    fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
+        if cgroup_id == 0 {
+            return None;
+        }
+        if let Some(p) = self.cgroup_paths.get(&cgroup_id) {
+            return Some(p.clone());
+        }
+        if self.cgroup_walked_tick != self.stats.ticks {
+            self.cgroup_walked_tick = self.stats.ticks;
+            if let Ok(root) = crate::kernel::mounts::cgroup2_mount() {
+                self.cgroup_paths = crate::kernel::mounts::cgroup_ids(&root, 50_000);
+            }
+        }
+        self.cgroup_paths.get(&cgroup_id).cloned()
+    }
+
     /// Hand this tick to the detector (and the record file); print its alerts.
     fn detect(&mut self, at: SystemTime, window: Duration, records: &[flows::FlowRecord]) -> Result<()> {
+        let cgroups: Vec<Option<String>> = records.iter().map(|r| self.cgroup_path(r.owner.cgroup_id)).collect();
         let input = TickInput {
             t: at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
             window_s: window.as_secs_f64(),
             execs: std::mem::take(&mut self.pending_execs),
             flows: records
                 .iter()
-                .map(|r| FlowObs {
+                .zip(cgroups)
+                .map(|(r, cgroup)| FlowObs {
                     process: self.proc_info(r.owner.pid),
                     remote_ip: r.remote_ip,
                     remote_port: r.remote_port,
@@ -416,6 +442,7 @@ impl<W: Write> Agent<W> {
                     direction: flows::direction(r.owner.direction).to_string(),
                     scope: r.scope().as_str().to_string(),
                     domain: None,
+                    cgroup,
                     bytes_out: r.volume.bytes_out,
                     bytes_in: r.volume.bytes_in,
                 })

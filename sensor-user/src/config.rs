@@ -84,6 +84,9 @@ pub struct Detect {
     pub allow_executables: Vec<String>,
     pub allow_users: Vec<u32>,
     pub allow_destinations: Vec<String>,
+    /// Substrings of the sender's cgroup v2 path: containers (their id is in the
+    /// path for every runtime) and systemd services.
+    pub allow_cgroups: Vec<String>,
     /// Informational event the first time an executable sends to a storage service.
     pub first_storage_destination: bool,
     pub exfil_tool_upload: FloorRule,

@@ -299,3 +299,45 @@ fn learned_baselines_survive_a_restart_and_a_corrupt_state_file_is_set_aside() {
     let aside: Vec<_> = std::fs::read_dir(&dir.0).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".corrupt-")).collect();
     assert_eq!(aside.len(), 1, "the corrupt file is kept aside, not deleted");
 }
+
+#[test]
+fn an_allowlisted_cgroup_is_silent_and_the_same_tool_outside_it_is_not() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let cg2 = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+    });
+    let cg2 = cg2.expect("a cgroup v2 mount (the cgroup backend needs one anyway)");
+    // Shaped like a containerd pod's scope.
+    let name = format!("cri-containerd-sluicetest{}.scope", std::process::id());
+    let cgdir = std::path::Path::new(&cg2).join(&name);
+    std::fs::create_dir_all(&cgdir).unwrap();
+    let dir = TempDir::new("allowcg");
+    let tool = dir.0.join("megasync");
+    std::fs::copy("/usr/bin/curl", &tool).unwrap();
+    let payload = dir.0.join("x.bin");
+    std::fs::File::create(&payload).unwrap().set_len(20 * MB).unwrap();
+    let config = dir.0.join("allow.toml");
+    std::fs::write(&config, format!("[detect]\nallow_cgroups = [\"sluicetest{}\"]\n", std::process::id())).unwrap();
+    let sluice = Sluice::start(&[ALERTS, &["--config", config.to_str().unwrap()]].concat()).unwrap();
+
+    let upload = |inside: bool| {
+        let port = free_port();
+        let sink = Sink::start(Some(&host), "http", &host.peer_v4, port, &[]).unwrap();
+        let url = format!("http://{}:{}/", host.peer_v4, port);
+        let enter = if inside { format!("echo $$ > {}/cgroup.procs && ", cgdir.display()) } else { String::new() };
+        let script = format!("{enter}exec {} -sS -o /dev/null -T {} {url}", tool.display(), payload.display());
+        let pid = run_child(Command::new("/bin/sh").args(["-c", &script]), Duration::from_secs(60)).unwrap();
+        sink.received().unwrap();
+        pid
+    };
+    let inside = upload(true);
+    let outside = upload(false);
+    sluice.wait_for("the outside alert", Duration::from_secs(20), |r| alerts_of(r, "sluice.exfil_tool_upload").iter().any(|a| a["process"]["pid"] == outside)).unwrap();
+    let recs = sluice.stop().unwrap();
+    let _ = std::fs::remove_dir(&cgdir);
+    let tool_alerts = alerts_of(&recs, "sluice.exfil_tool_upload");
+    assert!(tool_alerts.iter().all(|a| a["process"]["pid"] != inside), "the allowlisted container alerted: {tool_alerts:?}");
+}

@@ -48,6 +48,9 @@ pub struct FlowObs {
     pub scope: String,
     #[serde(default)]
     pub domain: Option<String>,
+    /// The sender's cgroup v2 path (container runtimes put the container id in it).
+    #[serde(default)]
+    pub cgroup: Option<String>,
     pub bytes_out: u64,
     pub bytes_in: u64,
 }
@@ -400,6 +403,11 @@ impl Detector {
         }
         if self.cfg.allow_users.contains(&f.process.uid) {
             return false;
+        }
+        if let Some(cg) = &f.cgroup {
+            if self.cfg.allow_cgroups.iter().any(|a| !a.is_empty() && cg.contains(a.as_str())) {
+                return false;
+            }
         }
         let ip = f.remote_ip.to_string();
         let dom = f.domain.as_deref().unwrap_or("");

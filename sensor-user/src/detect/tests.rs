@@ -29,6 +29,7 @@ fn flow(p: &ProcInfo, bytes_out: u64) -> FlowObs {
         direction: "egress".into(),
         scope: "public".into(),
         domain: None,
+        cgroup: None,
         bytes_out,
         bytes_in: bytes_out / 100,
     }
@@ -454,4 +455,18 @@ fn the_first_send_to_a_storage_service_is_an_informational_event_once() {
     assert!(a[0].reason.contains("Dropbox"), "{}", a[0].reason);
     assert!(d.tick(&tick(t + 4000.0, vec![f])).is_empty());
     assert!(d.tick(&tick(t + 5000.0, vec![g])).is_empty(), "learned during the warm-up");
+}
+
+#[test]
+fn a_container_or_service_on_the_cgroup_allowlist_is_silent() {
+    let mut cfg = Config::embedded().detect;
+    cfg.allow_cgroups = vec!["cri-containerd-4f1d2".into()];
+    let mut d = Detector::new(cfg);
+    let mega = proc_(1, 0, "/usr/bin/megasync", &["megasync"]);
+    let mut inside = flow(&mega, 100 * MIB);
+    inside.cgroup = Some("/kubepods.slice/kubepods-pod1.slice/cri-containerd-4f1d2e.scope".into());
+    assert!(d.tick(&tick(5.0, vec![inside])).is_empty());
+    let mut elsewhere = flow(&mega, 100 * MIB);
+    elsewhere.cgroup = Some("/user.slice/user-1000.slice".into());
+    assert_eq!(ids(&d.tick(&tick(10.0, vec![elsewhere]))), [EXFIL_TOOL.id]);
 }

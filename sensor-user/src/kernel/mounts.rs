@@ -44,9 +44,46 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
     }
 }
 
+/// Every cgroup under `root` by id (the directory's inode, which is what
+/// bpf_get_current_cgroup_id returns), as a path relative to the root ("/a/b").
+/// At most `limit` directories are visited.
+pub fn cgroup_ids(root: &std::path::Path, limit: usize) -> std::collections::HashMap<u64, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::HashMap::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        if out.len() >= limit {
+            break;
+        }
+        if let Ok(m) = std::fs::metadata(&dir) {
+            out.insert(m.ino(), if rel.is_empty() { "/".to_string() } else { rel.clone() });
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                stack.push((e.path(), format!("{rel}/{name}")));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_ids_map_inodes_to_paths() {
+        use std::os::unix::fs::MetadataExt;
+        let d = std::env::temp_dir().join(format!("sluice-cgtree-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("kubepods/cri-containerd-abc.scope")).unwrap();
+        let ids = cgroup_ids(&d, 100);
+        let ino = std::fs::metadata(d.join("kubepods/cri-containerd-abc.scope")).unwrap().ino();
+        assert_eq!(ids.get(&ino).map(String::as_str), Some("/kubepods/cri-containerd-abc.scope"));
+        assert_eq!(cgroup_ids(&d, 1).len(), 1, "bounded");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn hybrid_and_pure_v2() {
