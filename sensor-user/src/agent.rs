@@ -428,7 +428,7 @@ impl<W: Write> Agent<W> {
     fn detect(&mut self, at: SystemTime, window: Duration, records: &[flows::FlowRecord]) -> Result<()> {
         let cgroups: Vec<Option<String>> = records.iter().map(|r| self.cgroup_path(r.owner.cgroup_id)).collect();
         let input = TickInput {
-            t: at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            t: output::unix_secs(at),
             window_s: window.as_secs_f64(),
             execs: std::mem::take(&mut self.pending_execs),
             flows: records
@@ -552,6 +552,22 @@ impl<W: Write> Agent<W> {
         }
     }
 
+    fn save_state(&mut self) {
+        if self.config.state.path.is_empty() {
+            return;
+        }
+        let st = state::State {
+            sluice_state: state::STATE_VERSION,
+            saved_at: output::unix_secs(SystemTime::now()),
+            baselines: self.detector.baselines.clone(),
+            habits: self.detector.habits.clone(),
+            alerts: self.detector.alert_memory(),
+        };
+        if let Err(e) = state::save(std::path::Path::new(&self.config.state.path), &st) {
+            eprintln!("sluice: {e}; learned baselines are kept in memory only");
+        }
+    }
+
     /// Kernel counters as (name, value), for `Drop`-time summaries and tests.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         counter::NAMES.iter().copied().zip(self.last_counters.iter().copied()).collect()
@@ -610,23 +626,6 @@ impl<W: Write> Agent<W> {
     }
 }
 
-impl<W: Write> Agent<W> {
-    fn save_state(&mut self) {
-        if self.config.state.path.is_empty() {
-            return;
-        }
-        let st = state::State {
-            sluice_state: state::STATE_VERSION,
-            saved_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
-            baselines: self.detector.baselines.clone(),
-            habits: self.detector.habits.clone(),
-            alerts: self.detector.alert_memory(),
-        };
-        if let Err(e) = state::save(std::path::Path::new(&self.config.state.path), &st) {
-            eprintln!("sluice: {e}; learned baselines are kept in memory only");
-        }
-    }
-}
 
 /// Load learned state, saying on stderr what happened; never fatal.
 fn restore_state(config: &Config, detector: &mut Detector) {
@@ -634,10 +633,11 @@ fn restore_state(config: &Config, detector: &mut Detector) {
         return;
     }
     let path = std::path::Path::new(&config.state.path);
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let now = output::unix_secs(SystemTime::now());
     match state::load(path, now) {
         Ok(state::Loaded::Fresh) => eprintln!("sluice: no state at {}: learning from scratch", path.display()),
         Ok(state::Loaded::Restored(s)) => {
+            let s = *s;
             eprintln!(
                 "sluice: restored {} baselines and the habits of {} programs from {}",
                 s.baselines.models.len(),

@@ -118,6 +118,11 @@ pub fn unix(t: f64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0))
 }
 
+/// A SystemTime as unix seconds (0 before the epoch).
+pub fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
 /// One alert line.
 pub fn alert_json(ctx: &Context, a: &Alert) -> Value {
     let mut destination = json!({ "ip": a.remote_ip.to_string(), "port": a.remote_port });

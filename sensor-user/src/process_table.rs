@@ -149,11 +149,16 @@ impl ProcessTable {
 /// The real /proc, through the procfs crate.
 pub struct Procfs {
     ticks_per_second: u64,
+    /// The cgroup v2 mount, found once (not per process read).
+    cgroup2: Option<std::path::PathBuf>,
 }
 
 impl Default for Procfs {
     fn default() -> Self {
-        Self { ticks_per_second: procfs::ticks_per_second().max(1) }
+        Self {
+            ticks_per_second: procfs::ticks_per_second().max(1),
+            cgroup2: crate::kernel::mounts::cgroup2_mount().ok(),
+        }
     }
 }
 
@@ -176,7 +181,7 @@ impl ProcSource for Procfs {
             .cmdline()
             .map(|v| v.iter().map(|a| lossless(a.as_bytes())).collect())
             .unwrap_or_default();
-        let cgroup_id = cgroup_id_of(pid).unwrap_or(0);
+        let cgroup_id = self.cgroup2.as_deref().and_then(|root| cgroup_id_of(root, pid)).unwrap_or(0);
         Some(Process {
             pid,
             ppid: stat.ppid.max(0) as u32,
@@ -200,11 +205,10 @@ impl ProcSource for Procfs {
 
 /// The cgroup v2 id of a process: the inode number of its cgroup directory,
 /// which is what bpf_get_current_cgroup_id returns.
-fn cgroup_id_of(pid: u32) -> Option<u64> {
+fn cgroup_id_of(root: &std::path::Path, pid: u32) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let root = crate::kernel::mounts::cgroup2_mount().ok()?;
     std::fs::metadata(root.join(path.trim_start_matches('/'))).ok().map(|m| m.ino())
 }
 

@@ -38,7 +38,7 @@ pub enum StateError {
 #[derive(Debug)]
 pub enum Loaded {
     Fresh,
-    Restored(State),
+    Restored(Box<State>),
     /// The file was unusable; it now lives at `moved_to`.
     SetAside { reason: String, moved_to: PathBuf },
 }
@@ -55,7 +55,7 @@ pub fn load(path: &Path, now: f64) -> Result<Loaded, StateError> {
             None => "not a sluice state file (no \"sluice_state\" version)".to_string(),
             Some(ver) if ver != STATE_VERSION as u64 => format!("state format version {ver}, this sluice reads {STATE_VERSION}"),
             Some(_) => match serde_json::from_value::<State>(v) {
-                Ok(s) => return Ok(Loaded::Restored(s)),
+                Ok(s) => return Ok(Loaded::Restored(Box::new(s))),
                 Err(e) => format!("malformed ({e})"),
             },
         },

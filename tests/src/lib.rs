@@ -219,13 +219,18 @@ pub fn flows_of(records: &[Value], pid: u32) -> Vec<&Value> {
         .collect()
 }
 
-/// Bytes `pid` sent to `ip:port` over all records.
-pub fn bytes_out_to(records: &[Value], pid: u32, ip: &str, port: u16) -> u64 {
+/// `sluice.<field>` summed over every flow record of `pid` to `ip:port`.
+pub fn sum_to(records: &[Value], pid: u32, ip: &str, port: u16, field: &str) -> u64 {
     flows_of(records, pid)
         .iter()
         .filter(|r| r["destination"]["ip"] == ip && r["destination"]["port"] == port)
-        .map(|r| r["sluice"]["bytes_out"].as_u64().unwrap_or(0))
+        .map(|r| r["sluice"][field].as_u64().unwrap_or(0))
         .sum()
+}
+
+/// Bytes `pid` sent to `ip:port` over all records.
+pub fn bytes_out_to(records: &[Value], pid: u32, ip: &str, port: u16) -> u64 {
+    sum_to(records, pid, ip, port, "bytes_out")
 }
 
 /// Assert `got` is within [lo, hi] of `want` (cgroup_skb sees packets, so
@@ -260,15 +265,44 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Test hosts left behind by a run that was killed (SIGKILL skips Drop): their
+/// veth keeps 10.213.N.1 on this host, and a new host reusing N would route to
+/// the dead namespace and get refused. Names carry the creating pid, so a
+/// leftover is one whose pid is gone.
+fn sweep_stale_test_hosts() {
+    let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n)) else { continue };
+        let Some((pid, n)) = name.strip_prefix("slh").and_then(|r| r.split_once('x')) else { continue };
+        if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", &format!("sluice-t{pid}-{n}")]);
+            let _ = ip(&["link", "del", name]);
+        }
+    }
+}
+
+/// Whether any link on this host already holds an address in 10.213.N.0/30.
+fn subnet_in_use(n: u32) -> bool {
+    Command::new("ip")
+        .args(["-o", "addr", "show", "to", &format!("10.213.{n}.0/30")])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false)
+}
+
 impl TestHost {
     pub fn create() -> Result<TestHost> {
-        let n = NS_SEQ.fetch_add(1, Ordering::SeqCst) % 250 + 1;
-        let tag = std::process::id() % 10_000;
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(sweep_stale_test_hosts);
+        // Skip subnets another live suite (or anything else) holds.
+        let n = (0..250)
+            .map(|_| NS_SEQ.fetch_add(1, Ordering::SeqCst) % 250 + 1)
+            .find(|&n| !subnet_in_use(n))
+            .context("every 10.213.N.0/30 test subnet is in use")?;
+        let tag = std::process::id();
         let name = format!("sluice-t{tag}-{n}");
         let host_veth = format!("slh{tag}x{n}");
         let peer_veth = format!("slp{tag}x{n}");
-        let _ = ip(&["netns", "del", &name]);
-        let _ = ip(&["link", "del", &host_veth]);
         let h = TestHost {
             name: name.clone(),
             host_veth: host_veth.clone(),

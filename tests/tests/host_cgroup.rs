@@ -42,11 +42,7 @@ fn assert_python_flow(records: &[Value], pid: u32, ip: &str, port: u16, bytes: u
     let got = bytes_out_to(records, pid, ip, port);
     assert_ratio(&format!("python3 pid {pid} -> {ip}:{port}"), got, bytes, 0.99, 1.03);
     let f = first_flow(records, pid, ip, port);
-    let wire: u64 = flows_of(records, pid)
-        .iter()
-        .filter(|r| r["destination"]["ip"] == ip && r["destination"]["port"] == port)
-        .map(|r| r["sluice"]["wire_bytes_out"].as_u64().unwrap_or(0))
-        .sum();
+    let wire = sum_to(records, pid, ip, port, "wire_bytes_out");
     assert!(wire >= got, "wire bytes ({wire}) include headers, so never fewer than payload ({got})");
     assert_eq!(f["process"]["executable"], "/usr/bin/python3", "{f}");
     assert_eq!(f["process"]["args"][0], "/usr/bin/python3", "{f}");

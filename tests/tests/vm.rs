@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
+use sluice_tests::bytes_out_to;
 
 struct Guest {
     check: String,
@@ -55,13 +56,6 @@ fn guest() -> Guest {
     g
 }
 
-fn bytes_out(recs: &[Value], pid: u32, ip: &str, port: u16) -> u64 {
-    recs.iter()
-        .filter(|r| r["process"]["pid"] == pid && r["destination"]["ip"] == ip && r["destination"]["port"] == port)
-        .map(|r| r["sluice"]["bytes_out"].as_u64().unwrap_or(0))
-        .sum()
-}
-
 fn check_backend(b: &str) {
     let g = guest();
     assert!(g.errors.is_empty(), "guest scenario errors: {:?}", g.errors);
@@ -76,7 +70,7 @@ fn check_backend(b: &str) {
     ];
     for (name, ip, port, want, exe) in cases {
         let pid = *g.pids.get(&(b.to_string(), name.to_string())).unwrap_or_else(|| panic!("{b}/{name} did not run"));
-        let got = bytes_out(recs, pid, ip, port);
+        let got = bytes_out_to(recs, pid, ip, port);
         let ratio = got as f64 / want as f64;
         eprintln!("measured: {b} on {}: {name}: {got} of {want} bytes, ratio {ratio:.5}", g.kernel);
         assert!((0.99..=1.01).contains(&ratio), "{b}/{name}: {got} of {want} bytes attributed to pid {pid} (ratio {ratio:.4}); records of that pid: {:?}",

@@ -347,6 +347,20 @@ const MAX_BASELINES: usize = 50_000;
 const DRIP_OVER_BASELINE: f64 = 3.0;
 /// Baseline key of everything this host uploads per window.
 const HOST_KEY: &str = "@host";
+/// How many ancestors up a rule looks for the tool, watched app or archiver
+/// that a process works for.
+const TREE_DEPTH: usize = 3;
+/// Recent exec records kept per parent (archivers) and overall (MEGAcmd clients).
+const RECENT_EXECS: usize = 64;
+
+/// Append to a bounded queue of recent exec records, dropping the oldest.
+fn push_recent(q: &mut VecDeque<(f64, ProcInfo)>, item: (f64, ProcInfo)) {
+    q.push_back(item);
+    while q.len() > RECENT_EXECS {
+        q.pop_front();
+    }
+}
+
 /// Pinned baseline keys at most (names are attacker-controlled: bound them too).
 const MAX_PINNED: usize = 1_000;
 
@@ -425,15 +439,6 @@ impl Detector {
         let within = self.cfg.archive_then_upload.within.as_secs_f64();
         let tick_bucket = input.window_s.clamp(0.1, short_s);
 
-        for e in &input.execs {
-            if e.ppid > 1 && catalog::is_archiver(&e.executable) {
-                let q = self.archives.entry(e.ppid).or_default();
-                q.push_back((t, e.clone()));
-                while q.len() > 64 {
-                    q.pop_front();
-                }
-            }
-        }
         if self.habits.observing_since == 0.0 {
             self.habits.observing_since = t;
         }
@@ -442,11 +447,11 @@ impl Detector {
         }
         for e in &input.execs {
             self.habits.seen(&e.executable, t);
+            if e.ppid > 1 && catalog::is_archiver(&e.executable) {
+                push_recent(self.archives.entry(e.ppid).or_default(), (t, e.clone()));
+            }
             if catalog::is_megacmd_client(&e.executable, &e.args) {
-                self.mega_clients.push_back((t, e.clone()));
-                if self.mega_clients.len() > 64 {
-                    self.mega_clients.pop_front();
-                }
+                push_recent(&mut self.mega_clients, (t, e.clone()));
             }
         }
         while self.mega_clients.front().is_some_and(|(at, _)| t - at > within) {
@@ -480,24 +485,23 @@ impl Detector {
 
             // Mega clients and bulk-sync tools: the process itself, or a child
             // of one (up to three levels), whose bytes count as the tool's.
-            let r = &self.cfg.exfil_tool_upload;
+            let r = self.cfg.exfil_tool_upload.clone();
             let service = f.domain.as_deref().and_then(catalog::storage_service);
             let tool = match catalog::exfil_tool(&f.process.executable, &f.process.args) {
                 Some(product) => Some((product, None)),
-                None => f.process.ancestors.iter().take(3).find_map(|(pid, exe)| catalog::exfil_tool(exe, &[]).map(|p| (p, Some((*pid, exe.clone()))))),
+                None => f
+                    .process
+                    .ancestors
+                    .iter()
+                    .take(TREE_DEPTH)
+                    .find_map(|(pid, exe)| catalog::exfil_tool(exe, &[]).map(|p| (p, Some((*pid, exe.clone()))))),
             }
             // Whatever the program calls itself, sending to Mega is using Mega.
             .or_else(|| (service == Some("Mega")).then_some(("Mega's storage service (by destination)", None)));
             if r.enabled {
                 if let Some((product, via)) = tool {
-                    let (entity, total, total_in) = match &via {
-                        None => (id.clone(), id_out, id_in),
-                        Some((pid, _)) => {
-                            let k = format!("tool-tree:{pid}");
-                            let (o, i) = self.short.bump(&k, f, t, tick_bucket, short_s);
-                            (k, o, i)
-                        }
-                    };
+                    let tree = via.as_ref().map(|(pid, _)| format!("tool-tree:{pid}"));
+                    let (entity, total, total_in) = self.subject_totals(tree, &id, (id_out, id_in), f, t, tick_bucket, short_s);
                     if total >= r.floor {
                         // Never let a table flood evict what we know of these tools.
                         if self.baselines.pinned.len() < MAX_PINNED {
@@ -552,22 +556,16 @@ impl Detector {
 
             // Applications that should not upload, and what they start (an
             // interpreter or shell launched by an office suite uploads for it).
-            let r = &self.cfg.watched_app_upload;
+            let r = self.cfg.watched_app_upload.clone();
             let watched = if catalog::is_watched(&f.process.executable) {
                 Some(None)
             } else {
-                f.process.ancestors.iter().take(3).find(|(_, exe)| catalog::is_watched(exe)).map(|(pid, exe)| Some((*pid, exe.clone())))
+                f.process.ancestors.iter().take(TREE_DEPTH).find(|(_, exe)| catalog::is_watched(exe)).map(|(pid, exe)| Some((*pid, exe.clone())))
             };
             if r.enabled {
                 if let Some(via) = watched {
-                    let (entity, total, total_in) = match &via {
-                        None => (id.clone(), id_out, id_in),
-                        Some((pid, _)) => {
-                            let k = format!("watched-tree:{pid}");
-                            let (o, i) = self.short.bump(&k, f, t, tick_bucket, short_s);
-                            (k, o, i)
-                        }
-                    };
+                    let tree = via.as_ref().map(|(pid, _)| format!("watched-tree:{pid}"));
+                    let (entity, total, total_in) = self.subject_totals(tree, &id, (id_out, id_in), f, t, tick_bucket, short_s);
                     if total >= r.floor {
                         let reason = match &via {
                             None => format!(
@@ -600,7 +598,7 @@ impl Detector {
                 let tree_pids: Vec<u32> = std::iter::once(f.process.ppid)
                     .chain(f.process.ancestors.iter().map(|a| a.0))
                     .filter(|&p| p > 1)
-                    .take(3)
+                    .take(TREE_DEPTH)
                     .collect();
                 if let Some((tree, (at, archiver))) = tree_pids
                     .iter()
@@ -626,8 +624,7 @@ impl Detector {
                 }
             }
 
-            // Volume far above the learned baseline: per destination, falling
-            // back to the program overall while the destination key is young.
+            // Volume far above the learned baseline (levels below).
             let r = &self.cfg.volume_anomaly;
             if r.enabled && kd_out >= r.floor {
                 let mature = |m: &baseline::Model| m.samples >= r.min_samples && t - m.first_t >= r.min_age.as_secs_f64();
@@ -760,6 +757,29 @@ impl Detector {
 
         self.close_windows(t, short_s);
         raised.into_iter().flatten().collect()
+    }
+
+    /// Totals a rule judges: the process's own window, or, when it matched
+    /// through an ancestor (`tree` key), the summed window of everything under
+    /// that ancestor, so an upload split across helpers counts as one.
+    #[allow(clippy::too_many_arguments)]
+    fn subject_totals(
+        &mut self,
+        tree: Option<String>,
+        id: &str,
+        own: (u64, u64),
+        f: &FlowObs,
+        t: f64,
+        bucket: f64,
+        span: f64,
+    ) -> (String, u64, u64) {
+        match tree {
+            None => (id.to_string(), own.0, own.1),
+            Some(k) => {
+                let (o, i) = self.short.bump(&k, f, t, bucket, span);
+                (k, o, i)
+            }
+        }
     }
 
     /// Close tumbling windows that ended; train on those that did not alert.

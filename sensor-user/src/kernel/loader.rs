@@ -177,23 +177,35 @@ fn attach_cgroup(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
     } else {
         CgroupAttachMode::AllowMultiple
     };
+    load_cgroup(ebpf)?;
     for name in CGROUP_SOCK {
         let p: &mut CgroupSock = program(ebpf, name)?;
-        p.load().with_context(|| format!("loading cgroup/{name}"))?;
         p.attach(&cg, mode).with_context(|| format!("attaching {}", at("cgroup", name)))?;
         attached.push(at("cgroup", name));
     }
     for name in CGROUP_SOCK_ADDR {
         let p: &mut CgroupSockAddr = program(ebpf, name)?;
-        p.load().with_context(|| format!("loading cgroup/{name}"))?;
         p.attach(&cg, mode).with_context(|| format!("attaching {}", at("cgroup", name)))?;
         attached.push(at("cgroup", name));
     }
     for (name, kind) in CGROUP_SKB {
         let p: &mut CgroupSkb = program(ebpf, name)?;
-        p.load().with_context(|| format!("loading cgroup_skb/{name}"))?;
         p.attach(&cg, kind, mode).with_context(|| format!("attaching {}", at("cgroup_skb", name)))?;
         attached.push(at("cgroup_skb", name));
+    }
+    Ok(())
+}
+
+/// Load (the verifier runs) every program of the cgroup backend, in hook order.
+fn load_cgroup(ebpf: &mut Ebpf) -> Result<()> {
+    for name in CGROUP_SOCK {
+        program::<CgroupSock>(ebpf, name)?.load().with_context(|| format!("loading cgroup/{name}"))?;
+    }
+    for name in CGROUP_SOCK_ADDR {
+        program::<CgroupSockAddr>(ebpf, name)?.load().with_context(|| format!("loading cgroup/{name}"))?;
+    }
+    for (name, _) in CGROUP_SKB {
+        program::<CgroupSkb>(ebpf, name)?.load().with_context(|| format!("loading cgroup_skb/{name}"))?;
     }
     Ok(())
 }
@@ -317,20 +329,7 @@ pub fn probe(config: &Config, backend: Backend) -> Result<(), String> {
         }
         Backend::Cgroup => {}
     }
-    let load = |ebpf: &mut Ebpf| -> Result<()> {
-        for name in CGROUP_SOCK {
-            program::<CgroupSock>(ebpf, name)?.load().with_context(|| format!("loading cgroup/{name}"))?;
-        }
-        for name in CGROUP_SOCK_ADDR {
-            program::<CgroupSockAddr>(ebpf, name)?.load().with_context(|| format!("loading cgroup/{name}"))?;
-        }
-        for (name, _) in CGROUP_SKB {
-            program::<CgroupSkb>(ebpf, name)?.load().with_context(|| format!("loading cgroup_skb/{name}"))?;
-        }
-        mounts::cgroup2_mount()?;
-        Ok(())
-    };
-    load(&mut ebpf).map_err(|e| match explain(&e) {
+    load_cgroup(&mut ebpf).and_then(|_| mounts::cgroup2_mount().map(|_| ())).map_err(|e| match explain(&e) {
         Some(hint) => format!("{e:#} ({hint})"),
         None => format!("{e:#}"),
     })
