@@ -20,6 +20,8 @@ pub const MAX_ARGS: u32 = 32;
 pub const EVENT_EXEC: u32 = 1;
 pub const EVENT_FORK: u32 = 2;
 pub const EVENT_EXIT: u32 = 3;
+/// First bytes of a connection or a DNS answer, for naming destinations.
+pub const EVENT_PAYLOAD: u32 = 4;
 
 /// `ExecEvent::flags` bits.
 pub const EXEC_ARGV_TRUNCATED: u32 = 1;
@@ -177,6 +179,84 @@ pub struct FlowCounters {
     pub next_seq_out: u32,
     /// Non-zero once `next_seq_out` holds a value.
     pub seq_out_valid: u32,
+    /// Whether the start of the outbound stream is being captured (`HEAD_*`).
+    pub head: u32,
+    pub _pad: u32,
+}
+
+/// Bytes of payload one `PayloadEvent` carries: a ClientHello with a
+/// post-quantum key share is ~1.9 KB, a DNS answer over UDP at most 1232 with
+/// the usual EDNS size. A power of two, so the eBPF side can mask lengths.
+pub const PAYLOAD_LEN: usize = 2048;
+/// Outbound stream bytes captured per connection at most (a ClientHello split
+/// across writes or segments is reassembled from these).
+pub const HEAD_STREAM_LIMIT: u64 = 4096;
+/// Outbound datagrams captured per UDP flow at most (QUIC Initials).
+pub const HEAD_DATAGRAM_LIMIT: u64 = 3;
+
+/// `FlowCounters::head`: nothing decided yet, capturing, or done.
+pub const HEAD_UNDECIDED: u32 = 0;
+pub const HEAD_CAPTURING: u32 = 1;
+pub const HEAD_DONE: u32 = 2;
+
+/// `PayloadEvent::kind`.
+/// The start of an outbound TCP stream that looks like TLS or HTTP.
+pub const PAYLOAD_STREAM_HEAD: u32 = 1;
+/// The first outbound datagrams of a UDP flow that look like QUIC.
+pub const PAYLOAD_DATAGRAM_HEAD: u32 = 2;
+/// An inbound DNS answer (UDP or TCP from port 53).
+pub const PAYLOAD_DNS: u32 = 3;
+
+/// Payload bytes the kernel copied for userspace to parse (TLS SNI, HTTP Host,
+/// QUIC, DNS). Parsing happens in userspace only: the kernel copies bounded
+/// bytes and never interprets them beyond a few magic bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PayloadEvent {
+    pub header: EventHeader,
+    pub key: FlowKey,
+    /// `PAYLOAD_*`.
+    pub kind: u32,
+    /// Bytes used in `data`.
+    pub len: u32,
+    /// Stream offset of `data[0]` (outbound TCP), datagram index (outbound
+    /// UDP), TCP sequence number (inbound DNS over TCP), 0 otherwise.
+    pub offset: u64,
+    /// Payload length of the segment, write or datagram `data` came from.
+    pub orig_len: u32,
+    pub _pad: u32,
+    pub data: [u8; PAYLOAD_LEN],
+}
+
+/// Whether bytes at the start of a stream look like a TLS handshake record
+/// (content type 22, major version 3) or an HTTP/1 request line.
+#[inline(always)]
+pub fn looks_like_stream_head(b: [u8; 4]) -> bool {
+    (b[0] == 0x16 && b[1] == 0x03)
+        || matches!(&b, b"GET " | b"PUT " | b"POST" | b"HEAD" | b"PATC" | b"DELE" | b"OPTI" | b"CONN")
+}
+
+/// Whether a datagram starts like a QUIC long-header packet of a known
+/// version (v1, v2, or a draft): header form and fixed bits set.
+#[inline(always)]
+pub fn looks_like_quic(b: [u8; 5]) -> bool {
+    let version = u32::from_be_bytes([b[1], b[2], b[3], b[4]]);
+    b[0] & 0xc0 == 0xc0 && (version == 1 || version == 0x6b33_43cf || version >> 8 == 0xff_0000)
+}
+
+/// Capture decision for one outbound write or segment: given the flow's head
+/// state, the stream offset (or datagram index) of its first new byte and
+/// whether its first bytes look interesting, return the new state and whether
+/// to copy it. Only the first write can start a capture; it then continues up
+/// to `limit`.
+#[inline(always)]
+pub fn head_step(state: u32, offset: u64, interesting: bool, limit: u64) -> (u32, bool) {
+    match state {
+        HEAD_UNDECIDED if offset == 0 && interesting => (HEAD_CAPTURING, true),
+        HEAD_UNDECIDED => (HEAD_DONE, false),
+        HEAD_CAPTURING if offset < limit => (HEAD_CAPTURING, true),
+        _ => (HEAD_DONE, false),
+    }
 }
 
 /// TCP sequence accounting for one direction of one flow: given the next
@@ -226,7 +306,8 @@ pub mod counter {
     pub const SKB_NO_SOCKET: u32 = 7;
     pub const EXEC_NO_ARGV: u32 = 8;
     pub const SEND_READ_FAIL: u32 = 9;
-    pub const LEN: u32 = 10;
+    pub const RINGBUF_DROP_PAYLOAD: u32 = 10;
+    pub const LEN: u32 = 11;
     /// Names in index order, for metrics and diagnostics.
     pub const NAMES: [&str; LEN as usize] = [
         "ringbuf_drop_exec",
@@ -239,6 +320,7 @@ pub mod counter {
         "skb_no_socket",
         "exec_no_argv",
         "send_read_fail",
+        "ringbuf_drop_payload",
     ];
 }
 
@@ -265,6 +347,16 @@ pub mod globals {
     pub const SS_OLDSTATE_OFF: &str = "SS_OLDSTATE_OFF";
     pub const SS_NEWSTATE_OFF: &str = "SS_NEWSTATE_OFF";
     pub const SS_PROTOCOL_OFF: &str = "SS_PROTOCOL_OFF";
+    /// `struct msghdr.msg_iter` and the `struct iov_iter` fields read to copy
+    /// the first bytes of a send, and the `iter_type` values (their order
+    /// changed in 6.5).
+    pub const MSG_ITER: &str = "MSG_ITER";
+    pub const ITER_TYPE_OFF: &str = "ITER_TYPE_OFF";
+    pub const ITER_OFFSET_OFF: &str = "ITER_OFFSET_OFF";
+    pub const ITER_COUNT_OFF: &str = "ITER_COUNT_OFF";
+    pub const ITER_PTR_OFF: &str = "ITER_PTR_OFF";
+    pub const ITER_UBUF: &str = "ITER_UBUF";
+    pub const ITER_IOVEC: &str = "ITER_IOVEC";
 }
 
 /// Map names, shared so a rename on one side is a compile error on the other.
@@ -322,6 +414,24 @@ mod tests {
     }
 
     #[test]
+    fn head_capture_starts_only_at_offset_zero_and_stops_at_the_limit() {
+        use super::*;
+        assert_eq!(head_step(HEAD_UNDECIDED, 0, true, 4096), (HEAD_CAPTURING, true));
+        assert_eq!(head_step(HEAD_UNDECIDED, 0, false, 4096), (HEAD_DONE, false));
+        // A connection first seen mid-stream (older than the sensor) is never captured.
+        assert_eq!(head_step(HEAD_UNDECIDED, 900, true, 4096), (HEAD_DONE, false));
+        assert_eq!(head_step(HEAD_CAPTURING, 1448, false, 4096), (HEAD_CAPTURING, true));
+        assert_eq!(head_step(HEAD_CAPTURING, 4096, true, 4096), (HEAD_DONE, false));
+        assert_eq!(head_step(HEAD_DONE, 0, true, 4096), (HEAD_DONE, false));
+        assert!(looks_like_stream_head([0x16, 0x03, 0x01, 0x02]));
+        assert!(looks_like_stream_head(*b"PUT "));
+        assert!(!looks_like_stream_head(*b"SSH-"));
+        assert!(looks_like_quic([0xc3, 0, 0, 0, 1]));
+        assert!(!looks_like_quic([0x43, 0, 0, 0, 1]));
+        assert!(!looks_like_quic([0xc3, 0, 0, 0, 7]));
+    }
+
+    #[test]
     fn a_gso_super_segment_counts_whole() {
         assert_eq!(tcp_advance(Some(1), 1, false, false, 65_000), (65_001, 65_000));
     }
@@ -337,4 +447,5 @@ mod pod {
     unsafe impl aya::Pod for FlowCounters {}
     unsafe impl aya::Pod for ListenKey {}
     unsafe impl aya::Pod for ListenValue {}
+    unsafe impl aya::Pod for PayloadEvent {}
 }

@@ -15,6 +15,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod heads;
 mod process;
 mod sendpath;
 mod sockets;

@@ -14,14 +14,17 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf},
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::LruHashMap,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use sensor_common::{counter, FlowKey};
 
-use crate::{add_volume, count, flow_counters, global};
+use crate::{
+    add_volume, count, flow_counters, global,
+    heads::{self, Source},
+};
 
 #[unsafe(no_mangle)]
 static SKC_DADDR: u32 = 0;
@@ -39,11 +42,26 @@ static SKC_V6_DADDR: u32 = 56;
 static SKC_V6_RCV_SADDR: u32 = 72;
 #[unsafe(no_mangle)]
 static MSG_NAME: u32 = 0;
+/// `msghdr.msg_iter` and `iov_iter` fields; the loader sets ITER_UBUF/IOVEC to
+/// this kernel's enum values (255: absent, nothing is copied).
+#[unsafe(no_mangle)]
+static MSG_ITER: u32 = 16;
+#[unsafe(no_mangle)]
+static ITER_TYPE_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static ITER_OFFSET_OFF: u32 = 8;
+#[unsafe(no_mangle)]
+static ITER_COUNT_OFF: u32 = 16;
+#[unsafe(no_mangle)]
+static ITER_PTR_OFF: u32 = 24;
+#[unsafe(no_mangle)]
+static ITER_UBUF: u32 = 255;
+#[unsafe(no_mangle)]
+static ITER_IOVEC: u32 = 255;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+use heads::{IPPROTO_TCP, IPPROTO_UDP};
 
 /// Arguments saved at kprobe entry for the kretprobe, per thread.
 #[derive(Clone, Copy)]
@@ -135,6 +153,52 @@ fn account(sk: *const c_void, msg: *const c_void, protocol: u8, bytes: i64, egre
     add_volume(c, bytes as u64, bytes as u64, egress);
 }
 
+/// The user buffer a sendmsg is about to copy from: (address, bytes) of its
+/// first segment (`ITER_UBUF` for write/send, the first iovec for sendmsg).
+/// Kernel-internal iterators (kvec, bvec: kTLS, sendfile) are not copied.
+#[inline(always)]
+fn first_user_segment(msg: *const u8) -> Option<(u64, u64)> {
+    let iter = msg.wrapping_add(global(&MSG_ITER) as usize);
+    let kind: u8 = read(iter, global(&ITER_TYPE_OFF))?;
+    let skip: u64 = read(iter, global(&ITER_OFFSET_OFF))?;
+    let count: u64 = read(iter, global(&ITER_COUNT_OFF))?;
+    let ptr: u64 = read(iter, global(&ITER_PTR_OFF))?;
+    if kind as u32 == global(&ITER_UBUF) {
+        return Some((ptr + skip, count));
+    }
+    if kind as u32 == global(&ITER_IOVEC) {
+        // struct iovec { void *iov_base; size_t iov_len; }: a userspace ABI.
+        let base: u64 = read(ptr as *const u8, 0)?;
+        let len: u64 = read(ptr as *const u8, 8)?;
+        return Some((base + skip, len.saturating_sub(skip).min(count)));
+    }
+    None
+}
+
+/// At the entry of tcp_sendmsg / udp(v6)_sendmsg: copy the first bytes of a
+/// new connection (TLS, HTTP) or its first QUIC datagrams for naming.
+#[inline(always)]
+fn capture_send(sk: *const c_void, msg: *const c_void, protocol: u8) {
+    if sk.is_null() || msg.is_null() {
+        return;
+    }
+    let udp_msg = if protocol == heads::IPPROTO_UDP { msg as *const u8 } else { core::ptr::null() };
+    let Some(key) = key_of(sk as *const u8, udp_msg, protocol) else { return };
+    let Some((c, _)) = flow_counters(&key) else { return };
+    if !heads::capturing(c) {
+        return;
+    }
+    let Some((addr, avail)) = first_user_segment(msg as *const u8) else { return };
+    let mut first = [0u8; 5];
+    if heads::undecided(c) && avail >= 5 {
+        let _ = unsafe { bpf_probe_read_user_buf(addr as *const u8, &mut first) };
+    }
+    let before = unsafe { ((*c).bytes_out, (*c).packets_out) };
+    if let Some((kind, offset)) = heads::decide(c, protocol, first, before) {
+        heads::emit(kind, &key, key.pid, offset, Source::User(addr), avail);
+    }
+}
+
 /// The int a probed function returned (upper half of the register is noise).
 #[inline(always)]
 fn ret_int(r: u64) -> i64 {
@@ -171,6 +235,24 @@ pub fn fexit_udpv6_sendmsg(ctx: FExitContext) -> u32 {
     0
 }
 
+#[fentry(function = "tcp_sendmsg")]
+pub fn fentry_tcp_sendmsg(ctx: FEntryContext) -> u32 {
+    capture_send(ctx.arg(0), ctx.arg(1), IPPROTO_TCP);
+    0
+}
+
+#[fentry(function = "udp_sendmsg")]
+pub fn fentry_udp_sendmsg(ctx: FEntryContext) -> u32 {
+    capture_send(ctx.arg(0), ctx.arg(1), IPPROTO_UDP);
+    0
+}
+
+#[fentry(function = "udpv6_sendmsg")]
+pub fn fentry_udpv6_sendmsg(ctx: FEntryContext) -> u32 {
+    capture_send(ctx.arg(0), ctx.arg(1), IPPROTO_UDP);
+    0
+}
+
 /// Bytes the application consumed from a TCP socket (`copied` > 0).
 #[fentry(function = "tcp_cleanup_rbuf")]
 pub fn fentry_tcp_cleanup_rbuf(ctx: FEntryContext) -> u32 {
@@ -181,12 +263,34 @@ pub fn fentry_tcp_cleanup_rbuf(ctx: FEntryContext) -> u32 {
 
 // ---- kprobe backend: entry stashes arguments, return accounts ----
 
-/// Attached to every send function: (sk, msg-or-page) by thread.
+/// Attached to tcp_sendpage: (sk, page) by thread.
 #[kprobe]
 pub fn kp_send_entry(ctx: ProbeContext) -> u32 {
+    stash(&ctx);
+    0
+}
+
+#[inline(always)]
+fn stash(ctx: &ProbeContext) -> (u64, u64) {
     let sk: u64 = ctx.arg(0).unwrap_or(0);
     let msg: u64 = ctx.arg(1).unwrap_or(0);
     let _ = STASH.insert(&bpf_get_current_pid_tgid(), &Stash { sk, msg }, 0);
+    (sk, msg)
+}
+
+/// tcp_sendmsg entry: stash, and copy a new connection's first bytes.
+#[kprobe]
+pub fn kp_tcp_sendmsg_entry(ctx: ProbeContext) -> u32 {
+    let (sk, msg) = stash(&ctx);
+    capture_send(sk as *const c_void, msg as *const c_void, IPPROTO_TCP);
+    0
+}
+
+/// udp_sendmsg / udpv6_sendmsg entry: stash, and copy QUIC Initials.
+#[kprobe]
+pub fn kp_udp_sendmsg_entry(ctx: ProbeContext) -> u32 {
+    let (sk, msg) = stash(&ctx);
+    capture_send(sk as *const c_void, msg as *const c_void, IPPROTO_UDP);
     0
 }
 

@@ -12,14 +12,17 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use sensor_common::{
-    counter, FlowCounters, FlowKey, ListenKey, SockInfo, DIR_INGRESS, ORIGIN_LISTENER,
+    counter, FlowCounters, FlowKey, ListenKey, SockInfo, DIR_INGRESS, ORIGIN_LISTENER, PAYLOAD_DNS,
     tcp_advance,
 };
 
-use crate::{add_volume, count, flow_counters, LISTENERS, SOCKS};
+use crate::{
+    add_volume, count, flow_counters,
+    heads::{self, Source, IPPROTO_TCP, IPPROTO_UDP},
+    LISTENERS, SOCKS,
+};
 
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+const DNS_PORT: u16 = 53;
 
 #[cgroup_skb(egress)]
 pub fn skb_egress(ctx: SkBuffContext) -> i32 {
@@ -33,11 +36,24 @@ pub fn skb_ingress(ctx: SkBuffContext) -> i32 {
     1
 }
 
+/// DNS answers only, for the send-path backends (which count bytes elsewhere
+/// but learn names the same way).
+#[cgroup_skb(ingress)]
+pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
+    if let Some(p) = parse(&ctx, cookie, false) {
+        capture_dns(&ctx, &p);
+    }
+    1
+}
+
 /// What the header parse learned besides the key.
 struct Parsed {
     key: FlowKey,
     /// Transport payload bytes in this skb (GSO: the whole super-packet).
     payload: u32,
+    /// Offset of the transport payload in the skb.
+    payload_off: u32,
     /// TCP only: sequence number of the first byte and SYN/FIN flags.
     tcp: Option<(u32, bool, bool)>,
 }
@@ -55,19 +71,56 @@ fn account(ctx: &SkBuffContext, egress: bool) {
     };
     let wire = ctx.len() as u64;
     let Some((c, created)) = flow_counters(&p.key) else { return };
-    add(c, &p, wire, egress);
+    let before = unsafe { ((*c).bytes_out, (*c).packets_out) };
+    let counted = add(c, &p, wire, egress);
+    if egress {
+        capture_head(ctx, c, &p, counted, before);
+    } else {
+        capture_dns(ctx, &p);
+    }
     if created {
         adopt_accepted(cookie, &p.key);
     }
 }
 
+/// Add one packet to the flow's counters; returns the payload bytes counted.
 #[inline(always)]
-fn add(c: *mut FlowCounters, p: &Parsed, wire: u64, egress: bool) {
+fn add(c: *mut FlowCounters, p: &Parsed, wire: u64, egress: bool) -> u32 {
     let payload = match p.tcp {
         Some((seq, syn, fin)) if egress => unsafe { new_tcp_out_bytes(c, seq, syn, fin, p.payload) },
         _ => p.payload,
-    } as u64;
-    add_volume(c, payload, wire, egress);
+    };
+    add_volume(c, payload as u64, wire, egress);
+    payload
+}
+
+/// Copy the start of an outbound TCP stream (new bytes only: a retransmission
+/// counts nothing and is not copied twice) or the first QUIC datagrams.
+/// `before` is the flow's (bytes_out, packets_out) before this packet.
+#[inline(always)]
+fn capture_head(ctx: &SkBuffContext, c: *mut FlowCounters, p: &Parsed, counted: u32, before: (u64, u64)) {
+    if counted == 0 || !heads::capturing(c) {
+        return;
+    }
+    // New bytes are the segment's tail (a partial retransmission's head is old).
+    let start = p.payload_off + (p.payload - counted);
+    let first: [u8; 5] = if heads::undecided(c) { ctx.load(start as usize).unwrap_or([0; 5]) } else { [0; 5] };
+    if let Some((kind, offset)) = heads::decide(c, p.key.protocol, first, before) {
+        heads::emit(kind, &p.key, 0, offset, Source::Skb(ctx, start), counted as u64);
+    }
+}
+
+/// Copy a DNS answer (UDP or TCP from port 53) for the agent's name cache.
+#[inline(always)]
+fn capture_dns(ctx: &SkBuffContext, p: &Parsed) {
+    if p.key.remote_port != DNS_PORT || p.payload == 0 {
+        return;
+    }
+    let offset = match p.tcp {
+        Some((seq, _, _)) => seq as u64,
+        None => 0,
+    };
+    heads::emit(PAYLOAD_DNS, &p.key, 0, offset, Source::Skb(ctx, p.payload_off), p.payload as u64);
 }
 
 /// New outbound TCP payload in this segment (see `sensor_common::tcp_advance`).
@@ -157,6 +210,7 @@ fn parse(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<Parsed> {
     let len = ctx.len();
     let mut payload = len.saturating_sub(l4_off as u32);
     let mut tcp = None;
+    let mut payload_off = l4_off as u32;
     if has_l4 && key.protocol == IPPROTO_TCP {
         let h: [u8; 14] = ctx.load(l4_off).ok()?;
         sport = u16::from_be_bytes([h[0], h[1]]);
@@ -165,12 +219,14 @@ fn parse(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<Parsed> {
         let doff = ((h[12] >> 4) as u32) * 4;
         let flags = h[13];
         payload = payload.saturating_sub(doff);
+        payload_off += doff;
         tcp = Some((seq, flags & 0x02 != 0, flags & 0x01 != 0));
     } else if has_l4 && key.protocol == IPPROTO_UDP {
         let h: [u8; 4] = ctx.load(l4_off).ok()?;
         sport = u16::from_be_bytes([h[0], h[1]]);
         dport = u16::from_be_bytes([h[2], h[3]]);
         payload = payload.saturating_sub(8);
+        payload_off += 8;
     }
     if egress {
         key.local_addr = src;
@@ -183,5 +239,5 @@ fn parse(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<Parsed> {
         key.local_port = dport;
         key.remote_port = sport;
     }
-    Some(Parsed { key, payload, tcp })
+    Some(Parsed { key, payload, payload_off, tcp })
 }

@@ -3,6 +3,7 @@
 use std::{
     collections::{HashMap, HashSet},
     io::Write,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -27,7 +28,10 @@ use crate::{
     kernel::loader::Sensor,
     output::{self, Sink},
     process_table::{boottime_ns, ProcSource, ProcessTable, Procfs},
-    record, sockets, state,
+    naming::Namer,
+    record,
+    services::Catalog,
+    sockets, state,
 };
 
 /// Exec records kept per tick for the detector; beyond this an exec storm's
@@ -61,6 +65,7 @@ pub struct Agent<W: Write> {
     sink: Sink<W>,
     ctx: output::Context,
     detector: Detector,
+    namer: Namer,
     recorder: Option<record::Writer<std::io::BufWriter<std::fs::File>>>,
     pending_execs: Vec<ProcInfo>,
     last_save: Instant,
@@ -69,6 +74,7 @@ pub struct Agent<W: Write> {
     cgroup_walked_tick: u64,
     last_tick: Instant,
     last_counters: Vec<u64>,
+    last_naming: crate::naming::Stats,
     pub stats: Stats,
 }
 
@@ -85,7 +91,13 @@ pub struct Stats {
 }
 
 impl<W: Write> Agent<W> {
-    pub fn new(config: Config, mut sensor: Sensor, out: W, record_to: Option<&std::path::Path>) -> Result<Self> {
+    pub fn new(
+        config: Config,
+        catalog: Arc<Catalog>,
+        mut sensor: Sensor,
+        out: W,
+        record_to: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let take = |sensor: &mut Sensor, name: &str| {
             sensor.ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
         };
@@ -106,7 +118,8 @@ impl<W: Write> Agent<W> {
             }
             None => None,
         };
-        let mut detector = Detector::new(config.detect.clone());
+        let mut detector = Detector::new(config.detect.clone()).with_catalog(catalog.clone());
+        let namer = Namer::new(catalog, config.destinations.dns_cache_max);
         restore_state(&config, &mut detector);
         let mut agent = Self {
             config,
@@ -123,6 +136,7 @@ impl<W: Write> Agent<W> {
             sink: Sink::new(out, format),
             ctx,
             detector,
+            namer,
             recorder,
             pending_execs: Vec::new(),
             last_save: Instant::now(),
@@ -130,6 +144,7 @@ impl<W: Write> Agent<W> {
             cgroup_walked_tick: u64::MAX,
             last_tick: Instant::now(),
             last_counters: vec![0; counter::LEN as usize],
+            last_naming: Default::default(),
             stats: Stats::default(),
         };
         match agent.seed_sockets() {
@@ -143,6 +158,10 @@ impl<W: Write> Agent<W> {
     fn on_event(&mut self, bytes: &[u8]) {
         self.stats.events += 1;
         match events::decode(bytes) {
+            Ok(KernelEvent::Payload(p)) => {
+                let now = output::unix_secs(SystemTime::now());
+                self.namer.on_payload(p.kind, &p.key, p.offset, &p.data, now);
+            }
             Ok(ev) => {
                 self.procs.apply(&ev, &self.procfs);
                 if let KernelEvent::Exec(e) = &ev {
@@ -348,6 +367,9 @@ impl<W: Write> Agent<W> {
             owners.extend(self.resolve(&unknown));
         }
         let procs = &self.procs;
+        let namer = &mut self.namer;
+        let unix_now = output::unix_secs(at);
+        namer.expire(unix_now);
         let records = flows::aggregate(&deltas, |k| {
             if k.pid != 0 {
                 let p = procs.get(k.pid);
@@ -372,7 +394,7 @@ impl<W: Write> Agent<W> {
                 direction: DIR_UNKNOWN,
                 attribution: Attribution::Unknown,
             })
-        });
+        }, |k, ip| namer.destination(k, ip, unix_now));
 
         if self.config.agent.emit.flows() {
             for r in &records {
@@ -441,7 +463,7 @@ impl<W: Write> Agent<W> {
                     transport: flows::transport(r.protocol).to_string(),
                     direction: flows::direction(r.owner.direction).to_string(),
                     scope: r.scope().as_str().to_string(),
-                    domain: None,
+                    domain: r.destination.domain.clone(),
                     cgroup,
                     bytes_out: r.volume.bytes_out,
                     bytes_in: r.volume.bytes_in,
@@ -550,6 +572,10 @@ impl<W: Write> Agent<W> {
         if !moved.is_empty() {
             eprintln!("sluice: kernel counters: {}", moved.join(" "));
         }
+        if self.namer.stats != self.last_naming {
+            self.last_naming = self.namer.stats.clone();
+            eprintln!("sluice: naming: {}", naming_summary(&self.namer));
+        }
     }
 
     fn save_state(&mut self) {
@@ -655,6 +681,16 @@ fn restore_state(config: &Config, detector: &mut Detector) {
         ),
         Err(e) => eprintln!("sluice: {e}; learning from scratch"),
     }
+}
+
+/// What naming saw so far, for stderr: parsed, unnamed and dropped inputs.
+fn naming_summary(n: &Namer) -> String {
+    let s = &n.stats;
+    let (heads, sockets, addresses) = n.tracked();
+    format!(
+        "tls_sni={} tls_no_sni={} tls_malformed={} http_requests={} http_malformed={} quic_initials={} dns_answers={} dns_malformed={} heads_abandoned={} (tracking {heads} stream starts, {sockets} named sockets, {addresses} DNS addresses)",
+        s.tls_sni, s.tls_no_sni, s.tls_malformed, s.http_requests, s.http_malformed, s.quic_initials, s.dns_answers, s.dns_malformed, s.heads_abandoned
+    )
 }
 
 fn owner_from(info: &SockInfo) -> Owner {

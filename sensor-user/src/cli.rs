@@ -48,8 +48,10 @@ pub enum Command {
 pub enum ConfigAction {
     /// Print the embedded default configuration.
     Print,
-    /// Validate a configuration file and exit.
+    /// Validate a configuration file (and the catalog it names) and exit.
     Check { file: PathBuf },
+    /// Print the built-in destination catalog (domain suffixes -> services).
+    Catalog,
 }
 
 #[derive(Debug, clap::Args)]

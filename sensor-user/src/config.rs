@@ -60,6 +60,24 @@ pub struct Config {
     pub flows: Flows,
     pub detect: Detect,
     pub state: StateConfig,
+    pub destinations: Destinations,
+}
+
+impl Destinations {
+    /// The built-in catalog plus the configured file, if any.
+    pub fn load_catalog(&self) -> Result<crate::services::Catalog, crate::services::CatalogError> {
+        let path = (!self.catalog.is_empty()).then(|| Path::new(&self.catalog));
+        crate::services::Catalog::load(path)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destinations {
+    /// Extra catalog file ("" = the built-in catalog only).
+    pub catalog: String,
+    /// Addresses remembered from DNS answers at most.
+    pub dns_cache_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -283,6 +301,9 @@ impl Config {
         }
         if self.flows.retire_after > Duration::from_secs(3600) {
             return Err(format!("flows.retire_after = {:?}: allowed up to 1h", self.flows.retire_after));
+        }
+        if !(16..=10_000_000).contains(&self.destinations.dns_cache_max) {
+            return Err(format!("destinations.dns_cache_max = {}: allowed 16 to 10000000", self.destinations.dns_cache_max));
         }
         Ok(())
     }

@@ -3,8 +3,8 @@
 //! and unaligned-safe, so a short or foreign record is an error, never UB.
 
 use sensor_common::{
-    EventHeader, ExecEvent, ExitEvent, ForkEvent, EVENT_EXEC, EVENT_EXIT, EVENT_FORK,
-    EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED, EXEC_PATH_TRUNCATED,
+    EventHeader, ExecEvent, ExitEvent, FlowKey, ForkEvent, PayloadEvent, EVENT_EXEC, EVENT_EXIT, EVENT_FORK,
+    EVENT_PAYLOAD, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED, EXEC_PATH_TRUNCATED,
 };
 use thiserror::Error;
 
@@ -13,6 +13,16 @@ pub enum KernelEvent {
     Exec(Exec),
     Fork(Fork),
     Exit { pid: u32, ktime_ns: u64 },
+    Payload(Payload),
+}
+
+/// Bytes the kernel copied for naming (see `sensor_common::PayloadEvent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    pub kind: u32,
+    pub key: FlowKey,
+    pub offset: u64,
+    pub data: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +117,11 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         EVENT_EXIT => {
             let _: ExitEvent = read(bytes, "exit event")?;
             Ok(KernelEvent::Exit { pid: header.pid, ktime_ns: header.ktime_ns })
+        }
+        EVENT_PAYLOAD => {
+            let p: PayloadEvent = read(bytes, "payload event")?;
+            let len = (p.len as usize).min(p.data.len());
+            Ok(KernelEvent::Payload(Payload { kind: p.kind, key: p.key, offset: p.offset, data: p.data[..len].to_vec() }))
         }
         k => Err(DecodeError::UnknownKind(k)),
     }

@@ -9,6 +9,8 @@ use std::{
 
 use sensor_common::{FlowCounters, FlowKey, DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN};
 
+use crate::naming::Destination;
+
 /// Bytes and packets: what moved on a flow in some window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Volume {
@@ -257,6 +259,8 @@ pub struct FlowRecord {
     pub volume: Volume,
     /// Kernel flows (sockets) rolled into this record.
     pub sockets: u32,
+    /// The destination's name and service, the best any of its sockets had.
+    pub destination: Destination,
 }
 
 impl FlowRecord {
@@ -266,7 +270,11 @@ impl FlowRecord {
 }
 
 /// Roll deltas up per (owner pid, remote ip, remote port, protocol).
-pub fn aggregate(deltas: &[Delta], owner_of: impl Fn(&FlowKey) -> Owner) -> Vec<FlowRecord> {
+pub fn aggregate(
+    deltas: &[Delta],
+    owner_of: impl Fn(&FlowKey) -> Owner,
+    mut name_of: impl FnMut(&FlowKey, IpAddr) -> Destination,
+) -> Vec<FlowRecord> {
     let mut by: HashMap<(u32, IpAddr, u16, u8), FlowRecord> = HashMap::new();
     for d in deltas {
         let owner = owner_of(&d.key);
@@ -281,7 +289,9 @@ pub fn aggregate(deltas: &[Delta], owner_of: impl Fn(&FlowKey) -> Owner) -> Vec<
             protocol: d.key.protocol,
             volume: Volume::default(),
             sockets: 0,
+            destination: Destination::default(),
         });
+        r.destination.merge(name_of(&d.key, remote_ip));
         // A listening socket (direction unknown: it only saw the SYN) and the
         // socket it accepted merge here; the one that knows the direction wins,
         // whatever order the map was read in.
@@ -338,6 +348,7 @@ mod tests {
             packets_in: 1,
             next_seq_out: 99,
             seq_out_valid: 1,
+            ..Default::default()
         }
     }
 
@@ -395,7 +406,7 @@ mod tests {
             Delta { key: key(11, [10, 0, 0, 2], 443), volume: v(7, 0) },
             Delta { key: key(1, [10, 0, 0, 3], 443), volume: v(1, 0) },
         ];
-        let r = aggregate(&ds, owner);
+        let r = aggregate(&ds, owner, |_, _| Destination::default());
         assert_eq!(r.len(), 3);
         assert_eq!((r[0].owner.pid, r[0].volume.bytes_out, r[0].sockets), (100, 150, 2));
         assert_eq!(r[0].remote_ip, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
@@ -413,7 +424,7 @@ mod tests {
         let syn = Delta { key: key(1, [127, 0, 0, 1], 5555), volume: v(0, 60) };
         let data = Delta { key: key(2, [127, 0, 0, 1], 5555), volume: v(10, 5000) };
         for ds in [[syn, data], [data, syn]] {
-            let r = aggregate(&ds, owner);
+            let r = aggregate(&ds, owner, |_, _| Destination::default());
             assert_eq!(r.len(), 1);
             assert_eq!((r[0].owner.direction, r[0].volume.bytes_in), (DIR_INGRESS, 5060));
             assert_eq!(r[0].owner.attribution, Attribution::Listener);

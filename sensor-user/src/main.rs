@@ -1,4 +1,4 @@
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -32,8 +32,15 @@ fn main() -> ExitCode {
             print!("{DEFAULT_TOML}");
             Ok(())
         }
-        Command::Config { action: ConfigAction::Check { file } } => {
-            Config::load(Some(&file)).map(|_| println!("{}: ok", file.display())).map_err(Into::into)
+        Command::Config { action: ConfigAction::Check { file } } => (|| -> Result<()> {
+            let c = Config::load(Some(&file))?;
+            let catalog = c.destinations.load_catalog()?;
+            println!("{}: ok ({} services in the destination catalog)", file.display(), catalog.len());
+            Ok(())
+        })(),
+        Command::Config { action: ConfigAction::Catalog } => {
+            print!("{}", sluice::services::BUILTIN);
+            Ok(())
         }
     };
     match result {
@@ -53,7 +60,8 @@ fn replay(file: &std::path::Path, config: Option<&std::path::Path>, format: Opti
     let f = std::fs::File::open(file).with_context(|| format!("opening record file {}", file.display()))?;
     let (header, ticks) = record::read(std::io::BufReader::new(f)).with_context(|| format!("reading {}", file.display()))?;
     let ctx = output::Context { host_name: header.host, backend: "replay" };
-    let mut detector = Detector::new(config.detect);
+    let catalog = Arc::new(config.destinations.load_catalog()?);
+    let mut detector = Detector::new(config.detect).with_catalog(catalog);
     let mut sink = output::Sink::new(std::io::BufWriter::new(std::io::stdout().lock()), format.unwrap_or(config.agent.format));
     let mut n = 0u64;
     for t in &ticks {
@@ -84,6 +92,7 @@ fn run(args: RunArgs, record_to: Option<std::path::PathBuf>) -> Result<()> {
     if let Some(s) = args.state {
         config.state.path = s;
     }
+    let catalog = Arc::new(config.destinations.load_catalog()?);
     // One clear sentence instead of the same reason repeated per backend.
     privileges::check().map_err(anyhow::Error::msg)?;
     let chosen = match Backend::from_probe(config.agent.probe) {
@@ -98,7 +107,7 @@ fn run(args: RunArgs, record_to: Option<std::path::PathBuf>) -> Result<()> {
     };
     let sensor = loader::attach(&config, chosen).with_context(|| format!("starting the {chosen} backend (`sluice check` shows what this kernel allows)"))?;
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    let agent = Agent::new(config, sensor, stdout, record_to.as_deref())?;
+    let agent = Agent::new(config, catalog, sensor, stdout, record_to.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(agent.run())?;
     Ok(())

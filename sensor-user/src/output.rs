@@ -4,6 +4,7 @@
 
 use std::{
     io::Write,
+    net::IpAddr,
     time::{Duration, SystemTime},
 };
 
@@ -13,7 +14,9 @@ use crate::{
     config::Format,
     detect::{Alert, ProcInfo},
     flows::{self, FlowRecord},
+    naming::{Destination, NameSource},
     process_table::{boot_to_wall, Process},
+    services::Service,
     text::escape_control,
 };
 
@@ -63,7 +66,7 @@ pub fn process_json(pid: u32, p: Option<&Process>) -> Value {
 /// One `flow-summary` event for `--emit flows`.
 pub fn flow_json(ctx: &Context, at: SystemTime, window: Duration, r: &FlowRecord, p: Option<&Process>) -> Value {
     let net_type = if r.remote_ip.is_ipv4() { "ipv4" } else { "ipv6" };
-    json!({
+    let mut v = json!({
         "@timestamp": timestamp(at),
         "event": {
             "kind": "event",
@@ -76,7 +79,7 @@ pub fn flow_json(ctx: &Context, at: SystemTime, window: Duration, r: &FlowRecord
         "process": process_json(r.owner.pid, p),
         "user": { "id": r.owner.uid.to_string() },
         "source": { "ip": r.local_ip.to_string(), "port": r.local_port },
-        "destination": { "ip": r.remote_ip.to_string(), "port": r.remote_port },
+        "destination": destination_json(r.remote_ip, r.remote_port, r.destination.domain.as_deref()),
         "network": {
             "transport": flows::transport(r.protocol),
             "type": net_type,
@@ -84,6 +87,7 @@ pub fn flow_json(ctx: &Context, at: SystemTime, window: Duration, r: &FlowRecord
             "direction": flows::direction(r.owner.direction),
         },
         "sluice": {
+            "destination": sluice_destination_json(&r.destination),
             "bytes_out": r.volume.bytes_out,
             "bytes_in": r.volume.bytes_in,
             "wire_bytes_out": r.volume.wire_bytes_out,
@@ -97,7 +101,46 @@ pub fn flow_json(ctx: &Context, at: SystemTime, window: Duration, r: &FlowRecord
             "attribution": r.owner.attribution.as_str(),
             "backend": ctx.backend,
         },
-    })
+    });
+    let d = &r.destination;
+    if let Some(p) = d.protocol {
+        v["network"]["protocol"] = json!(p.as_str());
+    }
+    if let (Some(name), Some(NameSource::TlsSni)) = (&d.domain, d.source) {
+        v["tls"] = json!({ "client": { "server_name": name } });
+    }
+    if let Some(path) = &d.http_path {
+        v["url"] = json!({ "path": path });
+    }
+    v
+}
+
+/// ECS `destination`: address, and the name when one is known.
+fn destination_json(ip: IpAddr, port: u16, domain: Option<&str>) -> Value {
+    let mut d = json!({ "ip": ip.to_string(), "port": port });
+    if let Some(n) = domain {
+        d["domain"] = json!(n);
+    }
+    d
+}
+
+/// `sluice.destination`: where the name came from and the catalog's service.
+fn sluice_destination_json(d: &Destination) -> Value {
+    let mut v = service_json(d.service.as_deref());
+    if let Some(src) = d.source {
+        v["name_source"] = json!(src.as_str());
+    }
+    if d.tls_no_sni {
+        v["tls_no_sni"] = json!(true);
+    }
+    v
+}
+
+fn service_json(s: Option<&Service>) -> Value {
+    match s {
+        Some(s) => json!({ "service": s.name, "service_id": s.id, "category": s.category }),
+        None => json!({}),
+    }
 }
 
 /// ECS `process` object from the detector's view of a process.
@@ -125,11 +168,9 @@ pub fn unix_secs(t: SystemTime) -> f64 {
 
 /// One alert line.
 pub fn alert_json(ctx: &Context, a: &Alert) -> Value {
-    let mut destination = json!({ "ip": a.remote_ip.to_string(), "port": a.remote_port });
-    if let Some(d) = &a.domain {
-        destination["domain"] = json!(d);
-    }
+    let destination = destination_json(a.remote_ip, a.remote_port, a.domain.as_deref());
     let mut evidence = json!({
+        "destination": service_json(a.service.as_deref()),
         "bytes_out": a.bytes_out,
         "bytes_in": a.bytes_in,
         "window_s": a.window_s,
@@ -186,7 +227,7 @@ pub fn alert_text(a: &Alert) -> String {
 pub fn flow_text(at: SystemTime, r: &FlowRecord, p: Option<&Process>) -> String {
     let (name, exe) = p.map(|p| (p.name.as_str(), p.executable.as_str())).unwrap_or(("?", "?"));
     escape_control(&format!(
-        "{} flow pid={} name={} exe={} {} {}:{} {} {} out={} in={} scope={}",
+        "{} flow pid={} name={} exe={} {} {}:{}{} {} {} out={} in={} scope={}",
         timestamp(at),
         r.owner.pid,
         name,
@@ -194,6 +235,11 @@ pub fn flow_text(at: SystemTime, r: &FlowRecord, p: Option<&Process>) -> String 
         flows::direction(r.owner.direction),
         r.remote_ip,
         r.remote_port,
+        match (&r.destination.domain, &r.destination.service) {
+            (Some(d), Some(s)) => format!(" ({d}, {})", s.name),
+            (Some(d), None) => format!(" ({d})"),
+            _ => String::new(),
+        },
         flows::transport(r.protocol),
         r.owner.attribution.as_str(),
         r.volume.bytes_out,
@@ -260,6 +306,7 @@ mod tests {
                 packets_in: 50,
             },
             sockets: 1,
+            destination: Destination::default(),
         }
     }
 
@@ -297,6 +344,29 @@ mod tests {
         assert_eq!(back["sluice"]["bytes_out"], 5_000_000);
         assert_eq!(back["sluice"]["peer_scope"], "private");
         assert_eq!(back["@timestamp"], "1970-01-01T00:00:00.000Z");
+        assert!(back.get("tls").is_none() && back["destination"].get("domain").is_none());
+    }
+
+    #[test]
+    fn a_named_flow_carries_domain_service_and_tls_fields() {
+        let ctx = Context { host_name: "h".into(), backend: "cgroup" };
+        let mut r = record();
+        r.destination = Destination {
+            domain: Some("content.dropboxapi.com".into()),
+            source: Some(NameSource::TlsSni),
+            protocol: Some(crate::naming::AppProtocol::Tls),
+            tls_no_sni: false,
+            http_path: None,
+            service: crate::services::Catalog::builtin().lookup("content.dropboxapi.com").cloned(),
+        };
+        let v = flow_json(&ctx, SystemTime::UNIX_EPOCH, Duration::from_secs(5), &r, None);
+        assert_eq!(v["destination"]["domain"], "content.dropboxapi.com");
+        assert_eq!(v["tls"]["client"]["server_name"], "content.dropboxapi.com");
+        assert_eq!(v["network"]["protocol"], "tls");
+        assert_eq!(v["sluice"]["destination"]["service"], "Dropbox");
+        assert_eq!(v["sluice"]["destination"]["category"], "storage");
+        assert_eq!(v["sluice"]["destination"]["name_source"], "tls-sni");
+        assert!(flow_text(SystemTime::UNIX_EPOCH, &r, None).contains("(content.dropboxapi.com, Dropbox)"));
     }
 
     #[test]
@@ -321,6 +391,7 @@ mod tests {
             remote_port: 443,
             transport: "tcp".into(),
             domain: Some("g.api.mega.co.nz".into()),
+            service: crate::services::Catalog::builtin().lookup("g.api.mega.co.nz").cloned(),
             bytes_out: 1 << 30,
             bytes_in: 0,
             window_s: 60.0,
@@ -340,6 +411,8 @@ mod tests {
         assert_eq!(v["threat"]["framework"], "MITRE ATT&CK");
         assert_eq!(v["threat"]["technique"]["id"][0], "T1567.002");
         assert_eq!(v["destination"]["domain"], "g.api.mega.co.nz");
+        assert_eq!(v["sluice"]["destination"]["service"], "MEGA");
+        assert_eq!(v["sluice"]["destination"]["category"], "storage");
         assert_eq!(v["sluice"]["suppressed"], 3);
         assert_eq!(v["event"]["severity"], 73);
         let line = alert_text(&a);

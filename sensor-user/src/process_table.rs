@@ -135,6 +135,7 @@ impl ProcessTable {
                     p.exited_ns = Some(*ktime_ns);
                 }
             }
+            KernelEvent::Payload(_) => {}
         }
     }
 

@@ -75,45 +75,6 @@ pub fn is_download_heavy(executable: &str, args: &[String]) -> bool {
     is_in(DOWNLOAD_HEAVY, executable) && upload_cmdline(executable, args).is_none()
 }
 
-/// Cloud-storage and file-sharing services by domain suffix: the minimum the
-/// detector needs until the shipped, editable service catalog (the
-/// destinations milestone) names every flow. Mega is matched by name only: it
-/// publishes no authoritative IP range. Sources: Mega's own domains (mega.nz,
-/// mega.co.nz, mega.io; API g.api.mega.co.nz, transfer nodes
-/// *.userstorage.mega.co.nz), Sigma's file-sharing domain list, Elastic's
-/// commonly abused web services.
-pub const STORAGE_SERVICES: &[(&str, &str)] = &[
-    ("mega.nz", "Mega"),
-    ("mega.co.nz", "Mega"),
-    ("mega.io", "Mega"),
-    ("dropbox.com", "Dropbox"),
-    ("dropboxapi.com", "Dropbox"),
-    ("drive.google.com", "Google Drive"),
-    ("docs.google.com", "Google Drive"),
-    ("onedrive.live.com", "OneDrive"),
-    ("1drv.ms", "OneDrive"),
-    ("box.com", "Box"),
-    ("pcloud.com", "pCloud"),
-    ("transfer.sh", "transfer.sh"),
-    ("file.io", "file.io"),
-    ("gofile.io", "Gofile"),
-    ("pixeldrain.com", "Pixeldrain"),
-    ("temp.sh", "temp.sh"),
-    ("0x0.st", "0x0.st"),
-    ("anonfiles.com", "AnonFiles"),
-    ("sendspace.com", "SendSpace"),
-    ("wetransfer.com", "WeTransfer"),
-];
-
-/// The storage service a domain belongs to (suffix match on a label boundary).
-pub fn storage_service(domain: &str) -> Option<&'static str> {
-    let d = domain.trim_end_matches('.').to_ascii_lowercase();
-    STORAGE_SERVICES
-        .iter()
-        .find(|(suffix, _)| d == *suffix || d.ends_with(&format!(".{suffix}")))
-        .map(|(_, s)| *s)
-}
-
 pub fn exfil_tool(executable: &str, args: &[String]) -> Option<&'static str> {
     let names = [Some(base(executable)), args.first().map(|a| base(a))];
     for n in names.iter().flatten() {
@@ -200,15 +161,6 @@ mod tests {
         assert_eq!(exfil_tool("/opt/MEGAsync.exe", &[]), Some("MEGAsync"));
         assert_eq!(exfil_tool("/usr/bin/curl", &s(&["mega-put"])), Some("MEGAcmd"));
         assert_eq!(exfil_tool("/usr/bin/curl", &s(&["curl"])), None);
-    }
-
-    #[test]
-    fn storage_services_by_domain_suffix() {
-        assert_eq!(storage_service("g.api.mega.co.nz"), Some("Mega"));
-        assert_eq!(storage_service("gfs270n122.userstorage.mega.co.nz."), Some("Mega"));
-        assert_eq!(storage_service("content.dropboxapi.com"), Some("Dropbox"));
-        assert_eq!(storage_service("notmega.nz"), None, "label boundary");
-        assert_eq!(storage_service("example.com"), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::{
     collections::{HashMap, VecDeque},
     hash::{Hash, Hasher},
     net::IpAddr,
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,10 @@ use self::{
     baseline::{Params, Score, Table},
     window::SlidingSum,
 };
-use crate::config::Detect;
+use crate::{
+    config::Detect,
+    services::{is_upload_category, Catalog, Service},
+};
 
 /// A process as the detector sees it (and as `sluice record` stores it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +216,8 @@ pub struct Alert {
     pub remote_port: u16,
     pub transport: String,
     pub domain: Option<String>,
+    /// The catalog's service for `domain`.
+    pub service: Option<Arc<Service>>,
     pub bytes_out: u64,
     pub bytes_in: u64,
     pub window_s: f64,
@@ -337,6 +343,8 @@ pub struct Detector {
     /// Last alert time per identity (slow drip stays quiet for what was caught).
     alerted_identity: HashMap<String, f64>,
     now: f64,
+    /// Destination names -> services (the shipped catalog plus the user's).
+    catalog: Arc<Catalog>,
 }
 
 /// Entities tracked at most (per map); beyond it the stalest are dropped.
@@ -383,7 +391,18 @@ impl Detector {
             dedup: HashMap::new(),
             alerted_identity: HashMap::new(),
             now: 0.0,
+            catalog: Arc::new(Catalog::builtin()),
         }
+    }
+
+    /// Use `catalog` (built-in plus the user's file) to map names to services.
+    pub fn with_catalog(mut self, catalog: Arc<Catalog>) -> Self {
+        self.catalog = catalog;
+        self
+    }
+
+    fn service_of(&self, f: &FlowObs) -> Option<Arc<Service>> {
+        f.domain.as_deref().and_then(|d| self.catalog.lookup(d)).cloned()
     }
 
     pub fn alert_memory(&self) -> AlertMemory {
@@ -486,7 +505,7 @@ impl Detector {
             // Mega clients and bulk-sync tools: the process itself, or a child
             // of one (up to three levels), whose bytes count as the tool's.
             let r = self.cfg.exfil_tool_upload.clone();
-            let service = f.domain.as_deref().and_then(catalog::storage_service);
+            let service = self.service_of(f);
             let tool = match catalog::exfil_tool(&f.process.executable, &f.process.args) {
                 Some(product) => Some((product, None)),
                 None => f
@@ -497,7 +516,10 @@ impl Detector {
                     .find_map(|(pid, exe)| catalog::exfil_tool(exe, &[]).map(|p| (p, Some((*pid, exe.clone()))))),
             }
             // Whatever the program calls itself, sending to Mega is using Mega.
-            .or_else(|| (service == Some("Mega")).then_some(("Mega's storage service (by destination)", None)));
+            .map(|(p, via)| (p.to_string(), via))
+            .or_else(|| {
+                service.as_ref().filter(|s| s.exfil_tool).map(|s| (format!("{}'s storage service (by destination)", s.name), None))
+            });
             if r.enabled {
                 if let Some((product, via)) = tool {
                     let tree = via.as_ref().map(|(pid, _)| format!("tool-tree:{pid}"));
@@ -539,7 +561,7 @@ impl Detector {
 
             // First time this executable sends to a storage service: worth a
             // look, not an incident (learned silently while the host warms up).
-            if let Some(svc) = service {
+            if let Some(svc) = service.as_ref().filter(|s| is_upload_category(&s.category)).map(|s| s.name.as_str()) {
                 let pair = format!("{}\u{0}{svc}", f.process.executable);
                 if !self.habits.storage_pairs.contains(&pair) && self.habits.storage_pairs.len() < MAX_BASELINES {
                     self.habits.storage_pairs.insert(pair);
@@ -861,6 +883,7 @@ impl Detector {
             remote_port: f.remote_port,
             transport: f.transport.clone(),
             domain: f.domain.clone(),
+            service: self.service_of(f),
             bytes_out,
             bytes_in,
             window_s,

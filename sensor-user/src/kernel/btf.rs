@@ -23,6 +23,7 @@ pub enum BtfError {
 
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
 
 #[derive(Debug, Clone)]
 struct Member {
@@ -42,6 +43,8 @@ pub struct Btf {
     /// Index = type id (0 is void).
     types: Vec<Type>,
     by_name: HashMap<String, Vec<u32>>,
+    /// Enumerator name -> value (`enum iter_type`'s order changed in 6.5).
+    enumerators: HashMap<String, i64>,
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
@@ -74,6 +77,7 @@ impl Btf {
             .ok_or(BtfError::Malformed("string section out of bounds"))?
             .to_vec();
         let mut types = vec![Type::Other];
+        let mut enum_entries: Vec<(u32, i64)> = Vec::new();
         let mut p = 0usize;
         while p < types_sec.len() {
             let name = u32_at(types_sec, p)?;
@@ -110,12 +114,21 @@ impl Btf {
                 }
                 Type::Composite { name, members }
             } else {
+                if kind == KIND_ENUM {
+                    for i in 0..vlen {
+                        enum_entries.push((u32_at(body, i * 8)?, u32_at(body, i * 8 + 4)? as i32 as i64));
+                    }
+                }
                 Type::Other
             };
             types.push(t);
             p += extra;
         }
-        let mut btf = Btf { strings, types, by_name: HashMap::new() };
+        let mut btf = Btf { strings, types, by_name: HashMap::new(), enumerators: HashMap::new() };
+        for (name, value) in enum_entries {
+            let n = btf.name(name).to_string();
+            btf.enumerators.entry(n).or_insert(value);
+        }
         for (id, t) in btf.types.iter().enumerate() {
             if let Type::Composite { name, .. } = t {
                 if *name != 0 {
@@ -143,6 +156,11 @@ impl Btf {
             }
         }
         Err(BtfError::NoField(struct_name.into(), field.into()))
+    }
+
+    /// Value of an enumerator (e.g. `ITER_UBUF`), if the kernel has it.
+    pub fn enum_value(&self, name: &str) -> Option<i64> {
+        self.enumerators.get(name).copied()
     }
 
     fn find(&self, id: u32, field: &str, depth: u32) -> Option<u32> {
@@ -187,6 +205,15 @@ mod tests {
         assert_eq!(btf.field_offset("msghdr", "msg_name"), Ok(0));
         assert_eq!(btf.field_offset("msghdr", "msg_namelen"), Ok(8));
         assert!(matches!(btf.field_offset("sock_common", "no_such"), Err(BtfError::NoField(..))));
+        // What the send-path capture reads to find a send's first bytes.
+        let iter = btf.field_offset("msghdr", "msg_iter").unwrap();
+        assert!(iter > 8 && iter < 64, "{iter}");
+        let count = btf.field_offset("iov_iter", "count").unwrap();
+        let ubuf = btf.field_offset("iov_iter", "ubuf").unwrap();
+        assert!(ubuf != count && ubuf % 8 == 0, "{ubuf} {count}");
+        assert!(btf.enum_value("ITER_UBUF").is_some() && btf.enum_value("ITER_IOVEC").is_some());
+        assert_eq!(btf.enum_value("TCP_ESTABLISHED"), Some(1));
+        assert_eq!(btf.enum_value("NO_SUCH_ENUMERATOR"), None);
         assert!(matches!(btf.field_offset("no_such_struct", "x"), Err(BtfError::NoStruct(..))));
     }
 

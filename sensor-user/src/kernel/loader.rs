@@ -43,14 +43,20 @@ const FEXIT: [(&str, &str, bool); 4] = [
     ("fexit_udpv6_sendmsg", "udpv6_sendmsg", false),
 ];
 const FENTRY_RECV: (&str, &str) = ("fentry_tcp_cleanup_rbuf", "tcp_cleanup_rbuf");
+/// fentry programs that copy a new connection's first bytes (for its name).
+const FENTRY_CAPTURE: [(&str, &str); 3] = [
+    ("fentry_tcp_sendmsg", "tcp_sendmsg"),
+    ("fentry_udp_sendmsg", "udp_sendmsg"),
+    ("fentry_udpv6_sendmsg", "udpv6_sendmsg"),
+];
 
-/// kprobe backend: kretprobe program -> functions (the entry kprobe
-/// `kp_send_entry` goes on each of them too). Optional as above.
-const KRETPROBES: [(&str, &str, bool); 4] = [
-    ("krp_tcp_send", "tcp_sendmsg", false),
-    ("krp_tcp_send", "tcp_sendpage", true),
-    ("krp_udp_send", "udp_sendmsg", false),
-    ("krp_udp_send", "udpv6_sendmsg", false),
+/// kprobe backend: (entry kprobe, kretprobe, function, optional). The sendmsg
+/// entries also copy a new connection's first bytes.
+const KPROBES: [(&str, &str, &str, bool); 4] = [
+    ("kp_tcp_sendmsg_entry", "krp_tcp_send", "tcp_sendmsg", false),
+    ("kp_send_entry", "krp_tcp_send", "tcp_sendpage", true),
+    ("kp_udp_sendmsg_entry", "krp_udp_send", "udp_sendmsg", false),
+    ("kp_udp_sendmsg_entry", "krp_udp_send", "udpv6_sendmsg", false),
 ];
 
 /// The loaded, attached sensor. Dropping it detaches every program.
@@ -111,7 +117,8 @@ pub fn open(config: &Config) -> Result<Ebpf> {
     }
     // struct sock_common / msghdr fields for the send-path probes, from BTF.
     // Without BTF those backends refuse to start (see send_path_offsets).
-    let field_offs = send_path_offsets().unwrap_or_default();
+    let mut field_offs = send_path_offsets().unwrap_or_default();
+    field_offs.extend(send_capture_offsets());
     for (name, off) in &field_offs {
         loader.override_global(name, off, true);
     }
@@ -135,6 +142,31 @@ pub fn send_path_offsets() -> Result<Vec<(&'static str, u32)>, String> {
         (globals::SKC_V6_RCV_SADDR, f("sock_common", "skc_v6_rcv_saddr")?),
         (globals::MSG_NAME, f("msghdr", "msg_name")?),
     ])
+}
+
+/// Offsets to find a send's first user bytes (for naming destinations), or,
+/// where this kernel's iov_iter is not understood, values that turn the copy
+/// off: the byte counts never depend on these.
+fn send_capture_offsets() -> Vec<(&'static str, u32)> {
+    const OFF: u32 = 255;
+    let Ok(b) = btf::Btf::from_sys_fs() else { return Vec::new() };
+    let f = |s: &str, field: &str| b.field_offset(s, field).ok();
+    let ptr = f("iov_iter", "ubuf").or_else(|| f("iov_iter", "__iov")).or_else(|| f("iov_iter", "iov"));
+    let fields = (f("msghdr", "msg_iter"), f("iov_iter", "iter_type"), f("iov_iter", "iov_offset"), f("iov_iter", "count"), ptr);
+    let (Some(iter), Some(kind), Some(skip), Some(count), Some(ptr)) = fields else {
+        eprintln!("sluice: this kernel's iov_iter is not understood; TLS/QUIC names come from the cgroup backend only");
+        return vec![(globals::ITER_UBUF, OFF), (globals::ITER_IOVEC, OFF)];
+    };
+    let value = |n: &str| b.enum_value(n).and_then(|v| u32::try_from(v).ok()).unwrap_or(OFF);
+    vec![
+        (globals::MSG_ITER, iter),
+        (globals::ITER_TYPE_OFF, kind),
+        (globals::ITER_OFFSET_OFF, skip),
+        (globals::ITER_COUNT_OFF, count),
+        (globals::ITER_PTR_OFF, ptr),
+        (globals::ITER_UBUF, value("ITER_UBUF")),
+        (globals::ITER_IOVEC, value("ITER_IOVEC")),
+    ]
 }
 
 /// Load and attach `backend`'s programs plus the process tracepoints.
@@ -167,16 +199,7 @@ fn attach_cgroup(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
     let root = mounts::cgroup2_mount()?;
     let cg = File::open(&root).with_context(|| format!("opening cgroup v2 root {}", root.display()))?;
     let at = |kind: &str, name: &str| format!("{kind}/{name} on {}", root.display());
-    // Coexist with systemd's and other agents' programs on the root. aya attaches
-    // through BPF links on 5.7+, which are always multi-attach and reject any
-    // flag (EINVAL); the legacy prog_attach path before 5.7 needs ALLOW_MULTI.
-    use aya::util::KernelVersion;
-    let links = KernelVersion::current().map(|v| v >= KernelVersion::new(5, 7, 0)).unwrap_or(true);
-    let mode = if links {
-        CgroupAttachMode::Single
-    } else {
-        CgroupAttachMode::AllowMultiple
-    };
+    let mode = cgroup_mode();
     load_cgroup(ebpf)?;
     for name in CGROUP_SOCK {
         let p: &mut CgroupSock = program(ebpf, name)?;
@@ -194,6 +217,18 @@ fn attach_cgroup(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
         attached.push(at("cgroup_skb", name));
     }
     Ok(())
+}
+
+/// Coexist with systemd's and other agents' programs on the root. aya attaches
+/// through BPF links on 5.7+, which are always multi-attach and reject any
+/// flag (EINVAL); the legacy prog_attach path before 5.7 needs ALLOW_MULTI.
+fn cgroup_mode() -> CgroupAttachMode {
+    use aya::util::KernelVersion;
+    if KernelVersion::current().map(|v| v >= KernelVersion::new(5, 7, 0)).unwrap_or(true) {
+        CgroupAttachMode::Single
+    } else {
+        CgroupAttachMode::AllowMultiple
+    }
 }
 
 /// Load (the verifier runs) every program of the cgroup backend, in hook order.
@@ -243,20 +278,43 @@ fn attach_fentry(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
-    let (name, func) = FENTRY_RECV;
-    let p: &mut FEntry = program(ebpf, name)?;
-    p.load(func, &btf).with_context(|| format!("loading fentry/{func}"))?;
-    p.attach().with_context(|| format!("attaching fentry/{func}"))?;
-    attached.push(format!("fentry/{func}"));
-    attach_state_tracepoint(ebpf, attached)
+    for (name, func) in FENTRY_CAPTURE.into_iter().chain([FENTRY_RECV]) {
+        let p: &mut FEntry = program(ebpf, name)?;
+        p.load(func, &btf).with_context(|| format!("loading fentry/{func}"))?;
+        p.attach().with_context(|| format!("attaching fentry/{func}"))?;
+        attached.push(format!("fentry/{func}"));
+    }
+    attach_state_tracepoint(ebpf, attached)?;
+    attach_dns(ebpf, attached);
+    Ok(())
+}
+
+/// DNS answers on the send-path backends come from a cgroup_skb ingress
+/// program too: without cgroup v2 names come from TLS/HTTP only (said once).
+fn attach_dns(ebpf: &mut Ebpf, attached: &mut Vec<String>) {
+    let r = (|| -> Result<String> {
+        let root = mounts::cgroup2_mount()?;
+        let cg = File::open(&root).with_context(|| format!("opening cgroup v2 root {}", root.display()))?;
+        let p: &mut CgroupSkb = program(ebpf, "dns_ingress")?;
+        p.load().context("loading cgroup_skb/dns_ingress")?;
+        p.attach(&cg, CgroupSkbAttachType::Ingress, cgroup_mode()).context("attaching cgroup_skb/dns_ingress")?;
+        Ok(format!("cgroup_skb/dns_ingress on {}", root.display()))
+    })();
+    match r {
+        Ok(a) => attached.push(a),
+        Err(e) => eprintln!("sluice: DNS answers will not name destinations: {e:#}"),
+    }
 }
 
 fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
     need_btf()?;
-    let entry: &mut KProbe = program(ebpf, "kp_send_entry")?;
-    entry.load().context("loading kprobe program kp_send_entry")?;
+    for name in ["kp_send_entry", "kp_tcp_sendmsg_entry", "kp_udp_sendmsg_entry", "krp_tcp_send", "krp_udp_send", "kp_tcp_cleanup_rbuf"] {
+        let p: &mut KProbe = program(ebpf, name)?;
+        p.load().with_context(|| format!("loading {name}"))?;
+    }
     let mut present = Vec::new();
-    for (_, func, optional) in KRETPROBES {
+    for (entry, _, func, optional) in KPROBES {
+        let entry: &mut KProbe = program(ebpf, entry)?;
         match entry.attach(func, 0).with_context(|| format!("attaching kprobe/{func}")) {
             Ok(_) => {
                 attached.push(format!("kprobe/{func}"));
@@ -266,11 +324,7 @@ fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
-    for name in ["krp_tcp_send", "krp_udp_send", "kp_tcp_cleanup_rbuf"] {
-        let p: &mut KProbe = program(ebpf, name)?;
-        p.load().with_context(|| format!("loading {name}"))?;
-    }
-    for (name, func, _) in KRETPROBES {
+    for (_, name, func, _) in KPROBES {
         if present.contains(&func) {
             let p: &mut KProbe = program(ebpf, name)?;
             p.attach(func, 0).with_context(|| format!("attaching kretprobe/{func}"))?;
@@ -280,7 +334,9 @@ fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
     let p: &mut KProbe = program(ebpf, "kp_tcp_cleanup_rbuf")?;
     p.attach("tcp_cleanup_rbuf", 0).context("attaching kprobe/tcp_cleanup_rbuf")?;
     attached.push("kprobe/tcp_cleanup_rbuf".into());
-    attach_state_tracepoint(ebpf, attached)
+    attach_state_tracepoint(ebpf, attached)?;
+    attach_dns(ebpf, attached);
+    Ok(())
 }
 
 /// Can `backend` be used here? Loads its programs (the verifier runs); for

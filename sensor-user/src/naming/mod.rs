@@ -1,0 +1,530 @@
+//! Where the bytes go, by name: the first bytes of each connection (TLS SNI,
+//! HTTP Host, QUIC recognition) and the DNS answers this host receives, as
+//! copied by the kernel (`PayloadEvent`), turned into a `Destination` per
+//! flow, with its service from the catalog. Names come from the traffic, not
+//! from /etc/hosts or the resolver library a program chose.
+
+pub mod dns;
+pub mod http;
+pub mod quic;
+pub mod tls;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::Arc,
+};
+
+use sensor_common::{FlowKey, HEAD_STREAM_LIMIT, PAYLOAD_DATAGRAM_HEAD, PAYLOAD_DNS, PAYLOAD_STREAM_HEAD};
+
+use crate::services::{Catalog, Service};
+
+/// Longest domain name (RFC 1035).
+const MAX_NAME: usize = 253;
+
+/// A name as it may appear in output: lowercased, trailing dot dropped, only
+/// the characters host names use. Anything else (control characters,
+/// spaces, invalid UTF-8, overlong) is not a name.
+pub fn clean_name(raw: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(raw).ok()?.trim_end_matches('.');
+    if s.is_empty() || s.len() > MAX_NAME {
+        return None;
+    }
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*'))
+        .then(|| s.to_ascii_lowercase())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameSource {
+    TlsSni,
+    HttpHost,
+    Dns,
+}
+
+impl NameSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NameSource::TlsSni => "tls-sni",
+            NameSource::HttpHost => "http-host",
+            NameSource::Dns => "dns",
+        }
+    }
+}
+
+/// The application protocol a flow started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    Tls,
+    Http,
+    Quic,
+}
+
+impl AppProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppProtocol::Tls => "tls",
+            AppProtocol::Http => "http",
+            AppProtocol::Quic => "quic",
+        }
+    }
+}
+
+/// What sluice knows about a flow's destination beyond its address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Destination {
+    pub domain: Option<String>,
+    pub source: Option<NameSource>,
+    pub protocol: Option<AppProtocol>,
+    /// A complete TLS ClientHello carried no server name.
+    pub tls_no_sni: bool,
+    /// HTTP request path (plain HTTP only).
+    pub http_path: Option<String>,
+    pub service: Option<Arc<Service>>,
+}
+
+impl Destination {
+    /// Rank for merging the sockets of one flow record: a name from the
+    /// connection itself beats one from DNS beats none.
+    fn rank(&self) -> u8 {
+        match self.source {
+            Some(NameSource::TlsSni) | Some(NameSource::HttpHost) => 3,
+            Some(NameSource::Dns) => 2,
+            None if self.protocol.is_some() => 1,
+            None => 0,
+        }
+    }
+
+    /// Keep the better of two descriptions of one record's sockets.
+    pub fn merge(&mut self, other: Destination) {
+        if other.rank() > self.rank() {
+            *self = other;
+        }
+    }
+}
+
+/// A socket as naming sees it: the sending pid is left out, so a connection
+/// inherited by a child keeps the name its parent's ClientHello gave it.
+type SockId = (u64, [u8; 16], u16, u8);
+
+fn sock_id(k: &FlowKey) -> SockId {
+    (k.cookie, k.remote_addr, k.remote_port, k.protocol)
+}
+
+/// What a socket's first bytes said.
+#[derive(Debug, Clone)]
+struct Learned {
+    protocol: Option<AppProtocol>,
+    name: Option<(String, NameSource)>,
+    no_sni: bool,
+    path: Option<String>,
+    last: f64,
+}
+
+/// A stream start being reassembled.
+#[derive(Debug)]
+struct Head {
+    buf: Vec<u8>,
+    since: f64,
+}
+
+/// DNS over TCP being reassembled (2-byte length-prefixed messages).
+#[derive(Debug)]
+struct TcpDns {
+    next_seq: u32,
+    buf: Vec<u8>,
+    since: f64,
+}
+
+/// Counters of what naming saw and dropped.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub payload_events: u64,
+    pub tls_hellos: u64,
+    pub tls_sni: u64,
+    pub tls_no_sni: u64,
+    pub tls_malformed: u64,
+    pub http_requests: u64,
+    pub http_malformed: u64,
+    pub quic_initials: u64,
+    pub dns_answers: u64,
+    pub dns_malformed: u64,
+    pub heads_abandoned: u64,
+}
+
+/// Bounds: sockets whose first bytes are being reassembled / remembered.
+const MAX_HEADS: usize = 4096;
+const MAX_LEARNED: usize = 65_536;
+/// A stream start that has not completed in this long never will.
+const HEAD_TIMEOUT_S: f64 = 30.0;
+/// A socket not seen for this long is forgotten (its flows have retired).
+const LEARNED_IDLE_S: f64 = 3600.0;
+const MAX_TCP_DNS_BUF: usize = 65_537;
+
+pub struct Namer {
+    heads: HashMap<SockId, Head>,
+    learned: HashMap<SockId, Learned>,
+    tcp_dns: HashMap<SockId, TcpDns>,
+    pub dns: dns::Cache,
+    pub catalog: Arc<Catalog>,
+    pub stats: Stats,
+}
+
+impl Namer {
+    pub fn new(catalog: Arc<Catalog>, dns_cache_max: usize) -> Namer {
+        Namer {
+            heads: HashMap::new(),
+            learned: HashMap::new(),
+            tcp_dns: HashMap::new(),
+            dns: dns::Cache::new(dns_cache_max),
+            catalog,
+            stats: Stats::default(),
+        }
+    }
+
+    /// One payload copy from the kernel. `now` is unix seconds.
+    pub fn on_payload(&mut self, kind: u32, key: &FlowKey, offset: u64, data: &[u8], now: f64) {
+        self.stats.payload_events += 1;
+        match kind {
+            PAYLOAD_STREAM_HEAD => self.stream_head(key, offset, data, now),
+            PAYLOAD_DATAGRAM_HEAD => {
+                let id = sock_id(key);
+                if self.learned.get(&id).is_some_and(|l| l.protocol == Some(AppProtocol::Quic)) {
+                    return;
+                }
+                if quic::initial(data).is_some() {
+                    self.stats.quic_initials += 1;
+                    self.learn(id, Learned { protocol: Some(AppProtocol::Quic), name: None, no_sni: false, path: None, last: now });
+                }
+            }
+            PAYLOAD_DNS if key.protocol == 17 => self.dns_message(data, now),
+            PAYLOAD_DNS => self.dns_tcp_segment(key, offset as u32, data, now),
+            _ => {}
+        }
+    }
+
+    fn stream_head(&mut self, key: &FlowKey, offset: u64, data: &[u8], now: f64) {
+        let id = sock_id(key);
+        if self.learned.contains_key(&id) {
+            return; // decided already (a retried write copies again)
+        }
+        if !self.heads.contains_key(&id) && self.heads.len() >= MAX_HEADS {
+            self.expire_heads(now, true);
+        }
+        let h = self.heads.entry(id).or_insert(Head { buf: Vec::new(), since: now });
+        let have = h.buf.len() as u64;
+        if offset > have {
+            // A gap (a lost copy): what is there is all there will be.
+            let buf = std::mem::take(&mut h.buf);
+            self.heads.remove(&id);
+            self.conclude(id, &buf, true, now);
+            return;
+        }
+        let skip = (have - offset) as usize;
+        if skip < data.len() {
+            h.buf.extend_from_slice(&data[skip..]);
+        }
+        h.buf.truncate(HEAD_STREAM_LIMIT as usize);
+        let full = h.buf.len() >= HEAD_STREAM_LIMIT as usize;
+        let buf = h.buf.clone();
+        if self.conclude(id, &buf, full, now) {
+            self.heads.remove(&id);
+        }
+    }
+
+    /// Try to decide what a stream start says; true once decided. `last`:
+    /// no more bytes will come, so an incomplete start is concluded as is.
+    fn conclude(&mut self, id: SockId, buf: &[u8], last: bool, now: f64) -> bool {
+        let mut l = Learned { protocol: None, name: None, no_sni: false, path: None, last: now };
+        if buf.first() == Some(&0x16) {
+            l.protocol = Some(AppProtocol::Tls);
+            match tls::client_hello(buf) {
+                tls::Hello::Incomplete if !last => return false,
+                tls::Hello::Incomplete => self.stats.heads_abandoned += 1,
+                tls::Hello::Sni(n) => {
+                    self.stats.tls_hellos += 1;
+                    self.stats.tls_sni += 1;
+                    l.name = Some((n, NameSource::TlsSni));
+                }
+                tls::Hello::NoSni => {
+                    self.stats.tls_hellos += 1;
+                    self.stats.tls_no_sni += 1;
+                    l.no_sni = true;
+                }
+                tls::Hello::Malformed => {
+                    self.stats.tls_malformed += 1;
+                    l.protocol = None;
+                }
+            }
+        } else {
+            l.protocol = Some(AppProtocol::Http);
+            match http::request(buf) {
+                http::Request::Incomplete if !last => return false,
+                http::Request::Incomplete => self.stats.heads_abandoned += 1,
+                http::Request::Host { host, path } => {
+                    self.stats.http_requests += 1;
+                    l.name = Some((host, NameSource::HttpHost));
+                    l.path = Some(path);
+                }
+                http::Request::NoHost { path } => {
+                    self.stats.http_requests += 1;
+                    l.path = Some(path);
+                }
+                http::Request::Malformed => {
+                    self.stats.http_malformed += 1;
+                    l.protocol = None;
+                }
+            }
+        }
+        self.learn(id, l);
+        true
+    }
+
+    fn learn(&mut self, id: SockId, l: Learned) {
+        if !self.learned.contains_key(&id) && self.learned.len() >= MAX_LEARNED {
+            // Batch: drop the least recently used tenth.
+            let mut by_age: Vec<(f64, SockId)> = self.learned.iter().map(|(k, v)| (v.last, *k)).collect();
+            by_age.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for (_, k) in by_age.iter().take(MAX_LEARNED / 10) {
+                self.learned.remove(k);
+            }
+        }
+        self.learned.insert(id, l);
+    }
+
+    fn dns_message(&mut self, msg: &[u8], now: f64) {
+        match dns::answers(msg) {
+            Ok(answers) => {
+                self.stats.dns_answers += 1;
+                for a in &answers {
+                    self.dns.insert(a, now);
+                }
+            }
+            Err(_) => self.stats.dns_malformed += 1,
+        }
+    }
+
+    fn dns_tcp_segment(&mut self, key: &FlowKey, seq: u32, data: &[u8], now: f64) {
+        let id = sock_id(key);
+        let s = self.tcp_dns.entry(id).or_insert(TcpDns { next_seq: seq, buf: Vec::new(), since: now });
+        if seq != s.next_seq {
+            if seq.wrapping_sub(s.next_seq) as i32 <= 0 {
+                return; // retransmission
+            }
+            s.buf.clear(); // a gap: resynchronise on this segment
+        }
+        s.next_seq = seq.wrapping_add(data.len() as u32);
+        s.buf.extend_from_slice(data);
+        let mut msgs = Vec::new();
+        while s.buf.len() >= 2 {
+            let n = u16::from_be_bytes([s.buf[0], s.buf[1]]) as usize;
+            if s.buf.len() < 2 + n {
+                break;
+            }
+            msgs.push(s.buf[2..2 + n].to_vec());
+            s.buf.drain(..2 + n);
+        }
+        if s.buf.len() > MAX_TCP_DNS_BUF {
+            s.buf.clear();
+        }
+        for m in msgs {
+            self.dns_message(&m, now);
+        }
+    }
+
+    /// Housekeeping once per tick: conclude stream starts that stalled,
+    /// forget idle sockets.
+    pub fn expire(&mut self, now: f64) {
+        self.expire_heads(now, false);
+        self.learned.retain(|_, l| now - l.last < LEARNED_IDLE_S);
+        self.tcp_dns.retain(|_, s| now - s.since < LEARNED_IDLE_S);
+    }
+
+    fn expire_heads(&mut self, now: f64, make_room: bool) {
+        let stale: Vec<SockId> = self
+            .heads
+            .iter()
+            .filter(|(_, h)| make_room || now - h.since >= HEAD_TIMEOUT_S)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in stale {
+            if let Some(h) = self.heads.remove(&id) {
+                self.conclude(id, &h.buf, true, now);
+            }
+        }
+    }
+
+    /// The destination of one kernel flow: the name its own first bytes gave,
+    /// else the DNS answer for its address (remembered for the socket, so a
+    /// long connection keeps its name after the answer expires).
+    pub fn destination(&mut self, key: &FlowKey, remote_ip: IpAddr, now: f64) -> Destination {
+        let id = sock_id(key);
+        let mut d = Destination::default();
+        if let Some(l) = self.learned.get_mut(&id) {
+            l.last = now;
+            d.protocol = l.protocol;
+            d.tls_no_sni = l.no_sni;
+            d.http_path = l.path.clone();
+            if let Some((n, src)) = &l.name {
+                d.domain = Some(n.clone());
+                d.source = Some(*src);
+            }
+        }
+        if d.domain.is_none() {
+            if let Some(names) = self.dns.get(&remote_ip, now) {
+                // Prefer a name the catalog knows (the asked name or one of its CNAMEs).
+                let pick = names.iter().find(|n| self.catalog.lookup(n).is_some()).or(names.first()).cloned();
+                if let Some(n) = pick {
+                    d.domain = Some(n.clone());
+                    d.source = Some(NameSource::Dns);
+                    let l = self.learned.entry(id).or_insert(Learned {
+                        protocol: d.protocol,
+                        name: None,
+                        no_sni: d.tls_no_sni,
+                        path: d.http_path.clone(),
+                        last: now,
+                    });
+                    l.name = Some((n, NameSource::Dns));
+                }
+            }
+        }
+        d.service = d.domain.as_deref().and_then(|n| self.catalog.lookup(n)).cloned();
+        d
+    }
+
+    pub fn tracked(&self) -> (usize, usize, usize) {
+        (self.heads.len(), self.learned.len(), self.dns.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn key(cookie: u64, port: u16, protocol: u8) -> FlowKey {
+        let mut remote = [0u8; 16];
+        remote[10] = 0xff;
+        remote[11] = 0xff;
+        remote[12..].copy_from_slice(&[10, 9, 8, 7]);
+        FlowKey {
+            cookie,
+            local_addr: [0; 16],
+            remote_addr: remote,
+            local_port: 40000,
+            remote_port: port,
+            protocol,
+            ip_version: 4,
+            _pad: [0; 2],
+            pid: 0,
+            _pad2: 0,
+        }
+    }
+
+    const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 9, 8, 7));
+
+    fn namer() -> Namer {
+        Namer::new(Arc::new(Catalog::builtin()), 1024)
+    }
+
+    #[test]
+    fn a_client_hello_split_across_three_copies_names_the_socket() {
+        let mut n = namer();
+        let hello = tls::tests::hello(Some("gfs208n140.userstorage.mega.co.nz"), 1500);
+        let k = key(1, 443, 6);
+        n.on_payload(PAYLOAD_STREAM_HEAD, &k, 0, &hello[..700], 1.0);
+        assert_eq!(n.destination(&k, IP, 1.0).domain, None, "not complete yet");
+        // A retried write repeats bytes already seen.
+        n.on_payload(PAYLOAD_STREAM_HEAD, &k, 500, &hello[500..1400], 1.0);
+        n.on_payload(PAYLOAD_STREAM_HEAD, &k, 1400, &hello[1400..], 1.0);
+        let d = n.destination(&k, IP, 1.0);
+        assert_eq!(d.domain.as_deref(), Some("gfs208n140.userstorage.mega.co.nz"));
+        assert_eq!(d.source, Some(NameSource::TlsSni));
+        assert_eq!(d.protocol, Some(AppProtocol::Tls));
+        assert_eq!(d.service.as_ref().map(|s| s.id.as_str()), Some("mega"));
+        // Another process using the same socket (inherited) gets the same name.
+        let mut child = k;
+        child.pid = 4242;
+        assert_eq!(n.destination(&child, IP, 2.0).domain, d.domain);
+        assert_eq!(n.stats.tls_sni, 1);
+    }
+
+    #[test]
+    fn no_sni_is_said_honestly_and_falls_back_to_dns() {
+        let mut n = namer();
+        let k = key(2, 443, 6);
+        n.on_payload(PAYLOAD_STREAM_HEAD, &k, 0, &tls::tests::hello(None, 0), 1.0);
+        let d = n.destination(&k, IP, 1.0);
+        assert!(d.tls_no_sni && d.domain.is_none());
+        let answer = dns::tests::response("www.dropbox.com", Some("www-env.dropbox-dns.com"), &[Ipv4Addr::new(10, 9, 8, 7)], 60);
+        n.on_payload(PAYLOAD_DNS, &key(9, 53, 17), 0, &answer, 2.0);
+        let d = n.destination(&k, IP, 3.0);
+        assert_eq!(d.domain.as_deref(), Some("www.dropbox.com"));
+        assert_eq!(d.source, Some(NameSource::Dns));
+        assert!(d.tls_no_sni);
+        assert_eq!(d.service.unwrap().id, "dropbox");
+        // The socket keeps its name after the answer expires.
+        assert_eq!(n.destination(&k, IP, 100_000.0).domain.as_deref(), Some("www.dropbox.com"));
+    }
+
+    #[test]
+    fn plain_http_host_and_path() {
+        let mut n = namer();
+        let k = key(3, 80, 6);
+        n.on_payload(PAYLOAD_STREAM_HEAD, &k, 0, b"PUT /2/files/upload HTTP/1.1\r\nHost: content.dropboxapi.com\r\n\r\n", 1.0);
+        let d = n.destination(&k, IP, 1.0);
+        assert_eq!(d.domain.as_deref(), Some("content.dropboxapi.com"));
+        assert_eq!(d.http_path.as_deref(), Some("/2/files/upload"));
+        assert_eq!(d.source, Some(NameSource::HttpHost));
+    }
+
+    #[test]
+    fn dns_over_tcp_in_segments() {
+        let mut n = namer();
+        let msg = dns::tests::response("upload.box.com", None, &[Ipv4Addr::new(10, 9, 8, 7)], 300);
+        let mut stream = (msg.len() as u16).to_be_bytes().to_vec();
+        stream.extend_from_slice(&msg);
+        let k = key(4, 53, 6);
+        n.on_payload(PAYLOAD_DNS, &k, 1000, &stream[..10], 1.0);
+        n.on_payload(PAYLOAD_DNS, &k, 1000, &stream[..10], 1.0); // retransmission
+        n.on_payload(PAYLOAD_DNS, &k, 1010, &stream[10..], 1.0);
+        assert_eq!(n.stats.dns_answers, 1);
+        assert_eq!(n.destination(&key(5, 443, 6), IP, 2.0).service.unwrap().id, "box");
+    }
+
+    #[test]
+    fn stalled_and_garbage_starts_are_concluded_and_counted() {
+        let mut n = namer();
+        let hello = tls::tests::hello(Some("a.example"), 0);
+        let k = key(6, 443, 6);
+        n.on_payload(PAYLOAD_STREAM_HEAD, &k, 0, &hello[..20], 1.0);
+        n.expire(1.0 + HEAD_TIMEOUT_S);
+        assert_eq!(n.stats.heads_abandoned, 1);
+        assert_eq!(n.tracked().0, 0);
+        n.on_payload(PAYLOAD_STREAM_HEAD, &key(7, 443, 6), 0, b"\x16\x03\x01\x00\x04\xff\xff\xff\xff", 1.0);
+        n.on_payload(PAYLOAD_DNS, &key(8, 53, 17), 0, b"\xff\xff\xff", 1.0);
+        assert_eq!((n.stats.tls_malformed, n.stats.dns_malformed), (1, 1));
+    }
+
+    #[test]
+    fn quic_initials_are_flagged() {
+        let mut n = namer();
+        let mut p = vec![0xc3, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0];
+        p.resize(1200, 0);
+        let k = key(10, 443, 17);
+        n.on_payload(PAYLOAD_DATAGRAM_HEAD, &k, 0, &p, 1.0);
+        n.on_payload(PAYLOAD_DATAGRAM_HEAD, &k, 1, &p, 1.0);
+        assert_eq!(n.destination(&k, IP, 1.0).protocol, Some(AppProtocol::Quic));
+        assert_eq!(n.stats.quic_initials, 1);
+    }
+
+    #[test]
+    fn hostile_names_are_not_names() {
+        assert_eq!(clean_name(b"Mega.NZ."), Some("mega.nz".into()));
+        assert_eq!(clean_name(b"a\x1b[31m.example"), None);
+        assert_eq!(clean_name(b"a\nb"), None);
+        assert_eq!(clean_name(&[0xff, 0xfe]), None);
+        assert_eq!(clean_name(&[b'a'; 300]), None);
+    }
+}
