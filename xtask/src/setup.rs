@@ -26,7 +26,7 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 
 /// Programs the end-to-end tests drive.
-const TEST_PACKAGES: &[&str] = &["iproute2", "curl", "python3", "git"];
+const TEST_PACKAGES: &[&str] = &["iproute2", "curl", "python3", "git", "openssl"];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")

@@ -1,0 +1,224 @@
+//! Destination names end to end on this host's kernel (cgroup backend): TLS
+//! SNI, HTTP Host and DNS answers captured by the real eBPF programs name the
+//! flows of real programs (curl renamed, python ssl, glibc's resolver), the
+//! catalog maps them to services, the Mega rule fires on a renamed binary by
+//! destination alone, and garbage is counted and dropped.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use serde_json::Value;
+use sluice_tests::*;
+
+const ALL: &[&str] = &["--tick", "1s", "--probe", "cgroup", "--emit", "all"];
+
+/// A self-signed certificate and key for the test TLS server.
+fn self_signed(dir: &Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=sluice-test"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (cargo xtask setup installs it)");
+    assert!(ok.status.success(), "openssl: {}", String::from_utf8_lossy(&ok.stderr));
+    (cert.display().to_string(), key.display().to_string())
+}
+
+/// Flow records of `pid` that carry a destination name.
+fn named_flows<'a>(records: &'a [Value], pid: u32) -> Vec<&'a Value> {
+    flows_of(records, pid).into_iter().filter(|r| r["destination"]["domain"].is_string()).collect()
+}
+
+#[test]
+fn tls_sni_names_flows_and_the_mega_rule_fires_on_a_renamed_binary_by_destination() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("sni");
+    let (cert, key) = self_signed(&dir.0);
+    // Nothing in the name says Mega: only where it sends does.
+    let tool = dir.0.join("sync-helper");
+    std::fs::copy("/usr/bin/curl", &tool).unwrap();
+    let payload = dir.0.join("q3.xlsx");
+    std::fs::write(&payload, incompressible(12_000_000, 5)).unwrap();
+    let sluice = Sluice::start(ALL).unwrap();
+
+    // 1. curl -k to a Mega transfer node; the name never touches /etc/hosts.
+    let port = free_port();
+    let sink = Sink::start(Some(&host), "https", &host.peer_v4, port, &[&cert, &key]).unwrap();
+    let name = "gfs208n140.userstorage.mega.co.nz";
+    let resolve = format!("{name}:{port}:{}", host.peer_v4);
+    let url = format!("https://{name}:{port}/ul/abc");
+    let pid = run_child(
+        Command::new(&tool).args(["-sSk", "-o", "/dev/null", "--resolve", &resolve, "-T"]).arg(&payload).arg(&url),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(sink.received().unwrap(), 12_000_000);
+
+    // 2. python's ssl module to www.dropbox.com.
+    let port2 = free_port();
+    let sink2 = Sink::start(Some(&host), "https", &host.peer_v4, port2, &[&cert, &key]).unwrap();
+    let py = format!(
+        "import socket,ssl,os\n\
+         ctx=ssl.create_default_context(); ctx.check_hostname=False; ctx.verify_mode=ssl.CERT_NONE\n\
+         s=ctx.wrap_socket(socket.create_connection(('{}',{port2})), server_hostname='www.dropbox.com')\n\
+         body=os.urandom(3000000)\n\
+         s.sendall(b'PUT /2/files/upload HTTP/1.1\\r\\nHost: www.dropbox.com\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body) + body)\n\
+         s.recv(100)\n",
+        host.peer_v4
+    );
+    let py_pid = run_child(Command::new("/usr/bin/python3").args(["-c", &py]), Duration::from_secs(60)).unwrap();
+    assert_eq!(sink2.received().unwrap(), 3_000_000);
+
+    let recs = sluice
+        .wait_for("named flows and the Mega alert", Duration::from_secs(20), |r| {
+            !named_flows(r, pid).is_empty()
+                && !named_flows(r, py_pid).is_empty()
+                && !alerts_of(r, "sluice.exfil_tool_upload").is_empty()
+        })
+        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", sluice.stderr_text()));
+
+    let f = named_flows(&recs, pid)[0];
+    assert_eq!(f["destination"]["domain"], name);
+    assert_eq!(f["tls"]["client"]["server_name"], name);
+    assert_eq!(f["network"]["protocol"], "tls");
+    assert_eq!(f["sluice"]["destination"]["service"], "MEGA");
+    assert_eq!(f["sluice"]["destination"]["category"], "storage");
+    assert_eq!(f["sluice"]["destination"]["name_source"], "tls-sni");
+    let named_out: u64 = named_flows(&recs, pid).iter().map(|r| r["sluice"]["bytes_out"].as_u64().unwrap()).sum();
+    assert_ratio("bytes to the SNI-named Mega flow", named_out, 12_000_000, 1.0, 1.01);
+
+    let g = named_flows(&recs, py_pid)[0];
+    assert_eq!(g["destination"]["domain"], "www.dropbox.com");
+    assert_eq!(g["sluice"]["destination"]["service"], "Dropbox");
+
+    let alerts = alerts_of(&recs, "sluice.exfil_tool_upload");
+    let a = alerts.iter().find(|a| a["process"]["pid"] == pid).expect("the Mega alert names the renamed binary");
+    assert_eq!(a["destination"]["domain"], name);
+    assert_eq!(a["sluice"]["destination"]["service"], "MEGA");
+    assert!(a["event"]["reason"].as_str().unwrap().contains("by destination"), "{a}");
+    sluice.stop().unwrap();
+}
+
+#[test]
+fn a_dns_answer_from_a_local_resolver_names_a_plain_http_upload() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("dns");
+    let name = "drop.transfer.sh";
+    // glibc's resolver, pointed at a resolver on the test host: a mount
+    // namespace gives this one command its own resolv.conf and nsswitch.conf.
+    std::fs::write(dir.0.join("resolv.conf"), format!("nameserver {}\noptions attempts:2 timeout:2\n", host.peer_v4)).unwrap();
+    std::fs::write(dir.0.join("nsswitch.conf"), "hosts: dns\n").unwrap();
+    let _resolver = Sink::start(Some(&host), "dns", &host.peer_v4, 53, &[&format!("{name}={}", host.peer_v4)]).unwrap();
+    let sluice = Sluice::start(ALL).unwrap();
+    let port = free_port();
+    let sink = Sink::start(Some(&host), "http", &host.peer_v4, port, &[]).unwrap();
+    let payload = dir.0.join("notes.txt");
+    std::fs::write(&payload, incompressible(2_000_000, 8)).unwrap();
+    let script = format!(
+        "mount --bind {d}/resolv.conf /etc/resolv.conf && mount --bind {d}/nsswitch.conf /etc/nsswitch.conf && \
+         exec curl -sS -o /dev/null -T {p} http://{name}:{port}/",
+        d = dir.0.display(),
+        p = payload.display()
+    );
+    let pid = run_child(Command::new("unshare").args(["-m", "sh", "-c", &script]), Duration::from_secs(60)).unwrap();
+    assert_eq!(sink.received().unwrap(), 2_000_000);
+    // unshare execs sh, which execs curl: one pid throughout.
+    let recs = sluice
+        .wait_for("a DNS-named flow", Duration::from_secs(20), |r| {
+            r.iter().any(|f| f["event"]["action"] == "flow-summary" && f["destination"]["domain"] == name)
+        })
+        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", sluice.stderr_text()));
+    let f = recs.iter().find(|f| f["event"]["action"] == "flow-summary" && f["destination"]["domain"] == name).unwrap();
+    assert_eq!(f["destination"]["ip"], host.peer_v4.as_str());
+    assert_eq!(f["process"]["name"], "curl");
+    assert_eq!(f["process"]["pid"], pid);
+    // The plain-HTTP Host header names it too; the name the flow reports comes from its own bytes.
+    assert_eq!(f["sluice"]["destination"]["service"], "transfer.sh");
+    assert_eq!(f["network"]["protocol"], "http");
+    assert!(sluice.stderr_text().contains("dns_answers="), "{}", sluice.stderr_text());
+    // The answer itself was parsed: at least one DNS answer counted.
+    let err = sluice.stderr_text();
+    let answers = err.rsplit("dns_answers=").next().and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse::<u64>().ok());
+    assert!(answers.unwrap_or(0) >= 1, "{err}");
+    sluice.stop().unwrap();
+}
+
+#[test]
+fn an_upload_named_by_dns_alone_carries_the_dns_name() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("dnsonly");
+    let name = "content.dropboxapi.com";
+    std::fs::write(dir.0.join("resolv.conf"), format!("nameserver {}\noptions attempts:2 timeout:2\n", host.peer_v4)).unwrap();
+    std::fs::write(dir.0.join("nsswitch.conf"), "hosts: dns\n").unwrap();
+    let _resolver = Sink::start(Some(&host), "dns", &host.peer_v4, 53, &[&format!("{name}={}", host.peer_v4)]).unwrap();
+    let sluice = Sluice::start(ALL).unwrap();
+    let port = free_port();
+    let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &[]).unwrap();
+    // A raw TCP upload (no TLS, no HTTP): only DNS can name it.
+    let py = format!(
+        "import socket,os\ns=socket.create_connection((socket.gethostbyname('{name}'),{port}))\ns.sendall(os.urandom(1500000))\ns.close()\n"
+    );
+    let script = format!(
+        "mount --bind {d}/resolv.conf /etc/resolv.conf && mount --bind {d}/nsswitch.conf /etc/nsswitch.conf && exec python3 -c \"$0\"",
+        d = dir.0.display()
+    );
+    run_child(Command::new("unshare").args(["-m", "sh", "-c", &script, &py]), Duration::from_secs(60)).unwrap();
+    assert_eq!(sink.received().unwrap(), 1_500_000);
+    let recs = sluice
+        .wait_for("a DNS-named flow", Duration::from_secs(20), |r| {
+            r.iter().any(|f| f["event"]["action"] == "flow-summary" && f["destination"]["domain"] == name)
+        })
+        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", sluice.stderr_text()));
+    let f = recs.iter().find(|f| f["event"]["action"] == "flow-summary" && f["destination"]["domain"] == name).unwrap();
+    assert_eq!(f["sluice"]["destination"]["name_source"], "dns");
+    assert_eq!(f["sluice"]["destination"]["service"], "Dropbox");
+    sluice.stop().unwrap();
+}
+
+#[test]
+fn garbage_client_hellos_and_dns_answers_are_counted_and_dropped() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let sluice = Sluice::start(ALL).unwrap();
+    // A "ClientHello" whose record length lies, then garbage, over TCP.
+    let port = free_port();
+    let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &[]).unwrap();
+    let py = format!(
+        "import socket\ns=socket.create_connection(('{}',{port}))\ns.sendall(b'\\x16\\x03\\x01\\x00\\x30' + b'\\x01\\xff\\xff\\xff' + bytes(range(44)))\ns.close()\n",
+        host.peer_v4
+    );
+    run_child(Command::new("/usr/bin/python3").args(["-c", &py]), Duration::from_secs(30)).unwrap();
+    sink.received().unwrap();
+    // A garbage "DNS answer" from port 53 of the test host to a local socket.
+    let local = free_port();
+    let rx = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{}',{local}))\nprint('ready',flush=True)\ns.settimeout(20)\ns.recv(2048)\n",
+        host.local_v4
+    );
+    let mut receiver = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &rx])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(receiver.stdout.take().unwrap()), &mut line).unwrap();
+    let _receiver = KillOnDrop(receiver);
+    let tx = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{}',53))\ns.sendto(b'\\x12\\x34\\x81\\x80\\x00\\x01\\x00\\x05' + b'\\xc0' * 300, ('{}',{local}))\n",
+        host.peer_v4, host.local_v4
+    );
+    run_child(host.command("/usr/bin/python3").args(["-c", &tx]), Duration::from_secs(30)).unwrap();
+    let counted = retry(Duration::from_secs(15), || {
+        let e = sluice.stderr_text();
+        e.contains("tls_malformed=1") && e.contains("dns_malformed=1")
+    });
+    assert!(counted, "stderr:\n{}", sluice.stderr_text());
+    // Still running, and every line it printed is one JSON object.
+    let recs = sluice.stop().unwrap();
+    assert!(recs.iter().all(|r| r.is_object()));
+}
