@@ -181,7 +181,10 @@ pub struct FlowCounters {
     pub seq_out_valid: u32,
     /// Whether the start of the outbound stream is being captured (`HEAD_*`).
     pub head: u32,
-    pub _pad: u32,
+    /// Send-path TCP: `DIR_*` as the connection's state transitions said,
+    /// copied at the first send, so a socket address reused within the tick
+    /// cannot lend this flow another connection's direction.
+    pub direction: u32,
 }
 
 /// Bytes of payload one `PayloadEvent` carries: a ClientHello with a

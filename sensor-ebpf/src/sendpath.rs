@@ -149,6 +149,11 @@ fn account(sk: *const c_void, msg: *const c_void, protocol: u8, bytes: i64, egre
         return;
     };
     let Some((c, _)) = flow_counters(&key) else { return };
+    if protocol == IPPROTO_TCP && unsafe { (*c).direction } == 0 {
+        if let Some(d) = unsafe { DIRS.get(&(sk as u64)) } {
+            unsafe { (*c).direction = *d as u32 };
+        }
+    }
     // The send path sees payload only: wire bytes are what the socket accepted.
     add_volume(c, bytes as u64, bytes as u64, egress);
 }

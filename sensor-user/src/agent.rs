@@ -345,10 +345,17 @@ impl<W: Write> Agent<W> {
         // cgroup backend keys (pid 0): owner by socket cookie. Send-path keys
         // carry the sender's pid themselves.
         let active: HashSet<u64> = deltas.iter().filter(|d| d.key.pid == 0).map(|d| d.key.cookie).collect();
-        let send_dirs: HashMap<u64, u8> = deltas
+        // Send-path TCP direction: as the kernel recorded it in the flow at its
+        // first send, else the DIRS map (a flow that only received).
+        let moved: HashSet<FlowKey> =
+            deltas.iter().filter(|d| d.key.pid != 0 && d.key.protocol == IPPROTO_TCP).map(|d| d.key).collect();
+        let send_dirs: HashMap<FlowKey, u8> = snapshot
             .iter()
-            .filter(|d| d.key.pid != 0 && d.key.protocol == IPPROTO_TCP)
-            .map(|d| (d.key.cookie, self.dirs_map.get(&d.key.cookie, 0).unwrap_or(DIR_UNKNOWN)))
+            .filter(|(k, _)| moved.contains(k))
+            .map(|(k, c)| {
+                let d = if c.direction != 0 { c.direction as u8 } else { self.dirs_map.get(&k.cookie, 0).unwrap_or(DIR_UNKNOWN) };
+                (*k, d)
+            })
             .collect();
         let mut owners: HashMap<u64, Owner> = HashMap::with_capacity(active.len());
         let mut unknown = Vec::new();
@@ -380,7 +387,7 @@ impl<W: Write> Agent<W> {
                     // A datagram is sent by whoever sends it; TCP as the
                     // connection's state transitions said.
                     direction: if k.protocol == IPPROTO_TCP {
-                        send_dirs.get(&k.cookie).copied().unwrap_or(DIR_UNKNOWN)
+                        send_dirs.get(k).copied().unwrap_or(DIR_UNKNOWN)
                     } else {
                         DIR_EGRESS
                     },

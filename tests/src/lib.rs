@@ -458,3 +458,43 @@ buf=b'x'*(1<<20)\n\
 while n>0:\n    k=min(n,len(buf)); s.sendall(buf[:k]); n-=k\n\
 s.shutdown(socket.SHUT_WR)\n\
 s.recv(1)\n";
+
+/// A well-formed TLS ClientHello naming `sni`, padded by `pad` bytes (so it
+/// spans writes): what a TLS client's first write looks like to the kernel.
+pub fn client_hello(sni: &str, pad: usize) -> Vec<u8> {
+    let n = sni.as_bytes();
+    let mut ext = vec![0x00, 0x00];
+    ext.extend_from_slice(&((n.len() + 5) as u16).to_be_bytes());
+    ext.extend_from_slice(&((n.len() + 3) as u16).to_be_bytes());
+    ext.push(0);
+    ext.extend_from_slice(&(n.len() as u16).to_be_bytes());
+    ext.extend_from_slice(n);
+    ext.extend_from_slice(&[0x00, 0x15]);
+    ext.extend_from_slice(&(pad as u16).to_be_bytes());
+    ext.resize(ext.len() + pad, 0);
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[9u8; 32]);
+    body.extend_from_slice(&[0, 0x00, 0x02, 0x13, 0x01, 0x01, 0x00]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![0x01];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// A DNS response: `name` A `ip`, TTL 300.
+pub fn dns_answer(name: &str, ip: std::net::Ipv4Addr) -> Vec<u8> {
+    let mut m = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+    for label in name.split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    m.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0x01, 0x2c, 0, 4]);
+    m.extend_from_slice(&ip.octets());
+    m
+}

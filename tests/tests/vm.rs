@@ -101,6 +101,32 @@ fn check_backend(b: &str) {
     let ratio = sink_in as f64 / 50_000_000.0;
     eprintln!("measured: {b}: tcp4 sink bytes_in ratio {ratio:.5}");
     assert!((0.99..=1.01).contains(&ratio), "{b}: sink read {sink_in} of 50000000");
+    check_names(b, &g, recs, err);
+}
+
+/// Destination names on the send path: the ClientHello copied from the
+/// sender's iovecs (a write() and a writev()), QUIC recognized from the first
+/// datagram, and a DNS answer (cgroup_skb ingress on these backends too).
+fn check_names(b: &str, g: &Guest, recs: &[Value], err: &str) {
+    let flow = |name: &str, port: u16| {
+        let pid = *g.pids.get(&(b.to_string(), name.to_string())).unwrap_or_else(|| panic!("{b}/{name} did not run"));
+        recs.iter()
+            .find(|r| r["process"]["pid"] == pid && r["destination"]["port"] == port)
+            .unwrap_or_else(|| panic!("{b}/{name}: no flow of pid {pid}; stderr:\n{err}"))
+            .clone()
+    };
+    let tls = flow("tls", 9006);
+    assert_eq!(tls["destination"]["domain"], "gfs208n140.userstorage.mega.co.nz", "{b}: {tls}\n{err}");
+    assert_eq!(tls["sluice"]["destination"]["name_source"], "tls-sni");
+    assert_eq!(tls["sluice"]["destination"]["service"], "MEGA");
+    assert_eq!(tls["network"]["protocol"], "tls");
+    let quic = flow("quic", 9007);
+    assert_eq!(quic["network"]["protocol"], "quic", "{b}: {quic}\n{err}");
+    let dns = flow("dns", 9008);
+    assert_eq!(dns["destination"]["domain"], "upload.box.com", "{b}: {dns}\n{err}");
+    assert_eq!(dns["sluice"]["destination"]["name_source"], "dns");
+    assert_eq!(dns["sluice"]["destination"]["service"], "Box");
+    eprintln!("measured: {b}: tls/quic/dns scenarios named ({})", tls["destination"]["domain"]);
 }
 
 #[test]

@@ -51,12 +51,13 @@ wait_for() { # file pattern tries
 # scenario NAME PORT SINKKIND SINKADDR -- sender command...
 scenario() {
   name=$1; port=$2; kind=$3; addr=$4; shift 4
-  /netload sink $kind $addr $port > /tmp/sink-$name 2>&1 &
+  # Per-backend files: the first run's "ready" must not satisfy the second's wait.
+  /netload sink $kind $addr $port > /tmp/sink-$B-$name 2>&1 &
   SK=$!
-  wait_for /tmp/sink-$name ready 100
-  sh -c 'echo "SCENARIO '"$B"' '"$name"' pid=$$"; exec "$@"' sh "$@" > /tmp/send-$name 2>&1
-  cat /tmp/send-$name
-  wait_for /tmp/sink-$name received 600
+  wait_for /tmp/sink-$B-$name ready 100
+  sh -c 'echo "SCENARIO '"$B"' '"$name"' pid=$$"; exec "$@"' sh "$@" > /tmp/send-$B-$name 2>&1
+  cat /tmp/send-$B-$name
+  wait_for /tmp/sink-$B-$name received 600
   # A sink whose sender failed would wait in accept() forever: end it. Then
   # wait for it alone (a bare `wait` would wait for the sensor too).
   kill $SK 2>/dev/null
@@ -72,6 +73,9 @@ for B in fentry kprobe; do
     scenario udp 9003 udp 127.0.0.1 /netload udp 127.0.0.1 9003 5000 1200
     scenario sendfile 9004 tcp 127.0.0.1 /netload sendfile 127.0.0.1 9004 /tmp/sendfile.bin
     scenario burst 9005 tcp 127.0.0.1 /burst 127.0.0.1 9005 1000000
+    scenario tls 9006 tcp 127.0.0.1 /netload tls 127.0.0.1 9006 gfs208n140.userstorage.mega.co.nz 3000000
+    scenario quic 9007 udp 127.0.0.1 /netload quic 127.0.0.1 9007 200
+    scenario dns 9008 tcp 127.0.0.2 /netload dns-send 127.0.0.2 9008 upload.box.com 1000000
     sleep 2
   fi
   kill -TERM $SP
