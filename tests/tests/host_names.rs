@@ -27,7 +27,7 @@ fn self_signed(dir: &Path) -> (String, String) {
 }
 
 /// Flow records of `pid` that carry a destination name.
-fn named_flows<'a>(records: &'a [Value], pid: u32) -> Vec<&'a Value> {
+fn named_flows(records: &[Value], pid: u32) -> Vec<&Value> {
     flows_of(records, pid).into_iter().filter(|r| r["destination"]["domain"].is_string()).collect()
 }
 

@@ -210,7 +210,7 @@ mod tests {
         assert!(iter > 8 && iter < 64, "{iter}");
         let count = btf.field_offset("iov_iter", "count").unwrap();
         let ubuf = btf.field_offset("iov_iter", "ubuf").unwrap();
-        assert!(ubuf != count && ubuf % 8 == 0, "{ubuf} {count}");
+        assert!(ubuf != count && ubuf.is_multiple_of(8), "{ubuf} {count}");
         assert!(btf.enum_value("ITER_UBUF").is_some() && btf.enum_value("ITER_IOVEC").is_some());
         assert_eq!(btf.enum_value("TCP_ESTABLISHED"), Some(1));
         assert_eq!(btf.enum_value("NO_SUCH_ENUMERATOR"), None);

@@ -528,3 +528,75 @@ mod tests {
         assert_eq!(clean_name(&[b'a'; 300]), None);
     }
 }
+
+/// Fuzzing: every parser and the reassembly in front of them take arbitrary
+/// and mutated input without panicking (proptest; `cargo test` runs 2,000
+/// cases per property, SLUICE_FUZZ_CASES=N runs a longer session).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn mutate(mut base: Vec<u8>, edits: &[(usize, u8)], cut: usize) -> Vec<u8> {
+        for &(i, b) in edits {
+            if !base.is_empty() {
+                let n = base.len();
+                base[i % n] = b;
+            }
+        }
+        base.truncate(cut.max(1).min(base.len()));
+        base
+    }
+
+    fn cases() -> u32 {
+        std::env::var("SLUICE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn parsers_take_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let _ = tls::client_hello(&data);
+            let _ = http::request(&data);
+            let _ = dns::answers(&data);
+            let _ = quic::initial(&data);
+        }
+
+        #[test]
+        fn parsers_take_mutated_valid_messages(
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in 0usize..3000,
+        ) {
+            let hello = mutate(tls::tests::hello(Some("a.userstorage.mega.co.nz"), 600), &edits, cut);
+            if let tls::Hello::Sni(n) = tls::client_hello(&hello) {
+                prop_assert!(clean_name(n.as_bytes()).is_some());
+            }
+            let answer = dns::tests::response("www.dropbox.com", Some("x.dropbox-dns.com"), &[std::net::Ipv4Addr::new(1, 2, 3, 4)], 60);
+            if let Ok(answers) = dns::answers(&mutate(answer, &edits, cut)) {
+                for a in answers {
+                    prop_assert!(a.names.iter().all(|n| clean_name(n.as_bytes()).is_some()));
+                }
+            }
+            let _ = http::request(&mutate(b"PUT /ul/x HTTP/1.1\r\nHost: a.mega.nz\r\n\r\n".to_vec(), &edits, cut));
+        }
+
+        #[test]
+        fn reassembly_takes_any_sequence_of_copies(
+            copies in proptest::collection::vec((0u32..4, 0u64..5000, proptest::collection::vec(any::<u8>(), 0..600)), 0..40),
+        ) {
+            let mut n = Namer::new(Arc::new(Catalog::builtin()), 64);
+            let k = FlowKey {
+                cookie: 1, local_addr: [0; 16], remote_addr: [0; 16], local_port: 1, remote_port: 53,
+                protocol: 6, ip_version: 4, _pad: [0; 2], pid: 0, _pad2: 0,
+            };
+            for (i, (kind, offset, data)) in copies.iter().enumerate() {
+                n.on_payload(*kind, &k, *offset, data, i as f64);
+                let _ = n.destination(&k, IpAddr::from([1, 2, 3, 4]), i as f64);
+            }
+            n.expire(1e9);
+            prop_assert!(n.tracked().0 == 0);
+        }
+    }
+}
