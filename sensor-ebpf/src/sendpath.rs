@@ -23,7 +23,7 @@ use sensor_common::{counter, FlowKey};
 
 use crate::{
     add_volume, count, flow_counters, global,
-    heads::{self, Source},
+    heads::{self, Source, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 #[unsafe(no_mangle)]
@@ -61,7 +61,6 @@ static ITER_IOVEC: u32 = 255;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-use heads::{IPPROTO_TCP, IPPROTO_UDP};
 
 /// Arguments saved at kprobe entry for the kretprobe, per thread.
 #[derive(Clone, Copy)]

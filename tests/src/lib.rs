@@ -459,21 +459,28 @@ while n>0:\n    k=min(n,len(buf)); s.sendall(buf[:k]); n-=k\n\
 s.shutdown(socket.SHUT_WR)\n\
 s.recv(1)\n";
 
-/// A well-formed TLS ClientHello naming `sni`, padded by `pad` bytes (so it
-/// spans writes): what a TLS client's first write looks like to the kernel.
-pub fn client_hello(sni: &str, pad: usize) -> Vec<u8> {
-    let n = sni.as_bytes();
-    let mut ext = vec![0x00, 0x00];
-    ext.extend_from_slice(&((n.len() + 5) as u16).to_be_bytes());
-    ext.extend_from_slice(&((n.len() + 3) as u16).to_be_bytes());
-    ext.push(0);
-    ext.extend_from_slice(&(n.len() as u16).to_be_bytes());
-    ext.extend_from_slice(n);
-    ext.extend_from_slice(&[0x00, 0x15]);
-    ext.extend_from_slice(&(pad as u16).to_be_bytes());
-    ext.resize(ext.len() + pad, 0);
+/// A well-formed TLS ClientHello naming `sni` (no SNI extension for None),
+/// padded by `pad` bytes (so it spans writes): what a TLS client's first write
+/// looks like to the kernel. Shared by the VM workload and the parser's unit tests.
+pub fn client_hello(sni: Option<&str>, pad: usize) -> Vec<u8> {
+    let mut ext = Vec::new();
+    if let Some(name) = sni {
+        let n = name.as_bytes();
+        ext.extend_from_slice(&[0x00, 0x00]);
+        ext.extend_from_slice(&((n.len() + 5) as u16).to_be_bytes());
+        ext.extend_from_slice(&((n.len() + 3) as u16).to_be_bytes());
+        ext.push(0);
+        ext.extend_from_slice(&(n.len() as u16).to_be_bytes());
+        ext.extend_from_slice(n);
+    }
+    if pad > 0 {
+        ext.extend_from_slice(&[0x00, 0x15]);
+        ext.extend_from_slice(&(pad as u16).to_be_bytes());
+        ext.resize(ext.len() + pad, 0);
+    }
     let mut body = vec![0x03, 0x03];
-    body.extend_from_slice(&[9u8; 32]);
+    body.extend_from_slice(&[9u8; 32]); // random
+    // Empty session id, one cipher suite, null compression.
     body.extend_from_slice(&[0, 0x00, 0x02, 0x13, 0x01, 0x01, 0x00]);
     body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
     body.extend_from_slice(&ext);

@@ -102,37 +102,57 @@ fn tls_sni_names_flows_and_the_mega_rule_fires_on_a_renamed_binary_by_destinatio
     sluice.stop().unwrap();
 }
 
+/// A DNS responder on the test host answering `name` with the host's address,
+/// and glibc's resolver pointed at it for single commands: a mount namespace
+/// gives each its own resolv.conf and nsswitch.conf.
+struct Resolver {
+    _responder: Sink,
+    dir: std::path::PathBuf,
+}
+
+impl Resolver {
+    fn start(host: &TestHost, dir: &Path, name: &str) -> Resolver {
+        std::fs::write(dir.join("resolv.conf"), format!("nameserver {}\noptions attempts:2 timeout:2\n", host.peer_v4)).unwrap();
+        std::fs::write(dir.join("nsswitch.conf"), "hosts: dns\n").unwrap();
+        let responder = Sink::start(Some(host), "dns", &host.peer_v4, 53, &[&format!("{name}={}", host.peer_v4)]).unwrap();
+        Resolver { _responder: responder, dir: dir.to_path_buf() }
+    }
+
+    /// `exec COMMAND` (a shell word list; `$0` is `arg`) under this resolver.
+    /// unshare execs sh, which execs the command: the returned pid is its.
+    fn run(&self, command: &str, arg: &str) -> u32 {
+        let script = format!(
+            "mount --bind {d}/resolv.conf /etc/resolv.conf && mount --bind {d}/nsswitch.conf /etc/nsswitch.conf && exec {command}",
+            d = self.dir.display()
+        );
+        run_child(Command::new("unshare").args(["-m", "sh", "-c", &script, arg]), Duration::from_secs(60)).unwrap()
+    }
+}
+
+/// Wait for a flow record named `name` and return it.
+fn wait_for_named(sluice: &Sluice, name: &str) -> Value {
+    let named = |r: &Value| r["event"]["action"] == "flow-summary" && r["destination"]["domain"] == name;
+    let recs = sluice
+        .wait_for("a DNS-named flow", Duration::from_secs(20), |r| r.iter().any(named))
+        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", sluice.stderr_text()));
+    recs.iter().find(|r| named(r)).cloned().unwrap()
+}
+
 #[test]
 fn a_dns_answer_from_a_local_resolver_names_a_plain_http_upload() {
     require_root();
     let host = TestHost::create().unwrap();
     let dir = TempDir::new("dns");
     let name = "drop.transfer.sh";
-    // glibc's resolver, pointed at a resolver on the test host: a mount
-    // namespace gives this one command its own resolv.conf and nsswitch.conf.
-    std::fs::write(dir.0.join("resolv.conf"), format!("nameserver {}\noptions attempts:2 timeout:2\n", host.peer_v4)).unwrap();
-    std::fs::write(dir.0.join("nsswitch.conf"), "hosts: dns\n").unwrap();
-    let _resolver = Sink::start(Some(&host), "dns", &host.peer_v4, 53, &[&format!("{name}={}", host.peer_v4)]).unwrap();
+    let resolver = Resolver::start(&host, &dir.0, name);
     let sluice = Sluice::start(ALL).unwrap();
     let port = free_port();
     let sink = Sink::start(Some(&host), "http", &host.peer_v4, port, &[]).unwrap();
     let payload = dir.0.join("notes.txt");
     std::fs::write(&payload, incompressible(2_000_000, 8)).unwrap();
-    let script = format!(
-        "mount --bind {d}/resolv.conf /etc/resolv.conf && mount --bind {d}/nsswitch.conf /etc/nsswitch.conf && \
-         exec curl -sS -o /dev/null -T {p} http://{name}:{port}/",
-        d = dir.0.display(),
-        p = payload.display()
-    );
-    let pid = run_child(Command::new("unshare").args(["-m", "sh", "-c", &script]), Duration::from_secs(60)).unwrap();
+    let pid = resolver.run(&format!("curl -sS -o /dev/null -T {} http://{name}:{port}/", payload.display()), "");
     assert_eq!(sink.received().unwrap(), 2_000_000);
-    // unshare execs sh, which execs curl: one pid throughout.
-    let recs = sluice
-        .wait_for("a DNS-named flow", Duration::from_secs(20), |r| {
-            r.iter().any(|f| f["event"]["action"] == "flow-summary" && f["destination"]["domain"] == name)
-        })
-        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", sluice.stderr_text()));
-    let f = recs.iter().find(|f| f["event"]["action"] == "flow-summary" && f["destination"]["domain"] == name).unwrap();
+    let f = wait_for_named(&sluice, name);
     assert_eq!(f["destination"]["ip"], host.peer_v4.as_str());
     assert_eq!(f["process"]["name"], "curl");
     assert_eq!(f["process"]["pid"], pid);
@@ -153,9 +173,7 @@ fn an_upload_named_by_dns_alone_carries_the_dns_name() {
     let host = TestHost::create().unwrap();
     let dir = TempDir::new("dnsonly");
     let name = "content.dropboxapi.com";
-    std::fs::write(dir.0.join("resolv.conf"), format!("nameserver {}\noptions attempts:2 timeout:2\n", host.peer_v4)).unwrap();
-    std::fs::write(dir.0.join("nsswitch.conf"), "hosts: dns\n").unwrap();
-    let _resolver = Sink::start(Some(&host), "dns", &host.peer_v4, 53, &[&format!("{name}={}", host.peer_v4)]).unwrap();
+    let resolver = Resolver::start(&host, &dir.0, name);
     let sluice = Sluice::start(ALL).unwrap();
     let port = free_port();
     let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &[]).unwrap();
@@ -163,18 +181,9 @@ fn an_upload_named_by_dns_alone_carries_the_dns_name() {
     let py = format!(
         "import socket,os\ns=socket.create_connection((socket.gethostbyname('{name}'),{port}))\ns.sendall(os.urandom(1500000))\ns.close()\n"
     );
-    let script = format!(
-        "mount --bind {d}/resolv.conf /etc/resolv.conf && mount --bind {d}/nsswitch.conf /etc/nsswitch.conf && exec python3 -c \"$0\"",
-        d = dir.0.display()
-    );
-    run_child(Command::new("unshare").args(["-m", "sh", "-c", &script, &py]), Duration::from_secs(60)).unwrap();
+    resolver.run("python3 -c \"$0\"", &py);
     assert_eq!(sink.received().unwrap(), 1_500_000);
-    let recs = sluice
-        .wait_for("a DNS-named flow", Duration::from_secs(20), |r| {
-            r.iter().any(|f| f["event"]["action"] == "flow-summary" && f["destination"]["domain"] == name)
-        })
-        .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", sluice.stderr_text()));
-    let f = recs.iter().find(|f| f["event"]["action"] == "flow-summary" && f["destination"]["domain"] == name).unwrap();
+    let f = wait_for_named(&sluice, name);
     assert_eq!(f["sluice"]["destination"]["name_source"], "dns");
     assert_eq!(f["sluice"]["destination"]["service"], "Dropbox");
     sluice.stop().unwrap();

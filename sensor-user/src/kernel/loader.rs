@@ -116,9 +116,12 @@ pub fn open(config: &Config) -> Result<Ebpf> {
         loader.override_global(name, off, true);
     }
     // struct sock_common / msghdr fields for the send-path probes, from BTF.
-    // Without BTF those backends refuse to start (see send_path_offsets).
-    let mut field_offs = send_path_offsets().unwrap_or_default();
-    field_offs.extend(send_capture_offsets());
+    // Without BTF those backends refuse to start (see need_btf). Parsed once:
+    // vmlinux BTF is megabytes.
+    let field_offs = match btf::Btf::from_sys_fs() {
+        Ok(b) => [send_path_offsets(&b).unwrap_or_default(), send_capture_offsets(&b)].concat(),
+        Err(_) => Vec::new(),
+    };
     for (name, off) in &field_offs {
         loader.override_global(name, off, true);
     }
@@ -129,8 +132,7 @@ pub fn open(config: &Config) -> Result<Ebpf> {
 }
 
 /// Field offsets the send-path probes read, from the running kernel's BTF.
-pub fn send_path_offsets() -> Result<Vec<(&'static str, u32)>, String> {
-    let b = btf::Btf::from_sys_fs()?;
+pub fn send_path_offsets(b: &btf::Btf) -> Result<Vec<(&'static str, u32)>, String> {
     let f = |s: &str, field: &str| b.field_offset(s, field).map_err(|e| e.to_string());
     Ok(vec![
         (globals::SKC_DADDR, f("sock_common", "skc_daddr")?),
@@ -147,9 +149,8 @@ pub fn send_path_offsets() -> Result<Vec<(&'static str, u32)>, String> {
 /// Offsets to find a send's first user bytes (for naming destinations), or,
 /// where this kernel's iov_iter is not understood, values that turn the copy
 /// off: the byte counts never depend on these.
-fn send_capture_offsets() -> Vec<(&'static str, u32)> {
+fn send_capture_offsets(b: &btf::Btf) -> Vec<(&'static str, u32)> {
     const OFF: u32 = 255;
-    let Ok(b) = btf::Btf::from_sys_fs() else { return Vec::new() };
     let f = |s: &str, field: &str| b.field_offset(s, field).ok();
     let ptr = f("iov_iter", "ubuf").or_else(|| f("iov_iter", "__iov")).or_else(|| f("iov_iter", "iov"));
     let fields = (f("msghdr", "msg_iter"), f("iov_iter", "iter_type"), f("iov_iter", "iov_offset"), f("iov_iter", "count"), ptr);
@@ -246,7 +247,7 @@ fn load_cgroup(ebpf: &mut Ebpf) -> Result<()> {
 }
 
 fn need_btf() -> Result<()> {
-    send_path_offsets().map(|_| ()).map_err(|e| anyhow!("{e}: the send-path probes read socket fields at offsets taken from BTF"))
+    btf::Btf::from_sys_fs().and_then(|b| send_path_offsets(&b)).map(|_| ()).map_err(|e| anyhow!("{e}: the send-path probes read socket fields at offsets taken from BTF"))
 }
 
 fn attach_state_tracepoint(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {

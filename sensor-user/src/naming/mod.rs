@@ -211,13 +211,12 @@ impl Namer {
         if !self.heads.contains_key(&id) && self.heads.len() >= MAX_HEADS {
             self.expire_heads(now, true);
         }
-        let h = self.heads.entry(id).or_insert(Head { buf: Vec::new(), since: now });
+        // Taken out while it grows, put back only if still undecided.
+        let mut h = self.heads.remove(&id).unwrap_or(Head { buf: Vec::new(), since: now });
         let have = h.buf.len() as u64;
         if offset > have {
             // A gap (a lost copy): what is there is all there will be.
-            let buf = std::mem::take(&mut h.buf);
-            self.heads.remove(&id);
-            self.conclude(id, &buf, true, now);
+            self.conclude(id, &h.buf, true, now);
             return;
         }
         let skip = (have - offset) as usize;
@@ -226,9 +225,8 @@ impl Namer {
         }
         h.buf.truncate(HEAD_STREAM_LIMIT as usize);
         let full = h.buf.len() >= HEAD_STREAM_LIMIT as usize;
-        let buf = h.buf.clone();
-        if self.conclude(id, &buf, full, now) {
-            self.heads.remove(&id);
+        if !self.conclude(id, &h.buf, full, now) {
+            self.heads.insert(id, h);
         }
     }
 

@@ -49,40 +49,7 @@ pub fn client_hello(bytes: &[u8]) -> Hello {
 pub(crate) mod tests {
     use super::*;
 
-    /// A minimal, well-formed TLS 1.2-style ClientHello with an SNI extension
-    /// and `pad` bytes of padding extension (to make it span segments).
-    pub fn hello(sni: Option<&str>, pad: usize) -> Vec<u8> {
-        let mut ext = Vec::new();
-        if let Some(name) = sni {
-            let n = name.as_bytes();
-            let list_len = 3 + n.len();
-            ext.extend_from_slice(&[0x00, 0x00]);
-            ext.extend_from_slice(&((list_len + 2) as u16).to_be_bytes());
-            ext.extend_from_slice(&(list_len as u16).to_be_bytes());
-            ext.push(0);
-            ext.extend_from_slice(&(n.len() as u16).to_be_bytes());
-            ext.extend_from_slice(n);
-        }
-        if pad > 0 {
-            ext.extend_from_slice(&[0x00, 0x15]);
-            ext.extend_from_slice(&(pad as u16).to_be_bytes());
-            ext.extend(std::iter::repeat_n(0u8, pad));
-        }
-        let mut body = vec![0x03, 0x03];
-        body.extend_from_slice(&[7u8; 32]); // random
-        body.push(0); // session id
-        body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]); // one cipher suite
-        body.extend_from_slice(&[0x01, 0x00]); // null compression
-        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-        body.extend_from_slice(&ext);
-        let mut hs = vec![0x01];
-        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-        hs.extend_from_slice(&body);
-        let mut rec = vec![0x16, 0x03, 0x01];
-        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-        rec.extend_from_slice(&hs);
-        rec
-    }
+    pub use sluice_tests::client_hello as hello;
 
     #[test]
     fn sni_from_a_whole_hello_and_none_until_it_is_whole() {

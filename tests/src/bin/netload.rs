@@ -99,7 +99,7 @@ fn main() {
         }
         ["tls", ip, port, sni, bytes] => {
             let n: usize = bytes.parse().expect("bytes");
-            let hello = sluice_tests::client_hello(sni, 1200);
+            let hello = sluice_tests::client_hello(Some(sni), 1200);
             let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
             // write() (ITER_UBUF), then writev() whose first iovec ends the hello.
             s.write_all(&hello[..600]).expect("write");
