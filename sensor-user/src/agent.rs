@@ -22,6 +22,7 @@ use tokio::{
 
 use crate::{
     config::Config,
+    container::{self, Container},
     detect::{Detector, FlowObs, ProcInfo, TickInput},
     events::{self, KernelEvent},
     flows::{self, Attribution, DeltaTracker, Owner},
@@ -72,6 +73,7 @@ pub struct Agent<W: Write> {
     /// cgroup id -> cgroup v2 path (refreshed by a bounded walk on a miss).
     cgroup_paths: HashMap<u64, String>,
     cgroup_walked_tick: u64,
+    containers: container::Resolver,
     last_tick: Instant,
     last_counters: Vec<u64>,
     last_naming: crate::naming::Stats,
@@ -109,7 +111,10 @@ impl<W: Write> Agent<W> {
         let mut procs = ProcessTable::default();
         let seeded = procs.seed(&procfs, procfs.pids());
         eprintln!("sluice: process table seeded with {seeded} processes from /proc");
-        let ctx = output::Context { host_name: output::host_name(), backend: sensor.backend.name() };
+        let host_name = if config.agent.host_name.is_empty() { output::host_name() } else { config.agent.host_name.clone() };
+        let ctx = output::Context { host_name, backend: sensor.backend.name() };
+        let v1 = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| container::v1_mounted_in(&m));
+        let containers = container::Resolver::new(config.containers.clone(), v1);
         let format = config.agent.format;
         let recorder = match record_to {
             Some(path) => {
@@ -142,6 +147,7 @@ impl<W: Write> Agent<W> {
             last_save: Instant::now(),
             cgroup_paths: HashMap::new(),
             cgroup_walked_tick: u64::MAX,
+            containers,
             last_tick: Instant::now(),
             last_counters: vec![0; counter::LEN as usize],
             last_naming: Default::default(),
@@ -403,20 +409,21 @@ impl<W: Write> Agent<W> {
             })
         }, |k, ip| namer.destination(k, ip, unix_now));
 
+        let senders: Vec<Sender> = records.iter().map(|r| self.sender(r.owner.pid, r.owner.cgroup_id)).collect();
         if self.config.agent.emit.flows() {
-            for r in &records {
+            for (r, s) in records.iter().zip(&senders) {
                 if !self.config.flows.include_loopback && r.scope() == flows::Scope::Loopback {
                     continue;
                 }
                 let p = self.procs.get(r.owner.pid);
-                let json = output::flow_json(&self.ctx, at, window, r, p);
+                let json = output::flow_json(&self.ctx, at, window, r, p, s.container.as_ref());
                 self.sink
                     .record(&json, || output::flow_text(at, r, p))
                     .context("writing to stdout")?;
                 self.stats.flow_records += 1;
             }
         }
-        self.detect(at, window, &records)?;
+        self.detect(at, window, &records, senders)?;
         self.sink.flush().context("flushing stdout")?;
 
         if now.duration_since(self.last_save) >= self.config.state.save_every {
@@ -453,17 +460,24 @@ impl<W: Write> Agent<W> {
         self.cgroup_paths.get(&cgroup_id).cloned()
     }
 
+    /// Where a sender runs: its cgroup v2 path and container, if any.
+    fn sender(&mut self, pid: u32, cgroup_id: u64) -> Sender {
+        let cgroup = self.cgroup_path(cgroup_id);
+        let start_ns = self.procs.get(pid).map(|p| p.start_ns).unwrap_or(0);
+        let container = self.containers.resolve(cgroup.as_deref(), pid, start_ns);
+        Sender { cgroup, container }
+    }
+
     /// Hand this tick to the detector (and the record file); print its alerts.
-    fn detect(&mut self, at: SystemTime, window: Duration, records: &[flows::FlowRecord]) -> Result<()> {
-        let cgroups: Vec<Option<String>> = records.iter().map(|r| self.cgroup_path(r.owner.cgroup_id)).collect();
+    fn detect(&mut self, at: SystemTime, window: Duration, records: &[flows::FlowRecord], senders: Vec<Sender>) -> Result<()> {
         let input = TickInput {
             t: output::unix_secs(at),
             window_s: window.as_secs_f64(),
             execs: std::mem::take(&mut self.pending_execs),
             flows: records
                 .iter()
-                .zip(cgroups)
-                .map(|(r, cgroup)| FlowObs {
+                .zip(senders)
+                .map(|(r, Sender { cgroup, container })| FlowObs {
                     process: self.proc_info(r.owner.pid),
                     remote_ip: r.remote_ip,
                     remote_port: r.remote_port,
@@ -472,6 +486,7 @@ impl<W: Write> Agent<W> {
                     scope: r.scope().as_str().to_string(),
                     domain: r.destination.domain.clone(),
                     cgroup,
+                    container,
                     bytes_out: r.volume.bytes_out,
                     bytes_in: r.volume.bytes_in,
                 })
@@ -659,6 +674,11 @@ impl<W: Write> Agent<W> {
     }
 }
 
+/// Where a flow's sender runs.
+struct Sender {
+    cgroup: Option<String>,
+    container: Option<Container>,
+}
 
 /// Load learned state, saying on stderr what happened; never fatal.
 fn restore_state(config: &Config, detector: &mut Detector) {

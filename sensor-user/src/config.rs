@@ -61,6 +61,54 @@ pub struct Config {
     pub detect: Detect,
     pub state: StateConfig,
     pub destinations: Destinations,
+    pub containers: Containers,
+    pub output: Output,
+    pub metrics: Metrics,
+}
+
+/// Container and Kubernetes attribution (see `container`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Containers {
+    pub enabled: bool,
+    /// The kubelet's `/var/log/pods` ("" = not read).
+    pub pod_logs: String,
+    /// The kubelet's `/var/log/containers` ("" = not read).
+    pub container_logs: String,
+    /// A kubelet pod list URL over plain HTTP ("" = not asked).
+    pub kubelet_url: String,
+}
+
+/// Where records go: stdout, or a file rotated by size.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// "stdout" or "file:/path/to/alerts.json".
+    pub to: String,
+    #[serde(with = "byte_size")]
+    pub rotate_size: u64,
+    /// Rotated files kept (`<path>.1` is the newest).
+    pub rotate_keep: u32,
+}
+
+impl Output {
+    /// The file path of `file:PATH`, `None` for stdout.
+    pub fn file(&self) -> Result<Option<&str>, String> {
+        match self.to.as_str() {
+            "stdout" | "-" => Ok(None),
+            t => match t.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(Some(p)),
+                _ => Err(format!("output.to = {t:?}: expected \"stdout\" or \"file:PATH\"")),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// host:port for Prometheus `/metrics` and `/healthz` ("" = off).
+    pub addr: String,
 }
 
 impl Destinations {
@@ -105,6 +153,8 @@ pub struct Detect {
     /// Substrings of the sender's cgroup v2 path: containers (their id is in the
     /// path for every runtime) and systemd services.
     pub allow_cgroups: Vec<String>,
+    /// Kubernetes namespaces whose pods never alert.
+    pub allow_namespaces: Vec<String>,
     /// Informational event the first time an executable sends to a storage service.
     pub first_storage_destination: bool,
     pub exfil_tool_upload: FloorRule,
@@ -218,6 +268,9 @@ pub struct Agent {
     pub probe: Probe,
     pub format: Format,
     pub emit: Emit,
+    /// `host.name` on every record ("" = the kernel's hostname). In a pod, set
+    /// it to the node's name (the DaemonSet passes the downward API's).
+    pub host_name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,6 +358,18 @@ impl Config {
         if !(16..=10_000_000).contains(&self.destinations.dns_cache_max) {
             return Err(format!("destinations.dns_cache_max = {}: allowed 16 to 10000000", self.destinations.dns_cache_max));
         }
+        self.output.file()?;
+        if self.output.rotate_size < 4096 || self.output.rotate_keep > 1000 {
+            return Err(format!(
+                "output.rotate_size = {}, output.rotate_keep = {}: the size must be at least 4KiB and at most 1000 files are kept",
+                self.output.rotate_size, self.output.rotate_keep
+            ));
+        }
+        if !self.metrics.addr.is_empty() {
+            self.metrics.addr.parse::<std::net::SocketAddr>().map_err(|e| {
+                format!("metrics.addr = {:?}: {e} (expected an address and port like \"127.0.0.1:9464\")", self.metrics.addr)
+            })?;
+        }
         Ok(())
     }
 }
@@ -360,6 +425,20 @@ mod tests {
         assert!(e.contains("furlongs"), "{e}");
         let e = Config::from_toml("[detect.volume_anomaly]\nalpha = 2.0\n", None).unwrap_err().to_string();
         assert!(e.contains("alpha"), "{e}");
+    }
+
+    #[test]
+    fn output_and_metrics_are_checked() {
+        let c = Config::from_toml("[output]\nto = \"file:/var/log/sluice.json\"\n", None).unwrap();
+        assert_eq!(c.output.file(), Ok(Some("/var/log/sluice.json")));
+        assert_eq!(Config::embedded().output.file(), Ok(None));
+        let e = Config::from_toml("[output]\nto = \"syslog\"\n", None).unwrap_err().to_string();
+        assert!(e.contains("output.to") && e.contains("file:PATH"), "{e}");
+        let e = Config::from_toml("[output]\nrotate_size = 10\n", None).unwrap_err().to_string();
+        assert!(e.contains("rotate_size"), "{e}");
+        let e = Config::from_toml("[metrics]\naddr = \"localhost\"\n", None).unwrap_err().to_string();
+        assert!(e.contains("metrics.addr"), "{e}");
+        assert!(Config::from_toml("[metrics]\naddr = \"0.0.0.0:9464\"\n", None).is_ok());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     config::Format,
+    container::Container,
     detect::{Alert, ProcInfo},
     flows::{self, FlowRecord},
     naming::{Destination, NameSource},
@@ -64,7 +65,14 @@ pub fn process_json(pid: u32, p: Option<&Process>) -> Value {
 }
 
 /// One `flow-summary` event for `--emit flows`.
-pub fn flow_json(ctx: &Context, at: SystemTime, window: Duration, r: &FlowRecord, p: Option<&Process>) -> Value {
+pub fn flow_json(
+    ctx: &Context,
+    at: SystemTime,
+    window: Duration,
+    r: &FlowRecord,
+    p: Option<&Process>,
+    container: Option<&Container>,
+) -> Value {
     let net_type = if r.remote_ip.is_ipv4() { "ipv4" } else { "ipv6" };
     let mut v = json!({
         "@timestamp": timestamp(at),
@@ -112,7 +120,32 @@ pub fn flow_json(ctx: &Context, at: SystemTime, window: Duration, r: &FlowRecord
     if let Some(path) = &d.http_path {
         v["url"] = json!({ "path": path });
     }
+    add_container(&mut v, container);
     v
+}
+
+/// ECS `container` and, for a Kubernetes pod, `orchestrator` (the pod as the
+/// resource: `orchestrator.resource.{type,id,name}`, `orchestrator.namespace`).
+fn add_container(v: &mut Value, c: Option<&Container>) {
+    let Some(c) = c else { return };
+    let mut cv = json!({ "id": c.id, "runtime": c.runtime });
+    if let Some(n) = &c.name {
+        cv["name"] = json!(n);
+    }
+    if let Some(i) = &c.image {
+        cv["image"] = json!({ "name": i });
+    }
+    v["container"] = cv;
+    if let Some(pod) = &c.pod {
+        let mut o = json!({ "type": "kubernetes", "resource": { "type": "pod", "id": pod.uid } });
+        if let Some(n) = &pod.name {
+            o["resource"]["name"] = json!(n);
+        }
+        if let Some(ns) = &pod.namespace {
+            o["namespace"] = json!(ns);
+        }
+        v["orchestrator"] = o;
+    }
 }
 
 /// ECS `destination`: address, and the name when one is known.
@@ -183,7 +216,7 @@ pub fn alert_json(ctx: &Context, a: &Alert) -> Value {
     if let Some(b) = &a.baseline {
         evidence["baseline"] = json!({ "mean": b.mean_bytes, "stddev": b.stddev_bytes, "samples": b.samples });
     }
-    json!({
+    let mut v = json!({
         "@timestamp": timestamp(unix(a.t)),
         "event": {
             "kind": "alert",
@@ -209,7 +242,9 @@ pub fn alert_json(ctx: &Context, a: &Alert) -> Value {
             },
         },
         "sluice": evidence,
-    })
+    });
+    add_container(&mut v, a.container.as_ref());
+    v
 }
 
 pub fn alert_text(a: &Alert) -> String {
@@ -330,7 +365,7 @@ mod tests {
     fn json_line_is_one_valid_object_with_ecs_fields() {
         let ctx = Context { host_name: "h".into(), backend: "cgroup" };
         let p = hostile_process();
-        let v = flow_json(&ctx, SystemTime::UNIX_EPOCH, Duration::from_secs(5), &record(), Some(&p));
+        let v = flow_json(&ctx, SystemTime::UNIX_EPOCH, Duration::from_secs(5), &record(), Some(&p), None);
         let mut sink = Sink::new(Vec::new(), Format::Json);
         sink.record(&v, String::new).unwrap();
         let text = String::from_utf8(sink.out).unwrap();
@@ -359,7 +394,21 @@ mod tests {
             http_path: None,
             service: crate::services::Catalog::builtin().lookup("content.dropboxapi.com").cloned(),
         };
-        let v = flow_json(&ctx, SystemTime::UNIX_EPOCH, Duration::from_secs(5), &r, None);
+        let c = Container {
+            id: "4f1d".into(),
+            runtime: "containerd".into(),
+            name: Some("web".into()),
+            image: Some("registry/web:1.2".into()),
+            pod: Some(crate::container::Pod { uid: "u-1".into(), name: Some("api-1".into()), namespace: Some("payments".into()) }),
+        };
+        let v = flow_json(&ctx, SystemTime::UNIX_EPOCH, Duration::from_secs(5), &r, None, Some(&c));
+        assert_eq!(v["container"]["id"], "4f1d");
+        assert_eq!(v["container"]["runtime"], "containerd");
+        assert_eq!(v["container"]["image"]["name"], "registry/web:1.2");
+        assert_eq!(v["orchestrator"]["type"], "kubernetes");
+        assert_eq!(v["orchestrator"]["namespace"], "payments");
+        assert_eq!(v["orchestrator"]["resource"]["name"], "api-1");
+        assert_eq!(v["orchestrator"]["resource"]["id"], "u-1");
         assert_eq!(v["destination"]["domain"], "content.dropboxapi.com");
         assert_eq!(v["tls"]["client"]["server_name"], "content.dropboxapi.com");
         assert_eq!(v["network"]["protocol"], "tls");
@@ -397,6 +446,7 @@ mod tests {
             window_s: 60.0,
             baseline: None,
             score: 1.0,
+            container: Some(Container { id: "c".into(), runtime: "docker".into(), name: None, image: None, pod: None }),
             reason: "evil\nsent 1.0 GiB".into(),
             suppressed: 3,
             indicators: vec!["tool: MEGAcmd".into()],
@@ -414,6 +464,8 @@ mod tests {
         assert_eq!(v["sluice"]["destination"]["service"], "MEGA");
         assert_eq!(v["sluice"]["destination"]["category"], "storage");
         assert_eq!(v["sluice"]["suppressed"], 3);
+        assert_eq!(v["container"]["runtime"], "docker");
+        assert!(v.get("orchestrator").is_none());
         assert_eq!(v["event"]["severity"], 73);
         let line = alert_text(&a);
         assert!(!line.contains('\n') && line.contains("ALERT high sluice.exfil_tool_upload") && line.contains("3 similar suppressed"), "{line}");

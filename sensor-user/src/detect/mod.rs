@@ -21,6 +21,7 @@ use self::{
 };
 use crate::{
     config::Detect,
+    container::Container,
     services::{is_upload_category, Catalog, Service},
 };
 
@@ -55,6 +56,9 @@ pub struct FlowObs {
     /// The sender's cgroup v2 path (container runtimes put the container id in it).
     #[serde(default)]
     pub cgroup: Option<String>,
+    /// The sender's container and pod, when it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
     pub bytes_out: u64,
     pub bytes_in: u64,
 }
@@ -218,6 +222,7 @@ pub struct Alert {
     pub domain: Option<String>,
     /// The catalog's service for `domain`.
     pub service: Option<Arc<Service>>,
+    pub container: Option<Container>,
     pub bytes_out: u64,
     pub bytes_in: u64,
     pub window_s: f64,
@@ -441,6 +446,10 @@ impl Detector {
             if self.cfg.allow_cgroups.iter().any(|a| !a.is_empty() && cg.contains(a.as_str())) {
                 return false;
             }
+        }
+        let namespace = f.container.as_ref().and_then(|c| c.pod.as_ref()).and_then(|p| p.namespace.as_deref());
+        if namespace.is_some_and(|ns| self.cfg.allow_namespaces.iter().any(|a| a == ns)) {
+            return false;
         }
         let ip = f.remote_ip.to_string();
         let dom = f.domain.as_deref().unwrap_or("");
@@ -884,6 +893,7 @@ impl Detector {
             transport: f.transport.clone(),
             domain: f.domain.clone(),
             service: self.service_of(f),
+            container: f.container.clone(),
             bytes_out,
             bytes_in,
             window_s,

@@ -30,6 +30,7 @@ fn flow(p: &ProcInfo, bytes_out: u64) -> FlowObs {
         scope: "public".into(),
         domain: None,
         cgroup: None,
+        container: None,
         bytes_out,
         bytes_in: bytes_out / 100,
     }
@@ -469,4 +470,28 @@ fn a_container_or_service_on_the_cgroup_allowlist_is_silent() {
     let mut elsewhere = flow(&mega, 100 * MIB);
     elsewhere.cgroup = Some("/user.slice/user-1000.slice".into());
     assert_eq!(ids(&d.tick(&tick(10.0, vec![elsewhere]))), [EXFIL_TOOL.id]);
+}
+
+#[test]
+fn pods_of_an_allowlisted_namespace_are_silent_and_alerts_carry_the_pod() {
+    use crate::container::{Container, Pod};
+    let mut cfg = Config::embedded().detect;
+    cfg.allow_namespaces = vec!["velero".into()];
+    let mut d = Detector::new(cfg);
+    let mega = proc_(1, 0, "/usr/bin/megasync", &["megasync"]);
+    let in_ns = |ns: &str| Container {
+        id: "c1".into(),
+        runtime: "containerd".into(),
+        name: Some("sync".into()),
+        image: None,
+        pod: Some(Pod { uid: "u1".into(), name: Some("sync-0".into()), namespace: Some(ns.into()) }),
+    };
+    let mut backup = flow(&mega, 100 * MIB);
+    backup.container = Some(in_ns("velero"));
+    assert!(d.tick(&tick(5.0, vec![backup])).is_empty());
+    let mut other = flow(&mega, 100 * MIB);
+    other.container = Some(in_ns("payments"));
+    let a = d.tick(&tick(10.0, vec![other]));
+    assert_eq!(ids(&a), [EXFIL_TOOL.id]);
+    assert_eq!(a[0].container.as_ref().and_then(|c| c.pod.as_ref()).and_then(|p| p.name.as_deref()), Some("sync-0"));
 }
