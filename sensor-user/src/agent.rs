@@ -27,6 +27,7 @@ use crate::{
     events::{self, KernelEvent},
     flows::{self, Attribution, DeltaTracker, Owner},
     kernel::loader::Sensor,
+    metrics::{self, Metrics},
     output::{self, Sink},
     process_table::{boottime_ns, ProcSource, ProcessTable, Procfs},
     naming::Namer,
@@ -78,6 +79,9 @@ pub struct Agent<W: Write> {
     last_counters: Vec<u64>,
     last_naming: crate::naming::Stats,
     pub stats: Stats,
+    pub metrics: Metrics,
+    /// `stats` as last published to `metrics` (they take increments).
+    published: Stats,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -123,6 +127,10 @@ impl<W: Write> Agent<W> {
             }
             None => None,
         };
+        let metrics = Metrics::new();
+        metrics.backend.get_or_create(&metrics::BackendLabel { backend: ctx.backend.to_string() }).set(1);
+        metrics.map_capacity.get_or_create(&metrics::MapLabel { map: "flows".into() }).set(config.kernel.flows_max.into());
+        metrics.map_capacity.get_or_create(&metrics::MapLabel { map: "sockets".into() }).set(config.kernel.sockets_max.into());
         let mut detector = Detector::new(config.detect.clone()).with_catalog(catalog.clone());
         let namer = Namer::new(catalog, config.destinations.dns_cache_max);
         restore_state(&config, &mut detector);
@@ -152,6 +160,8 @@ impl<W: Write> Agent<W> {
             last_counters: vec![0; counter::LEN as usize],
             last_naming: Default::default(),
             stats: Stats::default(),
+            metrics,
+            published: Stats::default(),
         };
         match agent.seed_sockets() {
             Ok(n) => eprintln!("sluice: {n} sockets older than the sensor attributed through sock_diag and /proc"),
@@ -340,6 +350,7 @@ impl<W: Write> Agent<W> {
     /// One tick: snapshot, attribute, aggregate, emit, retire.
     pub fn tick(&mut self) -> Result<()> {
         let now = Instant::now();
+        let events_before = self.published.events;
         let window = now.duration_since(self.last_tick);
         self.last_tick = now;
         self.stats.ticks += 1;
@@ -438,7 +449,22 @@ impl<W: Write> Agent<W> {
         self.report_counters();
         let grace = (self.config.agent.tick * 2 + Duration::from_secs(5)).as_nanos() as u64;
         self.procs.reap(boottime_ns(), grace);
+        self.publish(snapshot.len(), window, events_before);
+        self.metrics.tick_done(now.elapsed(), unix_now);
         Ok(())
+    }
+
+    /// Bring the metrics up to date with this tick's stats.
+    fn publish(&mut self, flows: usize, window: Duration, events_before: u64) {
+        let (m, s, p) = (&self.metrics, &self.stats, &mut self.published);
+        m.kernel_events.inc_by(s.events - p.events);
+        m.malformed_events.inc_by(s.decode_errors - p.decode_errors);
+        m.flow_records.inc_by(s.flow_records - p.flow_records);
+        m.kernel_events_per_second.set((s.events - events_before) as f64 / window.as_secs_f64().max(1e-3));
+        m.flows_tracked.set(flows as i64);
+        m.map_entries.get_or_create(&metrics::MapLabel { map: "flows".into() }).set(flows as i64);
+        m.processes_tracked.set(self.procs.len() as i64);
+        *p = s.clone();
     }
 
     /// The cgroup v2 path of a cgroup id (what the kernel recorded for the
@@ -500,6 +526,7 @@ impl<W: Write> Agent<W> {
         let alerts = self.detector.tick(&input);
         if self.config.agent.emit.alerts() {
             for a in &alerts {
+                self.metrics.alerts.get_or_create(&metrics::RuleLabel { rule: a.rule.id.to_string() }).inc();
                 let json = output::alert_json(&self.ctx, a);
                 self.sink.record(&json, || output::alert_text(a)).context("writing to stdout")?;
                 self.stats.alerts += 1;
@@ -560,15 +587,18 @@ impl<W: Write> Agent<W> {
         let now_ns = boottime_ns();
         let after = self.config.flows.retire_after.as_nanos() as u64;
         let with_flows: HashSet<u64> = snapshot.iter().map(|(k, _)| k.cookie).collect();
+        let mut entries = 0i64;
         let stale: Vec<u64> = self
             .socks_map
             .iter()
             .filter_map(Result::ok)
+            .inspect(|_| entries += 1)
             .filter(|(c, info)| {
                 info.closed_ns != 0 && now_ns.saturating_sub(info.closed_ns) >= after && !with_flows.contains(c)
             })
             .map(|(c, _)| c)
             .collect();
+        self.metrics.map_entries.get_or_create(&metrics::MapLabel { map: "sockets".into() }).set(entries - stale.len() as i64);
         for c in stale {
             let _ = self.socks_map.remove(&c);
             self.stats.sockets_retired += 1;
@@ -583,11 +613,18 @@ impl<W: Write> Agent<W> {
             let total: u64 = per_cpu.iter().sum();
             let prev = self.last_counters[i as usize];
             if total != prev {
+                let delta = total.saturating_sub(prev);
+                let name = counter::NAMES[i as usize];
+                self.metrics.kernel_counters.get_or_create(&metrics::NameLabel { name: name.to_string() }).inc_by(delta);
+                if name.starts_with("ringbuf_drop") {
+                    self.metrics.ringbuf_drops.inc_by(delta);
+                }
                 moved.push(format!("{}={} (+{})", counter::NAMES[i as usize], total, total.saturating_sub(prev)));
                 self.last_counters[i as usize] = total;
             }
         }
         if self.tracker.vanished > 0 {
+            self.metrics.flows_evicted.inc_by(self.tracker.vanished);
             moved.push(format!("flows_evicted={}", self.tracker.vanished));
             self.tracker.vanished = 0;
         }

@@ -71,4 +71,13 @@ pub struct RunArgs {
     /// State file for learned baselines (overrides state.path; "" keeps nothing).
     #[arg(long)]
     pub state: Option<String>,
+    /// Where records go: "stdout" or "file:PATH" (rotated by size; overrides output.to).
+    #[arg(long)]
+    pub output: Option<String>,
+    /// Serve Prometheus /metrics and /healthz on HOST:PORT (overrides metrics.addr).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+    /// host.name on every record (overrides agent.host_name; in a pod, the node's name).
+    #[arg(long)]
+    pub host_name: Option<String>,
 }

@@ -328,7 +328,8 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Check ranges and formats (also after command-line flags changed values).
+    pub fn validate(&self) -> Result<(), String> {
         let tick = self.agent.tick;
         if tick < Duration::from_millis(100) || tick > Duration::from_secs(3600) {
             return Err(format!("agent.tick = {tick:?}: allowed 100ms to 1h"));

@@ -8,10 +8,11 @@ use sluice::{
     cli::{Cli, Command, ConfigAction, RunArgs},
     config::{Config, Format, DEFAULT_TOML},
     detect::Detector,
-    output, record,
+    metrics, output, record,
+    rotate::RotatingFile,
     kernel::{
         backend::{self, Backend, Verdict},
-        loader, privileges,
+        loader, preflight, privileges,
     },
 };
 
@@ -92,9 +93,34 @@ fn run(args: RunArgs, record_to: Option<std::path::PathBuf>) -> Result<()> {
     if let Some(s) = args.state {
         config.state.path = s;
     }
+    if let Some(o) = args.output {
+        config.output.to = o;
+    }
+    if let Some(a) = args.metrics_addr {
+        config.metrics.addr = a;
+    }
+    if let Some(h) = args.host_name {
+        config.agent.host_name = h;
+    }
+    config
+        .validate()
+        .map_err(|message| sluice::config::ConfigError::Invalid { origin: Some("the command line".into()), message })?;
     let catalog = Arc::new(config.destinations.load_catalog()?);
+    // Output and listener first: a file we cannot write or a port in use is
+    // reported before anything is loaded into the kernel.
+    let out: Box<dyn std::io::Write> = match config.output.file().map_err(anyhow::Error::msg)? {
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        Some(path) => Box::new(RotatingFile::open(std::path::Path::new(path), config.output.rotate_size, config.output.rotate_keep)?),
+    };
+    let metrics_listener = match config.metrics.addr.as_str() {
+        "" => None,
+        a => Some(metrics::bind(a)?),
+    };
     // One clear sentence instead of the same reason repeated per backend.
     privileges::check().map_err(anyhow::Error::msg)?;
+    for w in privileges::effective().map(preflight::warnings).unwrap_or_default() {
+        eprintln!("sluice: warning: {w}");
+    }
     let chosen = match Backend::from_probe(config.agent.probe) {
         Some(b) => b,
         None => {
@@ -106,9 +132,16 @@ fn run(args: RunArgs, record_to: Option<std::path::PathBuf>) -> Result<()> {
         }
     };
     let sensor = loader::attach(&config, chosen).with_context(|| format!("starting the {chosen} backend (`sluice check` shows what this kernel allows)"))?;
-    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    let agent = Agent::new(config, catalog, sensor, stdout, record_to.as_deref())?;
+    // /healthz fails when ticks stop completing for this long.
+    let stale = config.agent.tick * 3 + std::time::Duration::from_secs(10);
+    let agent = Agent::new(config, catalog, sensor, out, record_to.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(agent.run())?;
+    rt.block_on(async move {
+        if let Some(l) = metrics_listener {
+            let local = metrics::serve(l, agent.metrics.clone(), stale)?;
+            eprintln!("sluice: metrics on http://{local}/metrics, health on http://{local}/healthz");
+        }
+        agent.run().await
+    })?;
     Ok(())
 }

@@ -297,17 +297,13 @@ impl<W: Write> Sink<W> {
 
     /// `json` is written as one line in JSON mode, `text` in text mode.
     pub fn record(&mut self, json: &Value, text: impl FnOnce() -> String) -> std::io::Result<()> {
-        match self.format {
-            Format::Json => {
-                serde_json::to_writer(&mut self.out, json)?;
-                self.out.write_all(b"\n")?;
-            }
-            Format::Text => {
-                let line = text();
-                self.out.write_all(line.as_bytes())?;
-                self.out.write_all(b"\n")?;
-            }
-        }
+        // One write per whole line, so a rotating file never splits a record.
+        let mut line = match self.format {
+            Format::Json => serde_json::to_vec(json)?,
+            Format::Text => text().into_bytes(),
+        };
+        line.push(b'\n');
+        self.out.write_all(&line)?;
         self.lines += 1;
         Ok(())
     }

@@ -505,3 +505,23 @@ pub fn dns_answer(name: &str, ip: std::net::Ipv4Addr) -> Vec<u8> {
     m.extend_from_slice(&ip.octets());
     m
 }
+
+/// A plain HTTP/1.1 GET (the metrics endpoint): (status, body). Bounded by a
+/// 5 s timeout on every read and write.
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no HTTP status line")?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of one sample line of a Prometheus exposition (`name{labels}`).
+pub fn metric(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
+}

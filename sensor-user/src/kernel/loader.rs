@@ -12,7 +12,7 @@ use aya::{
 };
 use sensor_common::{globals, maps};
 
-use super::{backend::Backend, btf, mounts, privileges, tracefs, EBPF_OBJECT};
+use super::{backend::Backend, btf, mounts, preflight, privileges, tracefs, EBPF_OBJECT};
 use crate::config::Config;
 
 /// Process-lifecycle tracepoints, attached on every backend: (program, category, event).
@@ -73,14 +73,10 @@ fn raise_memlock() {
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
-/// Explain a load/attach failure in terms a user can act on.
-pub fn explain(err: &anyhow::Error) -> Option<&'static str> {
-    let text = format!("{err:#}");
-    if text.contains("Operation not permitted") || text.contains("EPERM") {
-        Some("sluice needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN + CAP_SYS_RESOURCE (CAP_SYS_ADMIN on kernels before 5.8)")
-    } else {
-        None
-    }
+/// Explain a load/attach failure in terms a user can act on (see `preflight`).
+pub fn explain(err: &anyhow::Error) -> Option<String> {
+    let hints = preflight::hints(&format!("{err:#}"), &preflight::Env::read());
+    (!hints.is_empty()).then(|| hints.join("; "))
 }
 
 /// Open the object with the running kernel's tracepoint offsets patched in.

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod btf;
 pub mod loader;
 pub mod mounts;
+pub mod preflight;
 pub mod privileges;
 pub mod tracefs;
 
