@@ -278,6 +278,8 @@ pub struct Agent {
 pub struct Kernel {
     pub flows_max: u32,
     pub sockets_max: u32,
+    /// The host's cgroup v2 mount ("" = find it in /proc/self/mounts).
+    pub cgroup_root: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -22,12 +22,16 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args, None),
         Command::Record { file, run: args } => run(args, Some(file)),
         Command::Replay { file, config, format } => replay(&file, config.as_deref(), format),
-        Command::Check { config } => Config::load(config.as_deref()).map_err(Into::into).map(|c| {
+        Command::Check { config } => Config::load(config.as_deref()).map_err(Into::into).and_then(|c| {
+            if !c.kernel.cgroup_root.is_empty() {
+                sluice::kernel::mounts::set_cgroup_root(&c.kernel.cgroup_root)?;
+            }
             let (text, chosen) = check::report(&c);
             print!("{text}");
             if chosen.is_none() {
                 std::process::exit(1);
             }
+            Ok(())
         }),
         Command::Config { action: ConfigAction::Print } => {
             print!("{DEFAULT_TOML}");
@@ -106,6 +110,9 @@ fn run(args: RunArgs, record_to: Option<std::path::PathBuf>) -> Result<()> {
         .validate()
         .map_err(|message| sluice::config::ConfigError::Invalid { origin: Some("the command line".into()), message })?;
     let catalog = Arc::new(config.destinations.load_catalog()?);
+    if !config.kernel.cgroup_root.is_empty() {
+        sluice::kernel::mounts::set_cgroup_root(&config.kernel.cgroup_root)?;
+    }
     // Output and listener first: a file we cannot write or a port in use is
     // reported before anything is loaded into the kernel.
     let out: Box<dyn std::io::Write> = match config.output.file().map_err(anyhow::Error::msg)? {

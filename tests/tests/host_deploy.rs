@@ -282,6 +282,12 @@ fn start_up_errors_name_what_to_do() {
     assert!(e.contains("opening the output file /proc/sluice-nowhere/alerts.json"), "{e}");
     let e = fails(Command::new(sluice_bin()).args(["run", "--state", "", "--output", "syslog"]));
     assert!(e.contains("the command line") && e.contains("file:PATH"), "{e}");
+    // A cgroup root that is not the cgroup v2 hierarchy.
+    let dir = TempDir::new("cgroot");
+    let config = dir.0.join("sluice.toml");
+    std::fs::write(&config, format!("[kernel]\ncgroup_root = \"{}\"\n", dir.0.display())).unwrap();
+    let e = fails(Command::new(sluice_bin()).args(["run", "--state", "", "--config", config.to_str().unwrap()]));
+    assert!(e.contains("kernel.cgroup_root") && e.contains("is not a cgroup v2 mount"), "{e}");
     // A backend this kernel refuses is named with the reason and a hint (this
     // host forbids fentry; the qemu guest allows it, and vm.rs covers it there).
     let check = Command::new(sluice_bin()).arg("check").output().unwrap();

@@ -2,6 +2,7 @@
 //! installs what it needs first (`setup`), so a fresh Debian machine goes from
 //! clone to running sensor or green test suite with one command.
 
+mod deploy;
 mod setup;
 mod vm;
 
@@ -36,6 +37,11 @@ enum Cmd {
     Test,
     /// Only the qemu part: Debian's kernel, --probe fentry then --probe kprobe.
     VmTest,
+    /// Build the release binary (eBPF object embedded): target/release/sluice.
+    Build,
+    /// Validate deploy/ offline (manifests, image file, unit) and run the
+    /// emulated pod with the binary (needs root).
+    DeployCheck,
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -83,6 +89,14 @@ fn build_ebpf() -> Result<()> {
     Ok(())
 }
 
+/// The eBPF object, then the release `sluice` embedding it.
+fn build_release() -> Result<PathBuf> {
+    setup::ensure()?;
+    build_ebpf()?;
+    run(cargo().args(["build", "--release", "-p", "sensor-user", "--bin", "sluice"]))?;
+    Ok(root().join("target/release/sluice"))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -91,11 +105,17 @@ fn main() -> Result<()> {
             setup::ensure()?;
             build_ebpf()
         }
+        Cmd::Build => {
+            let bin = build_release()?;
+            println!("xtask: {}", bin.display());
+            Ok(())
+        }
+        Cmd::DeployCheck => {
+            let bin = build_release()?;
+            deploy::check(&bin)
+        }
         Cmd::Run { args } => {
-            setup::ensure()?;
-            build_ebpf()?;
-            run(cargo().args(["build", "--release", "-p", "sensor-user", "--bin", "sluice"]))?;
-            let bin = root().join("target/release/sluice");
+            let bin = build_release()?;
             let mut c = Command::new(&bin);
             c.arg("run").args(args);
             let err = std::os::unix::process::CommandExt::exec(&mut c);
@@ -114,6 +134,7 @@ fn main() -> Result<()> {
             run(cargo()
                 .args(["test", "-p", "sluice-tests", "--test", "host_cgroup", "--test", "host_detect", "--test", "host_names", "--test", "host_deploy", "--", "--test-threads=1"])
                 .env("SLUICE_BIN", &bin))?;
+            deploy::check(&bin)?;
             vm::vm_test(cargo)
         }
         Cmd::VmTest => {

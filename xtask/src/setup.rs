@@ -93,6 +93,12 @@ pub fn ensure_vm_tools() -> Result<()> {
     apt_install(&["qemu-system-x86", "linux-image-cloud-amd64", "busybox-static", "cpio", "binutils"])
 }
 
+/// deploy-check: a venv for the PyPI validators, systemd-analyze for the unit,
+/// setpriv and unshare (util-linux) for the emulated pod.
+pub fn ensure_deploy_tools() -> Result<()> {
+    apt_install(&["python3-venv", "systemd", "util-linux"])
+}
+
 pub fn ensure_test_tools() -> Result<()> {
     apt_install(TEST_PACKAGES)
 }

@@ -1,7 +1,7 @@
 //! Finding (or making) the filesystems the sensor needs: the cgroup v2 hierarchy
 //! its cgroup programs attach to, and bpffs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
@@ -33,7 +33,52 @@ fn unescape_mount_path(p: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The host's cgroup v2 root, when configured (`kernel.cgroup_root`): inside a
+/// container the runtime's own cgroup2 mount shows only the container's
+/// subtree, so the DaemonSet mounts the host's elsewhere and says where.
+static CGROUP_ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Use `path` as the cgroup v2 root from now on (checked to be cgroup2). On a
+/// hybrid host the host's /sys/fs/cgroup is a tmpfs of v1 hierarchies with the
+/// v2 one at `unified/`, which is taken instead.
+pub fn set_cgroup_root(path: &str) -> Result<()> {
+    let chosen = [PathBuf::from(path), Path::new(path).join("unified")]
+        .into_iter()
+        .find(|p| is_cgroup2(p))
+        .ok_or_else(|| anyhow::anyhow!("kernel.cgroup_root = {path:?} is not a cgroup v2 mount, nor is its unified/ (mount the host's /sys/fs/cgroup there)"))?;
+    let _ = CGROUP_ROOT.set(chosen);
+    Ok(())
+}
+
+fn is_cgroup2(p: &Path) -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `st` a writable statfs.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC }
+}
+
+/// Does this process live in a cgroup namespace other than init's (a
+/// container)? The kernel gives its initial namespaces fixed inode numbers
+/// (include/linux/proc_ns.h: PROC_CGROUP_INIT_INO), so no access to pid 1 is
+/// needed. `None` when /proc does not say.
+fn in_cgroup_namespace() -> Option<bool> {
+    const PROC_CGROUP_INIT_INO: u64 = 0xEFFF_FFFB;
+    let link = std::fs::read_link("/proc/self/ns/cgroup").ok()?;
+    let ino = link.to_str()?.strip_prefix("cgroup:[")?.strip_suffix(']')?.parse::<u64>().ok()?;
+    Some(ino != PROC_CGROUP_INIT_INO)
+}
+
 pub fn cgroup2_mount() -> Result<PathBuf> {
+    if let Some(p) = CGROUP_ROOT.get() {
+        return Ok(p.clone());
+    }
+    if in_cgroup_namespace() == Some(true) {
+        bail!(
+            "sluice runs in a cgroup namespace of its own (a container), where the cgroup2 mount shows only its own cgroups; \
+             mount the host's /sys/fs/cgroup into the container (for example at /host/sys/fs/cgroup) and set kernel.cgroup_root to it"
+        );
+    }
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
     match cgroup2_mount_in(&mounts) {
         Some(p) => Ok(p),
