@@ -297,3 +297,41 @@ fn start_up_errors_name_what_to_do() {
         assert!(e.contains("starting the fentry backend") && e.contains("sluice: hint:"), "{e}");
     }
 }
+
+#[test]
+fn cri_o_podman_and_docker_systemd_layouts_tag_their_flows() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let root = cgroup2_root();
+    let (crio_id, uid) = ids(3);
+    let (podman_id, _) = ids(4);
+    let (docker_id, _) = ids(5);
+    let layouts = [
+        (format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/crio-{crio_id}.scope", uid.replace('-', "_")), "cri-o", crio_id, Some(uid.clone())),
+        (format!("machine.slice/libpod-{podman_id}.scope/container"), "podman", podman_id, None),
+        (format!("system.slice/docker-{docker_id}.scope"), "docker", docker_id, None),
+    ];
+    let sluice = Sluice::start(&["--tick", "1s", "--probe", "cgroup", "--emit", "flows"]).unwrap();
+    let mut sent = Vec::new();
+    for (rel, runtime, id, pod) in &layouts {
+        let cg = CgroupDir::create(&root, rel);
+        let port = free_port();
+        let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &[]).unwrap();
+        let script = format!("echo $$ > {}/cgroup.procs && exec /usr/bin/python3 -c \"$0\" {} {port} 1000000", cg.leaf().display(), host.peer_v4);
+        let pid = run_child(Command::new("/bin/sh").args(["-c", &script, PY_UPLOAD]), Duration::from_secs(30)).unwrap();
+        sink.received().unwrap();
+        sent.push((pid, port, *runtime, id.clone(), pod.clone(), cg));
+    }
+    let recs = sluice
+        .wait_for("a flow of every sender", Duration::from_secs(20), |r| {
+            sent.iter().all(|(pid, port, ..)| flows_of(r, *pid).iter().any(|f| f["destination"]["port"] == *port))
+        })
+        .unwrap();
+    drop(sluice);
+    for (pid, port, runtime, id, pod, _) in &sent {
+        let f = flows_of(&recs, *pid).into_iter().find(|f| f["destination"]["port"] == *port).unwrap();
+        assert_eq!(f["container"]["runtime"], *runtime, "{f}");
+        assert_eq!(f["container"]["id"], id.as_str(), "{f}");
+        assert_eq!(f["orchestrator"]["resource"]["id"].as_str(), pod.as_deref(), "{f}");
+    }
+}
