@@ -2,7 +2,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::Write,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -33,7 +32,9 @@ use crate::{
     naming::Namer,
     record,
     services::Catalog,
-    sockets, state,
+    sockets,
+    spool::Spool,
+    state,
 };
 
 /// Exec records kept per tick for the detector; beyond this an exec storm's
@@ -51,7 +52,7 @@ const SWEEP_EVERY_TICKS: u64 = 12;
 /// How long a retired socket's owner is remembered (for packets after close).
 const OWNER_MEMORY: Duration = Duration::from_secs(300);
 
-pub struct Agent<W: Write> {
+pub struct Agent {
     config: Config,
     sensor: Sensor,
     flows_map: BpfHashMap<MapData, FlowKey, FlowCounters>,
@@ -64,7 +65,9 @@ pub struct Agent<W: Write> {
     /// Owners of sockets the kernel map no longer holds (retired or evicted).
     remembered: HashMap<u64, (Owner, Instant)>,
     unresolved: HashMap<u64, Instant>,
-    sink: Sink<W>,
+    sink: Sink<Spool>,
+    /// Output records dropped as last reported.
+    output_dropped: u64,
     ctx: output::Context,
     detector: Detector,
     namer: Namer,
@@ -96,12 +99,12 @@ pub struct Stats {
     pub execs_dropped: u64,
 }
 
-impl<W: Write> Agent<W> {
+impl Agent {
     pub fn new(
         config: Config,
         catalog: Arc<Catalog>,
         mut sensor: Sensor,
-        out: W,
+        out: Spool,
         record_to: Option<&std::path::Path>,
     ) -> Result<Self> {
         let take = |sensor: &mut Sensor, name: &str| {
@@ -147,6 +150,7 @@ impl<W: Write> Agent<W> {
             remembered: HashMap::new(),
             unresolved: HashMap::new(),
             sink: Sink::new(out, format),
+            output_dropped: 0,
             ctx,
             detector,
             namer,
@@ -631,6 +635,17 @@ impl<W: Write> Agent<W> {
         if !moved.is_empty() {
             eprintln!("sluice: kernel counters: {}", moved.join(" "));
         }
+        let out = self.sink.get_ref();
+        let dropped = out.dropped();
+        if dropped != self.output_dropped {
+            let why = out.error().map(|e| format!("the output failed ({e})")).unwrap_or_else(|| "the output is not keeping up".into());
+            eprintln!(
+                "sluice: {why}: dropped {} records this tick, {dropped} in all; detection and learning go on",
+                dropped - self.output_dropped
+            );
+            self.metrics.output_dropped.inc_by(dropped - self.output_dropped);
+            self.output_dropped = dropped;
+        }
         if self.namer.stats != self.last_naming {
             self.last_naming = self.namer.stats.clone();
             eprintln!("sluice: naming: {}", naming_summary(&self.namer));
@@ -697,6 +712,9 @@ impl<W: Write> Agent<W> {
         self.drain(ring.get_mut());
         self.tick()?;
         self.save_state();
+        if !self.sink.get_mut().close(Duration::from_secs(5)) {
+            eprintln!("sluice: the output consumer is not reading; records still queued are lost");
+        }
         eprintln!(
             "sluice: stopping: {} ticks, {} kernel events ({} malformed), {} flow records, {} alerts, {} sockets resolved from /proc, {} execs over the per-tick cap",
             self.stats.ticks,

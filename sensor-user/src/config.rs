@@ -89,6 +89,8 @@ pub struct Output {
     pub rotate_size: u64,
     /// Rotated files kept (`<path>.1` is the newest).
     pub rotate_keep: u32,
+    /// Records waiting for a slow consumer at most; beyond, they are counted and dropped.
+    pub queue: usize,
 }
 
 impl Output {
@@ -367,6 +369,9 @@ impl Config {
                 "output.rotate_size = {}, output.rotate_keep = {}: the size must be at least 4KiB and at most 1000 files are kept",
                 self.output.rotate_size, self.output.rotate_keep
             ));
+        }
+        if !(16..=1_048_576).contains(&self.output.queue) {
+            return Err(format!("output.queue = {}: allowed 16 to 1048576", self.output.queue));
         }
         if !self.metrics.addr.is_empty() {
             self.metrics.addr.parse::<std::net::SocketAddr>().map_err(|e| {

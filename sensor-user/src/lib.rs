@@ -18,5 +18,6 @@ pub mod record;
 pub mod rotate;
 pub mod services;
 pub mod sockets;
+pub mod spool;
 pub mod state;
 pub mod text;

@@ -10,6 +10,7 @@ use sluice::{
     detect::Detector,
     metrics, output, record,
     rotate::RotatingFile,
+    spool::Spool,
     kernel::{
         backend::{self, Backend, Verdict},
         loader, preflight, privileges,
@@ -113,12 +114,18 @@ fn run(args: RunArgs, record_to: Option<std::path::PathBuf>) -> Result<()> {
     if !config.kernel.cgroup_root.is_empty() {
         sluice::kernel::mounts::set_cgroup_root(&config.kernel.cgroup_root)?;
     }
+    // One agent per state file (see state::lock); held until we exit.
+    let _lock = match config.state.path.as_str() {
+        "" => None,
+        p => sluice::state::lock(std::path::Path::new(p)).map_err(anyhow::Error::msg)?,
+    };
     // Output and listener first: a file we cannot write or a port in use is
     // reported before anything is loaded into the kernel.
-    let out: Box<dyn std::io::Write> = match config.output.file().map_err(anyhow::Error::msg)? {
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    let out: Box<dyn std::io::Write + Send> = match config.output.file().map_err(anyhow::Error::msg)? {
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
         Some(path) => Box::new(RotatingFile::open(std::path::Path::new(path), config.output.rotate_size, config.output.rotate_keep)?),
     };
+    let out = Spool::start(out, config.output.queue).context("starting the output thread")?;
     let metrics_listener = match config.metrics.addr.as_str() {
         "" => None,
         a => Some(metrics::bind(a)?),

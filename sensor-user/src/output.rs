@@ -311,6 +311,14 @@ impl<W: Write> Sink<W> {
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
     }
+
+    pub fn get_ref(&self) -> &W {
+        &self.out
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,42 @@ pub struct State {
     pub alerts: AlertMemory,
 }
 
+/// Held for the agent's life: one agent per state file. Two agents writing one
+/// file would overwrite each other's baselines; agents with their own state
+/// files coexist (each attaches its own programs, and both see everything).
+/// The kernel drops an flock with its holder, so a killed agent leaves no
+/// stale lock behind.
+pub struct Lock {
+    _file: std::fs::File,
+}
+
+/// Take `<state path>.lock`. `Ok(None)` when it cannot even be created (a
+/// read-only place: the agent runs with baselines in memory, as `save` says).
+pub fn lock(path: &Path) -> Result<Option<Lock>, String> {
+    use std::os::unix::io::AsRawFd;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let Ok(mut f) = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path) else {
+        return Ok(None);
+    };
+    // SAFETY: a valid open fd; flock has no memory effects.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(&lock_path).ok().and_then(|t| t.trim().parse::<u32>().ok());
+        return Err(format!(
+            "another sluice{} is running with the state file {}; two agents sharing one state file would overwrite each other's baselines. \
+             Stop it, or give this one its own file with --state",
+            holder.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+            path.display()
+        ));
+    }
+    let _ = f.set_len(0).and_then(|_| writeln!(f, "{}", std::process::id()));
+    Ok(Some(Lock { _file: f }))
+}
+
 #[derive(Debug, Error)]
 pub enum StateError {
     #[error("cannot read state file {path}: {source}")]
@@ -95,6 +131,20 @@ pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_agent_per_state_file() {
+        let dir = std::env::temp_dir().join(format!("sluice-lock-{}", std::process::id()));
+        let path = dir.join("state.json");
+        let held = lock(&path).unwrap().expect("lock created");
+        let e = lock(&path).err().expect("a second lock is refused");
+        assert!(e.contains(&format!("(pid {})", std::process::id())) && e.contains("--state"), "{e}");
+        assert!(lock(&dir.join("other.json")).unwrap().is_some(), "another state file is another agent");
+        drop(held);
+        assert!(lock(&path).unwrap().is_some(), "released with its holder");
+        assert!(lock(Path::new("/proc/sluice-no/state.json")).unwrap().is_none(), "unwritable: no lock, no error");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     use crate::detect::baseline::{Params, Table};
 
     fn dir() -> PathBuf {
