@@ -354,7 +354,6 @@ impl Agent {
     /// One tick: snapshot, attribute, aggregate, emit, retire.
     pub fn tick(&mut self) -> Result<()> {
         let now = Instant::now();
-        let events_before = self.published.events;
         let window = now.duration_since(self.last_tick);
         self.last_tick = now;
         self.stats.ticks += 1;
@@ -453,18 +452,20 @@ impl Agent {
         self.report_counters();
         let grace = (self.config.agent.tick * 2 + Duration::from_secs(5)).as_nanos() as u64;
         self.procs.reap(boottime_ns(), grace);
-        self.publish(snapshot.len(), window, events_before);
+        self.publish(snapshot.len(), window);
         self.metrics.tick_done(now.elapsed(), unix_now);
         Ok(())
     }
 
     /// Bring the metrics up to date with this tick's stats.
-    fn publish(&mut self, flows: usize, window: Duration, events_before: u64) {
+    fn publish(&mut self, flows: usize, window: Duration) {
         let (m, s, p) = (&self.metrics, &self.stats, &mut self.published);
-        m.kernel_events.inc_by(s.events - p.events);
+        // Events since the last publish: those of this tick.
+        let events = s.events - p.events;
+        m.kernel_events.inc_by(events);
         m.malformed_events.inc_by(s.decode_errors - p.decode_errors);
         m.flow_records.inc_by(s.flow_records - p.flow_records);
-        m.kernel_events_per_second.set((s.events - events_before) as f64 / window.as_secs_f64().max(1e-3));
+        m.kernel_events_per_second.set(events as f64 / window.as_secs_f64().max(1e-3));
         m.flows_tracked.set(flows as i64);
         m.map_entries.get_or_create(&metrics::MapLabel { map: "flows".into() }).set(flows as i64);
         m.processes_tracked.set(self.procs.len() as i64);

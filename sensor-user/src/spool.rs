@@ -8,7 +8,7 @@ use std::{
     io::Write,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
+        mpsc::{sync_channel, Receiver, SyncSender},
         Arc, Mutex,
     },
     thread::JoinHandle,
@@ -74,11 +74,9 @@ impl Drop for Spool {
 
 impl Write for Spool {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // Full (a slow consumer) or disconnected (the writer is gone): a drop.
         let queued = !self.shared.failed.load(Ordering::Relaxed)
-            && self.tx.as_ref().is_some_and(|tx| match tx.try_send(buf.to_vec()) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-            });
+            && self.tx.as_ref().is_some_and(|tx| tx.try_send(buf.to_vec()).is_ok());
         if !queued {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }

@@ -525,3 +525,20 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
 pub fn metric(exposition: &str, series: &str) -> Option<f64> {
     exposition.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
 }
+
+/// `n` short loopback connections of `bytes` each, sent and accepted by one
+/// python3 process: 2n flow records (the client's and the accepted socket's).
+pub fn loopback_connections(n: u32, bytes: u32) {
+    let py = format!(
+        r#"
+import socket
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(64)
+for i in range({n}):
+    c = socket.create_connection(l.getsockname()); c.sendall(b"x" * {bytes}); c.close()
+    a, _ = l.accept()
+    while a.recv(65536): pass
+    a.close()
+"#
+    );
+    run_child(Command::new("/usr/bin/python3").args(["-c", &py]), Duration::from_secs(60)).unwrap();
+}

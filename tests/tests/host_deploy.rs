@@ -227,16 +227,7 @@ fn output_to_a_file_rotates_by_size_and_keeps_whole_json_lines() {
     let sluice = Sluice::start(&["--tick", "200ms", "--probe", "cgroup", "--emit", "flows", "--config", config.to_str().unwrap(), "--output", &target]).unwrap();
     // Flow records: many short loopback uploads, each its own connection
     // (client and accepted socket both report).
-    let py = r#"
-import socket
-l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(64)
-for i in range(40):
-    c = socket.create_connection(l.getsockname()); c.sendall(b"x" * 20000); c.close()
-    a, _ = l.accept()
-    while a.recv(65536): pass
-    a.close()
-"#;
-    run_child(Command::new("/usr/bin/python3").args(["-c", py]), Duration::from_secs(60)).unwrap();
+    loopback_connections(40, 20_000);
     std::thread::sleep(Duration::from_secs(2));
     let stdout_records = sluice.stop().unwrap();
     assert!(stdout_records.is_empty(), "records went to stdout too: {}", stdout_records.len());

@@ -69,20 +69,6 @@ impl Drop for Agent {
     }
 }
 
-/// 200 short loopback connections: 400 flow records (client and server side).
-fn many_flows() {
-    let py = r#"
-import socket
-l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(64)
-for i in range(200):
-    c = socket.create_connection(l.getsockname()); c.sendall(b"x" * 5000); c.close()
-    a, _ = l.accept()
-    while a.recv(65536): pass
-    a.close()
-"#;
-    run_child(Command::new("/usr/bin/python3").args(["-c", py]), Duration::from_secs(60)).unwrap();
-}
-
 fn scrape(addr: &str, series: &str) -> f64 {
     let (status, body) = http_get(addr, "/metrics").unwrap();
     assert_eq!(status, 200);
@@ -102,7 +88,7 @@ fn a_stdout_nobody_reads_costs_counted_drops_never_a_stalled_agent() {
     let metrics = format!("127.0.0.1:{}", free_port());
     // A pipe whose reader never reads: 64 KiB of pipe, 64 queued records, then drops.
     let agent = Agent::start(&flows_args("", &metrics, config.to_str().unwrap()), Stdio::piped());
-    many_flows();
+    loopback_connections(200, 5_000);
     assert!(agent.wait_stderr("the output is not keeping up: dropped", Duration::from_secs(20)), "{}", agent.stderr_text());
     // The agent itself goes on: ticks keep completing, health stays green.
     let t0 = scrape(&metrics, "sluice_ticks_total");
@@ -125,7 +111,7 @@ fn a_closed_stdout_is_said_and_the_agent_runs_on() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut agent = Agent::start(&flows_args("", &metrics, config.to_str().unwrap()), Stdio::piped());
     drop(agent.child.stdout.take()); // the consumer goes away
-    many_flows();
+    loopback_connections(200, 5_000);
     assert!(agent.wait_stderr("the output failed (", Duration::from_secs(20)), "{}", agent.stderr_text());
     assert!(agent.stderr_text().contains("detection and learning go on"));
     let t0 = scrape(&metrics, "sluice_ticks_total");
