@@ -350,6 +350,9 @@ pub mod globals {
     pub const SS_OLDSTATE_OFF: &str = "SS_OLDSTATE_OFF";
     pub const SS_NEWSTATE_OFF: &str = "SS_NEWSTATE_OFF";
     pub const SS_PROTOCOL_OFF: &str = "SS_PROTOCOL_OFF";
+    /// `sock:sock_send_length`'s `sk` field (tracefs) and `sock_common.skc_cookie` (BTF).
+    pub const SEND_LEN_SK_OFF: &str = "SEND_LEN_SK_OFF";
+    pub const SKC_COOKIE: &str = "SKC_COOKIE";
     /// `struct msghdr.msg_iter` and the `struct iov_iter` fields read to copy
     /// the first bytes of a send, and the `iter_type` values (their order
     /// changed in 6.5).

@@ -8,18 +8,26 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     },
-    macros::{cgroup_sock, cgroup_sock_addr},
-    programs::{SockAddrContext, SockContext},
+    macros::{cgroup_sock, cgroup_sock_addr, tracepoint},
+    programs::{SockAddrContext, SockContext, TracePointContext},
 };
 use sensor_common::{
     counter, ListenKey, ListenValue, SockInfo, COMM_LEN, DIR_EGRESS, DIR_UNKNOWN, ORIGIN_CONNECT,
     ORIGIN_CREATE, ORIGIN_SENDMSG,
 };
 
-use crate::{count, LISTENERS, SOCKS};
+use crate::{count, global, LISTENERS, SOCKS};
+
+/// Offset of `sk` in `sock:sock_send_length` (tracefs) and of
+/// `sock_common.skc_cookie` (BTF); the loader patches both, and attaches
+/// `send_owner` only when it found them.
+#[unsafe(no_mangle)]
+static SEND_LEN_SK_OFF: u32 = 8;
+#[unsafe(no_mangle)]
+static SKC_COOKIE: u32 = 0;
 
 /// The current task as the owner of a socket.
 #[inline(always)]
@@ -161,4 +169,42 @@ fn record_active(ctx: &SockAddrContext, origin: u8) {
     if SOCKS.insert(&cookie, &owner, 0).is_err() {
         count(counter::SOCK_STORE_FAIL);
     }
+}
+
+/// Every send, in the sender's context (`sock_sendmsg`, which write(), send*(),
+/// sendfile/splice (6.5+) and io_uring all reach; kernel 6.3+): a socket
+/// connected by one process and written by another (inherited across fork or
+/// exec, passed over a unix socket) belongs to whoever sends on it now. The
+/// cgroup_sock_addr hooks only see connect() and unconnected sendto(), so
+/// without this a child's upload on its parent's socket counts as the
+/// parent's. The common case, same owner as last time, is one probe read and
+/// one lookup.
+#[tracepoint(category = "sock", name = "sock_send_length")]
+pub fn send_owner(ctx: TracePointContext) -> u32 {
+    let Ok(sk) = (unsafe { ctx.read_at::<u64>(global(&SEND_LEN_SK_OFF) as usize) }) else { return 0 };
+    if sk == 0 {
+        return 0;
+    }
+    // skc_cookie is set when a cookie is first asked for: sock_create did, so 0
+    // means a socket older than the sensor (the agent resolves those itself).
+    let addr = (sk as usize).wrapping_add(global(&SKC_COOKIE) as usize) as *const u64;
+    let Ok(cookie) = (unsafe { bpf_probe_read_kernel(addr) }) else { return 0 };
+    if cookie == 0 {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(existing) = SOCKS.get_ptr_mut(&cookie) else { return 0 };
+    let existing = unsafe { &mut *existing };
+    if existing.tgid == tgid {
+        return 0;
+    }
+    // Who sends changes; what the socket is (direction, origin, ports, age) does not.
+    let now = current_owner(existing.family as u32, existing.sock_type as u32, existing.protocol as u32, existing.origin, existing.direction);
+    existing.tgid = now.tgid;
+    existing.tid = now.tid;
+    existing.uid = now.uid;
+    existing.gid = now.gid;
+    existing.cgroup_id = now.cgroup_id;
+    existing.comm = now.comm;
+    0
 }

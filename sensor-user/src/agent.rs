@@ -101,7 +101,7 @@ pub struct Stats {
 
 impl Agent {
     pub fn new(
-        config: Config,
+        mut config: Config,
         catalog: Arc<Catalog>,
         mut sensor: Sensor,
         out: Spool,
@@ -136,7 +136,7 @@ impl Agent {
         metrics.map_capacity.get_or_create(&metrics::MapLabel { map: "sockets".into() }).set(config.kernel.sockets_max.into());
         let mut detector = Detector::new(config.detect.clone()).with_catalog(catalog.clone());
         let namer = Namer::new(catalog, config.destinations.dns_cache_max);
-        restore_state(&config, &mut detector);
+        restore_state(&mut config, &mut detector);
         let mut agent = Self {
             config,
             sensor,
@@ -737,7 +737,9 @@ struct Sender {
 }
 
 /// Load learned state, saying on stderr what happened; never fatal.
-fn restore_state(config: &Config, detector: &mut Detector) {
+/// Load learned state. A file that exists but cannot be read is never
+/// overwritten: saving is switched off for this run (and said so).
+fn restore_state(config: &mut Config, detector: &mut Detector) {
     if config.state.path.is_empty() {
         return;
     }
@@ -762,7 +764,10 @@ fn restore_state(config: &Config, detector: &mut Detector) {
             path.display(),
             moved_to.display()
         ),
-        Err(e) => eprintln!("sluice: {e}; learning from scratch"),
+        Err(e) => {
+            eprintln!("sluice: {e}; learning from scratch, and not saving (that would replace a file sluice could not read)");
+            config.state.path.clear();
+        }
     }
 }
 

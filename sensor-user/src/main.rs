@@ -117,7 +117,14 @@ fn run(args: RunArgs, record_to: Option<std::path::PathBuf>) -> Result<()> {
     // One agent per state file (see state::lock); held until we exit.
     let _lock = match config.state.path.as_str() {
         "" => None,
-        p => sluice::state::lock(std::path::Path::new(p)).map_err(anyhow::Error::msg)?,
+        p => {
+            let lock = sluice::state::lock(std::path::Path::new(p)).map_err(anyhow::Error::msg)?;
+            if lock.is_none() {
+                // Said now, not at the first save minutes later.
+                eprintln!("sluice: warning: cannot write next to the state file {p}: learned baselines will be kept in memory only and lost on restart");
+            }
+            lock
+        }
     };
     // Output and listener first: a file we cannot write or a port in use is
     // reported before anything is loaded into the kernel.

@@ -57,6 +57,8 @@ scenario() {
   wait_for /tmp/sink-$B-$name ready 100
   sh -c 'echo "SCENARIO '"$B"' '"$name"' pid=$$"; exec "$@"' sh "$@" > /tmp/send-$B-$name 2>&1
   cat /tmp/send-$B-$name
+  # A sender that forks reports its child, which is the one that sends.
+  sed -n "s/^child pid=/CHILD $B $name pid=/p" /tmp/send-$B-$name
   wait_for /tmp/sink-$B-$name received 600
   # A sink whose sender failed would wait in accept() forever: end it. Then
   # wait for it alone (a bare `wait` would wait for the sensor too).
@@ -73,6 +75,14 @@ for B in fentry kprobe; do
     scenario udp 9003 udp 127.0.0.1 /netload udp 127.0.0.1 9003 5000 1200
     scenario sendfile 9004 tcp 127.0.0.1 /netload sendfile 127.0.0.1 9004 /tmp/sendfile.bin
     scenario burst 9005 tcp 127.0.0.1 /burst 127.0.0.1 9005 1000000
+    scenario sendmsg 9011 tcp 127.0.0.1 /netload sendmsg 127.0.0.1 9011 10000000
+    scenario sendmmsg 9012 udp 127.0.0.1 /netload sendmmsg 127.0.0.1 9012 4000 1200
+    scenario splice 9013 tcp 127.0.0.1 /netload splice 127.0.0.1 9013 /tmp/sendfile.bin
+    scenario uring 9014 tcp 127.0.0.1 /netload uring 127.0.0.1 9014 10000000
+    scenario inherit 9015 tcp 127.0.0.1 /netload inherit 127.0.0.1 9015 10000000
+    # busybox's sh runs applets in-process: exec a real second program instead.
+    cp /netload /tmp/fdsend
+    scenario exec-send 9016 tcp 127.0.0.1 /netload exec-send 127.0.0.1 9016 /tmp/fdsend fdsend 3 10000000
     scenario tls 9006 tcp 127.0.0.1 /netload tls 127.0.0.1 9006 gfs208n140.userstorage.mega.co.nz 3000000
     scenario quic 9007 udp 127.0.0.1 /netload quic 127.0.0.1 9007 200
     scenario dns 9008 tcp 127.0.0.2 /netload dns-send 127.0.0.2 9008 upload.box.com 1000000

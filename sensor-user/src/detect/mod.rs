@@ -525,14 +525,24 @@ impl Detector {
                     .find_map(|(pid, exe)| catalog::exfil_tool(exe, &[]).map(|p| (p, Some((*pid, exe.clone()))))),
             }
             // Whatever the program calls itself, sending to Mega is using Mega.
-            .map(|(p, via)| (p.to_string(), via))
+            .map(|(p, via)| (p.to_string(), via, None))
             .or_else(|| {
-                service.as_ref().filter(|s| s.exfil_tool).map(|s| (format!("{}'s storage service (by destination)", s.name), None))
+                service.as_ref().filter(|s| s.exfil_tool).map(|s| (format!("{}'s storage service (by destination)", s.name), None, Some(s.name.clone())))
             });
             if r.enabled {
-                if let Some((product, via)) = tool {
-                    let tree = via.as_ref().map(|(pid, _)| format!("tool-tree:{pid}"));
-                    let (entity, total, total_in) = self.subject_totals(tree, &id, (id_out, id_in), f, t, tick_bucket, short_s);
+                if let Some((product, via, by_dest)) = tool {
+                    let tree = match (&via, &by_dest) {
+                        (Some((pid, _)), _) => Some(format!("tool-tree:{pid}")),
+                        // Caught by destination: everything one parent's children
+                        // send to that service counts together, so an upload split
+                        // across short-lived helpers with different command lines
+                        // (each its own identity, each under the floor) still adds up.
+                        (None, Some(svc)) if f.process.ppid > 1 => Some(format!("service-tree:{}|{svc}", f.process.ppid)),
+                        _ => None,
+                    };
+                    let (entity, tree_total, tree_in) = self.subject_totals(tree, &id, (id_out, id_in), f, t, tick_bucket, short_s);
+                    // The process's own window may hold more (same identity under other parents).
+                    let (total, total_in) = if id_out > tree_total { (id_out, id_in) } else { (tree_total, tree_in) };
                     if total >= r.floor {
                         // Never let a table flood evict what we know of these tools.
                         if self.baselines.pinned.len() < MAX_PINNED {

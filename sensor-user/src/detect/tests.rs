@@ -437,6 +437,27 @@ fn a_renamed_mega_client_is_caught_by_where_it_sends() {
 }
 
 #[test]
+fn a_mega_upload_split_across_children_with_different_command_lines_adds_up_by_destination() {
+    let mut d = detector();
+    let mut alerts = Vec::new();
+    // Eight helpers of one parent, 1 MiB each, every one its own identity.
+    for i in 0..8u32 {
+        let label = format!("part-{}", (b'a' + i as u8) as char);
+        let p = proc_(700 + i, 699, "/tmp/.x/helper", &["helper", &label]);
+        let mut f = flow(&p, MIB);
+        f.domain = Some("gfs270n122.userstorage.mega.co.nz".into());
+        alerts.extend(d.tick(&tick(5.0 + i as f64, vec![f])));
+    }
+    assert_eq!(ids(&alerts), [EXFIL_TOOL.id], "one alert once the parent's children crossed 5 MiB");
+    assert!(alerts[0].bytes_out >= 5 * MIB && alerts[0].bytes_out <= 6 * MIB, "{}", alerts[0].bytes_out);
+    // Another parent's single 1 MiB helper is not part of that tree.
+    let other = proc_(800, 798, "/tmp/.x/helper", &["helper", "solo"]);
+    let mut f = flow(&other, MIB);
+    f.domain = Some("gfs270n122.userstorage.mega.co.nz".into());
+    assert!(d.tick(&tick(20.0, vec![f])).is_empty());
+}
+
+#[test]
 fn the_first_send_to_a_storage_service_is_an_informational_event_once() {
     let p = proc_(12, 1, "/usr/bin/python3", &["python3", "sync.py"]);
     let other = proc_(5, 1, "/usr/sbin/chronyd", &["chronyd"]);

@@ -2,7 +2,7 @@
 
 use std::{fs::File, path::Path};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, FEntry, FExit, KProbe,
@@ -79,8 +79,15 @@ pub fn explain(err: &anyhow::Error) -> Option<String> {
     (!hints.is_empty()).then(|| hints.join("; "))
 }
 
+/// The object, opened with the running kernel's offsets patched in.
+pub struct Opened {
+    pub ebpf: Ebpf,
+    /// `send_owner` has its offsets (the kernel has `sock:sock_send_length`, 6.3+).
+    pub send_owner: bool,
+}
+
 /// Open the object with the running kernel's tracepoint offsets patched in.
-pub fn open(config: &Config) -> Result<Ebpf> {
+pub fn open(config: &Config) -> Result<Opened> {
     privileges::check().map_err(|e| anyhow!(e))?;
     raise_memlock();
     let tf = tracefs::tracefs_root()?;
@@ -114,17 +121,28 @@ pub fn open(config: &Config) -> Result<Ebpf> {
     // struct sock_common / msghdr fields for the send-path probes, from BTF.
     // Without BTF those backends refuse to start (see need_btf). Parsed once:
     // vmlinux BTF is megabytes.
-    let field_offs = match btf::Btf::from_sys_fs() {
-        Ok(b) => [send_path_offsets(&b).unwrap_or_default(), send_capture_offsets(&b)].concat(),
-        Err(_) => Vec::new(),
+    let btf = btf::Btf::from_sys_fs().ok();
+    let field_offs = match &btf {
+        Some(b) => [send_path_offsets(b).unwrap_or_default(), send_capture_offsets(b)].concat(),
+        None => Vec::new(),
     };
     for (name, off) in &field_offs {
         loader.override_global(name, off, true);
     }
+    // The cgroup backend's owner-on-send hook: the tracepoint's `sk`, and where
+    // the socket cookie lives in it.
+    let send_owner_offs = tracefs::offset(&tf, "sock", "sock_send_length", "sk")
+        .ok()
+        .zip(btf.as_ref().and_then(|b| b.field_offset("sock_common", "skc_cookie").ok()));
+    if let Some((sk, cookie)) = &send_owner_offs {
+        loader.override_global(globals::SEND_LEN_SK_OFF, sk, true);
+        loader.override_global(globals::SKC_COOKIE, cookie, true);
+    }
     loader
         .map_max_entries(maps::FLOWS, config.kernel.flows_max)
         .map_max_entries(maps::SOCKS, config.kernel.sockets_max);
-    loader.load(EBPF_OBJECT).context("loading the eBPF object")
+    let ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
+    Ok(Opened { ebpf, send_owner: send_owner_offs.is_some() })
 }
 
 /// Field offsets the send-path probes read, from the running kernel's BTF.
@@ -168,7 +186,7 @@ fn send_capture_offsets(b: &btf::Btf) -> Vec<(&'static str, u32)> {
 
 /// Load and attach `backend`'s programs plus the process tracepoints.
 pub fn attach(config: &Config, backend: Backend) -> Result<Sensor> {
-    let mut ebpf = open(config)?;
+    let Opened { mut ebpf, send_owner } = open(config)?;
     let mut attached = Vec::new();
     for (prog, category, event) in PROCESS_TRACEPOINTS {
         let tp: &mut TracePoint = program(&mut ebpf, prog)?;
@@ -177,7 +195,10 @@ pub fn attach(config: &Config, backend: Backend) -> Result<Sensor> {
         attached.push(format!("tracepoint/{category}/{event}"));
     }
     match backend {
-        Backend::Cgroup => attach_cgroup(&mut ebpf, &mut attached)?,
+        Backend::Cgroup => {
+            attach_cgroup(&mut ebpf, &mut attached)?;
+            attach_send_owner(&mut ebpf, &mut attached, send_owner);
+        }
         Backend::Fentry => attach_fentry(&mut ebpf, &mut attached)?,
         Backend::Kprobe => attach_kprobe(&mut ebpf, &mut attached)?,
     }
@@ -214,6 +235,27 @@ fn attach_cgroup(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
         attached.push(at("cgroup_skb", name));
     }
     Ok(())
+}
+
+/// Owner-on-send for the cgroup backend (see `send_owner` in the eBPF crate).
+/// Optional: before 6.3 there is no such tracepoint, and a socket shared across
+/// fork/exec counts as the connecting process's; said once on stderr.
+fn attach_send_owner(ebpf: &mut Ebpf, attached: &mut Vec<String>, ready: bool) {
+    let r = (|| -> Result<()> {
+        if !ready {
+            bail!("this kernel has no sock:sock_send_length tracepoint (6.3+) or no BTF for struct sock_common");
+        }
+        let tp: &mut TracePoint = program(ebpf, "send_owner")?;
+        tp.load().context("loading tracepoint program send_owner")?;
+        tp.attach("sock", "sock_send_length").context("attaching tracepoint sock:sock_send_length")?;
+        Ok(())
+    })();
+    match r {
+        Ok(()) => attached.push("tracepoint/sock/sock_send_length".into()),
+        Err(e) => eprintln!(
+            "sluice: a socket one process connects and another sends on (inherited across fork or exec) will count as the connecting process's: {e:#}"
+        ),
+    }
 }
 
 /// Coexist with systemd's and other agents' programs on the root. aya attaches
@@ -340,7 +382,7 @@ fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
 /// kprobes, whose loads succeed even where attaching cannot, one probe is
 /// attached and dropped again.
 pub fn probe(config: &Config, backend: Backend) -> Result<(), String> {
-    let mut ebpf = open(config).map_err(|e| format!("{e:#}"))?;
+    let mut ebpf = open(config).map_err(|e| format!("{e:#}"))?.ebpf;
     // Every backend runs the process tracepoints: "usable" must include them
     // (a verifier that rejects them rejects the whole sensor).
     for (prog, _, _) in PROCESS_TRACEPOINTS {

@@ -1,16 +1,31 @@
 //! Workloads for the VM scenarios, where there is no python or curl: a few
 //! statically understood senders and a sink, all bounded.
 //!
-//!     netload sink tcp|udp ADDR PORT          count bytes until EOF (tcp) or 3 s of silence (udp)
+//!     netload sink tcp|udp ADDR PORT [N]      count bytes until EOF on N connections (tcp, default 1,
+//!                                             served in parallel) or 3 s of silence (udp)
 //!     netload send ADDR PORT BYTES            one TCP connection, write BYTES
+//!     netload sendmsg ADDR PORT BYTES         sendmsg(2) with two iovecs per call
+//!     netload sendmmsg ADDR PORT COUNT SIZE   COUNT datagrams in sendmmsg(2) batches of 16
+//!     netload splice ADDR PORT FILE           FILE -> pipe -> socket with splice(2)
+//!     netload uring ADDR PORT BYTES           IORING_OP_SEND submissions of 64 KiB
+//!     netload inherit ADDR PORT BYTES         connect, fork: the child sends BYTES on the
+//!                                             parent's socket and prints "child pid=N"
+//!     netload exec-send ADDR PORT PROGRAM ARGS...
+//!                                             connect, then exec PROGRAM with the socket as fd 3
+//!                                             (same pid, another program sends)
+//!     netload fdsend FD BYTES                 write BYTES to an inherited fd
+//!     netload threads ADDR PORT SNI N BYTES   N threads, each its own connection: a ClientHello
+//!                                             naming SNI, then BYTES
 //!     netload udp ADDR PORT COUNT SIZE        COUNT datagrams of SIZE bytes with sendto()
 //!     netload sendfile ADDR PORT FILE         sendfile(2) FILE over one TCP connection
-//!     netload tls ADDR PORT SNI BYTES         a ClientHello naming SNI (in a write() and a
+//!     netload tls ADDR PORT SNI BYTES [LABEL] a ClientHello naming SNI (in a write() and a
 //!                                             writev()), then BYTES, over one TCP connection
 //!     netload quic ADDR PORT COUNT            COUNT 1200-byte datagrams, the first a QUIC v1 Initial
-//!     netload dns-send ADDR PORT NAME BYTES   receive a DNS answer NAME -> ADDR from 127.0.0.1:53,
+//!     netload dns-send ADDR PORT NAME BYTES [udp]
+//!                                             receive a DNS answer NAME -> ADDR from 127.0.0.1:53,
 //!                                             then send BYTES to ADDR:PORT (named by DNS alone)
 //!
+//! LABEL is ignored: it gives otherwise identical senders different command lines.
 //! Prints "ready" when listening and "received N" / "sent N" at the end.
 use std::{
     io::{Read, Write},
@@ -18,6 +33,41 @@ use std::{
     os::fd::AsRawFd,
     time::Duration,
 };
+
+/// Half-close and wait for the sink's EOF, so every byte is counted before exit.
+fn finish(mut s: TcpStream) {
+    s.shutdown(std::net::Shutdown::Write).ok();
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let _ = s.read(&mut [0u8; 1]);
+}
+
+/// Count one connection's bytes until EOF (bounded by a 120 s read timeout).
+fn drain(mut c: TcpStream) -> u64 {
+    c.set_read_timeout(Some(Duration::from_secs(120))).ok();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k as u64,
+        }
+    }
+    n
+}
+
+/// A ClientHello naming `sni`, then `n` bytes, on one connection.
+fn tls_upload(dst: SocketAddr, sni: &str, n: usize) {
+    let mut s = TcpStream::connect(dst).expect("connect");
+    s.write_all(&sluice_tests::client_hello(Some(sni), 200)).expect("hello");
+    let chunk = vec![b't'; 1 << 16];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len());
+        s.write_all(&chunk[..k]).expect("send");
+        left -= k;
+    }
+    finish(s);
+}
 
 fn addr(a: &str, p: &str) -> SocketAddr {
     let port: u16 = p.parse().expect("port");
@@ -29,19 +79,17 @@ fn main() {
     let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     match a.get(1..).unwrap_or(&[]) {
-        ["sink", "tcp", ip, port] => {
+        ["sink", "tcp", ip, port, rest @ ..] => {
+            let conns: usize = rest.first().map_or(1, |n| n.parse().expect("connections"));
             let l = TcpListener::bind(addr(ip, port)).expect("bind");
             println!("ready");
-            let (mut c, _) = l.accept().expect("accept");
-            c.set_read_timeout(Some(Duration::from_secs(120))).ok();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut n = 0u64;
-            loop {
-                match c.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => n += k as u64,
-                }
-            }
+            let workers: Vec<_> = (0..conns)
+                .map(|_| {
+                    let (c, _) = l.accept().expect("accept");
+                    std::thread::spawn(move || drain(c))
+                })
+                .collect();
+            let n: u64 = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
             println!("received {n}");
         }
         ["sink", "udp", ip, port] => {
@@ -97,7 +145,7 @@ fn main() {
             let _ = s.read(&mut [0u8; 1]);
             println!("sent {len}");
         }
-        ["tls", ip, port, sni, bytes] => {
+        ["tls", ip, port, sni, bytes, ..] => {
             let n: usize = bytes.parse().expect("bytes");
             let hello = sluice_tests::client_hello(Some(sni), 1200);
             let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
@@ -132,7 +180,7 @@ fn main() {
             }
             println!("sent {}", count * 1200);
         }
-        ["dns-send", ip, port, name, bytes] => {
+        ["dns-send", ip, port, name, bytes, rest @ ..] => {
             let n: usize = bytes.parse().expect("bytes");
             let target: std::net::Ipv4Addr = ip.parse().expect("IPv4 address");
             let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -140,14 +188,189 @@ fn main() {
             server.send_to(&sluice_tests::dns_answer(name, target), rx.local_addr().unwrap()).expect("answer");
             rx.set_read_timeout(Some(Duration::from_secs(5))).ok();
             rx.recv(&mut [0u8; 512]).expect("the answer");
-            let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
-            s.write_all(&vec![b'd'; n]).expect("send");
-            s.shutdown(std::net::Shutdown::Write).ok();
-            let _ = s.read(&mut [0u8; 1]);
+            if rest.first() == Some(&"udp") {
+                // 1200-byte datagrams (QUIC's size), paced so a local sink keeps up.
+                let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+                s.connect(addr(ip, port)).expect("connect");
+                let d = vec![b'q'; 1200];
+                for i in 0..n.div_ceil(1200) {
+                    s.send(&d[..1200.min(n - i * 1200)]).expect("send");
+                    if i % 50 == 49 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            } else {
+                let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
+                s.write_all(&vec![b'd'; n]).expect("send");
+                finish(s);
+            }
             println!("sent {n}");
         }
+        ["sendmsg", ip, port, bytes] => {
+            let n: usize = bytes.parse().expect("bytes");
+            let s = TcpStream::connect(addr(ip, port)).expect("connect");
+            let (head, body) = (vec![b'h'; 100], vec![b'm'; 60_000]);
+            let mut left = n;
+            while left > 0 {
+                let a = left.min(head.len());
+                let b = (left - a).min(body.len());
+                let mut iov = [
+                    libc::iovec { iov_base: head.as_ptr() as *mut _, iov_len: a },
+                    libc::iovec { iov_base: body.as_ptr() as *mut _, iov_len: b },
+                ];
+                // SAFETY: zeroed msghdr is valid; iov outlives the call.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = 2;
+                let k = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, 0) };
+                assert!(k > 0, "sendmsg failed");
+                // A short send: the rest goes in the next call (the counts stay exact).
+                left -= k as usize;
+            }
+            finish(s);
+            println!("sent {n}");
+        }
+        ["sendmmsg", ip, port, count, size] => {
+            let (count, size): (usize, usize) = (count.parse().expect("count"), size.parse().expect("size"));
+            let dst = addr(ip, port);
+            let s = UdpSocket::bind(if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).expect("bind");
+            s.connect(dst).expect("connect");
+            let d = vec![b'v'; size];
+            let mut sent = 0;
+            while sent < count {
+                let batch = (count - sent).min(16);
+                let mut iovs: Vec<libc::iovec> =
+                    (0..batch).map(|_| libc::iovec { iov_base: d.as_ptr() as *mut _, iov_len: size }).collect();
+                // SAFETY: zeroed mmsghdr is valid; iovs outlive the call.
+                let mut msgs: Vec<libc::mmsghdr> = iovs
+                    .iter_mut()
+                    .map(|iov| {
+                        let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                        m.msg_hdr.msg_iov = iov;
+                        m.msg_hdr.msg_iovlen = 1;
+                        m
+                    })
+                    .collect();
+                let k = unsafe { libc::sendmmsg(s.as_raw_fd(), msgs.as_mut_ptr(), batch as u32, 0) };
+                assert!(k > 0, "sendmmsg failed");
+                sent += k as usize;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            println!("sent {}", count * size);
+        }
+        ["splice", ip, port, file] => {
+            let f = std::fs::File::open(file).expect("open");
+            let len = f.metadata().expect("stat").len() as usize;
+            let s = TcpStream::connect(addr(ip, port)).expect("connect");
+            let mut p = [0i32; 2];
+            // SAFETY: p is a valid 2-int array.
+            assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0, "pipe");
+            let mut left = len;
+            while left > 0 {
+                // SAFETY: valid fds; NULL offsets use and advance the file position.
+                let k = unsafe { libc::splice(f.as_raw_fd(), std::ptr::null_mut(), p[1], std::ptr::null_mut(), left.min(1 << 16), 0) };
+                assert!(k > 0, "splice file->pipe failed");
+                let mut inpipe = k as usize;
+                while inpipe > 0 {
+                    let w = unsafe { libc::splice(p[0], std::ptr::null_mut(), s.as_raw_fd(), std::ptr::null_mut(), inpipe, 0) };
+                    assert!(w > 0, "splice pipe->socket failed");
+                    inpipe -= w as usize;
+                }
+                left -= k as usize;
+            }
+            finish(s);
+            println!("sent {len}");
+        }
+        ["uring", ip, port, bytes] => {
+            let n: usize = bytes.parse().expect("bytes");
+            let s = TcpStream::connect(addr(ip, port)).expect("connect");
+            let mut ring = io_uring::IoUring::new(8).expect("io_uring_setup (is io_uring disabled?)");
+            let chunk = vec![b'i'; 1 << 16];
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(chunk.len());
+                let op = io_uring::opcode::Send::new(io_uring::types::Fd(s.as_raw_fd()), chunk.as_ptr(), k as u32).build();
+                // SAFETY: chunk outlives the submission: we wait for its completion below.
+                unsafe { ring.submission().push(&op).expect("submission queue full") };
+                ring.submit_and_wait(1).expect("io_uring_enter");
+                let cqe = ring.completion().next().expect("a completion");
+                assert!(cqe.result() > 0, "IORING_OP_SEND failed: {}", cqe.result());
+                left -= cqe.result() as usize;
+            }
+            finish(s);
+            println!("sent {n}");
+        }
+        ["inherit", ip, port, bytes] => {
+            let n: usize = bytes.parse().expect("bytes");
+            let s = TcpStream::connect(addr(ip, port)).expect("connect");
+            // SAFETY: single-threaded here; the child only writes and _exits.
+            match unsafe { libc::fork() } {
+                0 => {
+                    println!("child pid={}", std::process::id());
+                    let chunk = vec![b'c'; 1 << 16];
+                    let mut w = &s;
+                    let mut left = n;
+                    while left > 0 {
+                        let k = left.min(chunk.len());
+                        if w.write_all(&chunk[..k]).is_err() {
+                            unsafe { libc::_exit(1) };
+                        }
+                        left -= k;
+                    }
+                    let _ = std::io::stdout().flush();
+                    unsafe { libc::_exit(0) };
+                }
+                child if child > 0 => {
+                    let mut status = 0;
+                    // SAFETY: waiting for our own child.
+                    unsafe { libc::waitpid(child, &mut status, 0) };
+                    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the child failed");
+                    finish(s);
+                    println!("sent {n}");
+                }
+                _ => panic!("fork failed"),
+            }
+        }
+        ["exec-send", ip, port, program, args @ ..] => {
+            let s = TcpStream::connect(addr(ip, port)).expect("connect");
+            // fd 3 without close-on-exec survives into the new program (dup2 onto
+            // itself keeps the flag, hence the explicit F_SETFD).
+            // SAFETY: valid fds.
+            assert_eq!(unsafe { libc::dup2(s.as_raw_fd(), 3) }, 3, "dup2");
+            assert_eq!(unsafe { libc::fcntl(3, libc::F_SETFD, 0) }, 0, "fcntl");
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new(program).args(args).exec();
+            panic!("exec {program}: {err}");
+        }
+        ["fdsend", fd, bytes] => {
+            let (fd, n): (i32, usize) = (fd.parse().expect("fd"), bytes.parse().expect("bytes"));
+            let chunk = vec![b'e'; 1 << 16];
+            let mut left = n;
+            while left > 0 {
+                // SAFETY: writing our own buffer to an fd we inherited.
+                let k = unsafe { libc::write(fd, chunk.as_ptr() as *const _, left.min(chunk.len())) };
+                assert!(k > 0, "write to fd {fd} failed");
+                left -= k as usize;
+            }
+            println!("sent {n}");
+        }
+        ["threads", ip, port, sni, count, bytes] => {
+            let (count, n): (usize, usize) = (count.parse().expect("threads"), bytes.parse().expect("bytes"));
+            let dst = addr(ip, port);
+            let sni = sni.to_string();
+            let workers: Vec<_> = (0..count)
+                .map(|_| {
+                    let sni = sni.clone();
+                    std::thread::spawn(move || tls_upload(dst, &sni, n))
+                })
+                .collect();
+            for w in workers {
+                w.join().expect("a sender thread failed");
+            }
+            println!("sent {}", count * n);
+        }
         _ => {
-            eprintln!("usage: netload sink tcp|udp ADDR PORT | send ADDR PORT BYTES | udp ADDR PORT COUNT SIZE | sendfile ADDR PORT FILE");
+            eprintln!("usage: see the top of tests/src/bin/netload.rs");
             std::process::exit(2);
         }
     }
