@@ -186,7 +186,7 @@ impl Agent {
                 self.procs.apply(&ev, &self.procfs);
                 if let KernelEvent::Exec(e) = &ev {
                     if self.pending_execs.len() < MAX_EXECS_PER_TICK {
-                        let info = self.proc_info(e.pid);
+                        let info = self.proc_info(e.pid, 0);
                         self.pending_execs.push(info);
                     } else {
                         self.stats.execs_dropped += 1;
@@ -210,9 +210,10 @@ impl Agent {
         }
     }
 
-    /// The detector's view of a process: identity and ancestry from the table.
-    fn proc_info(&self, pid: u32) -> ProcInfo {
-        let p = self.procs.get(pid);
+    /// The detector's view of a process (the holder of `pid` that started at
+    /// `start_ns`, 0 = the current one): identity and ancestry from the table.
+    fn proc_info(&self, pid: u32, start_ns: u64) -> ProcInfo {
+        let p = self.procs.get_at(pid, start_ns);
         let mut ancestors = Vec::new();
         let mut cur = p.map(|p| p.ppid).unwrap_or(0);
         while cur > 1 && ancestors.len() < 8 && !ancestors.iter().any(|(a, _)| *a == cur) {
@@ -247,7 +248,9 @@ impl Agent {
     /// Owner of `cookie`: the kernel's record, else one we remembered.
     fn owner(&self, cookie: u64) -> Option<Owner> {
         if let Ok(info) = self.socks_map.get(&cookie, 0) {
-            return Some(owner_from(&info));
+            let mut o = owner_from(&info);
+            o.start_ns = self.procs.incarnation(info.tgid, &crate::text::lossless(&info.comm), info.created_ns);
+            return Some(o);
         }
         self.remembered.get(&cookie).map(|(o, _)| *o)
     }
@@ -412,6 +415,7 @@ impl Agent {
                         DIR_EGRESS
                     },
                     attribution: Attribution::Kernel,
+                    start_ns: 0,
                 };
             }
             owners.get(&k.cookie).copied().unwrap_or(Owner {
@@ -420,16 +424,17 @@ impl Agent {
                 cgroup_id: 0,
                 direction: DIR_UNKNOWN,
                 attribution: Attribution::Unknown,
+                start_ns: 0,
             })
         }, |k, ip| namer.destination(k, ip, unix_now));
 
-        let senders: Vec<Sender> = records.iter().map(|r| self.sender(r.owner.pid, r.owner.cgroup_id)).collect();
+        let senders: Vec<Sender> = records.iter().map(|r| self.sender(r.owner.pid, r.owner.start_ns, r.owner.cgroup_id)).collect();
         if self.config.agent.emit.flows() {
             for (r, s) in records.iter().zip(&senders) {
                 if !self.config.flows.include_loopback && r.scope() == flows::Scope::Loopback {
                     continue;
                 }
-                let p = self.procs.get(r.owner.pid);
+                let p = self.procs.get_at(r.owner.pid, r.owner.start_ns);
                 let json = output::flow_json(&self.ctx, at, window, r, p, s.container.as_ref());
                 self.sink
                     .record(&json, || output::flow_text(at, r, p))
@@ -492,9 +497,9 @@ impl Agent {
     }
 
     /// Where a sender runs: its cgroup v2 path and container, if any.
-    fn sender(&mut self, pid: u32, cgroup_id: u64) -> Sender {
+    fn sender(&mut self, pid: u32, incarnation: u64, cgroup_id: u64) -> Sender {
         let cgroup = self.cgroup_path(cgroup_id);
-        let start_ns = self.procs.get(pid).map(|p| p.start_ns).unwrap_or(0);
+        let start_ns = self.procs.get_at(pid, incarnation).map(|p| p.start_ns).unwrap_or(0);
         let container = self.containers.resolve(cgroup.as_deref(), pid, start_ns);
         Sender { cgroup, container }
     }
@@ -509,7 +514,7 @@ impl Agent {
                 .iter()
                 .zip(senders)
                 .map(|(r, Sender { cgroup, container })| FlowObs {
-                    process: self.proc_info(r.owner.pid),
+                    process: self.proc_info(r.owner.pid, r.owner.start_ns),
                     remote_ip: r.remote_ip,
                     remote_port: r.remote_port,
                     transport: flows::transport(r.protocol).to_string(),
@@ -792,5 +797,6 @@ fn owner_from(info: &SockInfo) -> Owner {
             ORIGIN_PROCFS => Attribution::Procfs,
             _ => Attribution::Kernel,
         },
+        start_ns: 0,
     }
 }

@@ -129,6 +129,9 @@ pub struct Owner {
     pub cgroup_id: u64,
     pub direction: u8,
     pub attribution: Attribution,
+    /// Which holder of `pid` (its start, CLOCK_BOOTTIME ns): 0 is the current
+    /// one; set when the pid was reused and the socket was the previous holder's.
+    pub start_ns: u64,
 }
 
 /// How the owner was learned (reported, so an analyst can weigh it).
@@ -269,17 +272,17 @@ impl FlowRecord {
     }
 }
 
-/// Roll deltas up per (owner pid, remote ip, remote port, protocol).
+/// Roll deltas up per (owner process, remote ip, remote port, protocol).
 pub fn aggregate(
     deltas: &[Delta],
     owner_of: impl Fn(&FlowKey) -> Owner,
     mut name_of: impl FnMut(&FlowKey, IpAddr) -> Destination,
 ) -> Vec<FlowRecord> {
-    let mut by: HashMap<(u32, IpAddr, u16, u8), FlowRecord> = HashMap::new();
+    let mut by: HashMap<(u32, u64, IpAddr, u16, u8), FlowRecord> = HashMap::new();
     for d in deltas {
         let owner = owner_of(&d.key);
         let remote_ip = ip_of(&d.key.remote_addr);
-        let k = (owner.pid, remote_ip, d.key.remote_port, d.key.protocol);
+        let k = (owner.pid, owner.start_ns, remote_ip, d.key.remote_port, d.key.protocol);
         let r = by.entry(k).or_insert_with(|| FlowRecord {
             owner,
             local_ip: ip_of(&d.key.local_addr),
@@ -399,6 +402,7 @@ mod tests {
             cgroup_id: 0,
             direction: DIR_EGRESS,
             attribution: Attribution::Kernel,
+            start_ns: 0,
         };
         let ds = [
             Delta { key: key(1, [10, 0, 0, 2], 443), volume: v(100, 1) },
@@ -420,6 +424,7 @@ mod tests {
             cgroup_id: 0,
             direction: if k.cookie == 1 { DIR_UNKNOWN } else { DIR_INGRESS },
             attribution: if k.cookie == 1 { Attribution::Kernel } else { Attribution::Listener },
+            start_ns: 0,
         };
         let syn = Delta { key: key(1, [127, 0, 0, 1], 5555), volume: v(0, 60) };
         let data = Delta { key: key(2, [127, 0, 0, 1], 5555), volume: v(10, 5000) };

@@ -330,7 +330,7 @@ mod tests {
 
     fn record() -> FlowRecord {
         FlowRecord {
-            owner: Owner { pid: 42, uid: 1000, cgroup_id: 9, direction: sensor_common::DIR_EGRESS, attribution: Attribution::Kernel },
+            owner: Owner { pid: 42, uid: 1000, cgroup_id: 9, direction: sensor_common::DIR_EGRESS, attribution: Attribution::Kernel, start_ns: 0 },
             local_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
             local_port: 40000,
             remote_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),

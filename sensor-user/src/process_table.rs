@@ -40,11 +40,48 @@ pub trait ProcSource {
 #[derive(Default)]
 pub struct ProcessTable {
     procs: HashMap<u32, Process>,
+    /// The previous, exited holder of a pid a new process took, kept for the
+    /// same grace period: bytes it sent in its last tick are still its own.
+    departed: HashMap<u32, Process>,
 }
 
 impl ProcessTable {
+    /// The process that holds `pid` now (or last did).
     pub fn get(&self, pid: u32) -> Option<&Process> {
         self.procs.get(&pid)
+    }
+
+    /// The incarnation of `pid` that started at `start_ns` (0: the current one).
+    pub fn get_at(&self, pid: u32, start_ns: u64) -> Option<&Process> {
+        match self.departed.get(&pid) {
+            Some(d) if start_ns != 0 && d.start_ns == start_ns => Some(d),
+            _ => self.procs.get(&pid),
+        }
+    }
+
+    /// Which incarnation of `pid` owned a socket whose owner the kernel recorded
+    /// with command name `comm` (at connect or send time) and which was created
+    /// at `created_ns`: the departed one if that name is its own and not the new
+    /// holder's, or if both share the name and the socket is older than the new
+    /// holder. Returns its start (0: the current process).
+    pub fn incarnation(&self, pid: u32, comm: &str, created_ns: u64) -> u64 {
+        let (Some(old), Some(new)) = (self.departed.get(&pid), self.procs.get(&pid)) else { return 0 };
+        let old_name = old.name == comm;
+        let new_name = new.name == comm;
+        if (old_name && !new_name) || (old_name && new_name && created_ns < new.start_ns) {
+            old.start_ns
+        } else {
+            0
+        }
+    }
+
+    /// A new process takes `pid`: an exited holder moves to `departed`.
+    fn replace(&mut self, p: Process) {
+        if let Some(old) = self.procs.insert(p.pid, p) {
+            if old.exited_ns.is_some() {
+                self.departed.insert(old.pid, old);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -89,7 +126,7 @@ impl ProcessTable {
                     start_ns: f.ktime_ns,
                     exited_ns: None,
                 };
-                self.procs.insert(f.pid, child);
+                self.replace(child);
             }
             KernelEvent::Exec(e) => {
                 let path = lossless(&e.path);
@@ -113,8 +150,7 @@ impl ProcessTable {
                 } else {
                     e.argv.iter().map(|a| lossless(a)).collect()
                 };
-                self.procs.insert(
-                    e.pid,
+                self.replace(
                     Process {
                         pid: e.pid,
                         ppid,
@@ -142,7 +178,9 @@ impl ProcessTable {
     /// Forget processes that exited more than `grace_ns` before `now_ns`.
     pub fn reap(&mut self, now_ns: u64, grace_ns: u64) -> usize {
         let before = self.procs.len();
-        self.procs.retain(|_, p| p.exited_ns.is_none_or(|t| now_ns.saturating_sub(t) < grace_ns));
+        let keep = |p: &Process| p.exited_ns.is_none_or(|t| now_ns.saturating_sub(t) < grace_ns);
+        self.procs.retain(|_, p| keep(p));
+        self.departed.retain(|_, p| keep(p));
         before - self.procs.len()
     }
 }
@@ -301,5 +339,34 @@ mod tests {
         assert!(t.get(9).is_some());
         assert_eq!(t.reap(2_500, 1_000), 1);
         assert!(t.get(9).is_none());
+    }
+
+    #[test]
+    fn a_reused_pid_keeps_the_exited_holder_for_its_sockets() {
+        let mut t = ProcessTable::default();
+        let fork = |pid, ktime_ns| KernelEvent::Fork(Fork { pid, ppid: 1, uid: 0, gid: 0, cgroup_id: 3, ktime_ns, comm: b"sh".to_vec() });
+        t.apply(&exec(60, b"/usr/bin/netload", &[b"netload"]), &NoProc);
+        t.apply(&KernelEvent::Exit { pid: 60, ktime_ns: 300 }, &NoProc);
+        // Another program takes pid 60.
+        t.apply(&fork(60, 400), &NoProc);
+        t.apply(&exec(60, b"/usr/bin/burst", &[b"burst"]), &NoProc);
+        assert_eq!(t.get(60).unwrap().executable, "/usr/bin/burst");
+        // A socket the kernel recorded as netload's is the first holder's.
+        let old = t.incarnation(60, "netload", 250);
+        assert_eq!(old, 200);
+        assert_eq!(t.get_at(60, old).unwrap().executable, "/usr/bin/netload");
+        // The new holder's own sockets, and sockets it inherited, are its own.
+        assert_eq!(t.incarnation(60, "burst", 150), 0);
+        assert_eq!(t.get_at(60, 0).unwrap().executable, "/usr/bin/burst");
+        // The same name on both: the socket's age decides.
+        t.apply(&KernelEvent::Exit { pid: 60, ktime_ns: 500 }, &NoProc);
+        t.apply(&fork(60, 600), &NoProc);
+        t.apply(&exec(60, b"/usr/bin/burst", &[b"burst"]), &NoProc);
+        assert_eq!(t.incarnation(60, "burst", 450), 400);
+        assert_eq!(t.incarnation(60, "burst", 650), 0);
+        // Both go once the grace period is over.
+        t.apply(&KernelEvent::Exit { pid: 60, ktime_ns: 700 }, &NoProc);
+        t.reap(10_000, 1_000);
+        assert!(t.get(60).is_none() && t.get_at(60, 400).is_none());
     }
 }

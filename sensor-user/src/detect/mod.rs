@@ -540,9 +540,12 @@ impl Detector {
                         (None, Some(svc)) if f.process.ppid > 1 => Some(format!("service-tree:{}|{svc}", f.process.ppid)),
                         _ => None,
                     };
-                    let (entity, tree_total, tree_in) = self.subject_totals(tree, &id, (id_out, id_in), f, t, tick_bucket, short_s);
-                    // The process's own window may hold more (same identity under other parents).
-                    let (total, total_in) = if id_out > tree_total { (id_out, id_in) } else { (tree_total, tree_in) };
+                    let by_tree = self.subject_totals(tree, &id, (id_out, id_in), f, t, tick_bucket, short_s);
+                    // A process that crossed the floor by itself is its own alert
+                    // (siblings each uploading a lot are not one event); the
+                    // parent's sum is for the ones that split below it.
+                    let (entity, total, total_in) =
+                        if via.is_none() && id_out >= r.floor { (id.clone(), id_out, id_in) } else { by_tree };
                     if total >= r.floor {
                         // Never let a table flood evict what we know of these tools.
                         if self.baselines.pinned.len() < MAX_PINNED {
