@@ -338,6 +338,11 @@ impl Config {
         if tick < Duration::from_millis(100) || tick > Duration::from_secs(3600) {
             return Err(format!("agent.tick = {tick:?}: allowed 100ms to 1h"));
         }
+        // A state write per tick would be an fsync storm; a day is the most a crash may lose.
+        let every = self.state.save_every;
+        if every < Duration::from_secs(1) || every > Duration::from_secs(86_400) {
+            return Err(format!("state.save_every = {every:?}: allowed 1s to 24h"));
+        }
         for (key, v) in [("kernel.flows_max", self.kernel.flows_max), ("kernel.sockets_max", self.kernel.sockets_max)] {
             if !(1024..=4_194_304).contains(&v) {
                 return Err(format!("{key} = {v}: allowed 1024 to 4194304"));

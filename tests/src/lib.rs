@@ -140,6 +140,15 @@ impl Sluice {
         }
     }
 
+    /// SIGKILL (a crash, the OOM killer): no shutdown work at all. Returns
+    /// every record it printed before.
+    pub fn kill(mut self) -> Vec<Value> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        thread::sleep(Duration::from_millis(200));
+        self.records()
+    }
+
     /// SIGTERM, wait for a clean exit (bounded), return every record it printed.
     pub fn stop(mut self) -> Result<Vec<Value>> {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };

@@ -192,6 +192,56 @@ fn synthetic_record(path: &std::path::Path, spike: bool) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
+/// sluice has watched this host for 7 simulated hours (chronyd's trickle), then
+/// `syncd` appears and, for 4 hours, sends `per_minute` bytes a minute to one
+/// address: a drip far under every per-window bar.
+fn drip_record(path: &std::path::Path, per_minute: u64) {
+    let proc_ = |pid: u32, exe: &str, args: &[&str]| {
+        serde_json::json!({
+            "pid": pid, "ppid": 1, "entity_id": format!("{pid}-1"), "name": exe.rsplit('/').next().unwrap(),
+            "executable": exe, "args": args, "uid": 1000, "ancestors": []
+        })
+    };
+    let flow = |process: &Value, ip: &str, bytes: u64| {
+        serde_json::json!({
+            "process": process, "remote_ip": ip, "remote_port": 443, "transport": "tcp",
+            "direction": "egress", "scope": "public", "bytes_out": bytes, "bytes_in": 2_000
+        })
+    };
+    let chronyd = proc_(5, "/usr/sbin/chronyd", &["chronyd"]);
+    let syncd = proc_(4100, "/opt/syncd/syncd", &["syncd", "--daemon"]);
+    let t0 = 1_800_000_000.0;
+    let mut lines = vec![serde_json::json!({"sluice_record": 1, "host": "replay-host", "backend": "cgroup"}).to_string()];
+    lines.push(serde_json::json!({"t": t0, "window_s": 60.0, "flows": [flow(&chronyd, "192.0.2.1", 500)]}).to_string());
+    for i in 0..4 * 60 {
+        let t = t0 + 7.0 * 3600.0 + 60.0 * (i + 1) as f64;
+        lines.push(serde_json::json!({"t": t, "window_s": 60.0, "flows": [flow(&syncd, "198.51.100.7", per_minute)]}).to_string());
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn replay_of_a_slow_drip_over_hours_raises_the_drip_rule_once_and_half_of_it_nothing() {
+    let dir = TempDir::new("drip");
+    // 200 MB over 4 h: 833 KB a minute, under 2% of the 50 MiB anomaly floor.
+    let drip = dir.0.join("drip.jsonl");
+    drip_record(&drip, 200_000_000 / (4 * 60));
+    let (alerts, _) = replay(&drip);
+    assert_eq!(alerts.len(), 1, "one alert, then dedup: {alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(a["rule"]["id"], "sluice.slow_drip", "{a}");
+    assert_eq!(a["destination"]["ip"], "198.51.100.7");
+    assert!(a["sluice"]["bytes_out"].as_u64().unwrap() >= 100 * 1024 * 1024, "{a}");
+    assert!(a["event"]["reason"].as_str().unwrap().contains("without crossing any per-window bar"), "{a}");
+    // When the long window's total crossed 100 MiB: ~2 h into the drip.
+    let at = a["@timestamp"].as_str().unwrap();
+    assert!(("2027-01-15T17:00".."2027-01-15T17:30").contains(&at), "fired at {at}");
+    // Half the rate stays under the 100 MiB bar for the whole 4 h.
+    let thin = dir.0.join("thin.jsonl");
+    drip_record(&thin, 100_000_000 / (4 * 60));
+    assert!(replay(&thin).0.is_empty());
+}
+
 fn replay(path: &std::path::Path) -> (Vec<Value>, String) {
     let out = Command::new(sluice_bin()).arg("replay").arg(path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -1,6 +1,7 @@
 //! Faults around the agent, end to end on this host's kernel: an output
-//! consumer that stops reading or goes away, and a second agent on one host.
-//! (Issue 8's first cases; the rest of that suite is still to come.)
+//! consumer that stops reading or goes away, a second agent on one host, bad
+//! configuration and state files, crashes and restarts, and floods beyond the
+//! kernel maps' capacity.
 
 use std::{
     io::{BufRead, BufReader},
@@ -10,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use serde_json::Value;
 use sluice_tests::*;
 
 /// `sluice run ARGS` with stdout as given, stderr collected; waits for "ready".
@@ -145,4 +147,221 @@ fn a_second_agent_on_the_same_state_file_refuses_and_one_with_its_own_runs_along
     assert_eq!(bytes_out_to(&recs, pid, "127.0.0.1", port), 3_000_000, "the second agent's count");
     drop(second);
     assert!(first.stop(Duration::from_secs(30)).is_some_and(|s| s.success()));
+}
+
+/// `sluice run ARGS` expected to refuse: its stderr (stdout must stay empty).
+fn refused(args: &[&str]) -> String {
+    let out = Command::new(sluice_bin()).arg("run").args(args).stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success(), "sluice ran with {args:?}");
+    assert!(out.stdout.is_empty(), "stdout written by a refused start: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn config_files_with_unknown_keys_wrong_types_or_out_of_range_values_are_refused_by_name() {
+    let dir = TempDir::new("configs");
+    for (name, text, says) in [
+        ("unknown-key.toml", "[agent]\ntick_rate = \"1s\"\n", "tick_rate"),
+        ("unknown-section.toml", "[detection]\nsigma = 2\n", "detection"),
+        ("wrong-type.toml", "[kernel]\nflows_max = \"lots\"\n", "flows_max"),
+        ("bad-duration.toml", "[detect]\nshort_window = \"a minute\"\n", "a minute"),
+        ("out-of-range.toml", "[kernel]\nflows_max = 10\n", "kernel.flows_max = 10: allowed 1024 to 4194304"),
+        ("negative.toml", "[detect.volume_anomaly]\nalpha = -1.0\n", "alpha"),
+        ("save-storm.toml", "[state]\nsave_every = \"0s\"\n", "state.save_every"),
+        ("not-toml.toml", "[agent\ntick = ", "not-toml.toml"),
+    ] {
+        let path = dir.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        let err = refused(&["--config", path.to_str().unwrap(), "--state", ""]);
+        assert!(err.contains(name) || err.contains(says), "{name}: the error names neither the file nor the key:\n{err}");
+        assert!(err.contains(says), "{name}: expected {says:?} in:\n{err}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "{name} was rewritten");
+    }
+    // Flags are checked by the same rules.
+    let err = refused(&["--tick", "1ms", "--state", ""]);
+    assert!(err.contains("agent.tick") && err.contains("the command line"), "{err}");
+}
+
+#[test]
+fn unusable_state_files_are_set_aside_or_left_alone_and_the_agent_runs() {
+    require_root();
+    let dir = TempDir::new("states");
+    let run = |state: &std::path::Path| -> String {
+        let s = Sluice::start(&["--probe", "cgroup", "--tick", "1s", "--state", state.to_str().unwrap()]).unwrap();
+        let err = s.stderr_text();
+        s.stop().unwrap_or_else(|e| panic!("{}: {e}", state.display()));
+        err
+    };
+    // Wrong version (a newer sluice's file), someone else's JSON, a truncated
+    // (empty) file: each is moved aside with the reason, and a fresh one saved.
+    for (name, content, reason) in [
+        ("newer.json", &b"{\"sluice_state\": 99, \"saved_at\": 1}"[..], "state format version 99, this sluice reads 1"),
+        ("foreign.json", b"{\"hello\": \"world\"}", "not a sluice state file"),
+        ("empty.json", b"", "not valid JSON"),
+    ] {
+        let path = dir.0.join(name);
+        std::fs::write(&path, content).unwrap();
+        let err = run(&path);
+        assert!(err.contains(&format!("state file {} is unusable ({reason}", path.display())), "{name}:\n{err}");
+        let aside: Vec<_> = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{name}.corrupt-")))
+            .collect();
+        assert_eq!(aside.len(), 1, "{name}: the old file is kept aside");
+        assert_eq!(std::fs::read(aside[0].path()).unwrap(), content, "{name}: kept byte for byte");
+        let saved: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(saved["sluice_state"], 1, "{name}: a fresh state was saved at shutdown");
+    }
+    // A state path sluice cannot read (a directory): never replaced.
+    let unreadable = dir.0.join("a-directory");
+    std::fs::create_dir(&unreadable).unwrap();
+    std::fs::write(unreadable.join("keep"), "x").unwrap();
+    let err = run(&unreadable);
+    assert!(err.contains("cannot read state file") && err.contains("not saving"), "{err}");
+    assert!(unreadable.join("keep").exists() && unreadable.is_dir(), "the unreadable path was touched");
+    // A state path that cannot be written (its parent is a file): said at
+    // start, and at each save; the agent runs.
+    let file = dir.0.join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let err = run(&file.join("state.json"));
+    assert!(err.contains("cannot write next to the state file"), "{err}");
+    assert!(err.contains("kept in memory only"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+}
+
+#[test]
+fn after_kill_9_a_restart_restores_what_was_learned_and_raises_no_duplicate_alerts() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("crash");
+    let state = dir.0.join("state.json");
+    let config = dir.0.join("sluice.toml");
+    std::fs::write(&config, "[state]\nsave_every = \"1s\"\n").unwrap();
+    let tool = dir.0.join("syncd");
+    std::fs::copy(helper_bin("netload"), &tool).unwrap();
+    let args = ["--probe", "cgroup", "--tick", "1s", "--emit", "all", "--config", config.to_str().unwrap(), "--state", state.to_str().unwrap()];
+    let upload = || {
+        let port = free_port();
+        let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &[]).unwrap();
+        let pid = run_child(
+            Command::new(&tool).args(["tls", &host.peer_v4, &port.to_string(), "gfs208n140.userstorage.mega.co.nz", "6000000"]),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        sink.received().unwrap();
+        (pid, port)
+    };
+    let mega = |r: &[Value], pid: u32| alerts_of(r, "sluice.exfil_tool_upload").iter().any(|a| a["process"]["pid"] == pid);
+
+    let first = Sluice::start(&args).unwrap();
+    let (pid, _) = upload();
+    first.wait_for("the Mega alert", Duration::from_secs(20), |r| mega(r, pid)).unwrap();
+    // Two saves' worth, then a crash: no shutdown work at all.
+    thread::sleep(Duration::from_millis(2500));
+    first.kill();
+    let saved: Value = serde_json::from_slice(&std::fs::read(&state).expect("a state file saved before the crash")).unwrap();
+    assert!(saved["alerts"]["dedup"].as_array().is_some_and(|d| !d.is_empty()), "the alert's dedup entry was saved: {saved}");
+
+    // The same program uploads the same way again after the restart: the flow
+    // is seen, the alert is not repeated (one per hour per program).
+    let second = Sluice::start(&args).unwrap();
+    assert!(second.stderr_text().contains("restored"), "{}", second.stderr_text());
+    let (pid2, port2) = upload();
+    let recs = second
+        .wait_for("the second upload's flow", Duration::from_secs(20), |r| bytes_out_to(r, pid2, &host.peer_v4, port2) >= 6_000_000)
+        .unwrap();
+    thread::sleep(Duration::from_secs(2));
+    let recs = [recs, second.records()].concat();
+    assert!(!mega(&recs, pid2), "the restart raised the alert again");
+    let recs = second.stop().unwrap();
+    assert!(recs.iter().all(|r| r["event"]["kind"] != "alert" || r["process"]["pid"] != pid2), "no alert at all for the repeat");
+}
+
+#[test]
+fn sigterm_at_any_point_of_a_tick_leaves_a_whole_state_file() {
+    require_root();
+    let dir = TempDir::new("sigterm");
+    let state = dir.0.join("state.json");
+    let config = dir.0.join("sluice.toml");
+    std::fs::write(&config, "[state]\nsave_every = \"1s\"\n[detect]\nshort_window = \"1s\"\n").unwrap();
+    let args = ["--probe", "cgroup", "--tick", "200ms", "--emit", "flows", "--config", config.to_str().unwrap(), "--state", state.to_str().unwrap()];
+    // Traffic throughout, so ticks and saves have work to do when the signal lands.
+    let busy = KillOnDrop(
+        Command::new("/usr/bin/python3")
+            .args(["-c", "import socket,time\nl=socket.socket();l.bind(('127.0.0.1',0));l.listen(64)\nfor i in range(4000):\n  c=socket.create_connection(l.getsockname());c.sendall(b'x'*20000);a,_=l.accept();a.recv(65536);c.close();a.close();time.sleep(0.005)\n"])
+            .spawn()
+            .unwrap(),
+    );
+    for i in 0..6u64 {
+        let s = Sluice::start(&args).unwrap();
+        // Land the signal at a different point of the 200 ms tick each time.
+        thread::sleep(Duration::from_millis(1100 + i * 37));
+        s.stop().unwrap_or_else(|e| panic!("round {i}: {e}"));
+        let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap_or_else(|e| panic!("round {i}: state not whole: {e}"));
+        assert_eq!(saved["sluice_state"], 1);
+    }
+    drop(busy);
+    let aside = std::fs::read_dir(&dir.0).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("corrupt")).count();
+    assert_eq!(aside, 0, "a restart found a corrupt state file");
+    let temps = std::fs::read_dir(&dir.0).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).count();
+    assert_eq!(temps, 0, "temporary files left behind");
+}
+
+/// Resident memory of `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn floods_beyond_the_kernel_maps_are_counted_memory_stays_bounded_and_no_exec_is_lost() {
+    require_root();
+    let dir = TempDir::new("flood");
+    let config = dir.0.join("sluice.toml");
+    // The smallest maps sluice allows, so a test-sized flood overflows them.
+    std::fs::write(&config, "[kernel]\nflows_max = 1024\nsockets_max = 1024\n").unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let agent = Agent::start(
+        &["--probe", "cgroup", "--tick", "1s", "--state", "", "--metrics-addr", &metrics, "--config", config.to_str().unwrap()],
+        Stdio::null(),
+    );
+    let pid = agent.child.id();
+    let rss_before = rss_kib(pid);
+    // 2,000 connections open at once (4,000 sockets and flow entries, both
+    // ends), each having sent 2 KB, held across a tick, then closed.
+    let flood = "import resource,socket,time\n\
+        resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))\n\
+        l=socket.socket(); l.bind(('127.0.0.1',0)); l.listen(4096)\n\
+        held=[]\n\
+        for i in range(2000):\n    c=socket.create_connection(l.getsockname()); c.sendall(b'f'*2000); a,_=l.accept(); held+=[c,a]\n\
+        time.sleep(2.5)\n";
+    run_child(Command::new("/usr/bin/python3").args(["-c", flood]), Duration::from_secs(120)).unwrap();
+    let events_before = scrape(&metrics, "sluice_kernel_events_total");
+    // 5,000 fork+exec+exit of a trivial program.
+    let storm = Command::new("/bin/sh").args(["-c", "i=0; while [ $i -lt 5000 ]; do /bin/true; i=$((i+1)); done"]).status().unwrap();
+    assert!(storm.success());
+    thread::sleep(Duration::from_secs(3));
+    let m = http_get(&metrics, "/metrics").unwrap().1;
+    let get = |s: &str| metric(&m, s).unwrap_or(0.0);
+    let evicted = get("sluice_flows_evicted_total");
+    let events = get("sluice_kernel_events_total") - events_before;
+    let drops: f64 = ["ringbuf_drop_exec", "ringbuf_drop_fork", "ringbuf_drop_exit"]
+        .iter()
+        .map(|n| get(&format!("sluice_kernel_counter_total{{name=\"{n}\"}}")))
+        .sum();
+    let rss_after = rss_kib(pid);
+    eprintln!("measured: flood: {evicted} flow evictions counted, {events} kernel events for 5000 execs, {drops} ring drops, RSS {rss_before} -> {rss_after} KiB");
+    assert!(evicted > 0.0, "12,000 flows through a 1,024-entry map and no eviction counted:\n{m}");
+    assert!(get("sluice_map_entries{map=\"flows\"}") <= 1024.0);
+    assert_eq!(drops, 0.0, "exec/fork/exit events lost:\n{m}");
+    // fork, exec and exit of each /bin/true (the shell's own events on top).
+    assert!(events >= 15_000.0, "only {events} kernel events for 5,000 execs");
+    assert!(rss_after < 64 * 1024, "RSS {rss_after} KiB after the floods");
+    assert_eq!(http_get(&metrics, "/healthz").unwrap().0, 200, "the agent fell behind");
+    assert!(agent.stop(Duration::from_secs(30)).is_some_and(|s| s.success()));
 }
