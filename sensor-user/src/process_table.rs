@@ -66,9 +66,7 @@ impl ProcessTable {
     /// holder. Returns its start (0: the current process).
     pub fn incarnation(&self, pid: u32, comm: &str, created_ns: u64) -> u64 {
         let (Some(old), Some(new)) = (self.departed.get(&pid), self.procs.get(&pid)) else { return 0 };
-        let old_name = old.name == comm;
-        let new_name = new.name == comm;
-        if (old_name && !new_name) || (old_name && new_name && created_ns < new.start_ns) {
+        if old.name == comm && (new.name != comm || created_ns < new.start_ns) {
             old.start_ns
         } else {
             0

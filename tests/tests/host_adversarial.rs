@@ -25,7 +25,7 @@ fn netload_run(args: &[&str]) -> u32 {
     run_child(Command::new(netload()).args(args), Duration::from_secs(60)).unwrap()
 }
 
-fn flow_to<'a>(records: &'a [Value], pid: u32, port: u16) -> Option<&'a Value> {
+fn flow_to(records: &[Value], pid: u32, port: u16) -> Option<&Value> {
     records.iter().find(|r| r["event"]["action"] == "flow-summary" && r["process"]["pid"] == pid && r["destination"]["port"] == port)
 }
 
@@ -138,7 +138,7 @@ fn a_renamed_mega_client_in_tmp_with_a_false_argv0_splitting_its_upload_is_caugh
     let shell = run_child(Command::new("/bin/sh").arg("-c").arg(&script).arg(&tool), Duration::from_secs(60)).unwrap();
     assert!(sink2.received().unwrap() >= 6_000_000);
 
-    let mega = |r: &[Value], pred: &dyn Fn(&Value) -> bool| alerts_of(r, "sluice.exfil_tool_upload").into_iter().any(|a| pred(a));
+    let mega = |r: &[Value], pred: &dyn Fn(&Value) -> bool| alerts_of(r, "sluice.exfil_tool_upload").into_iter().any(pred);
     let recs = sluice
         .wait_for("both Mega alerts", Duration::from_secs(20), |r| {
             mega(r, &|a| a["process"]["pid"] == threaded) && mega(r, &|a| a["process"]["parent"]["pid"] == shell)
