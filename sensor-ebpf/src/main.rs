@@ -9,12 +9,15 @@
 //!   context), keyed by socket cookie.
 //! - `traffic`: bytes in/out per (socket, peer) from cgroup_skb, aggregated in the
 //!   kernel so userspace pays per tick, not per packet.
+//! - `floor`: empty programs for `cargo xtask bench` (the cost of a hook
+//!   before any work); the agent never loads them.
 #![no_std]
 #![no_main]
 // Atomic adds on map values (see traffic::xadd); needs RUSTC_BOOTSTRAP for this crate.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod floor;
 mod heads;
 mod process;
 mod sendpath;

@@ -185,6 +185,7 @@ impl Agent {
             Ok(ev) => {
                 self.procs.apply(&ev, &self.procfs);
                 if let KernelEvent::Exec(e) = &ev {
+                    self.metrics.execs.inc();
                     if self.pending_execs.len() < MAX_EXECS_PER_TICK {
                         let info = self.proc_info(e.pid, 0);
                         self.pending_execs.push(info);

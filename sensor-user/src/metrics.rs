@@ -46,6 +46,7 @@ pub struct BackendLabel {
 pub struct Metrics {
     registry: Arc<Registry>,
     pub kernel_events: Counter,
+    pub execs: Counter,
     pub kernel_events_per_second: Gauge<f64, AtomicU64>,
     pub malformed_events: Counter,
     /// The kernel's own drop and failure counters (ring buffer full, map
@@ -85,6 +86,7 @@ impl Metrics {
             malformed_events: Counter::default(),
             kernel_counters: Family::default(),
             ringbuf_drops: Counter::default(),
+            execs: Counter::default(),
             flows_evicted: Counter::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
@@ -102,6 +104,7 @@ impl Metrics {
             started: Instant::now(),
         };
         r.register("kernel_events", "Events read from the kernel ring buffer (exec, fork, exit, payload copies)", m.kernel_events.clone());
+        r.register("execs", "Program executions seen (exec events read from the kernel)", m.execs.clone());
         r.register("kernel_events_per_second", "Kernel events per second over the last tick", m.kernel_events_per_second.clone());
         r.register("malformed_events", "Ring buffer records that did not decode (dropped)", m.malformed_events.clone());
         r.register("kernel_counter", "The kernel programs' drop and failure counters, by name", m.kernel_counters.clone());

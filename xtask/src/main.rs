@@ -2,6 +2,7 @@
 //! installs what it needs first (`setup`), so a fresh Debian machine goes from
 //! clone to running sensor or green test suite with one command.
 
+mod bench;
 mod deploy;
 mod setup;
 mod vm;
@@ -39,6 +40,14 @@ enum Cmd {
     VmTest,
     /// Build the release binary (eBPF object embedded): target/release/sluice.
     Build,
+    /// Benchmarks (release build, ~15 min, needs root): send-path overhead and
+    /// exec storms side by side with a bpftrace peer, scale, accuracy per
+    /// backend, per-program cost, alert latency. Writes BENCHMARKS.md.
+    Bench {
+        /// Fewer, smaller runs: a smoke test of the harness, not numbers to quote.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Validate deploy/ offline (manifests, image file, unit) and run the
     /// emulated pod with the binary (needs root).
     DeployCheck,
@@ -136,6 +145,11 @@ fn main() -> Result<()> {
                 .env("SLUICE_BIN", &bin))?;
             deploy::check(&bin)?;
             vm::vm_test(cargo)
+        }
+        Cmd::Bench { quick } => {
+            setup::ensure()?;
+            build_ebpf()?;
+            bench::bench(cargo, if quick { bench::Plan::quick() } else { bench::Plan::full() })
         }
         Cmd::VmTest => {
             setup::ensure()?;

@@ -99,6 +99,12 @@ pub fn ensure_deploy_tools() -> Result<()> {
     apt_install(&["python3-venv", "systemd", "util-linux"])
 }
 
+/// bench: the peer it compares against (bpftrace) and bpftool for the kernel's
+/// per-program run-time statistics.
+pub fn ensure_bench_tools() -> Result<()> {
+    apt_install(&["bpftrace", "bpftool"])
+}
+
 pub fn ensure_test_tools() -> Result<()> {
     apt_install(TEST_PACKAGES)
 }

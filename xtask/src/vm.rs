@@ -20,8 +20,8 @@ use crate::{root, run, setup};
 /// Longest the guest may run (boot, both backends, all scenarios: ~1 min).
 const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The scenario script, run as the guest's init (busybox sh).
-const INIT: &str = r#"#!/bin/busybox sh
+/// What every guest init does first: mounts, loopback, and `sluice check`.
+pub const PROLOGUE: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
 mkdir -p /proc /sys /tmp /dev
@@ -38,6 +38,10 @@ echo "=====KERNEL $(uname -r)====="
 echo "=====CHECK====="
 /sluice check
 echo "=====END CHECK====="
+"#;
+
+/// The test scenarios, run after the prologue as the guest's init (busybox sh).
+const SCENARIOS: &str = r#"
 dd if=/dev/zero of=/tmp/sendfile.bin bs=1000000 count=20 2>/dev/null
 
 wait_for() { # file pattern tries
@@ -132,7 +136,8 @@ fn copy_into(rootfs: &Path, src: &Path, dst_rel: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn build_initramfs(bins: &[(PathBuf, &str)]) -> Result<PathBuf> {
+/// An initramfs with busybox, `bins` (and their libraries) and `init` as /init.
+pub fn build_initramfs(init: &str, bins: &[(PathBuf, &str)]) -> Result<PathBuf> {
     let vm = root().join("target/vm");
     let rootfs = vm.join("root");
     let _ = fs::remove_dir_all(&rootfs);
@@ -146,9 +151,9 @@ pub fn build_initramfs(bins: &[(PathBuf, &str)]) -> Result<PathBuf> {
             copy_into(&rootfs, &lib, &lib)?;
         }
     }
-    let init = rootfs.join("init");
-    fs::write(&init, INIT)?;
-    run(Command::new("chmod").arg("755").arg(&init))?;
+    let init_path = rootfs.join("init");
+    fs::write(&init_path, init)?;
+    run(Command::new("chmod").arg("755").arg(&init_path))?;
     let initrd = vm.join("initrd.cpio.gz");
     let status = Command::new("sh")
         .arg("-c")
@@ -160,10 +165,11 @@ pub fn build_initramfs(bins: &[(PathBuf, &str)]) -> Result<PathBuf> {
     Ok(initrd)
 }
 
-/// Boot the guest, return the serial log's path.
-pub fn boot(initrd: &Path) -> Result<PathBuf> {
+/// Boot the guest, return the serial log's path (`target/vm/<log>`). The
+/// guest is killed after `timeout`.
+pub fn boot(initrd: &Path, log: &str, timeout: Duration) -> Result<PathBuf> {
     let kernel = kernel()?;
-    let log = root().join("target/vm/serial.log");
+    let log = root().join("target/vm").join(log);
     println!("xtask: booting {} under qemu (TCG)", kernel.display());
     let mut child = Command::new("qemu-system-x86_64")
         // One vCPU: arming kprobes patches kernel text with cross-CPU
@@ -191,12 +197,12 @@ pub fn boot(initrd: &Path) -> Result<PathBuf> {
         if let Some(s) = child.try_wait()? {
             break s;
         }
-        if started.elapsed() > GUEST_TIMEOUT {
+        if started.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
             let buf = reader.join().unwrap_or_default();
             fs::write(&log, &buf)?;
-            bail!("the guest did not finish within {GUEST_TIMEOUT:?}; its log is {}:\n{}", log.display(), tail(&buf));
+            bail!("the guest did not finish within {timeout:?}; its log is {}:\n{}", log.display(), tail(&buf));
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -219,11 +225,11 @@ pub fn vm_test(cargo: impl Fn() -> Command) -> Result<()> {
     setup::ensure_vm_tools()?;
     run(cargo().args(["build", "-p", "sensor-user", "-p", "sluice-tests", "--bins"]))?;
     let bin = root().join("target/debug");
-    let initrd = build_initramfs(&[
+    let initrd = build_initramfs(&format!("{PROLOGUE}{SCENARIOS}"), &[
         (bin.join("sluice"), "sluice"),
         (bin.join("netload"), "netload"),
         (bin.join("burst"), "burst"),
     ])?;
-    let log = boot(&initrd)?;
+    let log = boot(&initrd, "serial.log", GUEST_TIMEOUT)?;
     run(cargo().args(["test", "-p", "sluice-tests", "--test", "vm", "--", "--test-threads=1"]).env("SLUICE_VM_LOG", &log))
 }

@@ -3,7 +3,7 @@
 //!
 //!     netload sink tcp|udp ADDR PORT [N]      count bytes until EOF on N connections (tcp, default 1,
 //!                                             served in parallel) or 3 s of silence (udp)
-//!     netload send ADDR PORT BYTES            one TCP connection, write BYTES
+//!     netload send ADDR PORT BYTES [WRITE]    one TCP connection, write BYTES (WRITE bytes a call, 1 MiB)
 //!     netload sendmsg ADDR PORT BYTES         sendmsg(2) with two iovecs per call
 //!     netload sendmmsg ADDR PORT COUNT SIZE   COUNT datagrams in sendmmsg(2) batches of 16
 //!     netload splice ADDR PORT FILE           FILE -> pipe -> socket with splice(2)
@@ -103,10 +103,11 @@ fn main() {
             }
             println!("received {n}");
         }
-        ["send", ip, port, bytes] => {
+        ["send", ip, port, bytes, rest @ ..] => {
             let n: usize = bytes.parse().expect("bytes");
+            let size: usize = rest.first().map_or(1 << 20, |c| c.parse().expect("write size"));
             let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
-            let chunk = vec![b's'; 1 << 20];
+            let chunk = vec![b's'; size];
             let mut left = n;
             while left > 0 {
                 let k = left.min(chunk.len());
