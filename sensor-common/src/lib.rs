@@ -330,6 +330,10 @@ pub mod counter {
 /// Names of the globals the loader sets from the running kernel's tracepoint
 /// format files (offsets change between kernels: 6.1 has `char[16]` comms in
 /// `sched_process_fork`, 6.18 has `__data_loc` strings).
+/// Where `sock:sock_send_length` carries its `sk` (fixed since the tracepoint
+/// appeared in 6.3; the loader checks tracefs agrees before attaching).
+pub const SEND_LEN_SK_OFF: u32 = 8;
+
 pub mod globals {
     pub const EXEC_FILENAME_OFF: &str = "EXEC_FILENAME_OFF";
     pub const NEWTASK_PID_OFF: &str = "NEWTASK_PID_OFF";
@@ -350,8 +354,7 @@ pub mod globals {
     pub const SS_OLDSTATE_OFF: &str = "SS_OLDSTATE_OFF";
     pub const SS_NEWSTATE_OFF: &str = "SS_NEWSTATE_OFF";
     pub const SS_PROTOCOL_OFF: &str = "SS_PROTOCOL_OFF";
-    /// `sock:sock_send_length`'s `sk` field (tracefs) and `sock_common.skc_cookie` (BTF).
-    pub const SEND_LEN_SK_OFF: &str = "SEND_LEN_SK_OFF";
+    /// `sock_common.skc_cookie` (BTF), for the cgroup backend's owner-on-send.
     pub const SKC_COOKIE: &str = "SKC_COOKIE";
     /// `struct msghdr.msg_iter` and the `struct iov_iter` fields read to copy
     /// the first bytes of a send, and the `iter_type` values (their order

@@ -101,5 +101,5 @@ pub fn emit(kind: u32, key: &FlowKey, pid: u32, offset: u64, src: Source, avail:
         (*ev).orig_len = avail.min(u32::MAX as u64) as u32;
         (*ev)._pad = 0;
     }
-    entry.submit(0);
+    entry.submit(crate::wakeup());
 }

@@ -27,7 +27,7 @@ mod traffic;
 use core::intrinsics::AtomicOrdering;
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
@@ -39,6 +39,23 @@ use sensor_common::{
 /// agent drains it continuously, so this only has to absorb scheduling hiccups.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Wake the agent only once this much waits in `EVENTS`; below it the agent
+/// drains on its own 100 ms timer.
+const WAKE_AT: u64 = 2 * 1024 * 1024;
+
+/// Flags for submitting to `EVENTS`. A wakeup per record is an irq_work (a
+/// self-IPI, a VM exit on a virtualized host): measured at ~10 us of every
+/// fork and exec event before this (`cargo xtask bench`, section 5), most of
+/// what the sensor cost an exec storm.
+#[inline(always)]
+fn wakeup() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKE_AT {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
 
 /// What the kernel side dropped or could not do, per CPU (no atomics needed).
 #[map]

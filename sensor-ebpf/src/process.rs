@@ -184,7 +184,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             count(counter::EXEC_NO_ARGV);
         }
     }
-    entry.submit(0);
+    entry.submit(crate::wakeup());
     0
 }
 
@@ -212,7 +212,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     ev._pad = 0;
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
-    entry.submit(0);
+    entry.submit(crate::wakeup());
     0
 }
 
@@ -228,7 +228,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         Some(mut entry) => {
             let ev = unsafe { &mut *entry.as_mut_ptr() };
             ev.header = EventHeader { kind: EVENT_EXIT, pid: tgid, ktime_ns: unsafe { bpf_ktime_get_boot_ns() } };
-            entry.submit(0);
+            entry.submit(crate::wakeup());
         }
         None => count(counter::RINGBUF_DROP_EXIT),
     }

@@ -11,7 +11,8 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     },
-    macros::{cgroup_sock, cgroup_sock_addr, tracepoint},
+    macros::{cgroup_sock, cgroup_sock_addr, map, tracepoint},
+    maps::PerCpuArray,
     programs::{SockAddrContext, SockContext, TracePointContext},
 };
 use sensor_common::{
@@ -19,15 +20,22 @@ use sensor_common::{
     ORIGIN_CREATE, ORIGIN_SENDMSG,
 };
 
+use aya_ebpf::EbpfContext;
+
 use crate::{count, global, LISTENERS, SOCKS};
 
-/// Offset of `sk` in `sock:sock_send_length` (tracefs) and of
-/// `sock_common.skc_cookie` (BTF); the loader patches both, and attaches
-/// `send_owner` only when it found them.
-#[unsafe(no_mangle)]
-static SEND_LEN_SK_OFF: u32 = 8;
+/// Offset of `sock_common.skc_cookie` (BTF); the loader patches it, and
+/// attaches `send_owner` only when it found it and the tracepoint's `sk` field
+/// is at `SEND_LEN_SK_OFF` (a constant: the verifier wants constant offsets
+/// for direct context reads, which cost no helper call).
 #[unsafe(no_mangle)]
 static SKC_COOKIE: u32 = 0;
+pub const SEND_LEN_SK_OFF: usize = 8;
+
+/// Per CPU: the (socket cookie, sender tgid) last confirmed as owner, so a
+/// stream of writes by one process on one socket skips the map lookup.
+#[map]
+static SEND_SEEN: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// The current task as the owner of a socket.
 #[inline(always)]
@@ -181,7 +189,8 @@ fn record_active(ctx: &SockAddrContext, origin: u8) {
 /// one lookup.
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn send_owner(ctx: TracePointContext) -> u32 {
-    let Ok(sk) = (unsafe { ctx.read_at::<u64>(global(&SEND_LEN_SK_OFF) as usize) }) else { return 0 };
+    // SAFETY: a constant offset inside the tracepoint record (checked at load).
+    let sk = unsafe { core::ptr::read_unaligned((ctx.as_ptr() as *const u8).add(SEND_LEN_SK_OFF) as *const u64) };
     if sk == 0 {
         return 0;
     }
@@ -192,10 +201,16 @@ pub fn send_owner(ctx: TracePointContext) -> u32 {
     if cookie == 0 {
         return 0;
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let tgid = bpf_get_current_pid_tgid() >> 32;
+    let Some(seen) = SEND_SEEN.get_ptr_mut(0) else { return 0 };
+    let seen = unsafe { &mut *seen };
+    if seen[0] == cookie && seen[1] == tgid {
+        return 0;
+    }
+    *seen = [cookie, tgid];
     let Some(existing) = SOCKS.get_ptr_mut(&cookie) else { return 0 };
     let existing = unsafe { &mut *existing };
-    if existing.tgid == tgid {
+    if existing.tgid == tgid as u32 {
         return 0;
     }
     // Who sends changes; what the socket is (direction, origin, ports, age) does not.

@@ -158,6 +158,41 @@ fn adopt_accepted(cookie: u64, key: &FlowKey) {
     let _ = SOCKS.insert(&cookie, &owner, BPF_NOEXIST as u64);
 }
 
+/// IPv6 extension headers before the transport header: (transport protocol,
+/// its offset, whether this packet carries it). A GSO packet over 64 KiB (BIG
+/// TCP, the default on loopback) leaves with a hop-by-hop jumbo header, so
+/// without this walk most of a fast IPv6 upload counted as protocol 0.
+#[inline(always)]
+fn skip_ipv6_extensions(ctx: &SkBuffContext, first: u8) -> Option<(u8, usize, bool)> {
+    const HOP_BY_HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    const FRAGMENT: u8 = 44;
+    const DEST_OPTS: u8 = 60;
+    let mut next = first;
+    let mut off = 40usize;
+    // Bounded for the verifier; real packets carry one or two.
+    for _ in 0..4 {
+        match next {
+            HOP_BY_HOP | ROUTING | DEST_OPTS => {
+                let e: [u8; 2] = ctx.load(off).ok()?;
+                next = e[0];
+                off += (e[1] as usize + 1) * 8;
+            }
+            FRAGMENT => {
+                let e: [u8; 4] = ctx.load(off).ok()?;
+                next = e[0];
+                off += 8;
+                // Not the first fragment: no transport header, all payload.
+                if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
+                    return Some((next, off, false));
+                }
+            }
+            _ => break,
+        }
+    }
+    Some((next, off, true))
+}
+
 /// Parse the IP and transport headers (skb data starts at the network header on
 /// cgroup_skb). Addresses come from the packet, not the socket, so unconnected
 /// UDP sends to many peers are told apart.
@@ -197,12 +232,13 @@ fn parse(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<Parsed> {
         6 => {
             let h: [u8; 40] = ctx.load(0).ok()?;
             key.ip_version = 6;
-            key.protocol = h[6];
             let mut src = [0u8; 16];
             let mut dst = [0u8; 16];
             src.copy_from_slice(&h[8..24]);
             dst.copy_from_slice(&h[24..40]);
-            (src, dst, 40, true)
+            let (protocol, l4_off, has_l4) = skip_ipv6_extensions(ctx, h[6])?;
+            key.protocol = protocol;
+            (src, dst, l4_off, has_l4)
         }
         _ => return None,
     };

@@ -40,6 +40,8 @@ use crate::{
 /// Exec records kept per tick for the detector; beyond this an exec storm's
 /// remainder is counted, not kept.
 const MAX_EXECS_PER_TICK: usize = 20_000;
+/// How often the ring buffer is drained when the kernel does not wake us.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
 /// How long an unresolvable pre-existing socket waits before another /proc scan.
 const UNRESOLVED_RETRY: Duration = Duration::from_secs(30);
@@ -693,6 +695,10 @@ impl Agent {
         let mut interval = tokio::time::interval(self.config.agent.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval.tick().await; // the first tick fires at once
+        // The kernel wakes us only when its ring is filling (see `wakeup` in the
+        // eBPF crate); otherwise events wait at most this long.
+        let mut drain_every = tokio::time::interval(DRAIN_EVERY);
+        drain_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         eprintln!(
             "sluice: ready: backend={} programs={} tick={:?} emit={:?}",
             self.sensor.backend,
@@ -707,6 +713,7 @@ impl Agent {
                     self.drain(guard.get_inner_mut());
                     guard.clear_ready();
                 }
+                _ = drain_every.tick() => self.drain(ring.get_mut()),
                 _ = interval.tick() => {
                     // Exec events first, so this tick's flows are named.
                     self.drain(ring.get_mut());

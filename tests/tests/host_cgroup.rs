@@ -95,6 +95,11 @@ fn ipv6_and_v4_mapped_uploads_are_attributed() {
     assert_python_flow(&records, pid, &host.peer_v6, port, bytes, "private");
     assert_eq!(first_flow(&records, pid, &host.peer_v6, port)["network"]["type"], "ipv6");
 
+    // Over ::1, segments beyond 64 KiB (BIG TCP) leave with a hop-by-hop jumbo
+    // header between the IPv6 and TCP headers.
+    let (records, pid, port) = python_upload(None, "::1", bytes);
+    assert_python_flow(&records, pid, "::1", port, bytes, "loopback");
+
     // An AF_INET6 socket talking to ::ffff:a.b.c.d sends IPv4 on the wire.
     let port = free_port();
     let sluice = Sluice::start(TICK).unwrap();

@@ -97,14 +97,20 @@ impl Running {
 
     fn wait_line(&self, what: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        let seen = || self.lines.lock().unwrap().iter().any(|l| l.contains(what));
         while Instant::now() < deadline {
-            if self.lines.lock().unwrap().iter().any(|l| l.contains(what)) {
+            if seen() {
                 return Ok(());
             }
             if is_zombie(self.child.id()) {
+                // Its last lines may still be in the reader threads.
+                thread::sleep(Duration::from_millis(300));
+                if seen() {
+                    return Ok(());
+                }
                 bail!("exited before {what:?}:\n{}", self.text());
             }
-            thread::sleep(Duration::from_millis(50));
+            thread::sleep(Duration::from_millis(20));
         }
         bail!("no {what:?} within {timeout:?}:\n{}", self.text())
     }
@@ -483,7 +489,7 @@ acc() {
   SK=$!
   acc_wait $W/sink-$B-$name ready 200
   sh -c 'echo "SCENARIO '"$B"' '"$name"' pid=$$"; exec "$@"' sh "$@" > $W/send-$B-$name 2>&1
-  sed -n "s/^child pid=/CHILD $B $name pid=/p; s/^sent /SENT $B $name /p" $W/send-$B-$name
+  sed -n "/^SCENARIO /p; s/^child pid=/CHILD $B $name pid=/p; s/^sent /SENT $B $name /p" $W/send-$B-$name
   # TCP sinks end at EOF; a UDP sink would wait for 3 s of silence.
   if [ "$kind" = tcp ]; then acc_wait $W/sink-$B-$name received 600; else sleep 0.3; fi
   kill $SK 2>/dev/null
@@ -571,7 +577,7 @@ fn accuracy(b: &Bins, plan: Plan, rows: &mut [AccRow]) -> Result<()> {
     accuracy_ratios("cgroup", &records, &log, rows);
     if plan.vm {
         println!("xtask bench: accuracy matrix in the qemu guest (fentry, kprobe)");
-        let body = format!(
+        let body = String::from(
             "W=/tmp\nNL=/netload\nBU=/burst\nfor B in fentry kprobe; do\n  /sluice run --probe $B --emit flows --tick 1s --state \"\" > /tmp/out-$B.jsonl 2> /tmp/err-$B.log &\n  SP=$!\n  acc_wait /tmp/err-$B.log \"sluice: ready\" 600 || true\n  ACC_BODY\n  kill -TERM $SP\n  wait $SP\n  echo \"=====BEGIN $B=====\"\n  cat /tmp/out-$B.jsonl\n  echo \"=====END $B=====\"\ndone\necho \"=====DONE=====\"\npoweroff -f\n"
         );
         // acc_wait is defined by the script body: define it first, run cases inside the loop.
@@ -629,6 +635,8 @@ fn floor_for(name: &str) -> &'static str {
 
 struct ProgRow {
     who: &'static str,
+    /// Names are cut to 15 bytes (sched_process_exec and _exit look alike): rows go by id.
+    id: u64,
     name: String,
     ns: Vec<f64>,
     runs: Vec<f64>,
@@ -670,12 +678,12 @@ fn bpf_cost(b: &Bins, plan: Plan) -> Result<Vec<ProgRow>> {
                     continue;
                 }
                 let ns = (rt1 - rt0) / (cnt1 - cnt0);
-                match rows.iter_mut().find(|r| r.who == label && r.name == *name) {
+                match rows.iter_mut().find(|r| r.who == label && r.id == *id) {
                     Some(r) => {
                         r.ns.push(ns);
                         r.runs.push(cnt1 - cnt0);
                     }
-                    None => rows.push(ProgRow { who: label, name: name.clone(), ns: vec![ns], runs: vec![cnt1 - cnt0] }),
+                    None => rows.push(ProgRow { who: label, id: *id, name: name.clone(), ns: vec![ns], runs: vec![cnt1 - cnt0] }),
                 }
             }
         }
@@ -876,7 +884,7 @@ fn report(plan: Plan, send: &[SendRow], execs: &[ExecRow], scale: &[ScaleRow], a
             cpu / (row.flows as f64 / 1000.0)
         );
     }
-    let big = scale.iter().filter(|x| x.procs == 0).last().map(|x| stats(&x.rss_mib).2).unwrap_or(f64::NAN);
+    let big = scale.iter().rfind(|x| x.procs == 0).map(|x| stats(&x.rss_mib).2).unwrap_or(f64::NAN);
     let _ = writeln!(r, "\nTarget: RSS <= 64 MiB at the largest flow count: {big:.1} MiB, {}. Linear or better: compare the last column across rows.\n", verdict(big <= 64.0));
 
     let _ = writeln!(r, "## 4. Accuracy: bytes sluice attributed to the right pid and peer / bytes the application sent\n");
@@ -909,7 +917,7 @@ fn report(plan: Plan, send: &[SendRow], execs: &[ExecRow], scale: &[ScaleRow], a
     let _ = writeln!(r, "| program | ns per run | runs per workload | floor: empty program (ns) |\n| --- | --- | --- | --- |");
     for row in progs.iter().filter(|p| p.who != "floor (empty program)") {
         let floor = progs.iter().find(|p| p.who == "floor (empty program)" && p.name == floor_for(&row.name)).map(|p| fmt_stats(&p.ns, 0)).unwrap_or("-".into());
-        let _ = writeln!(r, "| {} {} | {} | {} | {} |", row.who, row.name, fmt_stats(&row.ns, 0), fmt_stats(&row.runs, 0), floor);
+        let _ = writeln!(r, "| {} {} (id {}) | {} | {} | {} |", row.who, row.name, row.id, fmt_stats(&row.ns, 0), fmt_stats(&row.runs, 0), floor);
     }
     let _ = writeln!(r, "\n## 6. Alert latency: a {} MB upload by a binary named megasync\n", plan.latency_bytes / 1_000_000);
     let _ = writeln!(

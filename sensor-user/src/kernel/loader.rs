@@ -131,18 +131,17 @@ pub fn open(config: &Config) -> Result<Opened> {
     }
     // The cgroup backend's owner-on-send hook: the tracepoint's `sk`, and where
     // the socket cookie lives in it.
-    let send_owner_offs = tracefs::offset(&tf, "sock", "sock_send_length", "sk")
-        .ok()
-        .zip(btf.as_ref().and_then(|b| b.field_offset("sock_common", "skc_cookie").ok()));
-    if let Some((sk, cookie)) = &send_owner_offs {
-        loader.override_global(globals::SEND_LEN_SK_OFF, sk, true);
+    let sk_at = tracefs::offset(&tf, "sock", "sock_send_length", "sk").ok();
+    let cookie_at = btf.as_ref().and_then(|b| b.field_offset("sock_common", "skc_cookie").ok());
+    let send_owner = sk_at == Some(sensor_common::SEND_LEN_SK_OFF) && cookie_at.is_some();
+    if let Some(cookie) = &cookie_at {
         loader.override_global(globals::SKC_COOKIE, cookie, true);
     }
     loader
         .map_max_entries(maps::FLOWS, config.kernel.flows_max)
         .map_max_entries(maps::SOCKS, config.kernel.sockets_max);
     let ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
-    Ok(Opened { ebpf, send_owner: send_owner_offs.is_some() })
+    Ok(Opened { ebpf, send_owner })
 }
 
 /// Field offsets the send-path probes read, from the running kernel's BTF.
@@ -243,7 +242,7 @@ fn attach_cgroup(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
 fn attach_send_owner(ebpf: &mut Ebpf, attached: &mut Vec<String>, ready: bool) {
     let r = (|| -> Result<()> {
         if !ready {
-            bail!("this kernel has no sock:sock_send_length tracepoint (6.3+) or no BTF for struct sock_common");
+            bail!("this kernel has no sock:sock_send_length tracepoint (6.3+) with `sk` at offset 8, or no BTF for struct sock_common");
         }
         let tp: &mut TracePoint = program(ebpf, "send_owner")?;
         tp.load().context("loading tracepoint program send_owner")?;
