@@ -32,8 +32,12 @@ use crate::{count, global, LISTENERS, SOCKS};
 static SKC_COOKIE: u32 = 0;
 pub const SEND_LEN_SK_OFF: usize = 8;
 
-/// Per CPU: the (socket cookie, sender tgid) last confirmed as owner, so a
-/// stream of writes by one process on one socket skips the map lookup.
+/// Per CPU: the (`struct sock` address, sender tgid) last confirmed as the
+/// owner, so a stream of writes by one process on one socket costs one compare.
+/// A socket freed and reallocated at the same address and then written by the
+/// same process on the same CPU, with no other send in between, would skip its
+/// check: only if another process had created it and handed it over does that
+/// matter, and then the bytes go to the creator, as without this hook.
 #[map]
 static SEND_SEEN: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
@@ -194,6 +198,13 @@ pub fn send_owner(ctx: TracePointContext) -> u32 {
     if sk == 0 {
         return 0;
     }
+    let tgid = bpf_get_current_pid_tgid() >> 32;
+    let Some(seen) = SEND_SEEN.get_ptr_mut(0) else { return 0 };
+    let seen = unsafe { &mut *seen };
+    if seen[0] == sk && seen[1] == tgid {
+        return 0;
+    }
+    *seen = [sk, tgid];
     // skc_cookie is set when a cookie is first asked for: sock_create did, so 0
     // means a socket older than the sensor (the agent resolves those itself).
     let addr = (sk as usize).wrapping_add(global(&SKC_COOKIE) as usize) as *const u64;
@@ -201,13 +212,6 @@ pub fn send_owner(ctx: TracePointContext) -> u32 {
     if cookie == 0 {
         return 0;
     }
-    let tgid = bpf_get_current_pid_tgid() >> 32;
-    let Some(seen) = SEND_SEEN.get_ptr_mut(0) else { return 0 };
-    let seen = unsafe { &mut *seen };
-    if seen[0] == cookie && seen[1] == tgid {
-        return 0;
-    }
-    *seen = [cookie, tgid];
     let Some(existing) = SOCKS.get_ptr_mut(&cookie) else { return 0 };
     let existing = unsafe { &mut *existing };
     if existing.tgid == tgid as u32 {

@@ -282,6 +282,8 @@ pub struct Kernel {
     pub sockets_max: u32,
     /// The host's cgroup v2 mount ("" = find it in /proc/self/mounts).
     pub cgroup_root: String,
+    /// cgroup backend: re-own a socket to whoever sends on it (one hook per send call).
+    pub owner_on_send: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

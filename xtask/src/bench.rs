@@ -57,6 +57,8 @@ const BPFTRACE_EXEC: &str = "tracepoint:sched:sched_process_exec { @execs[comm] 
 enum Sensor {
     None,
     Sluice,
+    /// sluice with `kernel.owner_on_send = false`: what that hook costs.
+    SluiceNoOwner,
     Bpftrace,
 }
 
@@ -65,6 +67,7 @@ impl Sensor {
         match self {
             Sensor::None => "no sensor",
             Sensor::Sluice => "sluice (cgroup)",
+            Sensor::SluiceNoOwner => "sluice, owner_on_send off",
             Sensor::Bpftrace => "bpftrace peer",
         }
     }
@@ -221,6 +224,11 @@ impl Bins {
         Ok(match s {
             Sensor::None => None,
             Sensor::Sluice => Some(self.sluice(extra)?),
+            Sensor::SluiceNoOwner => {
+                let config = self.dir.join("no-owner.toml");
+                fs::write(&config, "[kernel]\nowner_on_send = false\n")?;
+                Some(self.sluice(&[extra, &["--config", config.to_str().unwrap()]].concat())?)
+            }
             Sensor::Bpftrace => {
                 let r = Running::spawn(Command::new("bpftrace").args(["-e", bpftrace]))?;
                 r.wait_line("Attaching", Duration::from_secs(60))?;
@@ -269,7 +277,7 @@ struct SendRow {
 }
 
 fn send_path(b: &Bins, plan: Plan) -> Result<Vec<SendRow>> {
-    let sensors = [Sensor::None, Sensor::Sluice, Sensor::Bpftrace];
+    let sensors = [Sensor::None, Sensor::Sluice, Sensor::SluiceNoOwner, Sensor::Bpftrace];
     let mut rows: Vec<SendRow> = sensors
         .iter()
         .flat_map(|&s| WRITE_SIZES.iter().map(move |&w| SendRow { sensor: s, write: w, ratios: vec![], mbps: vec![], cpu_pct: vec![] }))

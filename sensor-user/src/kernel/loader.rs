@@ -196,7 +196,9 @@ pub fn attach(config: &Config, backend: Backend) -> Result<Sensor> {
     match backend {
         Backend::Cgroup => {
             attach_cgroup(&mut ebpf, &mut attached)?;
-            attach_send_owner(&mut ebpf, &mut attached, send_owner);
+            if config.kernel.owner_on_send {
+                attach_send_owner(&mut ebpf, &mut attached, send_owner);
+            }
         }
         Backend::Fentry => attach_fentry(&mut ebpf, &mut attached)?,
         Backend::Kprobe => attach_kprobe(&mut ebpf, &mut attached)?,
