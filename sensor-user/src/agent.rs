@@ -1,12 +1,13 @@
 //! `sluice run`: drain the kernel every tick, attribute, aggregate, print.
 
 use std::{
-    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{anyhow, Context, Result};
+// Per-tick maps and sets keyed by flow keys and cookies: see flows.rs.
+use foldhash::{HashMap, HashMapExt, HashSet};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 /// BPF_NOEXIST: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
@@ -25,7 +26,7 @@ use crate::{
     detect::{Detector, FlowObs, ProcInfo, TickInput},
     events::{self, KernelEvent},
     flows::{self, Attribution, DeltaTracker, Owner},
-    kernel::loader::Sensor,
+    kernel::{batch, loader::Sensor},
     metrics::{self, Metrics},
     output::{self, Sink},
     process_table::{boottime_ns, ProcSource, ProcessTable, Procfs},
@@ -42,6 +43,17 @@ use crate::{
 const MAX_EXECS_PER_TICK: usize = 20_000;
 /// How often the ring buffer is drained when the kernel does not wake us.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// Entries per BPF_MAP_LOOKUP_BATCH call.
+const BATCH: usize = 4096;
+
+/// A duplicate of a hash map's fd, for `kernel::batch`.
+fn batch_fd(map: &aya::maps::Map) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd;
+    match map {
+        aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => Ok(d.fd().as_fd().try_clone_to_owned()?),
+        _ => Err(anyhow!("expected a hash map")),
+    }
+}
 
 /// How long an unresolvable pre-existing socket waits before another /proc scan.
 const UNRESOLVED_RETRY: Duration = Duration::from_secs(30);
@@ -59,6 +71,9 @@ pub struct Agent {
     sensor: Sensor,
     flows_map: BpfHashMap<MapData, FlowKey, FlowCounters>,
     socks_map: BpfHashMap<MapData, u64, SockInfo>,
+    /// The same two maps' fds, for batch reads (`kernel::batch`).
+    flows_fd: std::os::fd::OwnedFd,
+    socks_fd: std::os::fd::OwnedFd,
     dirs_map: BpfHashMap<MapData, u64, u8>,
     counters: PerCpuArray<MapData, u64>,
     procs: ProcessTable,
@@ -77,7 +92,7 @@ pub struct Agent {
     pending_execs: Vec<ProcInfo>,
     last_save: Instant,
     /// cgroup id -> cgroup v2 path (refreshed by a bounded walk on a miss).
-    cgroup_paths: HashMap<u64, String>,
+    cgroup_paths: std::collections::HashMap<u64, String>,
     cgroup_walked_tick: u64,
     containers: container::Resolver,
     last_tick: Instant,
@@ -112,8 +127,11 @@ impl Agent {
         let take = |sensor: &mut Sensor, name: &str| {
             sensor.ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
         };
-        let flows_map = BpfHashMap::try_from(take(&mut sensor, maps::FLOWS)?)?;
-        let socks_map = BpfHashMap::try_from(take(&mut sensor, maps::SOCKS)?)?;
+        let flows = take(&mut sensor, maps::FLOWS)?;
+        let socks = take(&mut sensor, maps::SOCKS)?;
+        let (flows_fd, socks_fd) = (batch_fd(&flows)?, batch_fd(&socks)?);
+        let flows_map = BpfHashMap::try_from(flows)?;
+        let socks_map = BpfHashMap::try_from(socks)?;
         let dirs_map = BpfHashMap::try_from(take(&mut sensor, maps::DIRS)?)?;
         let counters = PerCpuArray::try_from(take(&mut sensor, maps::COUNTERS)?)?;
         let procfs = Procfs::default();
@@ -144,6 +162,8 @@ impl Agent {
             sensor,
             flows_map,
             socks_map,
+            flows_fd,
+            socks_fd,
             dirs_map,
             counters,
             procs,
@@ -159,7 +179,7 @@ impl Agent {
             recorder,
             pending_execs: Vec::new(),
             last_save: Instant::now(),
-            cgroup_paths: HashMap::new(),
+            cgroup_paths: std::collections::HashMap::new(),
             cgroup_walked_tick: u64::MAX,
             containers,
             last_tick: Instant::now(),
@@ -249,8 +269,14 @@ impl Agent {
     }
 
     /// Owner of `cookie`: the kernel's record, else one we remembered.
-    fn owner(&self, cookie: u64) -> Option<Owner> {
-        if let Ok(info) = self.socks_map.get(&cookie, 0) {
+    /// The owner the kernel recorded for `cookie` (from `socks`, a batch read of
+    /// the map this tick, when given), else the one we remember.
+    fn owner(&self, cookie: u64, socks: Option<&HashMap<u64, SockInfo>>) -> Option<Owner> {
+        let info = match socks {
+            Some(all) => all.get(&cookie).copied(),
+            None => self.socks_map.get(&cookie, 0).ok(),
+        };
+        if let Some(info) = info {
             let mut o = owner_from(&info);
             o.start_ns = self.procs.incarnation(info.tgid, &crate::text::lossless(&info.comm), info.created_ns);
             return Some(o);
@@ -365,7 +391,17 @@ impl Agent {
         self.stats.ticks += 1;
         let at = SystemTime::now();
 
-        let snapshot: Vec<(FlowKey, FlowCounters)> = self.flows_map.iter().filter_map(Result::ok).collect();
+        use std::os::fd::AsFd;
+        let snapshot: Vec<(FlowKey, FlowCounters)> = match batch::lookup_all(self.flows_fd.as_fd(), BATCH) {
+            Ok(all) => all,
+            // Before 5.6, or a kernel that refuses it: one entry at a time.
+            Err(e) => {
+                if self.stats.ticks == 1 {
+                    eprintln!("sluice: batch map reads unavailable ({e}); reading the flow map one entry at a time");
+                }
+                self.flows_map.iter().filter_map(Result::ok).collect()
+            }
+        };
         let deltas = self.tracker.update(snapshot.iter().copied());
 
         // cgroup backend keys (pid 0): owner by socket cookie. Send-path keys
@@ -385,8 +421,13 @@ impl Agent {
             .collect();
         let mut owners: HashMap<u64, Owner> = HashMap::with_capacity(active.len());
         let mut unknown = Vec::new();
+        // Many active sockets: one batch read of SOCKS beats a lookup each.
+        let socks_now: Option<HashMap<u64, SockInfo>> = (active.len() > 256)
+            .then(|| batch::lookup_all::<u64, SockInfo>(self.socks_fd.as_fd(), BATCH).ok())
+            .flatten()
+            .map(|v| v.into_iter().collect());
         for &c in &active {
-            match self.owner(c) {
+            match self.owner(c, socks_now.as_ref()) {
                 Some(o) => {
                     owners.insert(c, o);
                     // If socket churn makes the kernel's LRU evict this owner, the

@@ -41,7 +41,7 @@ impl Plan {
         Plan { reps: 5, stream_s: 3.0, execs: 20_000, mesh: [500, 5_000, 50_000], procs: 50_000, latency_bytes: 500_000_000, vm: true }
     }
     pub fn quick() -> Plan {
-        Plan { reps: 2, stream_s: 1.0, execs: 2_000, mesh: [100, 1_000, 5_000], procs: 2_000, latency_bytes: 50_000_000, vm: false }
+        Plan { reps: 2, stream_s: 1.0, execs: 2_000, mesh: [100, 1_000, 10_000], procs: 2_000, latency_bytes: 50_000_000, vm: true }
     }
 }
 
@@ -397,6 +397,9 @@ impl Drop for PidMax {
     }
 }
 
+/// Connections one `benchload mesh` holds (two fds each).
+const MESH_PER_PROCESS: usize = 9_000;
+
 fn scale(b: &Bins, plan: Plan) -> Result<Vec<ScaleRow>> {
     let config = b.dir.join("scale.toml");
     fs::write(&config, "[kernel]\nflows_max = 262144\nsockets_max = 262144\n")?;
@@ -407,8 +410,15 @@ fn scale(b: &Bins, plan: Plan) -> Result<Vec<ScaleRow>> {
         println!("xtask bench: scale, {} flows, {procs} extra processes", conns * 2);
         let addr = format!("127.0.0.1:{}", free_port());
         let sluice = b.sluice(&["--tick", "1s", "--metrics-addr", &addr, "--config", config.to_str().unwrap()])?;
-        let mesh = Running::spawn(Command::new(&b.benchload).args(["mesh", &conns.to_string()]))?;
-        mesh.wait_line("ready", Duration::from_secs(300))?;
+        // Several processes: the open-file limit here (20,000, and no
+        // CAP_SYS_RESOURCE to raise it) caps one at ~9,000 connections.
+        let parts = conns.div_ceil(MESH_PER_PROCESS);
+        let mut meshes = Vec::new();
+        for _ in 0..parts {
+            let m = Running::spawn(Command::new(&b.benchload).args(["mesh", &(conns / parts).to_string()]))?;
+            m.wait_line("ready", Duration::from_secs(300))?;
+            meshes.push(m);
+        }
         let _pid_max = PidMax::raise(4_194_304);
         let idle = if procs > 0 {
             let r = Running::spawn(Command::new(&b.benchload).args(["procs", &procs.to_string()]))?;
@@ -437,7 +447,9 @@ fn scale(b: &Bins, plan: Plan) -> Result<Vec<ScaleRow>> {
         if let Some(i) = idle {
             i.stop();
         }
-        mesh.stop();
+        for m in meshes {
+            m.stop();
+        }
         sluice.stop();
         rows.push(row);
     }
@@ -478,35 +490,29 @@ const CASES: [Case; 24] = [
     ("udp6-sendmmsg", "udp", "::1", 1, "$NL sendmmsg ::1 P 2000 1200", 0, "::1"),
 ];
 
-/// The scenario script (POSIX sh, busybox's too): every case `reps` times
-/// against the sensor already running, reporting SCENARIO/CHILD/SENT lines.
-fn accuracy_script(reps: usize) -> String {
-    let mut s = String::from(
+/// The scenario script (POSIX sh, busybox's too) as (function definitions,
+/// body): the body runs every case `reps` times against the sensor already
+/// running, reporting SCENARIO/CHILD/SENT lines.
+fn accuracy_script(reps: usize) -> (String, String) {
+    let mut defs = vm::WAIT_FOR.to_string();
+    defs.push_str(
         r#"
-acc_wait() { # file pattern tries
-  i=0
-  while ! grep -q "$2" "$1" 2>/dev/null; do
-    sleep 0.1; i=$((i+1))
-    if [ $i -gt $3 ]; then echo "SCENARIO-ERROR timeout waiting for $2 in $1"; return 1; fi
-  done
-}
 # acc NAME PORT KIND ADDR CONNS -- sender...
 acc() {
   name=$1; port=$2; kind=$3; addr=$4; conns=$5; shift 6
   if [ "$kind" = tcp ]; then $NL sink tcp $addr $port $conns > $W/sink-$B-$name 2>&1 & else $NL sink udp $addr $port > $W/sink-$B-$name 2>&1 & fi
   SK=$!
-  acc_wait $W/sink-$B-$name ready 200
+  wait_for $W/sink-$B-$name ready 200
   sh -c 'echo "SCENARIO '"$B"' '"$name"' pid=$$"; exec "$@"' sh "$@" > $W/send-$B-$name 2>&1
   sed -n "/^SCENARIO /p; s/^child pid=/CHILD $B $name pid=/p; s/^sent /SENT $B $name /p" $W/send-$B-$name
   # TCP sinks end at EOF; a UDP sink would wait for 3 s of silence.
-  if [ "$kind" = tcp ]; then acc_wait $W/sink-$B-$name received 600; else sleep 0.3; fi
+  if [ "$kind" = tcp ]; then wait_for $W/sink-$B-$name received 600; else sleep 0.3; fi
   kill $SK 2>/dev/null
   wait $SK 2>/dev/null
 }
-dd if=/dev/zero of=$W/payload.bin bs=1000000 count=4 2>/dev/null
-cp $NL $W/fdsend
 "#,
     );
+    let mut s = String::from("dd if=/dev/zero of=$W/payload.bin bs=1000000 count=4 2>/dev/null\ncp $NL $W/fdsend\n");
     for rep in 0..reps {
         for (i, (name, kind, addr, conns, sender, _, _)) in CASES.iter().enumerate() {
             let port = 20000 + rep * 100 + i;
@@ -515,7 +521,7 @@ cp $NL $W/fdsend
         }
     }
     s.push_str("sleep 2.5\n");
-    s
+    (defs, s)
 }
 
 struct AccRow {
@@ -574,7 +580,8 @@ fn accuracy(b: &Bins, plan: Plan, rows: &mut [AccRow]) -> Result<()> {
             .arg(format!("file:{}", out_path.display())),
     )?;
     sluice.wait_line("sluice: ready", Duration::from_secs(60))?;
-    let script = format!("B=cgroup\nNL={}\nBU={}\nW={}\n{}", b.netload.display(), b.burst.display(), work.display(), accuracy_script(plan.reps));
+    let (defs, cases) = accuracy_script(plan.reps);
+    let script = format!("B=cgroup\nNL={}\nBU={}\nW={}\n{defs}{cases}", b.netload.display(), b.burst.display(), work.display());
     let out = Command::new("/bin/sh").arg("-c").arg(&script).output()?;
     sluice.stop();
     let log = String::from_utf8_lossy(&out.stdout);
@@ -585,13 +592,15 @@ fn accuracy(b: &Bins, plan: Plan, rows: &mut [AccRow]) -> Result<()> {
     accuracy_ratios("cgroup", &records, &log, rows);
     if plan.vm {
         println!("xtask bench: accuracy matrix in the qemu guest (fentry, kprobe)");
-        let body = String::from(
-            "W=/tmp\nNL=/netload\nBU=/burst\nfor B in fentry kprobe; do\n  /sluice run --probe $B --emit flows --tick 1s --state \"\" > /tmp/out-$B.jsonl 2> /tmp/err-$B.log &\n  SP=$!\n  acc_wait /tmp/err-$B.log \"sluice: ready\" 600 || true\n  ACC_BODY\n  kill -TERM $SP\n  wait $SP\n  echo \"=====BEGIN $B=====\"\n  cat /tmp/out-$B.jsonl\n  echo \"=====END $B=====\"\ndone\necho \"=====DONE=====\"\npoweroff -f\n"
+        // The functions first, then each backend's sensor around the same cases.
+        let init = format!(
+            "{}{defs}W=/tmp\nNL=/netload\nBU=/burst\nfor B in fentry kprobe; do\n  \
+             /sluice run --probe $B --emit flows --tick 1s --state \"\" > /tmp/out-$B.jsonl 2> /tmp/err-$B.log &\n  SP=$!\n  \
+             wait_for /tmp/err-$B.log \"sluice: ready\" 1200 || true\n{cases}  kill -TERM $SP\n  wait $SP\n  \
+             echo \"=====BEGIN $B=====\"\n  cat /tmp/out-$B.jsonl\n  echo \"=====END $B=====\"\ndone\n\
+             echo \"=====DONE=====\"\npoweroff -f\n",
+            vm::PROLOGUE
         );
-        // acc_wait is defined by the script body: define it first, run cases inside the loop.
-        let full = accuracy_script(plan.reps);
-        let (defs, cases) = full.split_once("dd if=").map(|(d, c)| (d.to_string(), format!("dd if={c}"))).unwrap_or((full.clone(), String::new()));
-        let init = format!("{}{defs}{}", vm::PROLOGUE, body.replace("ACC_BODY", &cases));
         let bin = root().join("target/release");
         let initrd = vm::build_initramfs(&init, &[(bin.join("sluice"), "sluice"), (bin.join("netload"), "netload"), (bin.join("burst"), "burst")])?;
         let log_path = vm::boot(&initrd, "bench-serial.log", Duration::from_secs(1500))?;
@@ -793,14 +802,29 @@ pub fn bench(cargo: impl Fn() -> Command, plan: Plan) -> Result<()> {
         dir,
     };
     let started = Instant::now();
-    let send = send_path(&b, plan)?;
-    let execs = exec_storm(&b, plan)?;
-    let scale = scale(&b, plan)?;
+    // A section that fails is reported as such; the others still run.
+    let mut failures = Vec::new();
+    let mut section = |name: &str, r: Result<()>| {
+        if let Err(e) = r {
+            eprintln!("xtask bench: {name} failed: {e:#}");
+            failures.push(format!("{name}: {e:#}"));
+        }
+    };
+    let (mut send, mut execs, mut scales, mut progs, mut latency) = (vec![], vec![], vec![], vec![], vec![]);
+    section("send path", send_path(&b, plan).map(|v| send = v));
+    section("exec storm", exec_storm(&b, plan).map(|v| execs = v));
+    section("scale", scale(&b, plan).map(|v| scales = v));
     let mut acc: Vec<AccRow> = CASES.iter().map(|c| AccRow { case: c.0, ratios: HashMap::new() }).collect();
-    accuracy(&b, plan, &mut acc)?;
-    let progs = bpf_cost(&b, plan)?;
-    let latency = alert_latency(&b, plan)?;
-    let report = report(plan, &send, &execs, &scale, &acc, &progs, &latency, started.elapsed());
+    section("accuracy", accuracy(&b, plan, &mut acc));
+    section("per-program cost", bpf_cost(&b, plan).map(|v| progs = v));
+    section("alert latency", alert_latency(&b, plan).map(|v| latency = v));
+    let mut report = report(plan, &send, &execs, &scales, &acc, &progs, &latency, started.elapsed());
+    if !failures.is_empty() {
+        let _ = writeln!(report, "## Sections that failed in this run
+
+{}
+", failures.iter().map(|f| format!("- {f}")).collect::<Vec<_>>().join("\n"));
+    }
     println!("{report}");
     fs::write(root().join("BENCHMARKS.md"), &report)?;
     println!("xtask: wrote BENCHMARKS.md");

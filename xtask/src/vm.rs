@@ -40,17 +40,22 @@ echo "=====CHECK====="
 echo "=====END CHECK====="
 "#;
 
+/// `wait_for FILE PATTERN TRIES`: until PATTERN is in FILE, 0.1 s a try (POSIX
+/// sh and busybox sh; the test and bench scenario scripts both use it).
+pub const WAIT_FOR: &str = r#"
+wait_for() {
+  i=0
+  while ! grep -q "$2" "$1" 2>/dev/null; do
+    sleep 0.1; i=$((i+1))
+    if [ $i -gt $3 ]; then echo "SCENARIO-ERROR timeout waiting for $2 in $1"; return 1; fi
+  done
+}
+"#;
+
 /// The test scenarios, run after the prologue as the guest's init (busybox sh).
 const SCENARIOS: &str = r#"
 dd if=/dev/zero of=/tmp/sendfile.bin bs=1000000 count=20 2>/dev/null
 
-wait_for() { # file pattern tries
-  i=0
-  while ! grep -q "$2" "$1" 2>/dev/null; do
-    sleep 0.2; i=$((i+1))
-    if [ $i -gt $3 ]; then echo "SCENARIO-ERROR timeout waiting for $2 in $1"; return 1; fi
-  done
-}
 
 # scenario NAME PORT SINKKIND SINKADDR -- sender command...
 scenario() {
@@ -58,12 +63,12 @@ scenario() {
   # Per-backend files: the first run's "ready" must not satisfy the second's wait.
   /netload sink $kind $addr $port > /tmp/sink-$B-$name 2>&1 &
   SK=$!
-  wait_for /tmp/sink-$B-$name ready 100
+  wait_for /tmp/sink-$B-$name ready 200
   sh -c 'echo "SCENARIO '"$B"' '"$name"' pid=$$"; exec "$@"' sh "$@" > /tmp/send-$B-$name 2>&1
   cat /tmp/send-$B-$name
   # A sender that forks reports its child, which is the one that sends.
   sed -n "s/^child pid=/CHILD $B $name pid=/p" /tmp/send-$B-$name
-  wait_for /tmp/sink-$B-$name received 600
+  wait_for /tmp/sink-$B-$name received 1200
   # A sink whose sender failed would wait in accept() forever: end it. Then
   # wait for it alone (a bare `wait` would wait for the sensor too).
   kill $SK 2>/dev/null
@@ -73,7 +78,7 @@ scenario() {
 for B in fentry kprobe; do
   /sluice run --probe $B --emit flows --tick 1s --state "" > /tmp/out-$B.jsonl 2> /tmp/err-$B.log &
   SP=$!
-  if wait_for /tmp/err-$B.log "sluice: ready" 600; then
+  if wait_for /tmp/err-$B.log "sluice: ready" 1200; then
     scenario tcp4 9001 tcp 127.0.0.1 /netload send 127.0.0.1 9001 50000000
     scenario tcp6 9002 tcp ::1 /netload send ::1 9002 20000000
     scenario udp 9003 udp 127.0.0.1 /netload udp 127.0.0.1 9003 5000 1200
@@ -225,7 +230,7 @@ pub fn vm_test(cargo: impl Fn() -> Command) -> Result<()> {
     setup::ensure_vm_tools()?;
     run(cargo().args(["build", "-p", "sensor-user", "-p", "sluice-tests", "--bins"]))?;
     let bin = root().join("target/debug");
-    let initrd = build_initramfs(&format!("{PROLOGUE}{SCENARIOS}"), &[
+    let initrd = build_initramfs(&format!("{PROLOGUE}{WAIT_FOR}{SCENARIOS}"), &[
         (bin.join("sluice"), "sluice"),
         (bin.join("netload"), "netload"),
         (bin.join("burst"), "burst"),

@@ -2,6 +2,7 @@
 //! choosing a probe backend, loading and attaching the eBPF programs.
 
 pub mod backend;
+pub mod batch;
 pub mod btf;
 pub mod loader;
 pub mod mounts;

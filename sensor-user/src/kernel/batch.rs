@@ -1,0 +1,134 @@
+//! Reading a whole BPF hash map with `BPF_MAP_LOOKUP_BATCH` (5.6+): one bpf()
+//! call per chunk of entries, where iterating costs two per entry
+//! (get_next_key, then lookup). At 100k flows that was most of a tick's CPU
+//! (`cargo xtask bench`, section 3). aya 0.14 has no batch API, so this is the
+//! one raw syscall in the agent; callers fall back to iterating on `Err`.
+
+use std::{
+    io,
+    mem::{size_of, MaybeUninit},
+    os::fd::{AsRawFd, BorrowedFd},
+};
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// `union bpf_attr`'s `batch` member.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Every (key, value) of the hash map behind `fd`. `K` and `V` must be the
+/// map's exact `#[repr(C)]` key and value types (plain data, any bit pattern
+/// valid), as for aya's `Pod`.
+pub fn lookup_all<K: Copy, V: Copy>(fd: BorrowedFd<'_>, chunk: usize) -> io::Result<Vec<(K, V)>> {
+    let mut chunk = chunk.max(16);
+    let mut out = Vec::new();
+    // Hash maps use a bucket index as the batch token.
+    let mut token: u64 = 0;
+    let mut first = true;
+    // Bounded: a map holds at most 4M entries (kernel.flows_max), and every
+    // round either returns entries, grows the chunk, or ends.
+    for _ in 0..1_000_000 {
+        let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(chunk);
+        let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(chunk);
+        let mut next: u64 = 0;
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &token as *const u64 as u64 },
+            out_batch: &mut next as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: attr points at buffers of `count` keys and values that live
+        // across the call; the kernel writes at most `count` of each.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>()) };
+        let err = (r < 0).then(io::Error::last_os_error);
+        let n = (attr.count as usize).min(chunk);
+        // SAFETY: the kernel filled the first `n` entries of both buffers.
+        unsafe {
+            keys.set_len(n);
+            values.set_len(n);
+        }
+        out.extend(keys.iter().zip(&values).map(|(k, v)| unsafe { (k.assume_init(), v.assume_init()) }));
+        match err {
+            None => {}
+            // The last chunk (possibly with entries in it).
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            // One bucket holds more than `chunk` entries: retry it larger.
+            Some(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
+                chunk *= 2;
+                continue;
+            }
+            Some(e) => return Err(e),
+        }
+        token = next;
+        first = false;
+    }
+    Err(io::Error::other("BPF_MAP_LOOKUP_BATCH did not finish"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+    use super::*;
+
+    /// `union bpf_attr` for BPF_MAP_CREATE and BPF_MAP_UPDATE_ELEM (the prefixes used).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+
+    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) }
+    }
+
+    #[test]
+    fn a_batch_read_returns_every_entry_of_an_lru_hash_map() {
+        // BPF_MAP_TYPE_LRU_HASH = 9; the test runs as root (cargo xtask test).
+        let mut create = CreateAttr { map_type: 9, key_size: 8, value_size: 16, max_entries: 20_000, map_flags: 0 };
+        let fd = bpf(0, &mut create);
+        assert!(fd >= 0, "BPF_MAP_CREATE: {} (the unit tests run as root)", io::Error::last_os_error());
+        // SAFETY: a new fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        for k in 0..10_000u64 {
+            let v = [k * 3, k + 7];
+            let mut e = ElemAttr { map_fd: fd.as_raw_fd() as u32, key: &k as *const u64 as u64, value: v.as_ptr() as u64, ..Default::default() };
+            assert_eq!(bpf(2, &mut e), 0, "BPF_MAP_UPDATE_ELEM: {}", io::Error::last_os_error());
+        }
+        // A small chunk: many rounds, and buckets that need the chunk to grow.
+        let all = lookup_all::<u64, [u64; 2]>(fd.as_fd(), 100).unwrap();
+        assert_eq!(all.len(), 10_000);
+        let mut seen = std::collections::HashSet::new();
+        for (k, v) in all {
+            assert_eq!(v, [k * 3, k + 7]);
+            assert!(seen.insert(k), "key {k} twice");
+        }
+    }
+}
