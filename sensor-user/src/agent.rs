@@ -642,10 +642,13 @@ impl Agent {
         let after = self.config.flows.retire_after.as_nanos() as u64;
         let with_flows: HashSet<u64> = snapshot.iter().map(|(k, _)| k.cookie).collect();
         let mut entries = 0i64;
-        let stale: Vec<u64> = self
-            .socks_map
-            .iter()
-            .filter_map(Result::ok)
+        use std::os::fd::AsFd;
+        let all: Vec<(u64, SockInfo)> = match batch::lookup_all(self.socks_fd.as_fd(), BATCH) {
+            Ok(all) => all,
+            Err(_) => self.socks_map.iter().filter_map(Result::ok).collect(),
+        };
+        let stale: Vec<u64> = all
+            .into_iter()
             .inspect(|_| entries += 1)
             .filter(|(c, info)| {
                 info.closed_ns != 0 && now_ns.saturating_sub(info.closed_ns) >= after && !with_flows.contains(c)

@@ -958,5 +958,30 @@ fn report(plan: Plan, send: &[SendRow], execs: &[ExecRow], scale: &[ScaleRow], a
         fmt_stats(latency, 2),
         verdict(stats(latency).2 <= 65.0)
     );
+    r.push_str(READING);
     r
 }
+
+/// What bounds the figures, independent of one run's numbers.
+const READING: &str = "## Reading these figures
+
+- **Loopback is the worst case for the cgroup backend.** Every loopback packet passes both
+  `skb_egress` (sender) and `skb_ingress` (receiver) on the same host, so section 1 pays the
+  per-packet cost twice. An upload to another host pays `skb_egress` once.
+- **Small writes pay per call, not per byte.** `send_owner` (the `sock:sock_send_length`
+  tracepoint that gives a socket to whoever writes it: inherited sockets, exec onto a connected
+  fd) runs on every send call. The per-CPU check that skips the map is one compare, but the
+  tracepoint's dispatch is paid anyway. With 64-byte writes, that is what separates the
+  `owner_on_send off` row from the default. At 1 KiB and up, the per-packet programs dominate
+  instead.
+  Turning it off (`kernel.owner_on_send = false`) trades that cost for attributing a socket's
+  bytes to the process that connected it.
+- **The bpftrace peer** counts bytes per process from the same tracepoint, with no destination,
+  no names, no processes and no detection; its numbers are the floor for doing it with a
+  tracepoint script.
+- **Scale** counts live flows: every connection writes each second, so every flow moves every
+  tick. Idle flows cost the batch read only.
+- **Accuracy** divides what sluice attributed to the sender's pid and peer by what the application
+  sent (its own count). The cgroup backend counts TCP payload by sequence space (retransmissions
+  count once), UDP payload per datagram.
+";
