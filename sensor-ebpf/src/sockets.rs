@@ -26,11 +26,10 @@ use crate::{count, global, LISTENERS, SOCKS};
 
 /// Offset of `sock_common.skc_cookie` (BTF); the loader patches it, and
 /// attaches `send_owner` only when it found it and the tracepoint's `sk` field
-/// is at `SEND_LEN_SK_OFF` (a constant: the verifier wants constant offsets
-/// for direct context reads, which cost no helper call).
+/// is at `sensor_common::SEND_LEN_SK_OFF` (a constant: the verifier wants
+/// constant offsets for direct context reads, which cost no helper call).
 #[unsafe(no_mangle)]
 static SKC_COOKIE: u32 = 0;
-pub const SEND_LEN_SK_OFF: usize = 8;
 
 /// Per CPU: the (`struct sock` address, sender tgid) last confirmed as the
 /// owner, so a stream of writes by one process on one socket costs one compare.
@@ -189,12 +188,12 @@ fn record_active(ctx: &SockAddrContext, origin: u8) {
 /// exec, passed over a unix socket) belongs to whoever sends on it now. The
 /// cgroup_sock_addr hooks only see connect() and unconnected sendto(), so
 /// without this a child's upload on its parent's socket counts as the
-/// parent's. The common case, same owner as last time, is one probe read and
-/// one lookup.
+/// parent's. The common case, the same process writing the same socket as
+/// last time on this CPU, is one compare.
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn send_owner(ctx: TracePointContext) -> u32 {
     // SAFETY: a constant offset inside the tracepoint record (checked at load).
-    let sk = unsafe { core::ptr::read_unaligned((ctx.as_ptr() as *const u8).add(SEND_LEN_SK_OFF) as *const u64) };
+    let sk = unsafe { core::ptr::read_unaligned((ctx.as_ptr() as *const u8).add(sensor_common::SEND_LEN_SK_OFF as usize) as *const u64) };
     if sk == 0 {
         return 0;
     }

@@ -46,6 +46,21 @@ const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// Entries per BPF_MAP_LOOKUP_BATCH call.
 const BATCH: usize = 4096;
 
+/// Every entry of a kernel hash map, in batches (`fd` is the map's own), else
+/// one by one (before 5.6, or a kernel that refuses batches; said once if `say`).
+fn read_map<K: aya::Pod, V: aya::Pod>(fd: &std::os::fd::OwnedFd, map: &BpfHashMap<MapData, K, V>, say: bool) -> Vec<(K, V)> {
+    use std::os::fd::AsFd;
+    match batch::lookup_all(fd.as_fd(), BATCH) {
+        Ok(all) => all,
+        Err(e) => {
+            if say {
+                eprintln!("sluice: batch map reads unavailable ({e}); reading kernel maps one entry at a time");
+            }
+            map.iter().filter_map(Result::ok).collect()
+        }
+    }
+}
+
 /// A duplicate of a hash map's fd, for `kernel::batch`.
 fn batch_fd(map: &aya::maps::Map) -> Result<std::os::fd::OwnedFd> {
     use std::os::fd::AsFd;
@@ -392,16 +407,7 @@ impl Agent {
         let at = SystemTime::now();
 
         use std::os::fd::AsFd;
-        let snapshot: Vec<(FlowKey, FlowCounters)> = match batch::lookup_all(self.flows_fd.as_fd(), BATCH) {
-            Ok(all) => all,
-            // Before 5.6, or a kernel that refuses it: one entry at a time.
-            Err(e) => {
-                if self.stats.ticks == 1 {
-                    eprintln!("sluice: batch map reads unavailable ({e}); reading the flow map one entry at a time");
-                }
-                self.flows_map.iter().filter_map(Result::ok).collect()
-            }
-        };
+        let snapshot = read_map(&self.flows_fd, &self.flows_map, self.stats.ticks == 1);
         let deltas = self.tracker.update(snapshot.iter().copied());
 
         // cgroup backend keys (pid 0): owner by socket cookie. Send-path keys
@@ -642,12 +648,7 @@ impl Agent {
         let after = self.config.flows.retire_after.as_nanos() as u64;
         let with_flows: HashSet<u64> = snapshot.iter().map(|(k, _)| k.cookie).collect();
         let mut entries = 0i64;
-        use std::os::fd::AsFd;
-        let all: Vec<(u64, SockInfo)> = match batch::lookup_all(self.socks_fd.as_fd(), BATCH) {
-            Ok(all) => all,
-            Err(_) => self.socks_map.iter().filter_map(Result::ok).collect(),
-        };
-        let stale: Vec<u64> = all
+        let stale: Vec<u64> = read_map(&self.socks_fd, &self.socks_map, false)
             .into_iter()
             .inspect(|_| entries += 1)
             .filter(|(c, info)| {
@@ -793,9 +794,9 @@ struct Sender {
     container: Option<Container>,
 }
 
-/// Load learned state, saying on stderr what happened; never fatal.
-/// Load learned state. A file that exists but cannot be read is never
-/// overwritten: saving is switched off for this run (and said so).
+/// Load learned state, saying on stderr what happened; never fatal. A file that
+/// exists but cannot be read is never overwritten: saving is switched off for
+/// this run (and said so).
 fn restore_state(config: &mut Config, detector: &mut Detector) {
     if config.state.path.is_empty() {
         return;
