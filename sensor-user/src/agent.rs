@@ -72,6 +72,8 @@ fn batch_fd(map: &aya::maps::Map) -> Result<std::os::fd::OwnedFd> {
 
 /// How long an unresolvable pre-existing socket waits before another /proc scan.
 const UNRESOLVED_RETRY: Duration = Duration::from_secs(30);
+/// At most one /proc scan for unknown socket owners per this long.
+const SCAN_EVERY: Duration = Duration::from_secs(10);
 /// Send-path flows idle this long are retired from the kernel map.
 const IDLE_RETIRE: Duration = Duration::from_secs(300);
 const IPPROTO_TCP: u8 = 6;
@@ -97,6 +99,8 @@ pub struct Agent {
     /// Owners of sockets the kernel map no longer holds (retired or evicted).
     remembered: HashMap<u64, (Owner, Instant)>,
     unresolved: HashMap<u64, Instant>,
+    /// When `resolve` last scanned /proc.
+    last_scan: Option<Instant>,
     sink: Sink<Spool>,
     /// Output records dropped as last reported.
     output_dropped: u64,
@@ -186,6 +190,7 @@ impl Agent {
             tracker: DeltaTracker::default(),
             remembered: HashMap::new(),
             unresolved: HashMap::new(),
+            last_scan: None,
             sink: Sink::new(out, format),
             output_dropped: 0,
             ctx,
@@ -359,7 +364,10 @@ impl Agent {
     }
 
     /// Fallback for sockets neither a hook nor the start-up snapshot saw (a race
-    /// between the two): one sock_diag dump per tick at most, retried sparingly.
+    /// between the two, or an owner the LRU map evicted before we read it): a
+    /// sock_diag dump and a walk of every process's fds, so at most one per
+    /// `SCAN_EVERY` (with 50,000 processes a walk took seconds; `cargo xtask
+    /// bench`, section 3). Cookies that wait are retried at the next scan.
     fn resolve(&mut self, cookies: &[u64]) -> HashMap<u64, Owner> {
         let now = Instant::now();
         let due: Vec<u64> = cookies
@@ -368,9 +376,10 @@ impl Agent {
             .filter(|c| self.unresolved.get(c).is_none_or(|t| now.duration_since(*t) >= UNRESOLVED_RETRY))
             .collect();
         let mut found = HashMap::new();
-        if due.is_empty() {
+        if due.is_empty() || self.last_scan.is_some_and(|t| now.duration_since(t) < SCAN_EVERY) {
             return found;
         }
+        self.last_scan = Some(now);
         let diag = match sockets::dump() {
             Ok(d) => d,
             Err(e) => {
