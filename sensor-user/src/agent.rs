@@ -288,15 +288,18 @@ impl Agent {
         }
     }
 
-    /// Owner of `cookie`: the kernel's record, else one we remembered.
-    /// The owner the kernel recorded for `cookie` (from `socks`, a batch read of
-    /// the map this tick, when given), else the one we remember.
-    fn owner(&self, cookie: u64, socks: Option<&HashMap<u64, SockInfo>>) -> Option<Owner> {
-        let info = match socks {
+    /// The kernel's record of `cookie`'s owner: from `socks` (this tick's batch
+    /// read of the whole map) when given, else one lookup.
+    fn sock_info(&self, cookie: u64, socks: Option<&HashMap<u64, SockInfo>>) -> Option<SockInfo> {
+        match socks {
             Some(all) => all.get(&cookie).copied(),
             None => self.socks_map.get(&cookie, 0).ok(),
-        };
-        if let Some(info) = info {
+        }
+    }
+
+    /// Owner of `cookie`: the kernel's record, else one we remembered.
+    fn owner(&self, cookie: u64, socks: Option<&HashMap<u64, SockInfo>>) -> Option<Owner> {
+        if let Some(info) = self.sock_info(cookie, socks) {
             let mut o = owner_from(&info);
             o.start_ns = self.procs.incarnation(info.tgid, &crate::text::lossless(&info.comm), info.created_ns);
             return Some(o);
@@ -415,7 +418,6 @@ impl Agent {
         self.stats.ticks += 1;
         let at = SystemTime::now();
 
-        use std::os::fd::AsFd;
         let snapshot = read_map(&self.flows_fd, &self.flows_map, self.stats.ticks == 1);
         let deltas = self.tracker.update(snapshot.iter().copied());
 
@@ -436,11 +438,13 @@ impl Agent {
             .collect();
         let mut owners: HashMap<u64, Owner> = HashMap::with_capacity(active.len());
         let mut unknown = Vec::new();
-        // Many active sockets: one batch read of SOCKS beats a lookup each.
-        let socks_now: Option<HashMap<u64, SockInfo>> = (active.len() > 256)
-            .then(|| batch::lookup_all::<u64, SockInfo>(self.socks_fd.as_fd(), BATCH).ok())
-            .flatten()
-            .map(|v| v.into_iter().collect());
+        // Owners are looked up for every cgroup-backend socket with a flow (active
+        // ones to attribute, idle ones to retire), and the sweep reads them all:
+        // past a few hundred, one batch read of SOCKS beats a lookup each.
+        let cookies: HashSet<u64> = snapshot.iter().filter(|(k, _)| k.pid == 0).map(|(k, _)| k.cookie).collect();
+        let sweep = self.stats.ticks.is_multiple_of(SWEEP_EVERY_TICKS);
+        let socks_now: Option<HashMap<u64, SockInfo>> =
+            (cookies.len() > 256 || sweep).then(|| read_map(&self.socks_fd, &self.socks_map, false).into_iter().collect());
         for &c in &active {
             match self.owner(c, socks_now.as_ref()) {
                 Some(o) => {
@@ -508,10 +512,10 @@ impl Agent {
             self.save_state();
             self.last_save = now;
         }
-        self.retire(&snapshot, &active);
+        self.retire(&snapshot, &cookies, &active, socks_now.as_ref());
         self.retire_idle_sends();
-        if self.stats.ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
-            self.sweep_closed(&snapshot);
+        if let Some(all) = socks_now.filter(|_| sweep) {
+            self.sweep_closed(&snapshot, all);
         }
         self.report_counters();
         let grace = (self.config.agent.tick * 2 + Duration::from_secs(5)).as_nanos() as u64;
@@ -606,30 +610,36 @@ impl Agent {
 
     /// Delete the kernel entries of sockets closed for a while whose flows are
     /// idle, remembering their owners for any straggling packets.
-    fn retire(&mut self, snapshot: &[(FlowKey, FlowCounters)], active: &HashSet<u64>) {
+    fn retire(
+        &mut self,
+        snapshot: &[(FlowKey, FlowCounters)],
+        cookies: &HashSet<u64>,
+        active: &HashSet<u64>,
+        socks: Option<&HashMap<u64, SockInfo>>,
+    ) {
         let now_ns = boottime_ns();
         let after = self.config.flows.retire_after.as_nanos() as u64;
         // Only cgroup-backend keys (pid 0) have owners in SOCKS to retire by;
         // send-path keys are retired by idleness (retire_idle_sends).
-        let cookies: HashSet<u64> = snapshot.iter().filter(|(k, _)| k.pid == 0).map(|(k, _)| k.cookie).collect();
         let mut retire: HashMap<u64, SockInfo> = HashMap::new();
-        for c in cookies {
+        for &c in cookies {
             if active.contains(&c) {
                 continue;
             }
-            if let Ok(info) = self.socks_map.get(&c, 0) {
+            if let Some(info) = self.sock_info(c, socks) {
                 if info.closed_ns != 0 && now_ns.saturating_sub(info.closed_ns) >= after {
                     retire.insert(c, info);
                 }
             }
         }
         let now = Instant::now();
+        // One pass over the snapshot, not one per retired socket.
+        for (k, _) in snapshot.iter().filter(|(k, _)| k.pid == 0 && retire.contains_key(&k.cookie)) {
+            let _ = self.flows_map.remove(k);
+            self.tracker.forget(k);
+        }
         for (c, info) in retire {
             self.remembered.insert(c, (owner_from(&info), now));
-            for (k, _) in snapshot.iter().filter(|(k, _)| k.pid == 0 && k.cookie == c) {
-                let _ = self.flows_map.remove(k);
-                self.tracker.forget(k);
-            }
             let _ = self.socks_map.remove(&c);
             self.stats.sockets_retired += 1;
         }
@@ -652,12 +662,12 @@ impl Agent {
     /// Remove owner entries of sockets closed for a while that have no flow
     /// (failed connects, sockets that never sent): LRU would get them in the
     /// end, but only by evicting live sockets' owners first.
-    fn sweep_closed(&mut self, snapshot: &[(FlowKey, FlowCounters)]) {
+    fn sweep_closed(&mut self, snapshot: &[(FlowKey, FlowCounters)], socks: HashMap<u64, SockInfo>) {
         let now_ns = boottime_ns();
         let after = self.config.flows.retire_after.as_nanos() as u64;
         let with_flows: HashSet<u64> = snapshot.iter().map(|(k, _)| k.cookie).collect();
         let mut entries = 0i64;
-        let stale: Vec<u64> = read_map(&self.socks_fd, &self.socks_map, false)
+        let stale: Vec<u64> = socks
             .into_iter()
             .inspect(|_| entries += 1)
             .filter(|(c, info)| {
