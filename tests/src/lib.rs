@@ -468,6 +468,15 @@ while n>0:\n    k=min(n,len(buf)); s.sendall(buf[:k]); n-=k\n\
 s.shutdown(socket.SHUT_WR)\n\
 s.recv(1)\n";
 
+/// A workload's last step: half-close and wait (at most 60 s) for the sink's
+/// EOF, so every byte is counted before the sender exits.
+pub fn finish(mut s: std::net::TcpStream) {
+    use std::io::Read;
+    s.shutdown(std::net::Shutdown::Write).ok();
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let _ = s.read(&mut [0u8; 1]);
+}
+
 /// A well-formed TLS ClientHello naming `sni` (no SNI extension for None),
 /// padded by `pad` bytes (so it spans writes): what a TLS client's first write
 /// looks like to the kernel. Shared by the VM workload and the parser's unit tests.

@@ -50,8 +50,7 @@ fn stream(dst: SocketAddr, write: usize, seconds: f64) {
         }
     }
     let took = start.elapsed().as_secs_f64();
-    s.shutdown(std::net::Shutdown::Write).ok();
-    let _ = s.read(&mut [0u8; 1]);
+    sluice_tests::finish(s);
     println!("bytes {sent} seconds {took:.6}");
 }
 

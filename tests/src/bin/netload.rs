@@ -34,12 +34,7 @@ use std::{
     time::Duration,
 };
 
-/// Half-close and wait for the sink's EOF, so every byte is counted before exit.
-fn finish(mut s: TcpStream) {
-    s.shutdown(std::net::Shutdown::Write).ok();
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
-    let _ = s.read(&mut [0u8; 1]);
-}
+use sluice_tests::finish;
 
 /// Count one connection's bytes until EOF (bounded by a 120 s read timeout).
 fn drain(mut c: TcpStream) -> u64 {
@@ -114,8 +109,7 @@ fn main() {
                 s.write_all(&chunk[..k]).expect("send");
                 left -= k;
             }
-            s.shutdown(std::net::Shutdown::Write).ok();
-            let _ = s.read(&mut [0u8; 1]);
+            finish(s);
             println!("sent {n}");
         }
         ["udp", ip, port, count, size] => {
@@ -134,7 +128,7 @@ fn main() {
         ["sendfile", ip, port, file] => {
             let f = std::fs::File::open(file).expect("open");
             let len = f.metadata().expect("stat").len() as usize;
-            let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
+            let s = TcpStream::connect(addr(ip, port)).expect("connect");
             let mut left = len;
             while left > 0 {
                 // SAFETY: valid fds for the call's duration; offset NULL = file position.
@@ -142,8 +136,7 @@ fn main() {
                 assert!(k > 0, "sendfile failed");
                 left -= k as usize;
             }
-            s.shutdown(std::net::Shutdown::Write).ok();
-            let _ = s.read(&mut [0u8; 1]);
+            finish(s);
             println!("sent {len}");
         }
         ["tls", ip, port, sni, bytes, ..] => {
@@ -160,8 +153,7 @@ fn main() {
                 sent = hello.len() - 600;
             }
             s.write_all(&body[sent - (hello.len() - 600)..]).expect("write");
-            s.shutdown(std::net::Shutdown::Write).ok();
-            let _ = s.read(&mut [0u8; 1]);
+            finish(s);
             println!("sent {}", hello.len() + n);
         }
         ["quic", ip, port, count] => {
