@@ -324,12 +324,12 @@ fn a_package_manager_that_uploads_is_inverted_and_one_that_downloads_is_not() {
 fn a_flood_of_distinct_programs_keeps_memory_bounded() {
     let mut d = detector();
     // More distinct identities than the entity cap, all live in the same minute.
-    let n = super::MAX_ENTITIES as u32 + 500;
+    let n = super::memory::MAX_ENTITIES as u32 + 500;
     let flows: Vec<FlowObs> = (0..n).map(|i| flow(&proc_(i, 1, &format!("/tmp/f/{i}"), &["x"]), 10)).collect();
     d.tick(&tick(5.0, flows));
-    assert!(d.short.map.len() <= super::MAX_ENTITIES, "{}", d.short.map.len());
-    assert!(d.long.map.len() <= super::MAX_ENTITIES, "{}", d.long.map.len());
-    assert!(d.habits.by_exe.len() <= super::MAX_BASELINES, "{}", d.habits.by_exe.len());
+    assert!(d.short.map.len() <= super::memory::MAX_ENTITIES, "{}", d.short.map.len());
+    assert!(d.long.map.len() <= super::memory::MAX_ENTITIES, "{}", d.long.map.len());
+    assert!(d.habits.by_exe.len() <= super::memory::MAX_BASELINES, "{}", d.habits.by_exe.len());
 }
 
 #[test]

@@ -1,0 +1,97 @@
+//! One rule per file. Each opens with when it fires and why, and exposes its
+//! `Rule` (id, name, severity, MITRE mapping) and a `check` over one flow's
+//! `Subject` that returns a `Finding` (or nothing). `check_flow` runs them in a
+//! fixed order, so replays are deterministic.
+
+mod archive_then_upload;
+mod exfil_tool;
+mod first_storage;
+mod quiet_program;
+mod ratio_inversion;
+mod slow_drip;
+mod volume_anomaly;
+mod watched_app;
+
+pub use self::{
+    archive_then_upload::RULE as ARCHIVE_THEN_UPLOAD, exfil_tool::RULE as EXFIL_TOOL,
+    first_storage::RULE as FIRST_STORAGE, quiet_program::RULE as QUIET_PROGRAM,
+    ratio_inversion::RULE as RATIO_INVERSION, slow_drip::RULE as SLOW_DRIP, volume_anomaly::RULE as VOLUME_ANOMALY,
+    watched_app::RULE as WATCHED_APP,
+};
+use super::{baseline::Score, subject::Subject, Detector};
+
+/// A rule's identity and mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub severity: &'static str,
+    /// ECS event.severity (numeric): Elastic's risk-score scale.
+    pub severity_num: u8,
+    pub techniques: &'static [(&'static str, &'static str)],
+}
+
+pub const RULES: [Rule; 8] = [
+    EXFIL_TOOL,
+    WATCHED_APP,
+    ARCHIVE_THEN_UPLOAD,
+    VOLUME_ANOMALY,
+    SLOW_DRIP,
+    QUIET_PROGRAM,
+    RATIO_INVERSION,
+    FIRST_STORAGE,
+];
+
+/// What a rule found: the evidence an alert carries, and the dedup key
+/// (`entity`, `dest`) it is suppressed under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub rule: Rule,
+    pub entity: String,
+    pub dest: String,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub window_s: f64,
+    pub baseline: Option<Score>,
+    pub score: f64,
+    pub reason: String,
+    pub indicators: Vec<String>,
+}
+
+impl Finding {
+    /// A threshold finding (no baseline, score 1) over the short window.
+    pub fn over_floor(rule: Rule, entity: &str, totals: (u64, u64), s: &Subject, reason: String, indicators: Vec<String>) -> Self {
+        Finding {
+            rule,
+            entity: entity.to_string(),
+            dest: String::new(),
+            bytes_out: totals.0,
+            bytes_in: totals.1,
+            window_s: s.short_s,
+            baseline: None,
+            score: 1.0,
+            reason,
+            indicators,
+        }
+    }
+}
+
+/// How many ancestors up a rule looks for the tool, watched app or archiver
+/// that a process works for.
+pub(crate) const TREE_DEPTH: usize = 3;
+
+/// A rule's look at one flow.
+pub(crate) type Check = fn(&mut Detector, &Subject) -> Option<Finding>;
+
+/// Every flow rule, in a fixed order (each finding is raised before the next
+/// rule looks, so `slow_drip` sees what an earlier rule caught this tick).
+pub(crate) const CHECKS: [Check; 8] = [
+    exfil_tool::check,
+    first_storage::check,
+    watched_app::check,
+    archive_then_upload::check,
+    volume_anomaly::check,
+    ratio_inversion::check,
+    quiet_program::check,
+    slow_drip::check,
+];
