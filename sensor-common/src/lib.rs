@@ -22,6 +22,8 @@ pub const EVENT_FORK: u32 = 2;
 pub const EVENT_EXIT: u32 = 3;
 /// First bytes of a connection or a DNS answer, for naming destinations.
 pub const EVENT_PAYLOAD: u32 = 4;
+/// A process moved to another process group (setpgid, setsid): its job.
+pub const EVENT_PGID: u32 = 5;
 
 /// `ExecEvent::flags` bits.
 pub const EXEC_ARGV_TRUNCATED: u32 = 1;
@@ -90,6 +92,18 @@ pub struct ForkEvent {
 #[derive(Clone, Copy, Debug)]
 pub struct ExitEvent {
     pub header: EventHeader,
+}
+
+/// A process joined or started a process group, from `sys_exit_setpgid` (the
+/// arguments kept from `sys_enter_setpgid`, emitted only on success) and
+/// `sys_exit_setsid`. `header.pid` is the process that moved (a shell moves
+/// its children: setpgid(child, child)).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PgidEvent {
+    pub header: EventHeader,
+    pub pgid: u32,
+    pub _pad: u32,
 }
 
 /// How the kernel learned who owns a socket (`SockInfo::origin`).
@@ -310,7 +324,8 @@ pub mod counter {
     pub const EXEC_NO_ARGV: u32 = 8;
     pub const SEND_READ_FAIL: u32 = 9;
     pub const RINGBUF_DROP_PAYLOAD: u32 = 10;
-    pub const LEN: u32 = 11;
+    pub const RINGBUF_DROP_PGID: u32 = 11;
+    pub const LEN: u32 = 12;
     /// Names in index order, for metrics and diagnostics.
     pub const NAMES: [&str; LEN as usize] = [
         "ringbuf_drop_exec",
@@ -324,6 +339,7 @@ pub mod counter {
         "exec_no_argv",
         "send_read_fail",
         "ringbuf_drop_payload",
+        "ringbuf_drop_pgid",
     ];
 }
 
@@ -341,6 +357,10 @@ pub mod globals {
     pub const EXECVE_ARGV_OFF: &str = "EXECVE_ARGV_OFF";
     pub const EXECVEAT_ARGV_OFF: &str = "EXECVEAT_ARGV_OFF";
     pub const EXEC_OLD_PID_OFF: &str = "EXEC_OLD_PID_OFF";
+    pub const SETPGID_PID_OFF: &str = "SETPGID_PID_OFF";
+    pub const SETPGID_PGID_OFF: &str = "SETPGID_PGID_OFF";
+    pub const SETPGID_RET_OFF: &str = "SETPGID_RET_OFF";
+    pub const SETSID_RET_OFF: &str = "SETSID_RET_OFF";
     /// Field offsets from the kernel's BTF, for the send-path probes.
     pub const SKC_DADDR: &str = "SKC_DADDR";
     pub const SKC_RCV_SADDR: &str = "SKC_RCV_SADDR";

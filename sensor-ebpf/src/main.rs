@@ -5,6 +5,7 @@
 //!
 //! - `process`: exec/fork/exit from stable tracepoints, argv captured at syscall
 //!   entry, emitted on the `EVENTS` ring buffer.
+//! - `groups`: process-group changes (setpgid, setsid), the agent's jobs.
 //! - `sockets`: who owns each socket (cgroup sock / sock_addr hooks, process
 //!   context), keyed by socket cookie.
 //! - `traffic`: bytes in/out per (socket, peer) from cgroup_skb, aggregated in the
@@ -18,6 +19,7 @@
 #![feature(core_intrinsics)]
 
 mod floor;
+mod groups;
 mod heads;
 mod process;
 mod sendpath;
@@ -68,6 +70,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 
 static ARGV: LruHashMap<u32, ArgvBuf> = LruHashMap::with_max_entries(4096, 0);
 
 /// Scratch space to build an `ArgvBuf` (too large for the 512-byte BPF stack).
+/// setpgid(pid, pgid) arguments per thread, from syscall entry to exit
+/// (resolved: 0s replaced by the caller and the pid), as (pid << 32) | pgid.
+#[map]
+static SETPGID: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
 #[map]
 static ARGV_SCRATCH: PerCpuArray<ArgvBuf> = PerCpuArray::with_max_entries(1, 0);
 

@@ -23,7 +23,7 @@ use tokio::{
 use crate::{
     config::Config,
     container::{self, Container},
-    detect::{Detector, FlowObs, ProcInfo, TickInput},
+    detect::{Detector, FlowObs, JobInfo, ProcInfo, TickInput},
     events::{self, KernelEvent},
     flows::{self, Attribution, DeltaTracker, Owner},
     kernel::{batch, loader::Sensor},
@@ -80,6 +80,8 @@ const IPPROTO_TCP: u8 = 6;
 /// Every this many ticks, closed sockets that never carried traffic are swept
 /// from the kernel's owner map (a full map walk, so not every tick).
 const SWEEP_EVERY_TICKS: u64 = 12;
+/// How often a sender's executable is checked for deletion.
+const EXE_RECHECK: Duration = Duration::from_secs(10);
 /// How long a retired socket's owner is remembered (for packets after close).
 const OWNER_MEMORY: Duration = Duration::from_secs(300);
 
@@ -109,6 +111,8 @@ pub struct Agent {
     namer: Namer,
     recorder: Option<record::Writer<std::io::BufWriter<std::fs::File>>>,
     pending_execs: Vec<ProcInfo>,
+    /// (pid, start) -> (executable deleted or memfd, when last checked).
+    exe_gone: HashMap<(u32, u64), (bool, Instant)>,
     last_save: Instant,
     /// cgroup id -> cgroup v2 path (refreshed by a bounded walk on a miss).
     cgroup_paths: std::collections::HashMap<u64, String>,
@@ -198,6 +202,7 @@ impl Agent {
             namer,
             recorder,
             pending_execs: Vec::new(),
+            exe_gone: HashMap::new(),
             last_save: Instant::now(),
             cgroup_paths: std::collections::HashMap::new(),
             cgroup_walked_tick: u64::MAX,
@@ -254,7 +259,7 @@ impl Agent {
     }
 
     /// The detector's view of a process (the holder of `pid` that started at
-    /// `start_ns`, 0 = the current one): identity and ancestry from the table.
+    /// `start_ns`, 0 = the current one): identity, ancestry and job from the table.
     fn proc_info(&self, pid: u32, start_ns: u64) -> ProcInfo {
         let p = self.procs.get_at(pid, start_ns);
         let mut ancestors = Vec::new();
@@ -265,16 +270,28 @@ impl Agent {
             cur = self.procs.get(cur).map(|a| a.ppid).unwrap_or(0);
         }
         match p {
-            Some(p) => ProcInfo {
-                pid,
-                ppid: p.ppid,
-                entity_id: p.entity_id(),
-                name: p.name.clone(),
-                executable: p.executable.clone(),
-                args: p.args.clone(),
-                uid: p.uid,
-                ancestors,
-            },
+            Some(p) => {
+                let job = self.procs.job_of(p);
+                ProcInfo {
+                    pid,
+                    ppid: p.ppid,
+                    entity_id: p.entity_id(),
+                    name: p.name.clone(),
+                    executable: p.executable.clone(),
+                    args: p.args.clone(),
+                    uid: p.uid,
+                    ancestors,
+                    start_ns: p.start_ns,
+                    job: Some(JobInfo {
+                        pgid: job.pgid,
+                        pid: job.root.pid,
+                        entity_id: job.root.entity_id(),
+                        executable: job.root.executable.clone(),
+                        args: job.root.args.clone(),
+                    }),
+                    exe_deleted: self.exe_gone.get(&(pid, p.start_ns)).is_some_and(|(gone, _)| *gone),
+                }
+            }
             None => ProcInfo {
                 pid,
                 ppid: 0,
@@ -284,7 +301,35 @@ impl Agent {
                 args: Vec::new(),
                 uid: 0,
                 ancestors,
+                start_ns: 0,
+                job: None,
+                exe_deleted: false,
             },
+        }
+    }
+
+    /// Whether each sender's executable file is gone (deleted while it runs,
+    /// or a memfd): one readlink per process per `EXE_RECHECK`, not per flow.
+    fn check_executables(&mut self, pids: impl Iterator<Item = (u32, u64)>) {
+        let now = Instant::now();
+        for (pid, start) in pids {
+            let Some(p) = self.procs.get_at(pid, start) else { continue };
+            let key = (pid, p.start_ns);
+            if self.exe_gone.get(&key).is_some_and(|(_, at)| now.duration_since(*at) < EXE_RECHECK) {
+                continue;
+            }
+            let gone = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+                Ok(link) => {
+                    let l = link.as_os_str().as_encoded_bytes();
+                    l.ends_with(b" (deleted)") || l.starts_with(b"/memfd:")
+                }
+                // Exited (or a kernel thread): keep what was seen while it lived.
+                Err(_) => self.exe_gone.get(&key).is_some_and(|(g, _)| *g),
+            };
+            self.exe_gone.insert(key, (gone, now));
+        }
+        if self.exe_gone.len() > 4 * self.procs.len().max(1024) {
+            self.exe_gone.retain(|(pid, start), _| self.procs.get_at(*pid, *start).is_some());
         }
     }
 
@@ -569,6 +614,7 @@ impl Agent {
 
     /// Hand this tick to the detector (and the record file); print its alerts.
     fn detect(&mut self, at: SystemTime, window: Duration, records: &[flows::FlowRecord], senders: Vec<Sender>) -> Result<()> {
+        self.check_executables(records.iter().filter(|r| r.volume.bytes_out > 0).map(|r| (r.owner.pid, r.owner.start_ns)));
         let input = TickInput {
             t: output::unix_secs(at),
             window_s: window.as_secs_f64(),
@@ -597,6 +643,8 @@ impl Agent {
             }
         }
         let alerts = self.detector.tick(&input);
+        let evicted = self.detector.evictions();
+        self.metrics.detector_evictions.inc_by(evicted.saturating_sub(self.metrics.detector_evictions.get()));
         if self.config.agent.emit.alerts() {
             for a in &alerts {
                 self.metrics.alerts.get_or_create(&metrics::RuleLabel { rule: a.rule.id.to_string() }).inc();
@@ -824,17 +872,9 @@ fn restore_state(config: &mut Config, detector: &mut Detector) {
     let now = output::unix_secs(SystemTime::now());
     match state::load(path, now) {
         Ok(state::Loaded::Fresh) => eprintln!("sluice: no state at {}: learning from scratch", path.display()),
-        Ok(state::Loaded::Restored(s)) => {
-            let s = *s;
-            eprintln!(
-                "sluice: restored {} baselines and the habits of {} programs from {}",
-                s.baselines.models.len(),
-                s.habits.by_exe.len(),
-                path.display()
-            );
-            detector.baselines = s.baselines;
-            detector.habits = s.habits;
-            detector.restore_alert_memory(s.alerts);
+        Ok(state::Loaded::Restored(s)) => apply_state(detector, *s, "restored", path),
+        Ok(state::Loaded::Migrated(s)) => {
+            apply_state(detector, *s, "migrated from the previous format (per-command baselines are relearned)", path)
         }
         Ok(state::Loaded::SetAside { reason, moved_to }) => eprintln!(
             "sluice: state file {} is unusable ({reason}); moved to {} and learning from scratch",
@@ -846,6 +886,18 @@ fn restore_state(config: &mut Config, detector: &mut Detector) {
             config.state.path.clear();
         }
     }
+}
+
+fn apply_state(detector: &mut Detector, s: state::State, how: &str, path: &std::path::Path) {
+    eprintln!(
+        "sluice: state {how}: {} baselines and the habits of {} programs from {}",
+        s.baselines.models.len(),
+        s.habits.by_exe.len(),
+        path.display()
+    );
+    detector.baselines = s.baselines;
+    detector.habits = s.habits;
+    detector.restore_alert_memory(s.alerts);
 }
 
 /// What naming saw so far, for stderr: parsed, unnamed and dropped inputs.

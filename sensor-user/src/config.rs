@@ -160,6 +160,10 @@ pub struct Detect {
     /// Informational event the first time an executable sends to a storage service.
     pub first_storage_destination: bool,
     pub exfil_tool_upload: FloorRule,
+    pub exfil_tool_exec: Toggle,
+    pub bulk_upload: FloorRule,
+    pub storage_upload: FloorRule,
+    pub suspicious_origin: FloorRule,
     pub watched_app_upload: FloorRule,
     pub archive_then_upload: ArchiveRule,
     pub volume_anomaly: AnomalyRule,
@@ -187,6 +191,12 @@ pub struct QuietRule {
     pub trickle: u64,
     #[serde(with = "humantime_serde_compat")]
     pub training: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Toggle {
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -357,6 +367,26 @@ impl Config {
                 d.short_window, d.long_window
             ));
         }
+        let floors = [
+            ("exfil_tool_upload", d.exfil_tool_upload.floor),
+            ("bulk_upload", d.bulk_upload.floor),
+            ("storage_upload", d.storage_upload.floor),
+            ("suspicious_origin", d.suspicious_origin.floor),
+            ("watched_app_upload", d.watched_app_upload.floor),
+            ("archive_then_upload", d.archive_then_upload.floor),
+            ("volume_anomaly", d.volume_anomaly.floor),
+            ("slow_drip", d.slow_drip.floor),
+            ("quiet_program_upload", d.quiet_program_upload.floor),
+            ("ratio_inversion", d.ratio_inversion.floor),
+        ];
+        if let Some((rule, _)) = floors.iter().find(|(_, f)| *f == 0) {
+            return Err(format!("detect.{rule}.floor = 0: a floor of 0 would alert on every byte; give a size like \"5MiB\""));
+        }
+        for (key, v) in [("detect.suppress", d.suppress), ("detect.archive_then_upload.within", d.archive_then_upload.within)] {
+            if v.is_zero() {
+                return Err(format!("{key} = 0s: must be positive"));
+            }
+        }
         let a = &d.volume_anomaly;
         if !(a.alpha > 0.0 && a.alpha <= 1.0) {
             return Err(format!("detect.volume_anomaly.alpha = {}: allowed (0, 1]", a.alpha));
@@ -440,6 +470,22 @@ mod tests {
         assert!(e.contains("furlongs"), "{e}");
         let e = Config::from_toml("[detect.volume_anomaly]\nalpha = 2.0\n", None).unwrap_err().to_string();
         assert!(e.contains("alpha"), "{e}");
+    }
+
+    #[test]
+    fn rule_keys_floors_and_windows_are_checked() {
+        let e = Config::from_toml("[detect.bulk_upload]\nflor = \"1MiB\"\n", None).unwrap_err().to_string();
+        assert!(e.contains("flor"), "{e}");
+        let e = Config::from_toml("[detect.no_such_rule]\nenabled = true\n", None).unwrap_err().to_string();
+        assert!(e.contains("no_such_rule"), "{e}");
+        let e = Config::from_toml("[detect.storage_upload]\nfloor = 0\n", None).unwrap_err().to_string();
+        assert!(e.contains("detect.storage_upload.floor = 0"), "{e}");
+        let e = Config::from_toml("[detect]\nshort_window = \"-5s\"\n", None).unwrap_err().to_string();
+        assert!(e.contains("-5s"), "{e}");
+        let e = Config::from_toml("[detect]\nsuppress = \"0s\"\n", None).unwrap_err().to_string();
+        assert!(e.contains("detect.suppress"), "{e}");
+        let c = Config::embedded();
+        assert!(c.detect.bulk_upload.enabled && c.detect.storage_upload.enabled && c.detect.exfil_tool_exec.enabled);
     }
 
     #[test]

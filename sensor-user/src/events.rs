@@ -3,7 +3,7 @@
 //! and unaligned-safe, so a short or foreign record is an error, never UB.
 
 use sensor_common::{
-    EventHeader, ExecEvent, ExitEvent, FlowKey, ForkEvent, PayloadEvent, EVENT_EXEC, EVENT_EXIT, EVENT_FORK,
+    EventHeader, ExecEvent, ExitEvent, FlowKey, ForkEvent, PayloadEvent, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_PGID, PgidEvent,
     EVENT_PAYLOAD, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED, EXEC_PATH_TRUNCATED,
 };
 use thiserror::Error;
@@ -13,6 +13,8 @@ pub enum KernelEvent {
     Exec(Exec),
     Fork(Fork),
     Exit { pid: u32, ktime_ns: u64 },
+    /// `pid` moved to process group `pgid` (setpgid, setsid).
+    Pgid { pid: u32, pgid: u32 },
     Payload(Payload),
 }
 
@@ -118,6 +120,10 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             let _: ExitEvent = read(bytes, "exit event")?;
             Ok(KernelEvent::Exit { pid: header.pid, ktime_ns: header.ktime_ns })
         }
+        EVENT_PGID => {
+            let g: PgidEvent = read(bytes, "process group event")?;
+            Ok(KernelEvent::Pgid { pid: header.pid, pgid: g.pgid })
+        }
         EVENT_PAYLOAD => {
             let p: PayloadEvent = read(bytes, "payload event")?;
             let len = (p.len as usize).min(p.data.len());
@@ -210,5 +216,7 @@ pub(crate) mod tests {
         assert_eq!((d.pid, d.ppid, d.comm.as_slice()), (10, 9, &b"bash"[..]));
         let x = ExitEvent { header: EventHeader { kind: EVENT_EXIT, pid: 10, ktime_ns: 6 } };
         assert_eq!(decode(&bytes_of(&x)).unwrap(), KernelEvent::Exit { pid: 10, ktime_ns: 6 });
+        let g = PgidEvent { header: EventHeader { kind: EVENT_PGID, pid: 11, ktime_ns: 7 }, pgid: 11, _pad: 0 };
+        assert_eq!(decode(&bytes_of(&g)).unwrap(), KernelEvent::Pgid { pid: 11, pgid: 11 });
     }
 }

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub tick_seconds: Histogram,
     pub last_tick_unix: Gauge<f64, AtomicU64>,
     pub output_dropped: Counter,
+    /// Detector window entries dropped to stay bounded (floods of names).
+    pub detector_evictions: Counter,
     /// Monotonic time of the last completed tick, for /healthz.
     last_tick: Arc<AtomicU64>,
     started: Instant,
@@ -100,6 +102,7 @@ impl Metrics {
             tick_seconds: Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0]),
             last_tick_unix: Gauge::default(),
             output_dropped: Counter::default(),
+            detector_evictions: Counter::default(),
             last_tick: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         };
@@ -121,6 +124,11 @@ impl Metrics {
         r.register("tick_duration_seconds", "Time the agent spent on one tick (drain, attribute, detect, write)", m.tick_seconds.clone());
         r.register("last_tick_timestamp_seconds", "Unix time of the last completed tick", m.last_tick_unix.clone());
         r.register("output_dropped_records", "Records that could not be written to the output", m.output_dropped.clone());
+        r.register(
+            "detector_evictions",
+            "Detector windows (per job, executable, destination, ...) dropped to stay within bounds",
+            m.detector_evictions.clone(),
+        );
         Metrics { registry: Arc::new(r), ..m }
     }
 

@@ -201,7 +201,6 @@ pub fn unix_secs(t: SystemTime) -> f64 {
 
 /// One alert line.
 pub fn alert_json(ctx: &Context, a: &Alert) -> Value {
-    let destination = destination_json(a.remote_ip, a.remote_port, a.domain.as_deref());
     let mut evidence = json!({
         "destination": service_json(a.service.as_deref()),
         "bytes_out": a.bytes_out,
@@ -231,8 +230,6 @@ pub fn alert_json(ctx: &Context, a: &Alert) -> Value {
         "host": { "name": ctx.host_name },
         "process": proc_info_json(&a.process),
         "user": { "id": a.process.uid.to_string() },
-        "destination": destination,
-        "network": { "transport": a.transport },
         "threat": {
             "framework": "MITRE ATT&CK",
             "tactic": { "id": ["TA0010"], "name": ["Exfiltration"] },
@@ -243,6 +240,14 @@ pub fn alert_json(ctx: &Context, a: &Alert) -> Value {
         },
         "sluice": evidence,
     });
+    // An event about a process (a tool started) has no destination yet.
+    if let Some(ip) = a.remote_ip {
+        v["destination"] = destination_json(ip, a.remote_port, a.domain.as_deref());
+        v["network"] = json!({ "transport": a.transport });
+    }
+    if let Some(j) = &a.process.job {
+        v["sluice"]["job"] = json!({ "pid": j.pid, "pgid": j.pgid, "executable": j.executable, "args": j.args, "entity_id": j.entity_id });
+    }
     add_container(&mut v, a.container.as_ref());
     v
 }
@@ -360,6 +365,7 @@ mod tests {
             args: vec!["a\"b".into(), "c\u{0}d".into(), "\r\n".into()],
             args_truncated: true,
             cgroup_id: 9,
+            pgid: 0,
             start_ns: 5,
             exited_ns: None,
         }
@@ -435,12 +441,13 @@ mod tests {
             args: p.args.clone(),
             uid: 1000,
             ancestors: vec![],
+            ..ProcInfo::default()
         };
         let a = Alert {
             t: 1_700_000_000.0,
             rule: crate::detect::EXFIL_TOOL,
             process: info,
-            remote_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            remote_ip: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))),
             remote_port: 443,
             transport: "tcp".into(),
             domain: Some("g.api.mega.co.nz".into()),

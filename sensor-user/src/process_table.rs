@@ -18,6 +18,9 @@ pub struct Process {
     pub args: Vec<String>,
     pub args_truncated: bool,
     pub cgroup_id: u64,
+    /// Process group (0 = unknown): a shell with job control gives each job its
+    /// own, and services, cron jobs and containers start their own session.
+    pub pgid: u32,
     /// CLOCK_BOOTTIME ns at fork (or exec, or /proc start time when seeded).
     pub start_ns: u64,
     pub exited_ns: Option<u64>,
@@ -121,6 +124,7 @@ impl ProcessTable {
                     args: parent.as_ref().map(|p| p.args.clone()).unwrap_or_default(),
                     args_truncated: parent.as_ref().is_some_and(|p| p.args_truncated),
                     cgroup_id: f.cgroup_id,
+                    pgid: parent.as_ref().map(|p| p.pgid).unwrap_or(0),
                     start_ns: f.ktime_ns,
                     exited_ns: None,
                 };
@@ -143,6 +147,9 @@ impl ProcessTable {
                     .or_else(|| src.read(e.pid).map(|p| p.ppid))
                     .unwrap_or(0);
                 let start_ns = known.filter(|p| p.exited_ns.is_none()).map(|p| p.start_ns).unwrap_or(e.ktime_ns);
+                // Inherited at fork, or set since by a `Pgid` event (setpgid and
+                // setsid come from the kernel in order with fork and exec).
+                let pgid = known.map(|p| p.pgid).unwrap_or(0);
                 let args = if e.argv_missing {
                     known.map(|p| p.args.clone()).unwrap_or_default()
                 } else {
@@ -159,6 +166,7 @@ impl ProcessTable {
                         args,
                         args_truncated: e.argv_truncated,
                         cgroup_id: e.cgroup_id,
+                        pgid,
                         start_ns,
                         exited_ns: None,
                     },
@@ -167,6 +175,11 @@ impl ProcessTable {
             KernelEvent::Exit { pid, ktime_ns } => {
                 if let Some(p) = self.procs.get_mut(pid) {
                     p.exited_ns = Some(*ktime_ns);
+                }
+            }
+            KernelEvent::Pgid { pid, pgid } => {
+                if let Some(p) = self.procs.get_mut(pid) {
+                    p.pgid = *pgid;
                 }
             }
             KernelEvent::Payload(_) => {}
@@ -180,6 +193,70 @@ impl ProcessTable {
         self.procs.retain(|_, p| keep(p));
         self.departed.retain(|_, p| keep(p));
         before - self.procs.len()
+    }
+}
+
+/// How far up `job_of` walks (the same bound as the ancestry rules see).
+pub const JOB_DEPTH: usize = 8;
+
+/// Shells: an interactive one is where a user's jobs start.
+const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "tcsh", "csh", "busybox"];
+
+/// Programs that start other people's jobs: a process they start is a job of
+/// its own even where the process group says nothing (pgid unknown).
+const SUPERVISORS: &[&str] = &[
+    "init", "systemd", "sshd", "cron", "crond", "atd", "anacron", "containerd-shim", "containerd-shim-runc-v2", "conmon",
+    "runc", "crun", "tini", "dumb-init", "docker-init", "tmux", "tmux: server", "screen", "login", "kubelet",
+];
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// A shell a person types into: no script, no `-c`, only options (`-bash`, `bash -l`).
+pub fn is_interactive_shell(p: &Process) -> bool {
+    let exe = basename(&p.executable);
+    SHELLS.contains(&exe) && p.args.iter().skip(1).all(|a| a.starts_with('-') && a != "-c")
+}
+
+fn is_supervisor(p: &Process) -> bool {
+    let exe = basename(&p.executable);
+    SUPERVISORS.contains(&exe) || exe.starts_with("containerd-shim")
+}
+
+/// The job a process belongs to: the command a user, service or container
+/// started, and everything it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Job<'a> {
+    /// The process group when known (it outlives its leader, so children a
+    /// driver left behind stay in its job), else the top process's pid.
+    pub pgid: u32,
+    /// The command of the job: its group leader while that lives, else the
+    /// highest ancestor of `p` in the same group the table still knows.
+    pub root: &'a Process,
+}
+
+impl ProcessTable {
+    /// Walk up from `p` while the parent is in the same process group (a
+    /// pipeline and a script's children share their job's group; a job-control
+    /// shell, setsid, services, cron and container runtimes start a new one),
+    /// stopping below pid 1, an interactive shell, a supervisor, or a process
+    /// the table no longer knows, at most `JOB_DEPTH` levels.
+    pub fn job_of<'a>(&'a self, p: &'a Process) -> Job<'a> {
+        let mut cur = p;
+        for _ in 0..JOB_DEPTH {
+            let Some(parent) = self.procs.get(&cur.ppid).filter(|q| q.pid > 1 && q.pid != cur.pid) else { break };
+            let other_group = cur.pgid != 0 && parent.pgid != 0 && cur.pgid != parent.pgid;
+            if other_group || is_interactive_shell(parent) || is_supervisor(parent) {
+                break;
+            }
+            cur = parent;
+        }
+        let leader = (p.pgid != 0).then(|| self.procs.get(&p.pgid)).flatten().filter(|l| l.pgid == p.pgid);
+        match leader {
+            Some(l) => Job { pgid: p.pgid, root: l },
+            None => Job { pgid: if p.pgid != 0 { p.pgid } else { cur.pid }, root: cur },
+        }
     }
 }
 
@@ -229,6 +306,7 @@ impl ProcSource for Procfs {
             args,
             args_truncated: false,
             cgroup_id,
+            pgid: stat.pgrp.max(0) as u32,
             start_ns: stat.starttime * 1_000_000_000 / self.ticks_per_second,
             exited_ns: None,
         })
@@ -308,14 +386,18 @@ mod tests {
             args: vec!["bash".into()],
             args_truncated: false,
             cgroup_id: 3,
+            pgid: 1,
             start_ns: 1,
             exited_ns: None,
         });
         t.apply(&KernelEvent::Fork(Fork { pid: 50, ppid: 1, uid: 0, gid: 0, cgroup_id: 3, ktime_ns: 100, comm: b"bash".to_vec() }), &NoProc);
         assert_eq!(t.get(50).unwrap().executable, "/bin/bash");
+        assert_eq!(t.get(50).unwrap().pgid, 1, "the group is inherited at fork");
+        t.apply(&KernelEvent::Pgid { pid: 50, pgid: 50 }, &NoProc);
         t.apply(&exec(50, b"/usr/bin/curl", &[b"curl", b"-T", b"x"]), &NoProc);
         let p = t.get(50).unwrap();
         assert_eq!((p.ppid, p.start_ns, p.executable.as_str()), (1, 100, "/usr/bin/curl"));
+        assert_eq!(p.pgid, 50, "setpgid before exec made it a job of its own");
         assert_eq!(p.args, ["curl", "-T", "x"]);
     }
 
@@ -326,6 +408,53 @@ mod tests {
         let p = t.get(77).unwrap();
         assert_eq!(p.executable, "/home/u/up\\xff");
         assert_eq!(p.args, ["up\n\x1b[2J"]);
+    }
+
+    fn process(pid: u32, ppid: u32, pgid: u32, exe: &str, args: &[&str]) -> Process {
+        Process {
+            pid,
+            ppid,
+            uid: 0,
+            gid: 0,
+            name: basename(exe).into(),
+            executable: exe.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            args_truncated: false,
+            cgroup_id: 3,
+            pgid,
+            start_ns: pid as u64,
+            exited_ns: None,
+        }
+    }
+
+    #[test]
+    fn a_job_is_its_process_group_and_its_command_the_group_leader() {
+        let mut t = ProcessTable::default();
+        t.insert(process(1, 0, 1, "/sbin/init", &["init"]));
+        t.insert(process(10, 1, 10, "/usr/sbin/sshd", &["sshd"]));
+        t.insert(process(11, 10, 11, "/bin/bash", &["-bash"]));
+        // bash runs `python3 up.py`, a job of its own (job control), whose ssh
+        // child and 30 python3 helpers share its group.
+        t.insert(process(20, 11, 20, "/usr/bin/python3", &["python3", "up.py"]));
+        t.insert(process(21, 20, 20, "/usr/bin/ssh", &["ssh", "host", "cat > x"]));
+        t.insert(process(22, 20, 20, "/usr/bin/python3", &["python3", "-c", "part 7"]));
+        for pid in [20, 21, 22] {
+            let p = t.get(pid).unwrap();
+            let j = t.job_of(p);
+            assert_eq!((j.pgid, j.root.pid), (20, 20), "pid {pid}");
+        }
+        // The interactive shell is its own job, not sshd's.
+        assert_eq!(t.job_of(t.get(11).unwrap()).root.pid, 11);
+        // The driver exits and is reaped: its helpers stay one job (the group).
+        t.procs.remove(&20);
+        let j21 = t.job_of(t.get(21).unwrap());
+        let j22 = t.job_of(t.get(22).unwrap());
+        assert_eq!((j21.pgid, j22.pgid), (20, 20));
+        // Unknown groups (0): the walk stops below the interactive shell.
+        t.insert(process(30, 11, 0, "/bin/sh", &["sh", "backup.sh"]));
+        t.insert(process(31, 30, 0, "/usr/bin/tar", &["tar", "cf", "-", "."]));
+        let j = t.job_of(t.get(31).unwrap());
+        assert_eq!((j.pgid, j.root.pid), (30, 30));
     }
 
     #[test]

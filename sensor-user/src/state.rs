@@ -13,7 +13,11 @@ use thiserror::Error;
 
 use crate::detect::{baseline::Table, AlertMemory, Habits};
 
-pub const STATE_VERSION: u32 = 1;
+/// 2: identities hashed with FNV-1a (stable across Rust releases) instead of
+/// `DefaultHasher`; baseline models carry snapshots. A version 1 file is
+/// migrated: what is keyed by executable or host is kept, what is keyed by a
+/// v1 identity hash (which no longer matches anything) is dropped and relearned.
+pub const STATE_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
@@ -75,6 +79,8 @@ pub enum StateError {
 pub enum Loaded {
     Fresh,
     Restored(Box<State>),
+    /// An older version, brought up to this one (see `STATE_VERSION`).
+    Migrated(Box<State>),
     /// The file was unusable; it now lives at `moved_to`.
     SetAside { reason: String, moved_to: PathBuf },
 }
@@ -89,6 +95,10 @@ pub fn load(path: &Path, now: f64) -> Result<Loaded, StateError> {
         Err(e) => format!("not valid JSON ({e})"),
         Ok(v) => match v.get("sluice_state").and_then(|x| x.as_u64()) {
             None => "not a sluice state file (no \"sluice_state\" version)".to_string(),
+            Some(1) => match serde_json::from_value::<State>(v) {
+                Ok(s) => return Ok(Loaded::Migrated(Box::new(migrate_v1(s)))),
+                Err(e) => format!("malformed version 1 file ({e})"),
+            },
             Some(ver) if ver != STATE_VERSION as u64 => format!("state format version {ver}, this sluice reads {STATE_VERSION}"),
             Some(_) => match serde_json::from_value::<State>(v) {
                 Ok(s) => return Ok(Loaded::Restored(Box::new(s))),
@@ -99,6 +109,17 @@ pub fn load(path: &Path, now: f64) -> Result<Loaded, StateError> {
     let moved_to = PathBuf::from(format!("{}.corrupt-{}", path.display(), now as u64));
     std::fs::rename(path, &moved_to).map_err(|source| StateError::Write { path: path.display().to_string(), source })?;
     Ok(Loaded::SetAside { reason, moved_to })
+}
+
+/// Keep what a v1 file knows by executable and host; drop identity-keyed
+/// baselines and alert memory (v1 identity hashes match nothing now).
+fn migrate_v1(mut s: State) -> State {
+    s.sluice_state = STATE_VERSION;
+    let by_exe_or_host = |k: &String| k.starts_with("exe:") || k.starts_with('@');
+    s.baselines.models.retain(|k, _| by_exe_or_host(k));
+    s.baselines.pinned.retain(by_exe_or_host);
+    s.alerts = Default::default();
+    s
 }
 
 pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
@@ -156,7 +177,7 @@ mod tests {
 
     fn state() -> State {
         let mut t = Table::default();
-        let p = Params { alpha: 0.1, sigma_floor: 0.5, max_daily_drift: 0.7 };
+        let p = Params { alpha: 0.1, sigma_floor: 0.5, max_daily_drift: 0.7, snapshot_every: 3600.0 };
         t.train("/usr/bin/rclone#1", 1000, 1.0, &p, 10);
         t.train("/usr/bin/rclone#1", 2000, 2.0, &p, 10);
         State { sluice_state: STATE_VERSION, saved_at: 2.0, baselines: t, habits: Default::default(), alerts: Default::default() }
@@ -183,7 +204,7 @@ mod tests {
             (full[..full.len() / 2].to_vec(), "not valid JSON"),
             (b"{\"hello\": 1}".to_vec(), "not a sluice state file"),
             (b"{\"sluice_state\": 99}".to_vec(), "version 99"),
-            (b"{\"sluice_state\": 1, \"baselines\": 7}".to_vec(), "malformed"),
+            (b"{\"sluice_state\": 2, \"baselines\": 7}".to_vec(), "malformed"),
         ] {
             std::fs::write(&p, &bytes).unwrap();
             let Loaded::SetAside { reason, moved_to } = load(&p, 42.0).unwrap() else { panic!("{what}") };
@@ -192,6 +213,27 @@ mod tests {
             assert_eq!(std::fs::read(&moved_to).unwrap(), bytes, "nothing overwritten");
             std::fs::remove_file(moved_to).unwrap();
         }
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated_keeping_executable_and_host_baselines() {
+        let d = dir();
+        let p = d.join("state.json");
+        let mut old = state();
+        let params = Params { alpha: 0.1, sigma_floor: 0.5, max_daily_drift: 0.7, snapshot_every: 3600.0 };
+        old.baselines.train("exe:/usr/bin/rclone", 5000, 1.0, &params, 10);
+        old.baselines.train("@host", 9000, 1.0, &params, 10);
+        old.sluice_state = 1;
+        let mut v = serde_json::to_value(&old).unwrap();
+        // v1 models had no snapshots.
+        for m in v["baselines"]["models"].as_object_mut().unwrap().values_mut() {
+            m.as_object_mut().unwrap().retain(|k, _| !k.contains("snap"));
+        }
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+        let Loaded::Migrated(s) = load(&p, 0.0).unwrap() else { panic!("not migrated") };
+        assert_eq!(s.sluice_state, STATE_VERSION);
+        assert!(s.baselines.get("exe:/usr/bin/rclone").is_some() && s.baselines.get("@host").is_some());
+        assert!(s.baselines.get("/usr/bin/rclone#1").is_none(), "v1 identity keys are dropped");
     }
 
     #[test]

@@ -420,8 +420,12 @@ impl Drop for KillOnDrop {
 }
 
 /// Run `cmd` to completion (bounded), return its pid.
+///
+/// The child is a job of its own (its own process group), as a shell with job
+/// control starts each command a user types: sluice sums a job's processes.
 pub fn run_child(cmd: &mut Command, timeout: Duration) -> Result<u32> {
-    let mut child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    use std::os::unix::process::CommandExt;
+    let mut child = cmd.stdin(Stdio::null()).process_group(0).spawn().with_context(|| format!("spawning {cmd:?}"))?;
     let pid = child.id();
     let deadline = Instant::now() + timeout;
     loop {

@@ -212,7 +212,7 @@ fn unusable_state_files_are_set_aside_or_left_alone_and_the_agent_runs() {
         assert_eq!(aside.len(), 1, "{name}: the old file is kept aside");
         assert_eq!(std::fs::read(aside[0].path()).unwrap(), content, "{name}: kept byte for byte");
         let saved: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(saved["sluice_state"], 1, "{name}: a fresh state was saved at shutdown");
+        assert_eq!(saved["sluice_state"], 2, "{name}: a fresh state was saved at shutdown");
     }
     // A state path sluice cannot read (a directory): never replaced.
     let unreadable = dir.0.join("a-directory");
@@ -300,7 +300,7 @@ fn sigterm_at_any_point_of_a_tick_leaves_a_whole_state_file() {
         thread::sleep(Duration::from_millis(1100 + i * 37));
         s.stop().unwrap_or_else(|e| panic!("round {i}: {e}"));
         let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap_or_else(|e| panic!("round {i}: state not whole: {e}"));
-        assert_eq!(saved["sluice_state"], 1);
+        assert_eq!(saved["sluice_state"], 2);
     }
     drop(busy);
     let aside = std::fs::read_dir(&dir.0).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("corrupt")).count();

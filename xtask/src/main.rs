@@ -141,7 +141,7 @@ fn main() -> Result<()> {
             // Serial: each scenario runs its own sensor and measures bytes; on two
             // cores, parallel uploads would only make timings noisy.
             run(cargo()
-                .args(["test", "-p", "sluice-tests", "--test", "host_cgroup", "--test", "host_detect", "--test", "host_names", "--test", "host_deploy", "--test", "host_faults", "--test", "host_adversarial", "--", "--test-threads=1"])
+                .args(["test", "-p", "sluice-tests", "--test", "host_cgroup", "--test", "host_detect", "--test", "host_names", "--test", "host_deploy", "--test", "host_faults", "--test", "host_adversarial", "--test", "host_evasion", "--", "--test-threads=1"])
                 .env("SLUICE_BIN", &bin))?;
             deploy::check(&bin)?;
             vm::vm_test(cargo)

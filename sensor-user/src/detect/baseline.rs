@@ -27,6 +27,13 @@ pub struct Model {
     #[serde(default)]
     pub day_start_var: f64,
     pub day_start_t: f64,
+    /// (time, mean) snapshots taken every `Params::snapshot_every`, newest and
+    /// the one before: what the model said before a window began, so a rule
+    /// judging that window (slow drip) is not judged by a bar it trained.
+    #[serde(default)]
+    pub snap: (f64, f64),
+    #[serde(default)]
+    pub prev_snap: (f64, f64),
 }
 
 /// Most the variance may grow within a day (σ by √2): without it, a stream of
@@ -42,6 +49,8 @@ pub struct Params {
     pub sigma_floor: f64,
     /// Largest move of the mean per day, in log space (ln 2 = the baseline may double daily).
     pub max_daily_drift: f64,
+    /// Seconds between mean snapshots (the long window).
+    pub snapshot_every: f64,
 }
 
 /// What a model says about a value, before it learns from it.
@@ -61,7 +70,23 @@ pub fn ln1p(bytes: u64) -> f64 {
 
 impl Model {
     pub fn new(x: f64, t: f64) -> Self {
-        Model { mean: x, var: 0.0, samples: 1, first_t: t, last_t: t, day_start_mean: x, day_start_var: 0.0, day_start_t: t }
+        Model {
+            mean: x,
+            var: 0.0,
+            samples: 1,
+            first_t: t,
+            last_t: t,
+            day_start_mean: x,
+            day_start_var: 0.0,
+            day_start_t: t,
+            snap: (t, x),
+            prev_snap: (0.0, 0.0),
+        }
+    }
+
+    /// The mean as a snapshot taken at or before `t0` recorded it, if one was.
+    pub fn mean_before(&self, t0: f64) -> Option<f64> {
+        [self.snap, self.prev_snap].into_iter().find(|&(at, _)| at > 0.0 && at <= t0).map(|(_, mean)| mean)
     }
 
     pub fn score(&self, bytes: u64, now: f64, p: &Params) -> Score {
@@ -99,6 +124,10 @@ impl Model {
         self.mean = mean;
         self.samples += 1;
         self.last_t = t;
+        if t - self.snap.0 >= p.snapshot_every {
+            self.prev_snap = self.snap;
+            self.snap = (t, self.mean);
+        }
     }
 }
 
@@ -152,7 +181,7 @@ impl Table {
 mod tests {
     use super::*;
 
-    const P: Params = Params { alpha: 0.05, sigma_floor: 0.5, max_daily_drift: std::f64::consts::LN_2 };
+    const P: Params = Params { alpha: 0.05, sigma_floor: 0.5, max_daily_drift: std::f64::consts::LN_2, snapshot_every: 3600.0 };
 
     fn trained(bytes: &[u64]) -> Model {
         let mut m = Model::new(ln1p(bytes[0]), 0.0);
@@ -193,6 +222,20 @@ mod tests {
         let before = m.mean;
         m.train(10_000_000_000, 1e4, &P);
         assert!(m.mean - before < 0.2, "moved {}", m.mean - before);
+    }
+
+    #[test]
+    fn snapshots_say_what_the_model_was_before_a_window() {
+        let mut m = Model::new(ln1p(1000), 10.0);
+        assert_eq!(m.mean_before(5.0), None);
+        for i in 1..=200 {
+            m.train(1_000_000, 10.0 + 60.0 * i as f64, &P);
+        }
+        // Snapshots an hour apart: the one at or before t0 is used, never a newer one.
+        let t = 10.0 + 60.0 * 200.0;
+        let before = m.mean_before(t - 3600.0).unwrap();
+        assert!(m.snap.0 > t - 3600.0 && m.prev_snap.0 <= t - 3600.0, "{:?} {:?}", m.snap, m.prev_snap);
+        assert_eq!(before, m.prev_snap.1);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! in `rules/` looks at it and may return a `Finding`; `raise` deduplicates
 //! findings into `Alert`s.
 
+pub mod allow;
 pub mod baseline;
 pub mod catalog;
 pub mod memory;
@@ -41,7 +42,7 @@ use crate::{
 };
 
 /// A process as the detector sees it (and as `sluice record` stores it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcInfo {
     pub pid: u32,
     pub ppid: u32,
@@ -53,6 +54,50 @@ pub struct ProcInfo {
     /// (pid, executable) of the parent, grandparent, ... (at most 8).
     #[serde(default)]
     pub ancestors: Vec<(u32, String)>,
+    /// CLOCK_BOOTTIME ns at fork (0 = unknown): orders an archiver and an upload.
+    #[serde(default)]
+    pub start_ns: u64,
+    /// The job it belongs to (the command a user, service or container
+    /// started); `None` = the process is its own job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobInfo>,
+    /// Its executable file was deleted while it runs, or is an anonymous memfd.
+    #[serde(default)]
+    pub exe_deleted: bool,
+}
+
+/// A job: its key (the process group) and the command that started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub pgid: u32,
+    pub pid: u32,
+    pub entity_id: String,
+    pub executable: String,
+    pub args: Vec<String>,
+}
+
+impl ProcInfo {
+    /// The job's key: its process group (which outlives its leader: a pgid
+    /// is not reused while any member lives), else the process itself.
+    pub fn job_key(&self) -> String {
+        match &self.job {
+            Some(j) if j.pgid != 0 => format!("job:{}", j.pgid),
+            Some(j) => format!("job:{}", j.entity_id),
+            None => format!("job:{}", self.entity_id),
+        }
+    }
+
+    /// The job's command line, for reasons ("python3 up.py").
+    pub fn job_command(&self) -> String {
+        let args = self.job.as_ref().map(|j| &j.args).unwrap_or(&self.args);
+        let exe = self.job.as_ref().map(|j| &j.executable).unwrap_or(&self.executable);
+        if args.is_empty() { exe.clone() } else { args.join(" ") }
+    }
+
+    /// The job's pid (its leader or top process).
+    pub fn job_pid(&self) -> u32 {
+        self.job.as_ref().map(|j| j.pid).unwrap_or(self.pid)
+    }
 }
 
 /// One (process, destination) flow record of one tick.
@@ -96,7 +141,8 @@ pub struct Alert {
     pub t: f64,
     pub rule: Rule,
     pub process: ProcInfo,
-    pub remote_ip: IpAddr,
+    /// None for an event about a process, not a flow (a tool started).
+    pub remote_ip: Option<IpAddr>,
     pub remote_port: u16,
     pub transport: String,
     pub domain: Option<String>,
@@ -119,11 +165,16 @@ pub struct Detector {
     pub(crate) params: Params,
     pub(crate) short: Entities,
     pub(crate) long: Entities,
+    /// Short windows of the levels above the identity (job, executable, site,
+    /// host) and of rule-specific sums.
+    pub(crate) levels: Entities,
+    /// Exfiltration tools started recently, by job key: (t, the tool).
+    pub(crate) tool_execs: HashMap<String, (f64, ProcInfo)>,
     pub(crate) tumbles: HashMap<String, Tumble>,
     pub baselines: Table,
     pub habits: Habits,
-    /// Archiver executions by the pid of their parent: (t, archiver process).
-    pub(crate) archives: HashMap<u32, VecDeque<(f64, ProcInfo)>>,
+    /// Archiver executions by their job and their parent (`archive_then_upload::archiver_keys`).
+    pub(crate) archives: HashMap<String, VecDeque<(f64, ProcInfo)>>,
     dedup: HashMap<(String, String, String), DedupState>,
     /// Recent MEGAcmd client commands (mega-put, mega-exec, ...): the bytes
     /// leave from mega-cmd-server, and these say who asked.
@@ -153,7 +204,12 @@ fn push_recent(q: &mut VecDeque<(f64, ProcInfo)>, item: (f64, ProcInfo)) {
 impl Detector {
     pub fn new(cfg: Detect) -> Self {
         let a = &cfg.volume_anomaly;
-        let params = Params { alpha: a.alpha, sigma_floor: a.sigma_floor, max_daily_drift: a.max_daily_drift };
+        let params = Params {
+            alpha: a.alpha,
+            sigma_floor: a.sigma_floor,
+            max_daily_drift: a.max_daily_drift,
+            snapshot_every: cfg.long_window.as_secs_f64(),
+        };
         let mut baselines = Table::default();
         baselines.pinned.insert(HOST_KEY.to_string());
         Self {
@@ -161,6 +217,8 @@ impl Detector {
             params,
             short: Entities::default(),
             long: Entities::default(),
+            levels: Entities::default(),
+            tool_execs: HashMap::new(),
             tumbles: HashMap::new(),
             baselines,
             habits: Habits::default(),
@@ -208,15 +266,12 @@ impl Detector {
         if !self.cfg.include_loopback && f.scope == "loopback" {
             return false;
         }
-        let exe_base = catalog::base(&f.process.executable);
-        if self.cfg.allow_executables.iter().any(|a| *a == f.process.executable || *a == exe_base) {
-            return false;
-        }
-        if self.cfg.allow_users.contains(&f.process.uid) {
+        if self.allowlisted_process(&f.process) {
             return false;
         }
         if let Some(cg) = &f.cgroup {
-            if self.cfg.allow_cgroups.iter().any(|a| !a.is_empty() && cg.contains(a.as_str())) {
+            let id = f.container.as_ref().map(|c| c.id.as_str());
+            if self.cfg.allow_cgroups.iter().any(|a| allow::cgroup_matches(a, cg, id)) {
                 return false;
             }
         }
@@ -231,6 +286,18 @@ impl Detector {
         })
     }
 
+    /// The process, or a program that started it (its helpers work for it),
+    /// is allowlisted; or its user is.
+    pub(crate) fn allowlisted_process(&self, p: &ProcInfo) -> bool {
+        if self.cfg.allow_users.contains(&p.uid) {
+            return true;
+        }
+        let allow = &self.cfg.allow_executables;
+        std::iter::once(p.executable.as_str())
+            .chain(p.ancestors.iter().map(|(_, exe)| exe.as_str()))
+            .any(|exe| allow.iter().any(|a| allow::executable_matches(a, exe)))
+    }
+
     /// Feed one tick; returns the alerts it raises (after dedup).
     pub fn tick(&mut self, input: &TickInput) -> Vec<Alert> {
         let t = input.t;
@@ -241,16 +308,29 @@ impl Detector {
         for f in &input.flows {
             self.habits.seen(&f.process.executable, t);
         }
-        self.note_execs(input);
         let mut raised = Vec::new();
+        for (p, finding) in self.note_execs(input) {
+            raised.extend(self.raise(&p, None, finding));
+        }
         for f in &input.flows {
             if !self.in_scope(f) {
                 continue;
             }
             let s = self.subject(f, input);
+            let mut explained = false;
             for check in rules::CHECKS {
                 if let Some(finding) = check(self, &s) {
-                    raised.extend(self.raise(f, finding));
+                    explained |= finding.rule.severity_num > rules::INFO;
+                    raised.extend(self.raise(&f.process, Some(f), finding));
+                }
+            }
+            for check in rules::FALLBACKS {
+                if explained {
+                    break;
+                }
+                if let Some(finding) = check(self, &s) {
+                    explained = true;
+                    raised.extend(self.raise(&f.process, Some(f), finding));
                 }
             }
         }
@@ -258,14 +338,21 @@ impl Detector {
         raised
     }
 
-    /// Remember the execs rules look back on (archivers, MEGAcmd clients).
-    fn note_execs(&mut self, input: &TickInput) {
+    /// Remember the execs rules look back on (archivers, MEGAcmd clients,
+    /// exfiltration tools) and judge the execs themselves.
+    fn note_execs(&mut self, input: &TickInput) -> Vec<(ProcInfo, Finding)> {
         let t = input.t;
         let within = self.cfg.archive_then_upload.within.as_secs_f64();
+        let mut found = Vec::new();
         for e in &input.execs {
             self.habits.seen(&e.executable, t);
-            if e.ppid > 1 && catalog::is_archiver(&e.executable) {
-                push_recent(self.archives.entry(e.ppid).or_default(), (t, e.clone()));
+            if let Some(x) = rules::exfil_tool_exec::check(self, e, t) {
+                found.push((e.clone(), x));
+            }
+            if catalog::is_archiver(&e.executable) && self.archives.len() < MAX_ENTITIES {
+                for k in rules::archive_then_upload::archiver_keys(e) {
+                    push_recent(self.archives.entry(k).or_default(), (t, e.clone()));
+                }
             }
             if catalog::is_megacmd_client(&e.executable, &e.args) {
                 push_recent(&mut self.mega_clients, (t, e.clone()));
@@ -280,6 +367,8 @@ impl Detector {
             }
             !q.is_empty()
         });
+        self.tool_execs.retain(|_, (at, _)| t - *at <= within);
+        found
     }
 
     /// The facts of one flow and the window totals of the levels it belongs to.
@@ -288,10 +377,11 @@ impl Detector {
         let short_s = self.cfg.short_window.as_secs_f64();
         let long_s = self.cfg.long_window.as_secs_f64();
         let bucket = input.window_s.clamp(0.1, short_s);
-        let id = identity(&f.process);
+        let p = &f.process;
+        let id = identity(p);
         let dest = subject::destination(f);
         let key_dest = format!("{id}|{dest}");
-        let key_exe = format!("exe:{}", f.process.executable);
+        let key_exe = format!("exe:{}", p.executable);
         let (id_out, id_in) = self.short.bump(&id, f, t, bucket, short_s);
         let (kd_out, _) = self.short.bump(&key_dest, f, t, bucket, short_s);
         let (long_out, _) = self.long.bump(&id, f, t, 300.0, long_s);
@@ -299,9 +389,26 @@ impl Detector {
             let w = self.tumbles.entry(key.clone()).or_insert(Tumble { start: t - input.window_s, bytes: 0, alerted: false });
             w.bytes += f.bytes_out;
         }
+        let job = p.job_key();
+        let site = subject::site(f);
+        let (job_out, job_in) = self.levels.bump(&job, f, t, bucket, short_s);
+        let (exe_out, _) = self.levels.bump(&key_exe, f, t, bucket, short_s);
+        let (site_out, _) = self.levels.bump(&site, f, t, bucket, short_s);
+        let (host_out, _) = self.levels.bump(HOST_KEY, f, t, bucket, short_s);
+        let learned = self.baselines.get(&key_exe).is_some_and(|m| self.mature(m, t));
+        let mut origin = catalog::origin_flags(&p.executable, &p.name, p.args.first().map(String::as_str), p.exe_deleted);
+        if let Some(j) = p.job.as_ref().filter(|j| j.pid != p.pid) {
+            for flag in catalog::origin_flags(&j.executable, "", j.args.first().map(String::as_str), false) {
+                origin.push(format!("its job's program {}", flag));
+            }
+        }
         let mut indicators = Vec::new();
-        if let Some(c) = catalog::upload_cmdline(&f.process.executable, &f.process.args) {
+        if let Some(c) = catalog::upload_cmdline(&p.executable, &p.args) {
             indicators.push(format!("command line: {c}"));
+        }
+        indicators.extend(origin.iter().map(|o| format!("origin: {o}")));
+        if let Some((at, tool)) = self.tool_execs.get(&job) {
+            indicators.push(format!("exfil tool started in this job {:.0} s earlier: `{}` (pid {})", (t - at).max(0.0), reason::command(tool), tool.pid));
         }
         Subject {
             f,
@@ -319,8 +426,29 @@ impl Detector {
             id_in,
             kd_out,
             long_out,
+            job,
+            site,
+            job_out,
+            job_in,
+            exe_out,
+            site_out,
+            host_out,
+            learned,
+            origin,
             indicators,
         }
+    }
+
+    /// A baseline old and full enough for the learned rules to judge by.
+    pub(crate) fn mature(&self, m: &baseline::Model, t: f64) -> bool {
+        let a = &self.cfg.volume_anomaly;
+        m.samples >= a.min_samples && t - m.first_t >= a.min_age.as_secs_f64()
+    }
+
+    /// Add this flow to a rule's own window `key` (a sum the rule keeps apart
+    /// from the levels, e.g. only bytes to storage services).
+    pub(crate) fn bump_rule_window(&mut self, key: &str, s: &Subject) -> (u64, u64) {
+        self.levels.bump(key, s.f, s.t, s.bucket, s.short_s)
     }
 
     /// Totals a rule judges: the process's own window, or, when it matched
@@ -369,8 +497,9 @@ impl Detector {
         }
     }
 
-    /// Turn a finding into an alert unless dedup suppresses it.
-    fn raise(&mut self, f: &FlowObs, x: Finding) -> Option<Alert> {
+    /// Turn a finding about `p` (and the flow `f`, when it is about one) into
+    /// an alert unless dedup suppresses it.
+    fn raise(&mut self, p: &ProcInfo, f: Option<&FlowObs>, x: Finding) -> Option<Alert> {
         let t = self.now;
         let suppress = self.cfg.suppress.as_secs_f64();
         let key = (x.rule.id.to_string(), x.entity, x.dest);
@@ -397,7 +526,10 @@ impl Detector {
                 0
             }
         };
-        self.alerted_identity.insert(identity(&f.process), t);
+        // Informational events do not count as "caught" for slow_drip.
+        if x.rule.severity_num > rules::INFO {
+            self.alerted_identity.insert(identity(p), t);
+        }
         if self.alerted_identity.len() > MAX_ENTITIES {
             let long_s = self.cfg.long_window.as_secs_f64();
             self.alerted_identity.retain(|_, at| t - *at < long_s);
@@ -405,13 +537,13 @@ impl Detector {
         Some(Alert {
             t,
             rule: x.rule,
-            process: f.process.clone(),
-            remote_ip: f.remote_ip,
-            remote_port: f.remote_port,
-            transport: f.transport.clone(),
-            domain: f.domain.clone(),
-            service: self.service_of(f),
-            container: f.container.clone(),
+            process: p.clone(),
+            remote_ip: f.map(|f| f.remote_ip),
+            remote_port: f.map(|f| f.remote_port).unwrap_or(0),
+            transport: f.map(|f| f.transport.clone()).unwrap_or_default(),
+            domain: f.and_then(|f| f.domain.clone()),
+            service: f.and_then(|f| self.service_of(f)),
+            container: f.and_then(|f| f.container.clone()),
             bytes_out: x.bytes_out,
             bytes_in: x.bytes_in,
             window_s: x.window_s,
@@ -422,7 +554,12 @@ impl Detector {
             indicators: x.indicators,
         })
     }
+
+    /// Window entries dropped to stay within bounds (a flood of names).
+    pub fn evictions(&self) -> u64 {
+        self.short.evicted + self.long.evicted + self.levels.evicted
+    }
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

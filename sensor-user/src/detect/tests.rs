@@ -5,9 +5,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::*;
 use crate::config::Config;
 
-const MIB: u64 = 1024 * 1024;
+pub(crate) const MIB: u64 = 1024 * 1024;
 
-fn proc_(pid: u32, ppid: u32, exe: &str, args: &[&str]) -> ProcInfo {
+pub(crate) fn proc_(pid: u32, ppid: u32, exe: &str, args: &[&str]) -> ProcInfo {
     ProcInfo {
         pid,
         ppid,
@@ -17,10 +17,23 @@ fn proc_(pid: u32, ppid: u32, exe: &str, args: &[&str]) -> ProcInfo {
         args: args.iter().map(|a| a.to_string()).collect(),
         uid: 1000,
         ancestors: vec![(ppid, "/bin/bash".into())],
+        ..ProcInfo::default()
     }
 }
 
-fn flow(p: &ProcInfo, bytes_out: u64) -> FlowObs {
+/// `p` as a process of the job whose group leader is `leader` (pid = pgid).
+pub(crate) fn in_job(mut p: ProcInfo, leader: u32, exe: &str, args: &[&str]) -> ProcInfo {
+    p.job = Some(JobInfo {
+        pgid: leader,
+        pid: leader,
+        entity_id: format!("{leader}-1"),
+        executable: exe.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+    });
+    p
+}
+
+pub(crate) fn flow(p: &ProcInfo, bytes_out: u64) -> FlowObs {
     FlowObs {
         process: p.clone(),
         remote_ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)),
@@ -36,15 +49,15 @@ fn flow(p: &ProcInfo, bytes_out: u64) -> FlowObs {
     }
 }
 
-fn tick(t: f64, flows: Vec<FlowObs>) -> TickInput {
+pub(crate) fn tick(t: f64, flows: Vec<FlowObs>) -> TickInput {
     TickInput { t, window_s: 5.0, execs: vec![], flows }
 }
 
-fn detector() -> Detector {
+pub(crate) fn detector() -> Detector {
     Detector::new(Config::embedded().detect)
 }
 
-fn ids(alerts: &[Alert]) -> Vec<&'static str> {
+pub(crate) fn ids(alerts: &[Alert]) -> Vec<&'static str> {
     alerts.iter().map(|a| a.rule.id).collect()
 }
 
@@ -482,7 +495,7 @@ fn the_first_send_to_a_storage_service_is_an_informational_event_once() {
 #[test]
 fn a_container_or_service_on_the_cgroup_allowlist_is_silent() {
     let mut cfg = Config::embedded().detect;
-    cfg.allow_cgroups = vec!["cri-containerd-4f1d2".into()];
+    cfg.allow_cgroups = vec!["cri-containerd-4f1d2e.scope".into()];
     let mut d = Detector::new(cfg);
     let mega = proc_(1, 0, "/usr/bin/megasync", &["megasync"]);
     let mut inside = flow(&mega, 100 * MIB);

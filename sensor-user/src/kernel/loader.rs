@@ -16,7 +16,7 @@ use super::{backend::Backend, btf, mounts, preflight, privileges, tracefs, EBPF_
 use crate::config::Config;
 
 /// Process-lifecycle tracepoints, attached on every backend: (program, category, event).
-const PROCESS_TRACEPOINTS: [(&str, &str, &str); 7] = [
+const PROCESS_TRACEPOINTS: [(&str, &str, &str); 10] = [
     ("sys_enter_execve", "syscalls", "sys_enter_execve"),
     ("sys_enter_execveat", "syscalls", "sys_enter_execveat"),
     ("sys_exit_execve", "syscalls", "sys_exit_execve"),
@@ -24,6 +24,9 @@ const PROCESS_TRACEPOINTS: [(&str, &str, &str); 7] = [
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("task_newtask", "task", "task_newtask"),
     ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sys_enter_setpgid", "syscalls", "sys_enter_setpgid"),
+    ("sys_exit_setpgid", "syscalls", "sys_exit_setpgid"),
+    ("sys_exit_setsid", "syscalls", "sys_exit_setsid"),
 ];
 
 /// cgroup sock hooks (owner at create/bind, retirement at release), then the
@@ -98,6 +101,10 @@ pub fn open(config: &Config) -> Result<Opened> {
         (globals::NEWTASK_FLAGS_OFF, tracefs::offset(&tf, "task", "task_newtask", "clone_flags")?),
         (globals::EXECVE_ARGV_OFF, tracefs::offset(&tf, "syscalls", "sys_enter_execve", "argv")?),
         (globals::EXECVEAT_ARGV_OFF, tracefs::offset(&tf, "syscalls", "sys_enter_execveat", "argv")?),
+        (globals::SETPGID_PID_OFF, tracefs::offset(&tf, "syscalls", "sys_enter_setpgid", "pid")?),
+        (globals::SETPGID_PGID_OFF, tracefs::offset(&tf, "syscalls", "sys_enter_setpgid", "pgid")?),
+        (globals::SETPGID_RET_OFF, tracefs::offset(&tf, "syscalls", "sys_exit_setpgid", "ret")?),
+        (globals::SETSID_RET_OFF, tracefs::offset(&tf, "syscalls", "sys_exit_setsid", "ret")?),
     ];
     let mut loader = EbpfLoader::new();
     for (name, off) in &offs {

@@ -37,12 +37,7 @@ fn tool_of(s: &Subject) -> Option<Tool> {
     }
     // Whatever the program calls itself, sending to Mega is using Mega.
     .map(|(pr, via)| (pr.to_string(), via, None))
-    .or_else(|| {
-        s.service
-            .as_ref()
-            .filter(|svc| svc.exfil_tool)
-            .map(|svc| (format!("{}'s storage service (by destination)", svc.name), None, Some(svc.name.clone())))
-    })
+    .or_else(|| s.service.as_ref().filter(|svc| svc.exfil_tool).map(|svc| (svc.name.clone(), None, Some(svc.name.clone()))))
 }
 
 pub fn check(d: &mut Detector, s: &Subject) -> Option<Finding> {
@@ -73,19 +68,22 @@ pub fn check(d: &mut Detector, s: &Subject) -> Option<Finding> {
         d.baselines.pinned.insert(s.id.clone());
         d.baselines.pinned.insert(s.key_dest.clone());
     }
-    let tool_name = match &via {
-        None => catalog::base(&p.executable),
-        Some((pid, exe)) => format!("its ancestor {} (pid {pid})", catalog::base(exe)),
+    let why = match (&via, &by_dest) {
+        (_, Some(svc)) => format!(
+            "identified by destination: that name belongs to {svc}'s storage service, and sending bulk data there is using {svc} \
+             whatever the program calls itself"
+        ),
+        (Some((pid, exe)), _) => format!(
+            "it works for its ancestor {} (pid {pid}), {product}, a tool that pushes files to cloud storage and that ransomware \
+             crews use to take data",
+            catalog::base(exe)
+        ),
+        (None, None) => format!(
+            "{} is {product}, a tool that pushes files to cloud storage and that ransomware crews use to take data",
+            catalog::base(&p.executable)
+        ),
     };
-    let mut reason = format!(
-        "{} sent {} to {} in the last {} s; {} is {}, a tool used to exfiltrate to cloud storage",
-        who(p),
-        human_bytes(total),
-        where_to(s.f),
-        s.short_s,
-        tool_name,
-        product
-    );
+    let mut reason = format!("{} sent {} to {} in the last {} s; {why}", who(p), human_bytes(total), where_to(s.f), s.short_s);
     let mut ind = s.indicators.clone();
     ind.push(format!("tool: {product}"));
     // The MEGAcmd server uploads on behalf of a client command of the same

@@ -3,20 +3,24 @@
 //! `Subject` that returns a `Finding` (or nothing). `check_flow` runs them in a
 //! fixed order, so replays are deterministic.
 
-mod archive_then_upload;
+pub(crate) mod archive_then_upload;
+mod bulk_upload;
 mod exfil_tool;
+pub(crate) mod exfil_tool_exec;
 mod first_storage;
 mod quiet_program;
 mod ratio_inversion;
 mod slow_drip;
+mod storage_upload;
+mod suspicious_origin;
 mod volume_anomaly;
 mod watched_app;
 
 pub use self::{
-    archive_then_upload::RULE as ARCHIVE_THEN_UPLOAD, exfil_tool::RULE as EXFIL_TOOL,
-    first_storage::RULE as FIRST_STORAGE, quiet_program::RULE as QUIET_PROGRAM,
-    ratio_inversion::RULE as RATIO_INVERSION, slow_drip::RULE as SLOW_DRIP, volume_anomaly::RULE as VOLUME_ANOMALY,
-    watched_app::RULE as WATCHED_APP,
+    archive_then_upload::RULE as ARCHIVE_THEN_UPLOAD, bulk_upload::RULE as BULK_UPLOAD, exfil_tool::RULE as EXFIL_TOOL,
+    exfil_tool_exec::RULE as EXFIL_TOOL_EXEC, first_storage::RULE as FIRST_STORAGE, quiet_program::RULE as QUIET_PROGRAM,
+    ratio_inversion::RULE as RATIO_INVERSION, slow_drip::RULE as SLOW_DRIP, storage_upload::RULE as STORAGE_UPLOAD,
+    suspicious_origin::RULE as SUSPICIOUS_ORIGIN, volume_anomaly::RULE as VOLUME_ANOMALY, watched_app::RULE as WATCHED_APP,
 };
 use super::{baseline::Score, subject::Subject, Detector};
 
@@ -31,8 +35,12 @@ pub struct Rule {
     pub techniques: &'static [(&'static str, &'static str)],
 }
 
-pub const RULES: [Rule; 8] = [
+pub const RULES: [Rule; 12] = [
     EXFIL_TOOL,
+    EXFIL_TOOL_EXEC,
+    BULK_UPLOAD,
+    STORAGE_UPLOAD,
+    SUSPICIOUS_ORIGIN,
     WATCHED_APP,
     ARCHIVE_THEN_UPLOAD,
     VOLUME_ANOMALY,
@@ -76,6 +84,10 @@ impl Finding {
     }
 }
 
+/// Severity of informational events (a first contact, a tool started): they
+/// neither explain an upload nor count as having caught it.
+pub(crate) const INFO: u8 = 21;
+
 /// How many ancestors up a rule looks for the tool, watched app or archiver
 /// that a process works for.
 pub(crate) const TREE_DEPTH: usize = 3;
@@ -85,8 +97,9 @@ pub(crate) type Check = fn(&mut Detector, &Subject) -> Option<Finding>;
 
 /// Every flow rule, in a fixed order (each finding is raised before the next
 /// rule looks, so `slow_drip` sees what an earlier rule caught this tick).
-pub(crate) const CHECKS: [Check; 8] = [
+pub(crate) const CHECKS: [Check; 9] = [
     exfil_tool::check,
+    storage_upload::check,
     first_storage::check,
     watched_app::check,
     archive_then_upload::check,
@@ -95,3 +108,9 @@ pub(crate) const CHECKS: [Check; 8] = [
     quiet_program::check,
     slow_drip::check,
 ];
+
+/// Rules for what no specific rule explains: they run, in order, only while no
+/// rule above (or before them here) found anything above low severity for the
+/// flow this tick, so one upload is one alert (the facts they would report
+/// are already on the other alert: origin as indicators, totals as evidence).
+pub(crate) const FALLBACKS: [Check; 2] = [bulk_upload::check, suspicious_origin::check];

@@ -1,10 +1,13 @@
 //! Fires when a program sends a lot over hours (the long window) without any
-//! other rule having caught it, and more than its own baseline explains: the
-//! T1030 drip that stays under every per-window bar. A baseline learned
-//! entirely inside the window may have been learned from the drip itself, so
-//! only history older than the window counts; without one, the floor decides,
-//! once sluice has watched this host for a whole window (else every steady
-//! uploader would alert at install).
+//! other rule having caught it, and more than its own history explains: the
+//! T1030 drip that stays under every per-window bar. It is judged against the
+//! baseline's snapshot from before the window began (a drip must not train
+//! its own bar), so a program whose volume is steady over its history is not
+//! a drip. A program with no history from before the window is judged by the
+//! floor alone if it first sent after sluice had been watching for
+//! `NEW_AFTER`; one that was already sending when sluice was installed cannot
+//! be told from a backup agent, and is not flagged until it has a history to
+//! depart from.
 
 use super::{Finding, Rule};
 use crate::detect::{
@@ -21,9 +24,11 @@ pub const RULE: Rule = Rule {
     techniques: &[("T1030", "Data Transfer Size Limits")],
 };
 
-/// With a mature baseline, the long-window total must exceed this multiple of
-/// what the baseline predicts for the span.
+/// With a history, the long-window total must exceed this multiple of what the
+/// baseline predicted, before the window, for the span.
 const DRIP_OVER_BASELINE: f64 = 3.0;
+/// A program first sending this long after sluice began watching is new.
+const NEW_AFTER: f64 = 600.0;
 
 pub fn check(d: &mut Detector, s: &Subject) -> Option<Finding> {
     let r = &d.cfg.slow_drip;
@@ -32,26 +37,30 @@ pub fn check(d: &mut Detector, s: &Subject) -> Option<Finding> {
     if !r.enabled || s.long_out < r.floor || caught {
         return None;
     }
-    let warmed_up = t - d.habits.observing_since >= long_s;
-    let a = &d.cfg.volume_anomaly;
-    let expected = d
-        .baselines
-        .get(&s.id)
-        .filter(|m| m.samples >= a.min_samples && m.first_t <= t - long_s)
-        .map(|m| m.mean.exp_m1() * (long_s / s.short_s));
+    let min_samples = d.cfg.volume_anomaly.min_samples;
+    let model = d.baselines.get(&s.id);
+    let expected = model
+        .filter(|m| m.samples >= min_samples)
+        .and_then(|m| m.mean_before(t - long_s))
+        .map(|mean| mean.exp_m1() * (long_s / s.short_s));
+    let first_sent = model.map(|m| m.first_t).unwrap_or(t);
     let fire = match expected {
         Some(e) => s.long_out as f64 > DRIP_OVER_BASELINE * e,
-        None => warmed_up,
+        None => first_sent - d.habits.observing_since >= NEW_AFTER,
     };
     if !fire {
         return None;
     }
     let explained = match expected {
-        Some(e) => format!("; its baseline predicts {} over that span", human_bytes(e as u64)),
-        None => String::new(),
+        Some(e) => format!("; before this span its baseline predicted {} for it", human_bytes(e as u64)),
+        None => format!(
+            "; it first sent {:.1} h after sluice began watching, so no history explains it",
+            (first_sent - d.habits.observing_since) / 3600.0
+        ),
     };
     let reason = format!(
-        "{} sent {} to {} over the last {:.1} h without crossing any per-window bar (largest 5 min: {}){explained}",
+        "{} sent {} to {} over the last {:.1} h without crossing any per-window bar (largest 5 min: {}){explained}; \
+         a steady trickle that adds up to this much is how data leaves under per-minute thresholds",
         who(&s.f.process),
         human_bytes(s.long_out),
         where_to(s.f),
@@ -61,4 +70,41 @@ pub fn check(d: &mut Detector, s: &Subject) -> Option<Finding> {
     let mut x = Finding::over_floor(RULE, &s.id, (s.long_out, 0), s, reason, s.indicators.clone());
     x.window_s = long_s;
     Some(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::detect::{
+        tests::{detector, flow, proc_},
+        TickInput,
+    };
+
+    #[test]
+    fn a_steady_heartbeat_since_install_is_not_a_drip() {
+        // 50 KB every 5 s for 7 h (216 MB per 6 h window, over the floor).
+        let p = proc_(99, 1, "/usr/bin/node", &["node", "agent.js"]);
+        let mut d = detector();
+        let mut alerts = Vec::new();
+        for i in 0..(7 * 720u64) {
+            let t = 5.0 * (i + 1) as f64;
+            alerts.extend(d.tick(&TickInput { t, window_s: 5.0, execs: vec![], flows: vec![flow(&p, 50_000)] }));
+        }
+        assert!(alerts.is_empty(), "{:?}", alerts.iter().map(|a| &a.reason).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_program_that_triples_its_steady_volume_is_a_drip() {
+        // 7 h at 50 KB / 5 s, then 7 h at 200 KB / 5 s: still under every per-window bar.
+        let p = proc_(99, 1, "/usr/bin/node", &["node", "agent.js"]);
+        let mut d = detector();
+        let mut alerts = Vec::new();
+        for i in 0..(14 * 720u64) {
+            let t = 5.0 * (i + 1) as f64;
+            let b = if i < 7 * 720 { 50_000 } else { 200_000 };
+            alerts.extend(d.tick(&TickInput { t, window_s: 5.0, execs: vec![], flows: vec![flow(&p, b)] }));
+        }
+        let ids: Vec<_> = alerts.iter().map(|a| a.rule.id).collect();
+        assert_eq!(ids, [super::RULE.id], "{:?}", alerts.iter().map(|a| &a.reason).collect::<Vec<_>>());
+        assert!(alerts[0].reason.contains("before this span its baseline predicted"), "{}", alerts[0].reason);
+    }
 }
