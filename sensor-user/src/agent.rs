@@ -872,9 +872,9 @@ fn restore_state(config: &mut Config, detector: &mut Detector) {
     let now = output::unix_secs(SystemTime::now());
     match state::load(path, now) {
         Ok(state::Loaded::Fresh) => eprintln!("sluice: no state at {}: learning from scratch", path.display()),
-        Ok(state::Loaded::Restored(s)) => apply_state(detector, *s, "restored", path),
+        Ok(state::Loaded::Restored(s)) => apply_state(detector, *s, "", path),
         Ok(state::Loaded::Migrated(s)) => {
-            apply_state(detector, *s, "migrated from the previous format (per-command baselines are relearned)", path)
+            apply_state(detector, *s, "state migrated from the previous format (per-command baselines are relearned): ", path)
         }
         Ok(state::Loaded::SetAside { reason, moved_to }) => eprintln!(
             "sluice: state file {} is unusable ({reason}); moved to {} and learning from scratch",
@@ -890,7 +890,7 @@ fn restore_state(config: &mut Config, detector: &mut Detector) {
 
 fn apply_state(detector: &mut Detector, s: state::State, how: &str, path: &std::path::Path) {
     eprintln!(
-        "sluice: state {how}: {} baselines and the habits of {} programs from {}",
+        "sluice: {how}restored {} baselines and the habits of {} programs from {}",
         s.baselines.models.len(),
         s.habits.by_exe.len(),
         path.display()

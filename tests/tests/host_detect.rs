@@ -370,7 +370,8 @@ fn an_allowlisted_cgroup_is_silent_and_the_same_tool_outside_it_is_not() {
     let payload = dir.0.join("x.bin");
     std::fs::File::create(&payload).unwrap().set_len(20 * MB).unwrap();
     let config = dir.0.join("allow.toml");
-    std::fs::write(&config, format!("[detect]\nallow_cgroups = [\"sluicetest{}\"]\n", std::process::id())).unwrap();
+    // A whole path component: a substring of one ("sluicetest<pid>") no longer matches.
+    std::fs::write(&config, format!("[detect]\nallow_cgroups = [\"{name}\"]\n")).unwrap();
     let sluice = Sluice::start(&[ALERTS, &["--config", config.to_str().unwrap()]].concat()).unwrap();
 
     let upload = |inside: bool| {

@@ -196,7 +196,7 @@ fn unusable_state_files_are_set_aside_or_left_alone_and_the_agent_runs() {
     // Wrong version (a newer sluice's file), someone else's JSON, a truncated
     // (empty) file: each is moved aside with the reason, and a fresh one saved.
     for (name, content, reason) in [
-        ("newer.json", &b"{\"sluice_state\": 99, \"saved_at\": 1}"[..], "state format version 99, this sluice reads 1"),
+        ("newer.json", &b"{\"sluice_state\": 99, \"saved_at\": 1}"[..], "state format version 99, this sluice reads 2"),
         ("foreign.json", b"{\"hello\": \"world\"}", "not a sluice state file"),
         ("empty.json", b"", "not valid JSON"),
     ] {
@@ -214,6 +214,17 @@ fn unusable_state_files_are_set_aside_or_left_alone_and_the_agent_runs() {
         let saved: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(saved["sluice_state"], 2, "{name}: a fresh state was saved at shutdown");
     }
+    // A version 1 file (identities hashed another way): migrated, keeping
+    // what it learned per executable and dropping what no key matches now.
+    let v1 = dir.0.join("v1.json");
+    let model = r#"{"mean":14.0,"var":0.1,"samples":30,"first_t":1.0,"last_t":2.0,"day_start_mean":14.0,"day_start_t":1.0}"#;
+    let text = format!(r#"{{"sluice_state":1,"saved_at":2,"baselines":{{"models":{{"exe:/usr/bin/rsync":{model},"/usr/bin/rsync#1a2b3c4d":{model}}}}}}}"#);
+    std::fs::write(&v1, text).unwrap();
+    let err = run(&v1);
+    assert!(err.contains("state migrated from the previous format") && err.contains("restored 1 baselines"), "{err}");
+    let saved: Value = serde_json::from_slice(&std::fs::read(&v1).unwrap()).unwrap();
+    assert_eq!(saved["sluice_state"], 2);
+    assert!(saved["baselines"]["models"]["exe:/usr/bin/rsync"].is_object(), "{saved}");
     // A state path sluice cannot read (a directory): never replaced.
     let unreadable = dir.0.join("a-directory");
     std::fs::create_dir(&unreadable).unwrap();

@@ -346,6 +346,24 @@ fn a_flood_of_distinct_programs_keeps_memory_bounded() {
 }
 
 #[test]
+fn a_flood_of_distinct_destinations_and_jobs_keeps_the_level_tables_bounded_and_counted() {
+    let mut d = detector();
+    let n = super::memory::MAX_ENTITIES as u32 + 5_000;
+    for chunk in 0..(n / 20_000 + 1) {
+        let flows: Vec<FlowObs> = (chunk * 20_000..((chunk + 1) * 20_000).min(n))
+            .map(|i| {
+                let mut f = flow(&proc_(i, 1, &format!("/opt/f{i}"), &["x"]), 10);
+                f.domain = Some(format!("h{i}.example{i}.com"));
+                f
+            })
+            .collect();
+        d.tick(&tick(5.0 + chunk as f64, flows));
+    }
+    assert!(d.levels.map.len() <= super::memory::MAX_ENTITIES, "{}", d.levels.map.len());
+    assert!(d.evictions() > 0, "evictions are counted");
+}
+
+#[test]
 fn an_interpreter_started_by_an_office_suite_uploads_for_it() {
     let mut d = detector();
     let mut py = proc_(51, 50, "/usr/bin/python3", &["python3", "-c", "..."]);
