@@ -346,9 +346,13 @@ fn a_fresh_install_stays_quiet_on_ordinary_work() {
     git(&["add", "."], &repo);
     git(&["commit", "-qm", "data"], &repo);
     let port = free_port();
+    // git-daemon itself (not `git daemon`, which forks it and would leave it
+    // behind when killed).
+    let exec_path = Command::new("git").arg("--exec-path").output().unwrap();
+    let git_daemon = format!("{}/git-daemon", String::from_utf8_lossy(&exec_path.stdout).trim());
     let _daemon = KillOnDrop(
-        host.command("git")
-            .args(["daemon", "--reuseaddr", "--export-all", "--enable=receive-pack", &format!("--listen={}", host.peer_v4), &format!("--port={port}")])
+        host.command(&git_daemon)
+            .args(["--reuseaddr", "--export-all", "--enable=receive-pack", &format!("--listen={}", host.peer_v4), &format!("--port={port}")])
             .arg(format!("--base-path={}", dir.0.display()))
             .arg(&dir.0)
             .stderr(std::process::Stdio::null())

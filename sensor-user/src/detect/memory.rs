@@ -70,12 +70,16 @@ impl Habits {
 pub struct Entity {
     pub out: SlidingSum,
     pub inb: SlidingSum,
+    /// When it last had bytes (the stalest go first when the table is full).
+    pub last_t: f64,
 }
 
 /// Windowed entities, bounded: when full, entities whose windows emptied are
 /// swept (at most once per tick, so a flood costs O(n) per tick, not per flow),
-/// then one arbitrary entity makes room. Memory stays bounded; at worst a
-/// flooded entity's window restarts from zero. `evicted` counts those.
+/// then the stalest sixteenth makes room in one pass (amortized O(1) per new
+/// key; removing one arbitrary key per insert made a full table quadratic).
+/// Memory stays bounded; at worst a flooded entity's window restarts from
+/// zero. `evicted` counts those.
 #[derive(Debug, Default)]
 pub struct Entities {
     pub map: HashMap<String, Entity>,
@@ -103,19 +107,32 @@ impl Entities {
                 });
             }
             if self.map.len() >= MAX_ENTITIES {
-                if let Some(k) = self.map.keys().next().cloned() {
-                    self.map.remove(&k);
-                    self.evicted += 1;
-                }
+                self.evict_stalest(MAX_ENTITIES / 16);
             }
         }
         let e = self
             .map
             .entry(key.to_string())
-            .or_insert_with(|| Entity { out: SlidingSum::new(bucket, span), inb: SlidingSum::new(bucket, span) });
+            .or_insert_with(|| Entity { out: SlidingSum::new(bucket, span), inb: SlidingSum::new(bucket, span), last_t: t });
+        e.last_t = t;
         e.out.add(t, out);
         e.inb.add(t, inb);
         (e.out.total(), e.inb.total())
+    }
+}
+
+impl Entities {
+    fn evict_stalest(&mut self, n: usize) {
+        let mut by_age: Vec<(f64, String)> = self.map.iter().map(|(k, e)| (e.last_t, k.clone())).collect();
+        let n = n.max(1).min(by_age.len());
+        if n == 0 {
+            return;
+        }
+        by_age.select_nth_unstable_by(n - 1, |a, b| a.0.total_cmp(&b.0));
+        for (_, k) in by_age.into_iter().take(n) {
+            self.map.remove(&k);
+        }
+        self.evicted += n as u64;
     }
 }
 

@@ -517,7 +517,13 @@ impl Detector {
                 if self.dedup.len() >= MAX_ENTITIES {
                     self.dedup.retain(|_, d| t - d.last_t < suppress);
                     if self.dedup.len() >= MAX_ENTITIES {
-                        if let Some(k) = self.dedup.keys().next().cloned() {
+                        // The oldest sixteenth in one pass (one arbitrary key per
+                        // insert would make a full table quadratic).
+                        let mut by_age: Vec<(f64, (String, String, String))> =
+                            self.dedup.iter().map(|(k, d)| (d.last_t, k.clone())).collect();
+                        let n = by_age.len() / 16 + 1;
+                        by_age.select_nth_unstable_by(n - 1, |a, b| a.0.total_cmp(&b.0));
+                        for (_, k) in by_age.into_iter().take(n) {
                             self.dedup.remove(&k);
                         }
                     }
