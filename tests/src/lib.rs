@@ -419,6 +419,25 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `python3 -m http.server` serving `dir` on addr:port (`python3` already set
+/// up to run in the right namespace).
+pub fn http_server(mut python3: Command, addr: &str, port: u16, dir: &Path) -> KillOnDrop {
+    KillOnDrop(
+        python3
+            .args(["-m", "http.server", "--bind", addr, &port.to_string(), "--directory"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting python3 -m http.server"),
+    )
+}
+
+/// One download attempt with `curl` (already set up for its namespace).
+pub fn fetch(mut curl: Command, url: &str) -> bool {
+    curl.args(["-sS", "-o", "/dev/null", "--fail", url]).status().map(|s| s.success()).unwrap_or(false)
+}
+
 /// Run `cmd` to completion (bounded), return its pid.
 ///
 /// The child is a job of its own (its own process group), as a shell with job

@@ -147,24 +147,6 @@ fn a_benign_mix_raises_nothing() {
     assert!(alerts.is_empty(), "benign activity raised alerts: {alerts:?}");
 }
 
-/// `python3 -m http.server` serving `dir` on addr:port (`python3` already set
-/// up to run in the right namespace).
-fn http_server(mut python3: Command, addr: &str, port: u16, dir: &std::path::Path) -> KillOnDrop {
-    KillOnDrop(
-        python3
-            .args(["-m", "http.server", "--bind", addr, &port.to_string(), "--directory"])
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-/// One download attempt with `curl` (already set up for its namespace).
-fn fetch(mut curl: Command, url: &str) -> bool {
-    curl.args(["-sS", "-o", "/dev/null", "--fail", url]).status().map(|s| s.success()).unwrap_or(false)
-}
 
 /// Write a record file: 30 simulated minutes of `backup.py` sending ~3 MB a
 /// minute to one host, then (if `spike`) a minute of 64 MB.

@@ -274,22 +274,6 @@ fn bulk_to_a_storage_service_named_by_sni_alerts_on_a_fresh_install() {
     assert!(reason(&a).contains("Dropbox"), "{}", reason(&a));
 }
 
-/// `python3 -m http.server` serving `dir` (python3 set up for its namespace).
-fn http_server(mut python3: Command, addr: &str, port: u16, dir: &Path) -> KillOnDrop {
-    KillOnDrop(
-        python3
-            .args(["-m", "http.server", "--bind", addr, &port.to_string(), "--directory"])
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn fetch(mut curl: Command, url: &str) -> bool {
-    curl.args(["-sS", "-o", "/dev/null", "--fail", url]).status().map(|s| s.success()).unwrap_or(false)
-}
 
 fn git(args: &[&str], cwd: &Path) {
     let out = Command::new("git")

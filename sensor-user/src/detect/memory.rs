@@ -82,7 +82,9 @@ pub struct Entity {
 /// zero. `evicted` counts those.
 #[derive(Debug, Default)]
 pub struct Entities {
-    pub map: HashMap<String, Entity>,
+    /// foldhash (seeded per process, as the agent's per-tick maps): these are
+    /// looked up several times per flow per tick, where SipHash was the cost.
+    pub map: foldhash::HashMap<String, Entity>,
     last_sweep: f64,
     pub evicted: u64,
 }
@@ -110,10 +112,11 @@ impl Entities {
                 self.evict_stalest(MAX_ENTITIES / 16);
             }
         }
-        let e = self
-            .map
-            .entry(key.to_string())
-            .or_insert_with(|| Entity { out: SlidingSum::new(bucket, span), inb: SlidingSum::new(bucket, span), last_t: t });
+        // Look up before inserting: `entry` would allocate the key on every call.
+        if !self.map.contains_key(key) {
+            self.map.insert(key.to_string(), Entity { out: SlidingSum::new(bucket, span), inb: SlidingSum::new(bucket, span), last_t: t });
+        }
+        let Some(e) = self.map.get_mut(key) else { return (0, 0) };
         e.last_t = t;
         e.out.add(t, out);
         e.inb.add(t, inb);

@@ -168,9 +168,14 @@ pub struct Detector {
     /// Short windows of the levels above the identity (job, executable, site,
     /// host) and of rule-specific sums.
     pub(crate) levels: Entities,
+    /// `bulk_upload`'s sums per level key: only senders without a learned baseline.
+    pub(crate) bulk: Entities,
     /// Exfiltration tools started recently, by job key: (t, the tool).
     pub(crate) tool_execs: HashMap<String, (f64, ProcInfo)>,
-    pub(crate) tumbles: HashMap<String, Tumble>,
+    /// This tick's `process_facts`, by entity id (cleared when `facts_t` moves).
+    facts: foldhash::HashMap<String, subject::ProcessFacts>,
+    facts_t: f64,
+    pub(crate) tumbles: foldhash::HashMap<String, Tumble>,
     pub baselines: Table,
     pub habits: Habits,
     /// Archiver executions by their job and their parent (`archive_then_upload::archiver_keys`).
@@ -218,8 +223,11 @@ impl Detector {
             short: Entities::default(),
             long: Entities::default(),
             levels: Entities::default(),
+            bulk: Entities::default(),
             tool_execs: HashMap::new(),
-            tumbles: HashMap::new(),
+            facts: Default::default(),
+            facts_t: f64::NAN,
+            tumbles: Default::default(),
             baselines,
             habits: Habits::default(),
             archives: HashMap::new(),
@@ -378,38 +386,30 @@ impl Detector {
         let long_s = self.cfg.long_window.as_secs_f64();
         let bucket = input.window_s.clamp(0.1, short_s);
         let p = &f.process;
-        let id = identity(p);
+        let facts = self.process_facts(p, t);
+        let id = facts.id.clone();
         let dest = subject::destination(f);
         let key_dest = format!("{id}|{dest}");
-        let key_exe = format!("exe:{}", p.executable);
+        let key_exe = facts.key_exe.clone();
         let (id_out, id_in) = self.short.bump(&id, f, t, bucket, short_s);
         let (kd_out, _) = self.short.bump(&key_dest, f, t, bucket, short_s);
         let (long_out, _) = self.long.bump(&id, f, t, 300.0, long_s);
-        for key in [&id, &key_dest, &key_exe, &HOST_KEY.to_string()] {
-            let w = self.tumbles.entry(key.clone()).or_insert(Tumble { start: t - input.window_s, bytes: 0, alerted: false });
-            w.bytes += f.bytes_out;
+        for key in [id.as_str(), key_dest.as_str(), key_exe.as_str(), HOST_KEY] {
+            match self.tumbles.get_mut(key) {
+                Some(w) => w.bytes += f.bytes_out,
+                None => {
+                    self.tumbles.insert(key.to_string(), Tumble { start: t - input.window_s, bytes: f.bytes_out, alerted: false });
+                }
+            }
         }
-        let job = p.job_key();
+        let job = facts.job.clone();
         let site = subject::site(f);
         let (job_out, job_in) = self.levels.bump(&job, f, t, bucket, short_s);
         let (exe_out, _) = self.levels.bump(&key_exe, f, t, bucket, short_s);
         let (site_out, _) = self.levels.bump(&site, f, t, bucket, short_s);
         let (host_out, _) = self.levels.bump(HOST_KEY, f, t, bucket, short_s);
         let learned = self.baselines.get(&key_exe).is_some_and(|m| self.mature(m, t));
-        let mut origin = catalog::origin_flags(&p.executable, &p.name, p.args.first().map(String::as_str), p.exe_deleted);
-        if let Some(j) = p.job.as_ref().filter(|j| j.pid != p.pid) {
-            for flag in catalog::origin_flags(&j.executable, "", j.args.first().map(String::as_str), false) {
-                origin.push(format!("its job's program {}", flag));
-            }
-        }
-        let mut indicators = Vec::new();
-        if let Some(c) = catalog::upload_cmdline(&p.executable, &p.args) {
-            indicators.push(format!("command line: {c}"));
-        }
-        indicators.extend(origin.iter().map(|o| format!("origin: {o}")));
-        if let Some((at, tool)) = self.tool_execs.get(&job) {
-            indicators.push(format!("exfil tool started in this job {:.0} s earlier: `{}` (pid {})", (t - at).max(0.0), reason::command(tool), tool.pid));
-        }
+        let (origin, indicators) = (facts.origin, facts.indicators);
         Subject {
             f,
             t,
@@ -437,6 +437,36 @@ impl Detector {
             origin,
             indicators,
         }
+    }
+
+    /// What is true of a process whatever it sends (identity, job, origin,
+    /// command-line evidence), worked out once per process per tick.
+    fn process_facts(&mut self, p: &ProcInfo, t: f64) -> subject::ProcessFacts {
+        if self.facts_t != t {
+            self.facts_t = t;
+            self.facts.clear();
+        }
+        if let Some(f) = self.facts.get(&p.entity_id) {
+            return f.clone();
+        }
+        let mut origin = catalog::origin_flags(&p.executable, &p.name, p.args.first().map(String::as_str), p.exe_deleted);
+        if let Some(j) = p.job.as_ref().filter(|j| j.pid != p.pid) {
+            for flag in catalog::origin_flags(&j.executable, "", j.args.first().map(String::as_str), false) {
+                origin.push(format!("its job's program {flag}"));
+            }
+        }
+        let job = p.job_key();
+        let mut indicators = Vec::new();
+        if let Some(c) = catalog::upload_cmdline(&p.executable, &p.args) {
+            indicators.push(format!("command line: {c}"));
+        }
+        indicators.extend(origin.iter().map(|o| format!("origin: {o}")));
+        if let Some((at, tool)) = self.tool_execs.get(&job) {
+            indicators.push(format!("exfil tool started in this job {:.0} s earlier: `{}` (pid {})", (t - at).max(0.0), reason::command(tool), tool.pid));
+        }
+        let f = subject::ProcessFacts { id: identity(p), key_exe: format!("exe:{}", p.executable), job, origin, indicators };
+        self.facts.insert(p.entity_id.clone(), f.clone());
+        f
     }
 
     /// A baseline old and full enough for the learned rules to judge by.
@@ -563,7 +593,7 @@ impl Detector {
 
     /// Window entries dropped to stay within bounds (a flood of names).
     pub fn evictions(&self) -> u64 {
-        self.short.evicted + self.long.evicted + self.levels.evicted
+        self.short.evicted + self.long.evicted + self.levels.evicted + self.bulk.evicted
     }
 }
 

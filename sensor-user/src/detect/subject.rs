@@ -45,6 +45,16 @@ pub struct Subject<'a> {
     pub indicators: Vec<String>,
 }
 
+/// A process's facts for one tick (see `Detector::process_facts`).
+#[derive(Debug, Clone)]
+pub struct ProcessFacts {
+    pub id: String,
+    pub key_exe: String,
+    pub job: String,
+    pub origin: Vec<String>,
+    pub indicators: Vec<String>,
+}
+
 /// The levels an upload is judged at, smallest first: what crossed a bar is
 /// named on the alert with that level's total.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,13 +39,13 @@ pub fn check(d: &mut Detector, s: &Subject) -> Option<Finding> {
     // Each level's sum of bytes from senders without a learned baseline.
     let mut crossed = None;
     for level in Level::ALL {
-        let key = format!("bulk|{}", s.level_key(level));
-        let (out, inb) = d.bump_rule_window(&key, s);
+        let (out, inb) = d.bulk.bump(s.level_key(level), s.f, s.t, s.bucket, s.short_s);
         if crossed.is_none() && out >= r.floor {
-            crossed = Some((level, key, out, inb));
+            crossed = Some((level, out, inb));
         }
     }
-    let (level, key, out, inb) = crossed?;
+    let (level, out, inb) = crossed?;
+    let key = format!("bulk|{}", s.level_key(level));
     let scope = match level {
         Level::Job => "this job".to_string(),
         Level::Executable => format!("all runs of {}", s.f.process.executable),

@@ -79,30 +79,26 @@ mod tests {
         TickInput,
     };
 
+    /// `hours` of 5 s ticks from one program; `bytes(i)` per tick. The alerts.
+    fn replay(hours: u64, bytes: impl Fn(u64) -> u64) -> Vec<crate::detect::Alert> {
+        let p = proc_(99, 1, "/usr/bin/node", &["node", "agent.js"]);
+        let mut d = detector();
+        (0..hours * 720)
+            .flat_map(|i| d.tick(&TickInput { t: 5.0 * (i + 1) as f64, window_s: 5.0, execs: vec![], flows: vec![flow(&p, bytes(i))] }))
+            .collect()
+    }
+
     #[test]
     fn a_steady_heartbeat_since_install_is_not_a_drip() {
         // 50 KB every 5 s for 7 h (216 MB per 6 h window, over the floor).
-        let p = proc_(99, 1, "/usr/bin/node", &["node", "agent.js"]);
-        let mut d = detector();
-        let mut alerts = Vec::new();
-        for i in 0..(7 * 720u64) {
-            let t = 5.0 * (i + 1) as f64;
-            alerts.extend(d.tick(&TickInput { t, window_s: 5.0, execs: vec![], flows: vec![flow(&p, 50_000)] }));
-        }
+        let alerts = replay(7, |_| 50_000);
         assert!(alerts.is_empty(), "{:?}", alerts.iter().map(|a| &a.reason).collect::<Vec<_>>());
     }
 
     #[test]
     fn a_program_that_triples_its_steady_volume_is_a_drip() {
         // 7 h at 50 KB / 5 s, then 7 h at 200 KB / 5 s: still under every per-window bar.
-        let p = proc_(99, 1, "/usr/bin/node", &["node", "agent.js"]);
-        let mut d = detector();
-        let mut alerts = Vec::new();
-        for i in 0..(14 * 720u64) {
-            let t = 5.0 * (i + 1) as f64;
-            let b = if i < 7 * 720 { 50_000 } else { 200_000 };
-            alerts.extend(d.tick(&TickInput { t, window_s: 5.0, execs: vec![], flows: vec![flow(&p, b)] }));
-        }
+        let alerts = replay(14, |i| if i < 7 * 720 { 50_000 } else { 200_000 });
         let ids: Vec<_> = alerts.iter().map(|a| a.rule.id).collect();
         assert_eq!(ids, [super::RULE.id], "{:?}", alerts.iter().map(|a| &a.reason).collect::<Vec<_>>());
         assert!(alerts[0].reason.contains("before this span its baseline predicted"), "{}", alerts[0].reason);
