@@ -103,6 +103,8 @@ pub struct Agent {
     unresolved: HashMap<u64, Instant>,
     /// When `resolve` last scanned /proc.
     last_scan: Option<Instant>,
+    /// Whether the "cannot enter other network namespaces" notice was given.
+    said_netns: bool,
     sink: Sink<Spool>,
     /// Output records dropped as last reported.
     output_dropped: u64,
@@ -195,6 +197,7 @@ impl Agent {
             remembered: HashMap::new(),
             unresolved: HashMap::new(),
             last_scan: None,
+            said_netns: false,
             sink: Sink::new(out, format),
             output_dropped: 0,
             ctx,
@@ -356,15 +359,14 @@ impl Agent {
     /// once right after attaching (hooks see every newer socket), so even a
     /// pre-existing connection that finishes within the first tick is named.
     pub fn seed_sockets(&mut self) -> Result<usize> {
-        let diag = sockets::dump()?;
+        let found = self.dump_sockets()?;
         let inodes = sockets::inode_owners();
-        let listening = sockets::listening_ports(&diag);
         let mut n = 0;
-        for s in &diag {
-            if let Some(&pid) = inodes.get(&s.inode).filter(|_| s.inode != 0) {
+        for f in &found {
+            if let Some(&pid) = inodes.get(&f.sock.inode).filter(|_| f.sock.inode != 0) {
                 // Never override what a hook recorded in the owner's own context.
-                if self.socks_map.get(&s.cookie, 0).is_err() {
-                    self.adopt(s, pid, &listening, BPF_NOEXIST);
+                if self.socks_map.get(&f.sock.cookie, 0).is_err() {
+                    self.adopt(f, pid, BPF_NOEXIST);
                     n += 1;
                 }
             }
@@ -372,10 +374,29 @@ impl Agent {
         Ok(n)
     }
 
+    /// Every socket of every network namespace (`sockets::dump_everywhere`);
+    /// namespaces it cannot enter are said once: their old sockets stay
+    /// ownerless, and are still judged.
+    fn dump_sockets(&mut self) -> Result<Vec<sockets::Found>> {
+        let all = sockets::dump_everywhere()?;
+        if let Some((ino, why)) = all.failed.first() {
+            if !self.said_netns {
+                self.said_netns = true;
+                eprintln!(
+                    "sluice: cannot list the sockets of {} other network namespace(s) (net:[{ino}]: {why}); their connections \
+                     older than sluice are counted as an unknown owner's",
+                    all.failed.len()
+                );
+            }
+        }
+        Ok(all.sockets)
+    }
+
     /// Record `pid` as the owner of a socket found through sock_diag, in the
     /// kernel map (so later ticks need no scan) and in our own memory.
-    fn adopt(&mut self, s: &sockets::DiagSocket, pid: u32, listening: &[u16], flags: u64) -> Owner {
-        let direction = if listening.contains(&s.local_port) { DIR_INGRESS } else { DIR_EGRESS };
+    fn adopt(&mut self, f: &sockets::Found, pid: u32, flags: u64) -> Owner {
+        let s = &f.sock;
+        let direction = if f.accepted { DIR_INGRESS } else { DIR_EGRESS };
         let p = self.procs.get(pid).cloned().or_else(|| self.procfs.read(pid));
         let mut comm = [0u8; COMM_LEN];
         if let Some(p) = &p {
@@ -428,7 +449,7 @@ impl Agent {
             return found;
         }
         self.last_scan = Some(now);
-        let diag = match sockets::dump() {
+        let diag = match self.dump_sockets() {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("sluice: cannot list pre-existing sockets: {e:#}");
@@ -438,14 +459,13 @@ impl Agent {
                 return found;
             }
         };
-        let listening = sockets::listening_ports(&diag);
-        let by_cookie: HashMap<u64, sockets::DiagSocket> = diag.iter().map(|s| (s.cookie, *s)).collect();
+        let by_cookie: HashMap<u64, sockets::Found> = diag.iter().map(|f| (f.sock.cookie, *f)).collect();
         let inodes = sockets::inode_owners();
         for c in due {
-            let hit = by_cookie.get(&c).filter(|s| s.inode != 0).and_then(|s| inodes.get(&s.inode).map(|pid| (*s, *pid)));
+            let hit = by_cookie.get(&c).filter(|f| f.sock.inode != 0).and_then(|f| inodes.get(&f.sock.inode).map(|pid| (*f, *pid)));
             match hit {
-                Some((s, pid)) => {
-                    found.insert(c, self.adopt(&s, pid, &listening, 0));
+                Some((f, pid)) => {
+                    found.insert(c, self.adopt(&f, pid, 0));
                 }
                 None => {
                     self.unresolved.insert(c, now);
@@ -536,6 +556,8 @@ impl Agent {
             })
         }, |k, ip| namer.destination(k, ip, unix_now));
 
+        let ownerless: u64 = records.iter().filter(|r| r.owner.pid == 0).map(|r| r.volume.bytes_out).sum();
+        self.metrics.ownerless_bytes.inc_by(ownerless);
         let senders: Vec<Sender> = records.iter().map(|r| self.sender(r.owner.pid, r.owner.start_ns, r.owner.cgroup_id)).collect();
         if self.config.agent.emit.flows() {
             for (r, s) in records.iter().zip(&senders) {

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub output_dropped: Counter,
     /// Detector window entries dropped to stay bounded (floods of names).
     pub detector_evictions: Counter,
+    /// Bytes sent whose owner stayed unknown after every lookup.
+    pub ownerless_bytes: Counter,
     /// Monotonic time of the last completed tick, for /healthz.
     last_tick: Arc<AtomicU64>,
     started: Instant,
@@ -103,6 +105,7 @@ impl Metrics {
             last_tick_unix: Gauge::default(),
             output_dropped: Counter::default(),
             detector_evictions: Counter::default(),
+            ownerless_bytes: Counter::default(),
             last_tick: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         };
@@ -124,6 +127,11 @@ impl Metrics {
         r.register("tick_duration_seconds", "Time the agent spent on one tick (drain, attribute, detect, write)", m.tick_seconds.clone());
         r.register("last_tick_timestamp_seconds", "Unix time of the last completed tick", m.last_tick_unix.clone());
         r.register("output_dropped_records", "Records that could not be written to the output", m.output_dropped.clone());
+        r.register(
+            "ownerless_bytes",
+            "Bytes sent whose owner stayed unknown (still judged, as one unknown process)",
+            m.ownerless_bytes.clone(),
+        );
         r.register(
             "detector_evictions",
             "Detector windows (per job, executable, destination, ...) dropped to stay within bounds",

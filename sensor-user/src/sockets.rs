@@ -93,6 +93,92 @@ fn dump_one(sock: &Socket, family: u8, protocol: u8, out: &mut Vec<DiagSocket>) 
     bail!("sock_diag dump did not finish")
 }
 
+/// A socket found by `dump_everywhere`, and whether it was accepted (its local
+/// port has a TCP listener in its own network namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub sock: DiagSocket,
+    pub accepted: bool,
+}
+
+/// What `dump_everywhere` saw: sockets, and the namespaces it could not list.
+#[derive(Debug, Default)]
+pub struct Everywhere {
+    pub sockets: Vec<Found>,
+    /// (namespace inode, why) for each namespace it could not enter or dump.
+    pub failed: Vec<(u64, String)>,
+}
+
+/// Every TCP and UDP socket of this network namespace and of every other one
+/// a process holds (pods, containers, `ip netns exec`): sock_diag answers only
+/// for the namespace of the socket asking, so a short-lived thread enters each
+/// one (setns, which needs CAP_SYS_ADMIN) and dumps there. Cookies are global,
+/// so they join the kernel's flows whatever the namespace; socket inodes are
+/// global too, so `inode_owners` finds the process.
+pub fn dump_everywhere() -> Result<Everywhere> {
+    let mut out = Everywhere::default();
+    out.sockets.extend(with_accepted(dump()?));
+    for (ino, pid) in other_namespaces() {
+        match dump_in_namespace_of(pid) {
+            Ok(socks) => out.sockets.extend(with_accepted(socks)),
+            Err(e) => out.failed.push((ino, format!("{e:#}"))),
+        }
+    }
+    Ok(out)
+}
+
+fn with_accepted(socks: Vec<DiagSocket>) -> impl Iterator<Item = Found> {
+    let listening = listening_ports(&socks);
+    socks.into_iter().map(move |sock| Found { sock, accepted: sock.protocol == IPPROTO_TCP && sock.state != TCP_LISTEN && listening.contains(&sock.local_port) })
+}
+
+/// `net:[4026531840]` -> 4026531840
+fn parse_ns_link(t: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(t).ok()?;
+    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+fn ns_of(pid: &str) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    parse_ns_link(link.as_os_str().as_encoded_bytes())
+}
+
+/// One process per network namespace other than the agent's.
+fn other_namespaces() -> Vec<(u64, u32)> {
+    let own = ns_of("self");
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    for entry in dir.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        let Ok(pid) = name.parse::<u32>() else { continue };
+        if let Some(ino) = ns_of(&name).filter(|i| Some(*i) != own) {
+            seen.entry(ino).or_insert(pid);
+        }
+    }
+    let mut v: Vec<(u64, u32)> = seen.into_iter().collect();
+    v.sort_unstable();
+    v
+}
+
+/// `dump()` from inside the network namespace `pid` is in.
+fn dump_in_namespace_of(pid: u32) -> Result<Vec<DiagSocket>> {
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).with_context(|| format!("opening /proc/{pid}/ns/net"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: a valid namespace fd; setns changes only this thread's
+                // network namespace, and the thread ends after the dump.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(anyhow::Error::new(std::io::Error::last_os_error()).context("entering the network namespace (setns needs CAP_SYS_ADMIN)"));
+                }
+                dump()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the sock_diag thread panicked"))?
+    })
+}
+
 /// Socket inode -> owning pid, from every /proc/<pid>/fd. Where several
 /// processes share a socket (inherited across fork), the lowest pid wins: the
 /// parent that made it, most often.
@@ -133,6 +219,12 @@ mod tests {
         assert_eq!(parse_socket_link(b"socket:[4026]"), Some(4026));
         assert_eq!(parse_socket_link(b"pipe:[4026]"), None);
         assert_eq!(parse_socket_link(b"/dev/null"), None);
+    }
+
+    #[test]
+    fn namespace_links() {
+        assert_eq!(parse_ns_link(b"net:[4026531840]"), Some(4026531840));
+        assert_eq!(parse_ns_link(b"mnt:[4026531840]"), None);
     }
 
     #[test]

@@ -275,6 +275,32 @@ fn bulk_to_a_storage_service_named_by_sni_alerts_on_a_fresh_install() {
 }
 
 
+#[test]
+fn an_upload_started_before_sluice_in_another_network_namespace_is_attributed_and_judged() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let port = free_port();
+    // The sink on this side; the uploader inside the test host's namespace (a
+    // pod after a DaemonSet rollout), already sending when sluice starts.
+    let sink = Sink::start(None, "tcp", &host.local_v4, port, &[]).unwrap();
+    let mut up = host.command("/usr/bin/python3");
+    up.args([upload_py().as_str(), "send", &host.local_v4, &port.to_string(), &(300 * MIB).to_string(), "--rate", "30000000"])
+        .process_group(0)
+        .stdout(std::process::Stdio::null());
+    let mut uploader = KillOnDrop(up.spawn().unwrap());
+    let pid = uploader.0.id();
+    std::thread::sleep(Duration::from_millis(1500));
+    let sluice = Sluice::start(&["--tick", "1s", "--probe", "cgroup", "--emit", "all"]).unwrap();
+    let a = alert_where(&sluice, "sluice.bulk_upload", "the bulk alert for the old socket", |a| a["process"]["pid"] == pid);
+    assert!(uploader.0.wait().unwrap().success());
+    assert_eq!(sink.received().unwrap(), 300 * MIB);
+    let recs = sluice.stop().unwrap();
+    assert_eq!(a["process"]["name"], "python3", "{a}");
+    let flows: Vec<&Value> = recs.iter().filter(|r| r["event"]["action"] == "flow-summary" && r["process"]["pid"] == pid).collect();
+    assert!(!flows.is_empty() && flows.iter().all(|f| f["sluice"]["attribution"] == "procfs"), "{flows:?}");
+    assert!(flows.iter().all(|f| f["network"]["direction"] == "egress"), "{flows:?}");
+}
+
 fn git(args: &[&str], cwd: &Path) {
     let out = Command::new("git")
         .args(args)

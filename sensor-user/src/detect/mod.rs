@@ -268,7 +268,10 @@ impl Detector {
         if f.bytes_out == 0 {
             return false;
         }
-        if self.cfg.egress_only && f.direction != "egress" {
+        // Fail closed: only a connection known to be accepted here is a server
+        // answering; bytes of unknown direction (a socket older than sluice in
+        // a namespace it could not list) are judged.
+        if self.cfg.egress_only && f.direction == "ingress" {
             return false;
         }
         if !self.cfg.include_loopback && f.scope == "loopback" {

@@ -48,6 +48,9 @@ pub fn command(p: &ProcInfo) -> String {
 /// the bytes, that carrier: "`python3 up.py` (pid 20) through its ssh
 /// (pid 21, /usr/bin/ssh)", or "`curl -T f` (pid 7, /usr/bin/curl)".
 pub fn who(p: &ProcInfo) -> String {
+    if p.pid == 0 && p.executable.is_empty() {
+        return "an unknown process (sockets older than sluice whose owner it could not find, all counted together)".into();
+    }
     match p.job.as_ref().filter(|j| j.pid != p.pid) {
         Some(j) => format!(
             "`{}` (pid {}) through {} (pid {}, {})",

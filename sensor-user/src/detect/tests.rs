@@ -97,6 +97,27 @@ fn a_renamed_tool_is_caught_by_argv0_and_rclone_command_lines_are_indicators() {
 }
 
 #[test]
+fn bytes_of_unknown_direction_or_owner_are_judged_not_dropped() {
+    let mut d = detector();
+    let mega = proc_(1, 0, "/usr/bin/megasync", &["megasync"]);
+    let mut f = flow(&mega, 100 * MIB);
+    f.direction = "unknown".into();
+    assert_eq!(ids(&d.tick(&tick(5.0, vec![f]))), [EXFIL_TOOL.id], "unknown direction is not a server answering");
+    // An owner never found: one unknown process, judged on what all such bytes add up to.
+    let mut d = detector();
+    let nobody = ProcInfo { entity_id: "0-0".into(), ..ProcInfo::default() };
+    let mut alerts = Vec::new();
+    for i in 0..3 {
+        let mut f = flow(&nobody, 40 * MIB);
+        f.direction = "unknown".into();
+        f.remote_ip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, i));
+        alerts.extend(d.tick(&tick(5.0 + i as f64, vec![f])));
+    }
+    assert_eq!(ids(&alerts), [BULK_UPLOAD.id]);
+    assert!(alerts[0].reason.starts_with("an unknown process (sockets older than sluice"), "{}", alerts[0].reason);
+}
+
+#[test]
 fn uploads_that_are_not_uploads_are_out_of_scope() {
     let mut d = detector();
     let mega = proc_(1, 0, "/usr/bin/megasync", &["megasync"]);
