@@ -927,8 +927,8 @@ fn naming_summary(n: &Namer) -> String {
     let s = &n.stats;
     let (heads, sockets, addresses) = n.tracked();
     format!(
-        "tls_sni={} tls_no_sni={} tls_malformed={} http_requests={} http_malformed={} quic_initials={} dns_answers={} dns_malformed={} heads_abandoned={} (tracking {heads} stream starts, {sockets} named sockets, {addresses} DNS addresses)",
-        s.tls_sni, s.tls_no_sni, s.tls_malformed, s.http_requests, s.http_malformed, s.quic_initials, s.dns_answers, s.dns_malformed, s.heads_abandoned
+        "tls_sni={} tls_no_sni={} tls_malformed={} http_requests={} http_malformed={} quic_initials={} dns_answers={} dns_malformed={} heads_abandoned={} tcp_dns_evicted={} (tracking {heads} stream starts, {sockets} named sockets, {addresses} DNS addresses)",
+        s.tls_sni, s.tls_no_sni, s.tls_malformed, s.http_requests, s.http_malformed, s.quic_initials, s.dns_answers, s.dns_malformed, s.heads_abandoned, s.tcp_dns_evicted
     )
 }
 

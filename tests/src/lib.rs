@@ -534,6 +534,21 @@ pub fn client_hello(sni: Option<&str>, pad: usize) -> Vec<u8> {
     rec
 }
 
+/// `client_hello(sni, pad)` with its handshake message split over two TLS
+/// records after `at` bytes (RFC 8446 allows it; the parser must join them).
+pub fn client_hello_split(sni: Option<&str>, pad: usize, at: usize) -> Vec<u8> {
+    let whole = client_hello(sni, pad);
+    let hs = &whole[5..];
+    let at = at.min(hs.len() - 1);
+    let mut out = Vec::new();
+    for part in [&hs[..at], &hs[at..]] {
+        out.extend_from_slice(&[0x16, 0x03, 0x01]);
+        out.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
 /// A DNS response: `name` A `ip`, TTL 300.
 pub fn dns_answer(name: &str, ip: std::net::Ipv4Addr) -> Vec<u8> {
     let mut m = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];

@@ -129,6 +129,25 @@ impl Resolver {
     }
 }
 
+#[test]
+fn a_client_hello_split_across_two_records_still_names_the_flow() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let port = free_port();
+    let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &[]).unwrap();
+    let sluice = Sluice::start(&["--emit", "flows", "--tick", "1s", "--probe", "cgroup"]).unwrap();
+    let pid = run_child(
+        Command::new(helper_bin("netload")).args(["tls-split", &host.peer_v4, &port.to_string(), "split.example.org", "2000000"]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(sink.received().unwrap() >= 2_000_000);
+    let f = wait_for_named(&sluice, "split.example.org");
+    sluice.stop().unwrap();
+    assert_eq!(f["process"]["pid"], pid);
+    assert_eq!(f["tls"]["client"]["server_name"], "split.example.org", "{f}");
+}
+
 /// Wait for a flow record named `name` and return it.
 fn wait_for_named(sluice: &Sluice, name: &str) -> Value {
     let named = |r: &Value| r["event"]["action"] == "flow-summary" && r["destination"]["domain"] == name;

@@ -61,6 +61,10 @@ const MAX_NAMES: usize = 4;
 /// caches), so an entry lives `ttl + GRACE_S`, and at least `MIN_LIFE_S`.
 const GRACE_S: f64 = 600.0;
 const MIN_LIFE_S: f64 = 300.0;
+/// TTLs are capped at a day, as resolvers cap them (unbound's cache-max-ttl):
+/// a forged answer with TTL 2^31 must not outlive every honest one and never
+/// be the first to go when the cache is full.
+pub const MAX_TTL_S: u32 = 86_400;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -90,7 +94,7 @@ impl Cache {
     }
 
     pub fn insert(&mut self, a: &Answer, now: f64) {
-        let expires = now + (a.ttl as f64 + GRACE_S).max(MIN_LIFE_S);
+        let expires = now + (a.ttl.min(MAX_TTL_S) as f64 + GRACE_S).max(MIN_LIFE_S);
         if !self.map.contains_key(&a.ip) && self.map.len() >= self.max {
             self.evict(now);
         }
@@ -178,6 +182,20 @@ pub(crate) mod tests {
         for cut in 0..msg.len() {
             let _ = answers(&msg[..cut]); // never panics
         }
+    }
+
+    #[test]
+    fn a_forged_huge_ttl_is_capped_and_goes_first_when_full() {
+        let forged = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
+        let mut c = Cache::new(16);
+        c.insert(&Answer { ip: forged, names: vec!["backup.corp.example".into()], ttl: u32::MAX }, 0.0);
+        let day = MAX_TTL_S as f64 + GRACE_S;
+        assert!(c.get(&forged, day - 1.0).is_some() && c.get(&forged, day + 1.0).is_none(), "capped at a day");
+        // Honest answers with the same day-long TTL, later: the forged one is evicted first.
+        for i in 0..16u32 {
+            c.insert(&Answer { ip: IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), names: vec!["x.example".into()], ttl: MAX_TTL_S }, 100.0);
+        }
+        assert!(c.get(&forged, 200.0).is_none(), "the oldest-expiring entry went first");
     }
 
     #[test]

@@ -150,6 +150,8 @@ pub struct Stats {
     pub dns_answers: u64,
     pub dns_malformed: u64,
     pub heads_abandoned: u64,
+    /// DNS-over-TCP reassemblies dropped to stay within bounds.
+    pub tcp_dns_evicted: u64,
 }
 
 /// Bounds: sockets whose first bytes are being reassembled / remembered.
@@ -159,7 +161,15 @@ const MAX_LEARNED: usize = 65_536;
 const HEAD_TIMEOUT_S: f64 = 30.0;
 /// A socket not seen for this long is forgotten (its flows have retired).
 const LEARNED_IDLE_S: f64 = 3600.0;
+/// One DNS message over TCP at most (2-byte length prefix + 65,535).
 const MAX_TCP_DNS_BUF: usize = 65_537;
+/// DNS-over-TCP connections reassembled at once, and their bytes in all: a
+/// sender trickling segments from port 53 on many connections costs at most
+/// this much; past it the oldest reassembly is dropped (and counted).
+const MAX_TCP_DNS: usize = 512;
+const MAX_TCP_DNS_BYTES: usize = 4 << 20;
+/// A DNS answer over TCP arrives within seconds; a reassembly older than this is dropped.
+const TCP_DNS_IDLE_S: f64 = 60.0;
 
 pub struct Namer {
     heads: HashMap<SockId, Head>,
@@ -304,6 +314,12 @@ impl Namer {
 
     fn dns_tcp_segment(&mut self, key: &FlowKey, seq: u32, data: &[u8], now: f64) {
         let id = sock_id(key);
+        if !self.tcp_dns.contains_key(&id) && self.tcp_dns.len() >= MAX_TCP_DNS {
+            self.drop_oldest_tcp_dns();
+        }
+        while self.tcp_dns.values().map(|s| s.buf.len()).sum::<usize>() + data.len() > MAX_TCP_DNS_BYTES && !self.tcp_dns.is_empty() {
+            self.drop_oldest_tcp_dns();
+        }
         let s = self.tcp_dns.entry(id).or_insert(TcpDns { next_seq: seq, buf: Vec::new(), since: now });
         if seq != s.next_seq {
             if seq.wrapping_sub(s.next_seq) as i32 <= 0 {
@@ -335,7 +351,15 @@ impl Namer {
     pub fn expire(&mut self, now: f64) {
         self.expire_heads(now, false);
         self.learned.retain(|_, l| now - l.last < LEARNED_IDLE_S);
-        self.tcp_dns.retain(|_, s| now - s.since < LEARNED_IDLE_S);
+        self.tcp_dns.retain(|_, s| now - s.since < TCP_DNS_IDLE_S);
+    }
+
+    fn drop_oldest_tcp_dns(&mut self) {
+        let oldest = self.tcp_dns.iter().min_by(|a, b| a.1.since.total_cmp(&b.1.since)).map(|(k, _)| *k);
+        if let Some(k) = oldest {
+            self.tcp_dns.remove(&k);
+            self.stats.tcp_dns_evicted += 1;
+        }
     }
 
     fn expire_heads(&mut self, now: f64, make_room: bool) {
@@ -489,6 +513,22 @@ mod tests {
         n.on_payload(PAYLOAD_DNS, &k, 1010, &stream[10..], 1.0);
         assert_eq!(n.stats.dns_answers, 1);
         assert_eq!(n.destination(&key(5, 443, 6), IP, 2.0).service.unwrap().id, "box");
+    }
+
+    #[test]
+    fn a_trickle_of_partial_tcp_dns_messages_on_many_connections_stays_bounded() {
+        let mut n = namer();
+        // 2,000 connections from port 53, each the start of a 60 KiB message that never ends.
+        let mut start = 60_000u16.to_be_bytes().to_vec();
+        start.extend_from_slice(&[0u8; 8_000]);
+        for c in 0..2_000u64 {
+            n.on_payload(PAYLOAD_DNS, &key(100 + c, 53, 6), 1, &start, 1.0);
+        }
+        let held: usize = n.tcp_dns.values().map(|s| s.buf.len()).sum();
+        assert!(n.tcp_dns.len() <= MAX_TCP_DNS && held <= MAX_TCP_DNS_BYTES, "{} reassemblies, {held} bytes", n.tcp_dns.len());
+        assert!(n.stats.tcp_dns_evicted >= 2_000 - MAX_TCP_DNS as u64, "{}", n.stats.tcp_dns_evicted);
+        n.expire(1.0 + TCP_DNS_IDLE_S);
+        assert!(n.tcp_dns.is_empty(), "stalled reassemblies expire");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //!     netload sendfile ADDR PORT FILE         sendfile(2) FILE over one TCP connection
 //!     netload tls ADDR PORT SNI BYTES [LABEL] a ClientHello naming SNI (in a write() and a
 //!                                             writev()), then BYTES, over one TCP connection
+//!     netload tls-split ADDR PORT SNI BYTES   the ClientHello split over two TLS records, then BYTES
 //!     netload quic ADDR PORT COUNT            COUNT 1200-byte datagrams, the first a QUIC v1 Initial
 //!     netload dns-send ADDR PORT NAME BYTES [udp]
 //!                                             receive a DNS answer NAME -> ADDR from 127.0.0.1:53,
@@ -345,6 +346,20 @@ fn main() {
                 assert!(k > 0, "write to fd {fd} failed");
                 left -= k as usize;
             }
+            println!("sent {n}");
+        }
+        ["tls-split", ip, port, sni, bytes] => {
+            let n: usize = bytes.parse().expect("bytes");
+            let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
+            s.write_all(&sluice_tests::client_hello_split(Some(sni), 200, 30)).expect("hello");
+            let chunk = vec![b't'; 1 << 16];
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(chunk.len());
+                s.write_all(&chunk[..k]).expect("send");
+                left -= k;
+            }
+            finish(s);
             println!("sent {n}");
         }
         ["threads", ip, port, sni, count, bytes] => {
