@@ -223,6 +223,8 @@ pub const PAYLOAD_STREAM_HEAD: u32 = 1;
 pub const PAYLOAD_DATAGRAM_HEAD: u32 = 2;
 /// An inbound DNS answer (UDP or TCP from port 53).
 pub const PAYLOAD_DNS: u32 = 3;
+/// An outbound DNS query (UDP to port 53): what an answer must match.
+pub const PAYLOAD_DNS_QUERY: u32 = 4;
 
 /// Payload bytes the kernel copied for userspace to parse (TLS SNI, HTTP Host,
 /// QUIC, DNS). Parsing happens in userspace only: the kernel copies bounded

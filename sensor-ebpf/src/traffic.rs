@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use sensor_common::{
-    counter, FlowCounters, FlowKey, ListenKey, SockInfo, DIR_INGRESS, ORIGIN_LISTENER, PAYLOAD_DNS,
+    counter, FlowCounters, FlowKey, ListenKey, SockInfo, DIR_INGRESS, ORIGIN_LISTENER, PAYLOAD_DNS, PAYLOAD_DNS_QUERY,
     tcp_advance,
 };
 
@@ -42,7 +42,18 @@ pub fn skb_ingress(ctx: SkBuffContext) -> i32 {
 pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
     if let Some(p) = parse(&ctx, cookie, false) {
-        capture_dns(&ctx, &p);
+        capture_dns(&ctx, &p, PAYLOAD_DNS);
+    }
+    1
+}
+
+/// DNS queries only, for the send-path backends: an answer is believed only
+/// when it matches a query that left this host.
+#[cgroup_skb(egress)]
+pub fn dns_egress(ctx: SkBuffContext) -> i32 {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
+    if let Some(p) = parse(&ctx, cookie, true) {
+        capture_dns(&ctx, &p, PAYLOAD_DNS_QUERY);
     }
     1
 }
@@ -75,8 +86,9 @@ fn account(ctx: &SkBuffContext, egress: bool) {
     let counted = add(c, &p, wire, egress);
     if egress {
         capture_head(ctx, c, &p, counted, before);
+        capture_dns(ctx, &p, PAYLOAD_DNS_QUERY);
     } else {
-        capture_dns(ctx, &p);
+        capture_dns(ctx, &p, PAYLOAD_DNS);
     }
     if created {
         adopt_accepted(cookie, &p.key);
@@ -110,17 +122,18 @@ fn capture_head(ctx: &SkBuffContext, c: *mut FlowCounters, p: &Parsed, counted: 
     }
 }
 
-/// Copy a DNS answer (UDP or TCP from port 53) for the agent's name cache.
+/// Copy a DNS answer (UDP or TCP from port 53) for the agent's name cache,
+/// or a query (UDP to port 53) it must match.
 #[inline(always)]
-fn capture_dns(ctx: &SkBuffContext, p: &Parsed) {
-    if p.key.remote_port != DNS_PORT || p.payload == 0 {
+fn capture_dns(ctx: &SkBuffContext, p: &Parsed, kind: u32) {
+    if p.key.remote_port != DNS_PORT || p.payload == 0 || (kind == PAYLOAD_DNS_QUERY && p.tcp.is_some()) {
         return;
     }
     let offset = match p.tcp {
         Some((seq, _, _)) => seq as u64,
         None => 0,
     };
-    heads::emit(PAYLOAD_DNS, &p.key, 0, offset, Source::Skb(ctx, p.payload_off), p.payload as u64);
+    heads::emit(kind, &p.key, 0, offset, Source::Skb(ctx, p.payload_off), p.payload as u64);
 }
 
 /// New outbound TCP payload in this segment (see `sensor_common::tcp_advance`).

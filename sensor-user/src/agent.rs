@@ -652,6 +652,7 @@ impl Agent {
                     direction: flows::direction(r.owner.direction).to_string(),
                     scope: r.scope().as_str().to_string(),
                     domain: r.destination.domain.clone(),
+                    domain_corroborated: r.destination.corroborated,
                     cgroup,
                     container,
                     bytes_out: r.volume.bytes_out,
@@ -927,8 +928,8 @@ fn naming_summary(n: &Namer) -> String {
     let s = &n.stats;
     let (heads, sockets, addresses) = n.tracked();
     format!(
-        "tls_sni={} tls_no_sni={} tls_malformed={} http_requests={} http_malformed={} quic_initials={} dns_answers={} dns_malformed={} heads_abandoned={} tcp_dns_evicted={} (tracking {heads} stream starts, {sockets} named sockets, {addresses} DNS addresses)",
-        s.tls_sni, s.tls_no_sni, s.tls_malformed, s.http_requests, s.http_malformed, s.quic_initials, s.dns_answers, s.dns_malformed, s.heads_abandoned, s.tcp_dns_evicted
+        "tls_sni={} tls_no_sni={} tls_malformed={} http_requests={} http_malformed={} quic_initials={} dns_answers={} dns_malformed={} dns_queries={} dns_unsolicited={} heads_abandoned={} tcp_dns_evicted={} (tracking {heads} stream starts, {sockets} named sockets, {addresses} DNS addresses)",
+        s.tls_sni, s.tls_no_sni, s.tls_malformed, s.http_requests, s.http_malformed, s.quic_initials, s.dns_answers, s.dns_malformed, s.dns_queries, s.dns_unsolicited, s.heads_abandoned, s.tcp_dns_evicted
     )
 }
 

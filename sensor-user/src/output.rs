@@ -162,6 +162,9 @@ fn sluice_destination_json(d: &Destination) -> Value {
     let mut v = service_json(d.service.as_deref());
     if let Some(src) = d.source {
         v["name_source"] = json!(src.as_str());
+        // A name the sender put in its own bytes is a claim until a DNS answer
+        // this host asked for maps it to this address.
+        v["name_corroborated"] = json!(d.corroborated);
     }
     if d.tls_no_sni {
         v["tls_no_sni"] = json!(true);
@@ -403,6 +406,7 @@ mod tests {
             tls_no_sni: false,
             http_path: None,
             service: crate::services::Catalog::builtin().lookup("content.dropboxapi.com").cloned(),
+            corroborated: false,
         };
         let c = Container {
             id: "4f1d".into(),

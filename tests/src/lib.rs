@@ -549,6 +549,18 @@ pub fn client_hello_split(sni: Option<&str>, pad: usize, at: usize) -> Vec<u8> {
     out
 }
 
+/// A DNS query for `name` (A, IN, recursion desired), transaction id 0x1234:
+/// the query `dns_answer(name, ..)` answers.
+pub fn dns_query(name: &str) -> Vec<u8> {
+    let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    m
+}
+
 /// A DNS response: `name` A `ip`, TTL 300.
 pub fn dns_answer(name: &str, ip: std::net::Ipv4Addr) -> Vec<u8> {
     let mut m = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];

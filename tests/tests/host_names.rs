@@ -148,6 +148,56 @@ fn a_client_hello_split_across_two_records_still_names_the_flow() {
     assert_eq!(f["tls"]["client"]["server_name"], "split.example.org", "{f}");
 }
 
+#[test]
+fn a_name_claimed_in_sni_does_not_allowlist_and_one_this_host_resolved_does() {
+    require_root();
+    let (home, elsewhere) = (TestHost::create().unwrap(), TestHost::create().unwrap());
+    let dir = TempDir::new("claims");
+    let name = "backup.corp.example";
+    let resolver = Resolver::start(&home, &dir.0, name);
+    let tool = dir.0.join("rclone");
+    std::fs::copy(helper_bin("netload"), &tool).unwrap();
+    let config = dir.0.join("allow.toml");
+    std::fs::write(&config, format!("[detect]\nallow_destinations = [\"{name}\"]\n")).unwrap();
+    let sluice = Sluice::start(&[ALL, &["--config", config.to_str().unwrap()]].concat()).unwrap();
+
+    // 1. Resolved through this host's resolver, then connected with that name
+    //    in SNI: the name is corroborated, and the allowlist applies.
+    let port = free_port();
+    let sink = Sink::start(Some(&home), "tcp", &home.peer_v4, port, &[]).unwrap();
+    let script = format!("getent hosts {name} > /dev/null && exec {} tls {} {port} {name} 8000000", tool.display(), home.peer_v4);
+    let resolved = resolver.run("sh -c \"$0\"", &script);
+    assert!(sink.received().unwrap() >= 8_000_000);
+
+    // 2. An unsolicited answer mapping the name to another host, then the same
+    //    tool claiming the name in SNI while connecting there: alerts.
+    let local = free_port();
+    let rx = format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{}',{local}))\ns.settimeout(5)\ns.recv(2048)\n", elsewhere.local_v4);
+    let receiver = KillOnDrop(Command::new("/usr/bin/python3").args(["-c", &rx]).spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let answer: String = dns_answer(name, elsewhere.peer_v4.parse().unwrap()).iter().map(|b| format!("\\x{b:02x}")).collect();
+    let tx = format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{}',53))\ns.sendto(b'{answer}', ('{}',{local}))\n", elsewhere.peer_v4, elsewhere.local_v4);
+    run_child(elsewhere.command("/usr/bin/python3").args(["-c", &tx]), Duration::from_secs(10)).unwrap();
+    drop(receiver);
+    let port = free_port();
+    let sink = Sink::start(Some(&elsewhere), "tcp", &elsewhere.peer_v4, port, &[]).unwrap();
+    let forged = run_child(Command::new(&tool).args(["tls", &elsewhere.peer_v4, &port.to_string(), name, "8000000"]), Duration::from_secs(30)).unwrap();
+    assert!(sink.received().unwrap() >= 8_000_000);
+
+    let recs = sluice
+        .wait_for("the forged name's alert", Duration::from_secs(20), |r| alerts_of(r, "sluice.exfil_tool_upload").iter().any(|a| a["process"]["pid"] == forged))
+        .unwrap();
+    let err = sluice.stderr_text();
+    sluice.stop().unwrap();
+    let about_resolved: Vec<&Value> = recs.iter().filter(|r| r["event"]["kind"] == "alert" && r["process"]["pid"] == resolved).collect();
+    assert!(about_resolved.is_empty(), "the resolved, allowlisted name alerted: {about_resolved:?}");
+    let named = |pid: u32| recs.iter().find(|r| r["event"]["action"] == "flow-summary" && r["process"]["pid"] == pid).cloned().unwrap();
+    assert_eq!(named(resolved)["sluice"]["destination"]["name_corroborated"], true);
+    assert_eq!(named(forged)["sluice"]["destination"]["name_corroborated"], false);
+    let unsolicited = err.rsplit("dns_unsolicited=").next().and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse::<u64>().ok());
+    assert!(unsolicited.unwrap_or(0) >= 1, "{err}");
+}
+
 /// Wait for a flow record named `name` and return it.
 fn wait_for_named(sluice: &Sluice, name: &str) -> Value {
     let named = |r: &Value| r["event"]["action"] == "flow-summary" && r["destination"]["domain"] == name;

@@ -113,6 +113,10 @@ pub struct FlowObs {
     pub scope: String,
     #[serde(default)]
     pub domain: Option<String>,
+    /// `domain` is backed by a DNS answer to a query this host sent (else it
+    /// is the sender's own claim: SNI, Host). Only such names can allowlist.
+    #[serde(default)]
+    pub domain_corroborated: bool,
     /// The sender's cgroup v2 path (container runtimes put the container id in it).
     #[serde(default)]
     pub cgroup: Option<String>,
@@ -290,8 +294,10 @@ impl Detector {
         if namespace.is_some_and(|ns| self.cfg.allow_namespaces.iter().any(|a| a == ns)) {
             return false;
         }
+        // An address entry always applies; a domain entry only to a name a DNS
+        // answer this host asked for backs (anyone can put any name in SNI).
         let ip = f.remote_ip.to_string();
-        let dom = f.domain.as_deref().unwrap_or("");
+        let dom = f.domain.as_deref().filter(|_| f.domain_corroborated).unwrap_or("");
         !self.cfg.allow_destinations.iter().any(|d| {
             *d == ip || (!dom.is_empty() && (dom == d || dom.ends_with(&format!(".{d}"))))
         })

@@ -171,6 +171,7 @@ mod tests {
             direction: "egress".into(),
             scope: "public".into(),
             domain: Some("gfs270n122.userstorage.mega.co.nz".into()),
+            domain_corroborated: false,
             cgroup: None,
             container: None,
             bytes_out: 1,

@@ -42,6 +42,7 @@ pub(crate) fn flow(p: &ProcInfo, bytes_out: u64) -> FlowObs {
         direction: "egress".into(),
         scope: "public".into(),
         domain: None,
+        domain_corroborated: false,
         cgroup: None,
         container: None,
         bytes_out,
@@ -139,7 +140,11 @@ fn allowlists_silence_executables_users_and_destinations() {
     let mega = proc_(2, 0, "/usr/bin/megasync", &["megasync"]);
     let mut f = flow(&mega, 500 * MIB);
     f.domain = Some("eu.backup.example.com".into());
-    assert!(d.tick(&tick(10.0, vec![f])).is_empty());
+    f.domain_corroborated = true;
+    assert!(d.tick(&tick(10.0, vec![f.clone()])).is_empty(), "a name DNS backs is allowlisted");
+    // The same name claimed in the sender's own SNI, no DNS answer behind it: judged.
+    f.domain_corroborated = false;
+    assert_eq!(ids(&d.tick(&tick(15.0, vec![f]))), [EXFIL_TOOL.id], "a claimed name does not allowlist");
 }
 
 #[test]

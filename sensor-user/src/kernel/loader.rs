@@ -342,10 +342,12 @@ fn attach_dns(ebpf: &mut Ebpf, attached: &mut Vec<String>) {
     let r = (|| -> Result<String> {
         let root = mounts::cgroup2_mount()?;
         let cg = File::open(&root).with_context(|| format!("opening cgroup v2 root {}", root.display()))?;
-        let p: &mut CgroupSkb = program(ebpf, "dns_ingress")?;
-        p.load().context("loading cgroup_skb/dns_ingress")?;
-        p.attach(&cg, CgroupSkbAttachType::Ingress, cgroup_mode()).context("attaching cgroup_skb/dns_ingress")?;
-        Ok(format!("cgroup_skb/dns_ingress on {}", root.display()))
+        for (name, kind) in [("dns_ingress", CgroupSkbAttachType::Ingress), ("dns_egress", CgroupSkbAttachType::Egress)] {
+            let p: &mut CgroupSkb = program(ebpf, name)?;
+            p.load().with_context(|| format!("loading cgroup_skb/{name}"))?;
+            p.attach(&cg, kind, cgroup_mode()).with_context(|| format!("attaching cgroup_skb/{name}"))?;
+        }
+        Ok(format!("cgroup_skb/dns_ingress and dns_egress on {}", root.display()))
     })();
     match r {
         Ok(a) => attached.push(a),

@@ -18,12 +18,45 @@ pub struct Answer {
     pub ttl: u32,
 }
 
-/// Parse one DNS message; Err for anything that is not a well-formed response.
-pub fn answers(msg: &[u8]) -> Result<Vec<Answer>, String> {
+/// A DNS message's transaction id and first question, as a query and its
+/// answer must share them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Question {
+    pub id: u16,
+    /// Lowercased, without a trailing dot.
+    pub name: String,
+}
+
+fn question_of(p: &Packet) -> Option<Question> {
+    let q = p.questions.first()?;
+    let name = q.qname.to_string().trim_end_matches('.').to_ascii_lowercase();
+    Some(Question { id: p.id(), name })
+}
+
+/// Parse one outbound DNS message; Err unless it is a query with a question.
+pub fn query(msg: &[u8]) -> Result<Question, String> {
+    let p = Packet::parse(msg).map_err(|e| e.to_string())?;
+    if p.has_flags(PacketFlag::RESPONSE) {
+        return Err("not a query".into());
+    }
+    question_of(&p).ok_or_else(|| "a query without a question".into())
+}
+
+/// Parse one DNS response: its question (to match it to a query) and answers.
+pub fn response(msg: &[u8]) -> Result<(Option<Question>, Vec<Answer>), String> {
     let p = Packet::parse(msg).map_err(|e| e.to_string())?;
     if !p.has_flags(PacketFlag::RESPONSE) {
         return Err("not a response".into());
     }
+    Ok((question_of(&p), answers_of(&p)))
+}
+
+/// Parse one DNS message; Err for anything that is not a well-formed response.
+pub fn answers(msg: &[u8]) -> Result<Vec<Answer>, String> {
+    response(msg).map(|(_, a)| a)
+}
+
+fn answers_of(p: &Packet) -> Vec<Answer> {
     let asked = p.questions.first().map(|q| q.qname.to_string());
     let mut chain: Vec<String> = Vec::new();
     let mut out = Vec::new();
@@ -51,7 +84,7 @@ pub fn answers(msg: &[u8]) -> Result<Vec<Answer>, String> {
             out.push(Answer { ip, names, ttl: rr.ttl });
         }
     }
-    Ok(out)
+    out
 }
 
 /// Names kept per address (a CDN address serves many; the newest win).
@@ -134,6 +167,13 @@ pub(crate) mod tests {
     use simple_dns::{rdata, Name, Question, ResourceRecord, CLASS, QCLASS, QTYPE, TYPE};
 
     use super::*;
+
+    /// A query for `asked` (A, IN) with transaction id 7, as `response` answers it.
+    pub fn query(asked: &str) -> Vec<u8> {
+        let mut p = Packet::new_query(7);
+        p.questions.push(Question::new(Name::new_unchecked(asked), QTYPE::TYPE(TYPE::A), QCLASS::CLASS(CLASS::IN), false));
+        p.build_bytes_vec().unwrap()
+    }
 
     /// A response: `asked` CNAME `cname` (if any) with A records `ips`.
     pub fn response(asked: &str, cname: Option<&str>, ips: &[Ipv4Addr], ttl: u32) -> Vec<u8> {

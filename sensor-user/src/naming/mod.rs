@@ -15,7 +15,7 @@ use std::{
     sync::Arc,
 };
 
-use sensor_common::{FlowKey, HEAD_STREAM_LIMIT, PAYLOAD_DATAGRAM_HEAD, PAYLOAD_DNS, PAYLOAD_STREAM_HEAD};
+use sensor_common::{FlowKey, HEAD_STREAM_LIMIT, PAYLOAD_DATAGRAM_HEAD, PAYLOAD_DNS, PAYLOAD_DNS_QUERY, PAYLOAD_STREAM_HEAD};
 
 use crate::services::{Catalog, Service};
 
@@ -81,6 +81,10 @@ pub struct Destination {
     /// HTTP request path (plain HTTP only).
     pub http_path: Option<String>,
     pub service: Option<Arc<Service>>,
+    /// The name is backed by a DNS answer to a query this host sent, mapping
+    /// it to this address (a name from DNS is; SNI and Host are claims the
+    /// sender makes, corroborated only when such an answer agrees).
+    pub corroborated: bool,
 }
 
 impl Destination {
@@ -116,6 +120,8 @@ fn sock_id(k: &FlowKey) -> SockId {
 struct Learned {
     protocol: Option<AppProtocol>,
     name: Option<(String, NameSource)>,
+    /// Once corroborated, for the socket's life (the answer may expire first).
+    corroborated: bool,
     no_sni: bool,
     path: Option<String>,
     last: f64,
@@ -152,6 +158,10 @@ pub struct Stats {
     pub heads_abandoned: u64,
     /// DNS-over-TCP reassemblies dropped to stay within bounds.
     pub tcp_dns_evicted: u64,
+    /// Queries seen going out, and UDP answers that matched none (forged,
+    /// or to a query this host never sent): ignored.
+    pub dns_queries: u64,
+    pub dns_unsolicited: u64,
 }
 
 /// Bounds: sockets whose first bytes are being reassembled / remembered.
@@ -170,11 +180,20 @@ const MAX_TCP_DNS: usize = 512;
 const MAX_TCP_DNS_BYTES: usize = 4 << 20;
 /// A DNS answer over TCP arrives within seconds; a reassembly older than this is dropped.
 const TCP_DNS_IDLE_S: f64 = 60.0;
+/// Queries waiting for an answer at most, and how long one waits.
+const MAX_PENDING: usize = 16_384;
+const PENDING_S: f64 = 30.0;
+
+/// A query as its answer must match it: transaction id, this host's port, the
+/// server's address.
+type QueryKey = (u16, u16, [u8; 16]);
 
 pub struct Namer {
     heads: HashMap<SockId, Head>,
     learned: HashMap<SockId, Learned>,
     tcp_dns: HashMap<SockId, TcpDns>,
+    /// Outbound UDP queries waiting for their answer: the question and when.
+    pending: HashMap<QueryKey, (String, f64)>,
     pub dns: dns::Cache,
     pub catalog: Arc<Catalog>,
     pub stats: Stats,
@@ -186,6 +205,7 @@ impl Namer {
             heads: HashMap::new(),
             learned: HashMap::new(),
             tcp_dns: HashMap::new(),
+            pending: HashMap::new(),
             dns: dns::Cache::new(dns_cache_max),
             catalog,
             stats: Stats::default(),
@@ -204,10 +224,13 @@ impl Namer {
                 }
                 if quic::initial(data).is_some() {
                     self.stats.quic_initials += 1;
-                    self.learn(id, Learned { protocol: Some(AppProtocol::Quic), name: None, no_sni: false, path: None, last: now });
+                    self.learn(id, Learned { protocol: Some(AppProtocol::Quic), name: None, corroborated: false, no_sni: false, path: None, last: now });
                 }
             }
-            PAYLOAD_DNS if key.protocol == 17 => self.dns_message(data, now),
+            PAYLOAD_DNS_QUERY if key.protocol == 17 => self.dns_query(key, data, now),
+            PAYLOAD_DNS if key.protocol == 17 => self.dns_udp_answer(key, data, now),
+            // Over TCP the answer comes on a connection this host opened to the
+            // server (an off-path sender cannot write into it): believed.
             PAYLOAD_DNS => self.dns_tcp_segment(key, offset as u32, data, now),
             _ => {}
         }
@@ -243,7 +266,7 @@ impl Namer {
     /// Try to decide what a stream start says; true once decided. `last`:
     /// no more bytes will come, so an incomplete start is concluded as is.
     fn conclude(&mut self, id: SockId, buf: &[u8], last: bool, now: f64) -> bool {
-        let mut l = Learned { protocol: None, name: None, no_sni: false, path: None, last: now };
+        let mut l = Learned { protocol: None, name: None, corroborated: false, no_sni: false, path: None, last: now };
         if buf.first() == Some(&0x16) {
             l.protocol = Some(AppProtocol::Tls);
             match tls::client_hello(buf) {
@@ -300,6 +323,44 @@ impl Namer {
         self.learned.insert(id, l);
     }
 
+    fn dns_query(&mut self, key: &FlowKey, msg: &[u8], now: f64) {
+        let Ok(q) = dns::query(msg) else { return };
+        self.stats.dns_queries += 1;
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.retain(|_, (_, at)| now - *at < PENDING_S);
+            if self.pending.len() >= MAX_PENDING {
+                return; // a query flood: its answers will count as unsolicited
+            }
+        }
+        self.pending.insert((q.id, key.local_port, key.remote_addr), (q.name, now));
+    }
+
+    /// A UDP answer is believed only when it answers a query that left this
+    /// host: same transaction id, sent to the server it comes from, to the
+    /// port that asked, with the same question, within `PENDING_S`.
+    fn dns_udp_answer(&mut self, key: &FlowKey, msg: &[u8], now: f64) {
+        let (question, answers) = match dns::response(msg) {
+            Ok(r) => r,
+            Err(_) => {
+                self.stats.dns_malformed += 1;
+                return;
+            }
+        };
+        let asked = question.and_then(|q| {
+            let k = (q.id, key.local_port, key.remote_addr);
+            self.pending.get(&k).filter(|(name, at)| *name == q.name && now - *at < PENDING_S).map(|_| k)
+        });
+        let Some(k) = asked else {
+            self.stats.dns_unsolicited += 1;
+            return;
+        };
+        self.pending.remove(&k);
+        self.stats.dns_answers += 1;
+        for a in &answers {
+            self.dns.insert(a, now);
+        }
+    }
+
     fn dns_message(&mut self, msg: &[u8], now: f64) {
         match dns::answers(msg) {
             Ok(answers) => {
@@ -352,6 +413,7 @@ impl Namer {
         self.expire_heads(now, false);
         self.learned.retain(|_, l| now - l.last < LEARNED_IDLE_S);
         self.tcp_dns.retain(|_, s| now - s.since < TCP_DNS_IDLE_S);
+        self.pending.retain(|_, (_, at)| now - *at < PENDING_S);
     }
 
     fn drop_oldest_tcp_dns(&mut self) {
@@ -390,6 +452,11 @@ impl Namer {
             if let Some((n, src)) = &l.name {
                 d.domain = Some(n.clone());
                 d.source = Some(*src);
+                // A claimed name is corroborated once an answer maps it here.
+                if !l.corroborated {
+                    l.corroborated = *src == NameSource::Dns || self.dns.get(&remote_ip, now).is_some_and(|names| names.contains(n));
+                }
+                d.corroborated = l.corroborated;
             }
         }
         if d.domain.is_none() {
@@ -399,14 +466,17 @@ impl Namer {
                 if let Some(n) = pick {
                     d.domain = Some(n.clone());
                     d.source = Some(NameSource::Dns);
+                    d.corroborated = true;
                     let l = self.learned.entry(id).or_insert(Learned {
                         protocol: d.protocol,
                         name: None,
+                        corroborated: true,
                         no_sni: d.tls_no_sni,
                         path: d.http_path.clone(),
                         last: now,
                     });
                     l.name = Some((n, NameSource::Dns));
+                    l.corroborated = true;
                 }
             }
         }
@@ -480,6 +550,7 @@ mod tests {
         let d = n.destination(&k, IP, 1.0);
         assert!(d.tls_no_sni && d.domain.is_none());
         let answer = dns::tests::response("www.dropbox.com", Some("www-env.dropbox-dns.com"), &[Ipv4Addr::new(10, 9, 8, 7)], 60);
+        n.on_payload(PAYLOAD_DNS_QUERY, &key(9, 53, 17), 0, &dns::tests::query("www.dropbox.com"), 2.0);
         n.on_payload(PAYLOAD_DNS, &key(9, 53, 17), 0, &answer, 2.0);
         let d = n.destination(&k, IP, 3.0);
         assert_eq!(d.domain.as_deref(), Some("www.dropbox.com"));
@@ -529,6 +600,59 @@ mod tests {
         assert!(n.stats.tcp_dns_evicted >= 2_000 - MAX_TCP_DNS as u64, "{}", n.stats.tcp_dns_evicted);
         n.expire(1.0 + TCP_DNS_IDLE_S);
         assert!(n.tcp_dns.is_empty(), "stalled reassemblies expire");
+    }
+
+    #[test]
+    fn only_answers_to_queries_this_host_sent_are_believed() {
+        let mut n = namer();
+        let answer = dns::tests::response("backup.corp.example", None, &[Ipv4Addr::new(10, 9, 8, 7)], 60);
+        let (server, client) = (key(9, 53, 17), 40000);
+        // Unsolicited, and answers that match a query in all but one field: ignored.
+        n.on_payload(PAYLOAD_DNS, &server, 0, &answer, 1.0);
+        n.on_payload(PAYLOAD_DNS_QUERY, &server, 0, &dns::tests::query("other.example"), 1.0);
+        n.on_payload(PAYLOAD_DNS, &server, 0, &answer, 1.0);
+        let mut elsewhere = server;
+        elsewhere.remote_addr[15] = 99;
+        n.on_payload(PAYLOAD_DNS_QUERY, &server, 0, &dns::tests::query("backup.corp.example"), 1.0);
+        n.on_payload(PAYLOAD_DNS, &elsewhere, 0, &answer, 1.0);
+        let mut other_port = server;
+        other_port.local_port = client + 1;
+        n.on_payload(PAYLOAD_DNS, &other_port, 0, &answer, 1.0);
+        assert_eq!((n.stats.dns_answers, n.stats.dns_unsolicited), (0, 4));
+        assert!(n.dns.get(&IP, 2.0).is_none());
+        // Too late, then the real one.
+        n.on_payload(PAYLOAD_DNS, &server, 0, &answer, 1.0 + PENDING_S + 1.0);
+        assert_eq!(n.stats.dns_unsolicited, 5);
+        n.on_payload(PAYLOAD_DNS_QUERY, &server, 0, &dns::tests::query("Backup.Corp.Example"), 50.0);
+        n.on_payload(PAYLOAD_DNS, &server, 0, &answer, 50.5);
+        assert_eq!(n.stats.dns_answers, 1);
+        assert_eq!(n.dns.get(&IP, 51.0).unwrap()[0], "backup.corp.example");
+        // A second answer to the same query is not believed either (one answer per query).
+        n.on_payload(PAYLOAD_DNS, &server, 0, &answer, 50.6);
+        assert_eq!(n.stats.dns_unsolicited, 6);
+    }
+
+    #[test]
+    fn a_claimed_name_is_corroborated_only_by_an_answer_mapping_it_to_that_address() {
+        let mut n = namer();
+        let (a, b) = (key(20, 443, 6), key(21, 443, 6));
+        n.on_payload(PAYLOAD_STREAM_HEAD, &a, 0, &tls::tests::hello(Some("backup.corp.example"), 0), 1.0);
+        let d = n.destination(&a, IP, 1.0);
+        assert_eq!(d.domain.as_deref(), Some("backup.corp.example"));
+        assert!(!d.corroborated, "the sender's own claim");
+        // The host resolves that name to this very address: the claim holds, for
+        // this socket and the next, and stays after the answer expires.
+        n.on_payload(PAYLOAD_DNS_QUERY, &key(9, 53, 17), 0, &dns::tests::query("backup.corp.example"), 2.0);
+        n.on_payload(PAYLOAD_DNS, &key(9, 53, 17), 0, &dns::tests::response("backup.corp.example", None, &[Ipv4Addr::new(10, 9, 8, 7)], 60), 2.0);
+        assert!(n.destination(&a, IP, 3.0).corroborated);
+        n.on_payload(PAYLOAD_STREAM_HEAD, &b, 0, &tls::tests::hello(Some("backup.corp.example"), 0), 3.0);
+        assert!(n.destination(&b, IP, 3.0).corroborated);
+        assert!(n.destination(&a, IP, 100_000.0).corroborated);
+        // The same name claimed towards another address is not.
+        let other = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1));
+        let c = key(22, 443, 6);
+        n.on_payload(PAYLOAD_STREAM_HEAD, &c, 0, &tls::tests::hello(Some("backup.corp.example"), 0), 3.0);
+        assert!(!n.destination(&c, other, 3.0).corroborated);
     }
 
     #[test]
