@@ -23,7 +23,7 @@ use tokio::{
 use crate::{
     config::Config,
     container::{self, Container},
-    detect::{Detector, FlowObs, JobInfo, ProcInfo, TickInput},
+    detect::{Detector, DnsObs, FlowObs, JobInfo, ProcInfo, TickInput},
     events::{self, KernelEvent},
     flows::{self, Attribution, DeltaTracker, Owner},
     kernel::{batch, loader::Sensor},
@@ -634,10 +634,32 @@ impl Agent {
         Sender { cgroup, container }
     }
 
+    /// This tick's DNS queries per (asking process, registered domain): the
+    /// query socket's owner from the kernel's record (pid 0 when unknown).
+    fn dns_observations(&mut self) -> Vec<DnsObs> {
+        self.namer
+            .take_queries()
+            .into_iter()
+            .map(|((cookie, domain), t)| {
+                let owner = self.owner(cookie, None);
+                DnsObs {
+                    process: self.proc_info(owner.map(|o| o.pid).unwrap_or(0), owner.map(|o| o.start_ns).unwrap_or(0)),
+                    domain,
+                    queries: t.queries,
+                    name_bytes: t.name_bytes,
+                    data_names: t.data_names,
+                    longest_label: t.longest_label,
+                }
+            })
+            .collect()
+    }
+
     /// Hand this tick to the detector (and the record file); print its alerts.
     fn detect(&mut self, at: SystemTime, window: Duration, records: &[flows::FlowRecord], senders: Vec<Sender>) -> Result<()> {
         self.check_executables(records.iter().filter(|r| r.volume.bytes_out > 0).map(|r| (r.owner.pid, r.owner.start_ns)));
+        let dns = self.dns_observations();
         let input = TickInput {
+            dns,
             t: output::unix_secs(at),
             window_s: window.as_secs_f64(),
             execs: std::mem::take(&mut self.pending_execs),
@@ -661,7 +683,7 @@ impl Agent {
                 .collect(),
         };
         if let Some(rec) = &mut self.recorder {
-            if !input.flows.is_empty() || !input.execs.is_empty() {
+            if !input.flows.is_empty() || !input.execs.is_empty() || !input.dns.is_empty() {
                 rec.tick(&input).context("writing the record file")?;
             }
         }

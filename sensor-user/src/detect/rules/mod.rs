@@ -5,6 +5,7 @@
 
 pub(crate) mod archive_then_upload;
 mod bulk_upload;
+pub(crate) mod dns_tunnel;
 mod exfil_tool;
 pub(crate) mod exfil_tool_exec;
 mod first_storage;
@@ -17,7 +18,8 @@ mod volume_anomaly;
 mod watched_app;
 
 pub use self::{
-    archive_then_upload::RULE as ARCHIVE_THEN_UPLOAD, bulk_upload::RULE as BULK_UPLOAD, exfil_tool::RULE as EXFIL_TOOL,
+    archive_then_upload::RULE as ARCHIVE_THEN_UPLOAD, bulk_upload::RULE as BULK_UPLOAD, dns_tunnel::RULE as DNS_TUNNEL,
+    exfil_tool::RULE as EXFIL_TOOL,
     exfil_tool_exec::RULE as EXFIL_TOOL_EXEC, first_storage::RULE as FIRST_STORAGE, quiet_program::RULE as QUIET_PROGRAM,
     ratio_inversion::RULE as RATIO_INVERSION, slow_drip::RULE as SLOW_DRIP, storage_upload::RULE as STORAGE_UPLOAD,
     suspicious_origin::RULE as SUSPICIOUS_ORIGIN, volume_anomaly::RULE as VOLUME_ANOMALY, watched_app::RULE as WATCHED_APP,
@@ -35,8 +37,9 @@ pub struct Rule {
     pub techniques: &'static [(&'static str, &'static str)],
 }
 
-pub const RULES: [Rule; 12] = [
+pub const RULES: [Rule; 13] = [
     EXFIL_TOOL,
+    DNS_TUNNEL,
     EXFIL_TOOL_EXEC,
     BULK_UPLOAD,
     STORAGE_UPLOAD,
