@@ -216,6 +216,11 @@ pub const HEAD_UNDECIDED: u32 = 0;
 pub const HEAD_CAPTURING: u32 = 1;
 pub const HEAD_DONE: u32 = 2;
 
+/// Payload copies each CPU may make per `PAYLOAD_RATE_NS` (a flood of
+/// ClientHellos or port-53 datagrams costs the agent at most this much work).
+pub const PAYLOAD_RATE_MAX: u64 = 2_000;
+pub const PAYLOAD_RATE_NS: u64 = 100_000_000;
+
 /// `PayloadEvent::kind`.
 /// The start of an outbound TCP stream that looks like TLS or HTTP.
 pub const PAYLOAD_STREAM_HEAD: u32 = 1;
@@ -327,7 +332,8 @@ pub mod counter {
     pub const SEND_READ_FAIL: u32 = 9;
     pub const RINGBUF_DROP_PAYLOAD: u32 = 10;
     pub const RINGBUF_DROP_PGID: u32 = 11;
-    pub const LEN: u32 = 12;
+    pub const PAYLOAD_RATE_LIMITED: u32 = 12;
+    pub const LEN: u32 = 13;
     /// Names in index order, for metrics and diagnostics.
     pub const NAMES: [&str; LEN as usize] = [
         "ringbuf_drop_exec",
@@ -342,6 +348,7 @@ pub mod counter {
         "send_read_fail",
         "ringbuf_drop_payload",
         "ringbuf_drop_pgid",
+        "payload_rate_limited",
     ];
 }
 
@@ -393,6 +400,7 @@ pub mod globals {
 /// Map names, shared so a rename on one side is a compile error on the other.
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
+    pub const PAYLOADS: &str = "PAYLOADS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SOCKS: &str = "SOCKS";
     pub const FLOWS: &str = "FLOWS";

@@ -14,10 +14,10 @@ use aya_ebpf::{
 use sensor_common::{
     counter, head_step, looks_like_quic, looks_like_stream_head, EventHeader, FlowCounters, FlowKey, PayloadEvent,
     EVENT_PAYLOAD, HEAD_DATAGRAM_LIMIT, HEAD_DONE, HEAD_STREAM_LIMIT, HEAD_UNDECIDED, PAYLOAD_DATAGRAM_HEAD,
-    PAYLOAD_LEN, PAYLOAD_STREAM_HEAD,
+    PAYLOAD_LEN, PAYLOAD_RATE_MAX, PAYLOAD_RATE_NS, PAYLOAD_STREAM_HEAD,
 };
 
-use crate::{count, EVENTS};
+use crate::{count, PAYLOADS, PAYLOAD_BUDGET};
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -66,13 +66,34 @@ pub fn capturing(c: *mut FlowCounters) -> bool {
     unsafe { (*c).head != HEAD_DONE }
 }
 
+/// This CPU's copy budget: `PAYLOAD_RATE_MAX` per `PAYLOAD_RATE_NS` window
+/// (per-CPU, so no other CPU writes the slot; plain stores are race-free).
+#[inline(always)]
+fn within_budget() -> bool {
+    let Some(slot) = PAYLOAD_BUDGET.get_ptr_mut(0) else { return true };
+    // SAFETY: a valid per-CPU map value pointer; bpf_ktime_get_boot_ns takes no arguments.
+    unsafe {
+        let now = bpf_ktime_get_boot_ns();
+        if now.wrapping_sub((*slot)[0]) >= PAYLOAD_RATE_NS {
+            (*slot)[0] = now;
+            (*slot)[1] = 0;
+        }
+        if (*slot)[1] >= PAYLOAD_RATE_MAX {
+            count(counter::PAYLOAD_RATE_LIMITED);
+            return false;
+        }
+        (*slot)[1] += 1;
+    }
+    true
+}
+
 /// Copy up to `PAYLOAD_LEN` of `avail` bytes into a ring buffer event.
 #[inline(always)]
 pub fn emit(kind: u32, key: &FlowKey, pid: u32, offset: u64, src: Source, avail: u64) {
-    if avail == 0 {
+    if avail == 0 || !within_budget() {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<PayloadEvent>(0) else {
+    let Some(mut entry) = PAYLOADS.reserve::<PayloadEvent>(0) else {
         count(counter::RINGBUF_DROP_PAYLOAD);
         return;
     };
@@ -101,5 +122,5 @@ pub fn emit(kind: u32, key: &FlowKey, pid: u32, offset: u64, src: Source, avail:
         (*ev).orig_len = avail.min(u32::MAX as u64) as u32;
         (*ev)._pad = 0;
     }
-    entry.submit(crate::wakeup());
+    entry.submit(crate::wakeup_for(&PAYLOADS));
 }

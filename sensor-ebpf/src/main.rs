@@ -42,6 +42,15 @@ use sensor_common::{
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
+/// Payload copies (connection starts, DNS), on a ring of their own: a flood of
+/// them can fill this one, never the one exec, fork and exit events use.
+#[map]
+static PAYLOADS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Per CPU: (start of the current rate window, copies made in it).
+#[map]
+static PAYLOAD_BUDGET: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Wake the agent only once this much waits in `EVENTS`; below it the agent
 /// drains on its own 100 ms timer.
 const WAKE_AT: u64 = 2 * 1024 * 1024;
@@ -52,7 +61,12 @@ const WAKE_AT: u64 = 2 * 1024 * 1024;
 /// what the sensor cost an exec storm.
 #[inline(always)]
 fn wakeup() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKE_AT {
+    wakeup_for(&EVENTS)
+}
+
+#[inline(always)]
+fn wakeup_for(ring: &RingBuf) -> u64 {
+    if ring.query(BPF_RB_AVAIL_DATA as u64) >= WAKE_AT {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

@@ -844,9 +844,14 @@ impl Agent {
         let ring = RingBuf::try_from(
             self.sensor.ebpf.take_map(maps::EVENTS).ok_or_else(|| anyhow!("map EVENTS missing"))?,
         )?;
-        // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so the fd
-        // cannot be closed or reused while it is registered.
+        let payloads = RingBuf::try_from(
+            self.sensor.ebpf.take_map(maps::PAYLOADS).ok_or_else(|| anyhow!("map PAYLOADS missing"))?,
+        )?;
+        // SAFETY: each RingBuf owns its fd and lives inside its AsyncFd, so the
+        // fd cannot be closed or reused while it is registered.
         let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|_| anyhow!("cannot poll the ring buffer fd"))?;
+        // SAFETY: as above.
+        let mut payloads = unsafe { AsyncFd::register(payloads) }.map_err(|_| anyhow!("cannot poll the payload ring buffer fd"))?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut interval = tokio::time::interval(self.config.agent.tick);
@@ -870,10 +875,19 @@ impl Agent {
                     self.drain(guard.get_inner_mut());
                     guard.clear_ready();
                 }
-                _ = drain_every.tick() => self.drain(ring.get_mut()),
-                _ = interval.tick() => {
-                    // Exec events first, so this tick's flows are named.
+                guard = payloads.readable_mut() => {
+                    let mut guard = guard.context("waiting on the payload ring buffer")?;
+                    self.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                _ = drain_every.tick() => {
                     self.drain(ring.get_mut());
+                    self.drain(payloads.get_mut());
+                }
+                _ = interval.tick() => {
+                    // Exec events and names first, so this tick's flows are named.
+                    self.drain(ring.get_mut());
+                    self.drain(payloads.get_mut());
                     self.tick()?;
                 }
                 _ = sigint.recv() => break,
@@ -881,6 +895,7 @@ impl Agent {
             }
         }
         self.drain(ring.get_mut());
+        self.drain(payloads.get_mut());
         self.tick()?;
         self.save_state();
         if !self.sink.get_mut().close(Duration::from_secs(5)) {

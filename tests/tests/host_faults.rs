@@ -376,3 +376,63 @@ fn floods_beyond_the_kernel_maps_are_counted_memory_stays_bounded_and_no_exec_is
     assert_eq!(http_get(&metrics, "/healthz").unwrap().0, 200, "the agent fell behind");
     assert!(agent.stop(Duration::from_secs(30)).is_some_and(|s| s.success()));
 }
+
+#[test]
+fn a_flood_of_dns_answers_and_client_hellos_during_an_exec_storm_loses_no_exec() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let agent = Agent::start(&["--probe", "cgroup", "--tick", "1s", "--state", "", "--metrics-addr", &metrics], Stdio::null());
+    let pid = agent.child.id();
+    let rss_before = rss_kib(pid);
+    // A socket here that the test host floods with datagrams from port 53
+    // (each one a DNS copy for the agent), and 3,000 ClientHellos sent from
+    // here to the test host (each a connection-start copy).
+    let port = free_port();
+    let rx = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{}',{port}))\ns.settimeout(2)\nprint('ready',flush=True)\ntry:\n    while True: s.recv(4096)\nexcept OSError: pass\n",
+        host.local_v4
+    );
+    let mut receiver = Command::new("/usr/bin/python3").args(["-c", &rx]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(receiver.stdout.take().unwrap()), &mut line).unwrap();
+    let _receiver = KillOnDrop(receiver);
+    let flood = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{}',53))\nd=b'\\x12\\x34\\x81\\x80'+bytes(1200)\nfor i in range(200000): s.sendto(d,('{}',{port}))\n",
+        host.peer_v4, host.local_v4
+    );
+    let mut flooder = KillOnDrop(host.command("/usr/bin/python3").args(["-c", &flood]).spawn().unwrap());
+    let hello: String = client_hello(Some("flood.example"), 400).iter().map(|b| format!("\\x{b:02x}")).collect();
+    let sink_port = free_port();
+    let _sink = KillOnDrop(
+        host.command("/usr/bin/python3")
+            .args(["-c", &format!("import socket\nl=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('{}',{sink_port})); l.listen(4096); l.settimeout(60)\nwhile True:\n    c,_=l.accept(); c.close()\n", host.peer_v4)])
+            .spawn()
+            .unwrap(),
+    );
+    thread::sleep(Duration::from_millis(500));
+    let hellos = format!(
+        "import socket\nfor i in range(3000):\n    c=socket.create_connection(('{}',{sink_port}), timeout=5)\n    try: c.sendall(b'{hello}')\n    except OSError: pass\n    c.close()\n",
+        host.peer_v4
+    );
+    let mut helloer = KillOnDrop(Command::new("/usr/bin/python3").args(["-c", &hellos]).spawn().unwrap());
+    let execs_before = scrape(&metrics, "sluice_execs_total");
+    let storm = Command::new("/bin/sh").args(["-c", "i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done"]).status().unwrap();
+    assert!(storm.success());
+    let _ = flooder.0.wait();
+    let _ = helloer.0.wait();
+    thread::sleep(Duration::from_secs(3));
+    let m = http_get(&metrics, "/metrics").unwrap().1;
+    let get = |s: &str| metric(&m, s).unwrap_or(0.0);
+    let counter = |n: &str| get(&format!("sluice_kernel_counter_total{{name=\"{n}\"}}"));
+    let execs = get("sluice_execs_total") - execs_before;
+    let lost = counter("ringbuf_drop_exec") + counter("ringbuf_drop_fork") + counter("ringbuf_drop_exit");
+    let shed = counter("payload_rate_limited") + counter("ringbuf_drop_payload");
+    let rss_after = rss_kib(pid);
+    eprintln!("measured: name flood: {execs} execs seen of 3000+, {lost} process events lost, {shed} payload copies shed, RSS {rss_before} -> {rss_after} KiB");
+    assert_eq!(lost, 0.0, "exec/fork/exit events lost to a name flood:\n{m}");
+    assert!(execs >= 3000.0, "only {execs} execs seen of the 3,000 run");
+    assert!(rss_after < 128 * 1024, "RSS {rss_after} KiB after the flood");
+    assert_eq!(http_get(&metrics, "/healthz").unwrap().0, 200, "the agent fell behind");
+    assert!(agent.stop(Duration::from_secs(30)).is_some_and(|s| s.success()));
+}
