@@ -137,7 +137,18 @@ fn check_names(b: &str, g: &Guest, recs: &[Value], err: &str) {
     assert_eq!(dns["destination"]["domain"], "upload.box.com", "{b}: {dns}\n{err}");
     assert_eq!(dns["sluice"]["destination"]["name_source"], "dns");
     assert_eq!(dns["sluice"]["destination"]["service"], "Box");
-    eprintln!("measured: {b}: tls/quic/dns scenarios named ({})", tls["destination"]["domain"]);
+    // The answer matched the query (dns_egress copied it on this backend).
+    assert_eq!(dns["sluice"]["destination"]["name_corroborated"], true, "{b}: {dns}");
+    // An answer nobody asked for names nothing.
+    let forged = flow("dns-forged", 9018);
+    assert!(forged["destination"]["domain"].is_null(), "{b}: an unsolicited answer named a flow: {forged}\n{err}");
+    let unsolicited = err.rsplit("dns_unsolicited=").next().and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse::<u64>().ok());
+    assert!(unsolicited.unwrap_or(0) >= 1, "{b}: the unsolicited answer was not counted:\n{err}");
+    // A ClientHello split across two records, copied from the sender's buffers.
+    let split = flow("tls-split", 9017);
+    assert_eq!(split["destination"]["domain"], "split.example.org", "{b}: {split}\n{err}");
+    assert_eq!(split["sluice"]["destination"]["name_corroborated"], false, "a claimed name: {split}");
+    eprintln!("measured: {b}: tls/quic/dns/forged-dns/split-hello scenarios named ({})", tls["destination"]["domain"]);
 }
 
 #[test]

@@ -95,6 +95,8 @@ for B in fentry kprobe; do
     scenario tls 9006 tcp 127.0.0.1 /netload tls 127.0.0.1 9006 gfs208n140.userstorage.mega.co.nz 3000000
     scenario quic 9007 udp 127.0.0.1 /netload quic 127.0.0.1 9007 200
     scenario dns 9008 tcp 127.0.0.2 /netload dns-send 127.0.0.2 9008 upload.box.com 1000000
+    scenario dns-forged 9018 tcp 127.0.0.3 /netload dns-unsolicited 127.0.0.3 9018 content.dropboxapi.com 1000000
+    scenario tls-split 9017 tcp 127.0.0.1 /netload tls-split 127.0.0.1 9017 split.example.org 2000000
     sleep 2
   fi
   kill -TERM $SP

@@ -23,7 +23,8 @@
 //!     netload tls-split ADDR PORT SNI BYTES   the ClientHello split over two TLS records, then BYTES
 //!     netload quic ADDR PORT COUNT            COUNT 1200-byte datagrams, the first a QUIC v1 Initial
 //!     netload dns-send ADDR PORT NAME BYTES [udp]
-//!                                             ask 127.0.0.1:53 for NAME and answer it NAME -> ADDR,
+//!                                             ask 127.0.0.1:53 for NAME and answer it NAME -> ADDR
+//!                                             (dns-unsolicited: the answer without the query),
 //!                                             then send BYTES to ADDR:PORT (named by DNS alone)
 //!
 //! LABEL is ignored: it gives otherwise identical senders different command lines.
@@ -174,16 +175,21 @@ fn main() {
             }
             println!("sent {}", count * 1200);
         }
-        ["dns-send", ip, port, name, bytes, rest @ ..] => {
+        [mode @ ("dns-send" | "dns-unsolicited"), ip, port, name, bytes, rest @ ..] => {
             let n: usize = bytes.parse().expect("bytes");
             let target: std::net::Ipv4Addr = ip.parse().expect("IPv4 address");
             let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
             let server = UdpSocket::bind("127.0.0.1:53").expect("bind port 53");
-            // Ask, then answer that query (sluice believes only answers to queries).
-            rx.send_to(&sluice_tests::dns_query(name), server.local_addr().unwrap()).expect("query");
-            server.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let (_, asker) = server.recv_from(&mut [0u8; 512]).expect("the query");
-            server.send_to(&sluice_tests::dns_answer(name, target), asker).expect("answer");
+            if *mode == "dns-send" {
+                // Ask, then answer that query (sluice believes only answers to queries).
+                rx.send_to(&sluice_tests::dns_query(name), server.local_addr().unwrap()).expect("query");
+                server.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let (_, asker) = server.recv_from(&mut [0u8; 512]).expect("the query");
+                server.send_to(&sluice_tests::dns_answer(name, target), asker).expect("answer");
+            } else {
+                // An answer nobody asked for: must name nothing.
+                server.send_to(&sluice_tests::dns_answer(name, target), rx.local_addr().unwrap()).expect("answer");
+            }
             rx.set_read_timeout(Some(Duration::from_secs(5))).ok();
             rx.recv(&mut [0u8; 512]).expect("the answer");
             if rest.first() == Some(&"udp") {
