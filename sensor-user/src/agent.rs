@@ -634,6 +634,37 @@ impl Agent {
         Sender { cgroup, container }
     }
 
+    /// The detector's view of record `i`. An upstream flow of a local proxy
+    /// (`proxy::join`) is its client's upload, carried by the proxy.
+    fn flow_obs(&self, i: usize, r: &flows::FlowRecord, sender: Sender, records: &[flows::FlowRecord], joins: &[crate::proxy::Join]) -> FlowObs {
+        let joined = joins.iter().find(|j| j.upstream == i);
+        let (process, via_proxy, target) = match joined {
+            Some(j) => {
+                let c = &records[j.client];
+                let proxy = self.procs.get(j.proxy_pid).map(|p| p.name.clone()).unwrap_or_default();
+                let target = c.destination.proxy_target.as_ref().map(|(h, _)| h.clone()).filter(|h| h.parse::<std::net::IpAddr>().is_err());
+                (self.proc_info(c.owner.pid, c.owner.start_ns), Some(format!("{proxy} (pid {}): {}", j.proxy_pid, j.how)), target)
+            }
+            None => (self.proc_info(r.owner.pid, r.owner.start_ns), None, None),
+        };
+        FlowObs {
+            process,
+            via_proxy,
+            remote_ip: r.remote_ip,
+            remote_port: r.remote_port,
+            transport: flows::transport(r.protocol).to_string(),
+            direction: flows::direction(r.owner.direction).to_string(),
+            scope: r.scope().as_str().to_string(),
+            // The upstream's own name first; else the target the client asked for (a claim).
+            domain: r.destination.domain.clone().or(target),
+            domain_corroborated: r.destination.corroborated,
+            cgroup: sender.cgroup,
+            container: sender.container,
+            bytes_out: r.volume.bytes_out,
+            bytes_in: r.volume.bytes_in,
+        }
+    }
+
     /// This tick's DNS queries per (asking process, registered domain): the
     /// query socket's owner from the kernel's record (pid 0 when unknown).
     fn dns_observations(&mut self) -> Vec<DnsObs> {
@@ -658,29 +689,13 @@ impl Agent {
     fn detect(&mut self, at: SystemTime, window: Duration, records: &[flows::FlowRecord], senders: Vec<Sender>) -> Result<()> {
         self.check_executables(records.iter().filter(|r| r.volume.bytes_out > 0).map(|r| (r.owner.pid, r.owner.start_ns)));
         let dns = self.dns_observations();
+        let joins = crate::proxy::join(records);
         let input = TickInput {
             dns,
             t: output::unix_secs(at),
             window_s: window.as_secs_f64(),
             execs: std::mem::take(&mut self.pending_execs),
-            flows: records
-                .iter()
-                .zip(senders)
-                .map(|(r, Sender { cgroup, container })| FlowObs {
-                    process: self.proc_info(r.owner.pid, r.owner.start_ns),
-                    remote_ip: r.remote_ip,
-                    remote_port: r.remote_port,
-                    transport: flows::transport(r.protocol).to_string(),
-                    direction: flows::direction(r.owner.direction).to_string(),
-                    scope: r.scope().as_str().to_string(),
-                    domain: r.destination.domain.clone(),
-                    domain_corroborated: r.destination.corroborated,
-                    cgroup,
-                    container,
-                    bytes_out: r.volume.bytes_out,
-                    bytes_in: r.volume.bytes_in,
-                })
-                .collect(),
+            flows: records.iter().zip(senders).enumerate().map(|(i, (r, sender))| self.flow_obs(i, r, sender, records, &joins)).collect(),
         };
         if let Some(rec) = &mut self.recorder {
             if !input.flows.is_empty() || !input.execs.is_empty() || !input.dns.is_empty() {

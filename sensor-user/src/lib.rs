@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod naming;
 pub mod output;
 pub mod process_table;
+pub mod proxy;
 pub mod record;
 pub mod rotate;
 pub mod services;

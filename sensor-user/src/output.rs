@@ -407,6 +407,7 @@ mod tests {
             http_path: None,
             service: crate::services::Catalog::builtin().lookup("content.dropboxapi.com").cloned(),
             corroborated: false,
+            proxy_target: None,
         };
         let c = Container {
             id: "4f1d".into(),

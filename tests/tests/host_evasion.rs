@@ -301,6 +301,49 @@ fn an_upload_started_before_sluice_in_another_network_namespace_is_attributed_an
     assert!(flows.iter().all(|f| f["network"]["direction"] == "egress"), "{flows:?}");
 }
 
+#[test]
+fn an_upload_through_a_local_connect_proxy_is_the_clients_with_the_proxy_as_carrier() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let port = free_port();
+    let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &["2"]).unwrap();
+    let proxy_port = free_port();
+    let mut proxy_cmd = Command::new("/usr/bin/python3");
+    proxy_cmd
+        .arg(fixture("proxy.py"))
+        .args([proxy_port.to_string(), format!("upload.example.net={}", host.peer_v4)])
+        .stdout(std::process::Stdio::piped())
+        .process_group(0);
+    let mut proxy = proxy_cmd.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(proxy.stdout.take().unwrap()), &mut line).unwrap();
+    let proxy = KillOnDrop(proxy);
+    let proxy_pid = proxy.0.id();
+    let sluice = Sluice::start(ALERTS).unwrap();
+    // Two clients at once through the one proxy to one target: one uploads
+    // 150 MiB, the other sends 100 KB.
+    let client = |bytes: u64| {
+        let mut c = Command::new("/usr/bin/python3");
+        c.args([upload_py().as_str(), "proxied", &proxy_port.to_string(), "upload.example.net", &port.to_string(), &bytes.to_string()])
+            .process_group(0)
+            .stdout(std::process::Stdio::null());
+        KillOnDrop(c.spawn().unwrap())
+    };
+    let (mut quiet, mut loud) = (client(100_000), client(150 * MIB));
+    let (quiet_pid, loud_pid) = (quiet.0.id(), loud.0.id());
+    assert!(loud.0.wait().unwrap().success() && quiet.0.wait().unwrap().success());
+    assert_eq!(sink.received().unwrap(), 150 * MIB + 100_000);
+    let a = alert_where(&sluice, "sluice.bulk_upload", "the client's alert", |a| a["process"]["pid"] == loud_pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let recs = sluice.stop().unwrap();
+    drop(proxy);
+    let r = reason(&a);
+    assert!(r.contains("upload.example.net") && r.contains(&format!("through the local proxy python3 (pid {proxy_pid})")), "{r}");
+    assert_eq!(a["destination"]["ip"], host.peer_v4.as_str());
+    let others: Vec<&Value> = recs.iter().filter(|r| r["event"]["kind"] == "alert" && (r["process"]["pid"] == proxy_pid || r["process"]["pid"] == quiet_pid)).collect();
+    assert!(others.is_empty(), "the proxy or the idle client was blamed: {others:?}");
+}
+
 fn git(args: &[&str], cwd: &Path) {
     let out = Command::new("git")
         .args(args)

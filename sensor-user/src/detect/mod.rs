@@ -104,6 +104,10 @@ impl ProcInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlowObs {
     pub process: ProcInfo,
+    /// The local forward proxy that carried this upload for `process`, and how
+    /// the two were joined (`proxy::join`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via_proxy: Option<String>,
     pub remote_ip: IpAddr,
     pub remote_port: u16,
     pub transport: String,

@@ -66,9 +66,13 @@ pub fn who(p: &ProcInfo) -> String {
 
 /// "mega.nz (1.2.3.4:443)" or "1.2.3.4:443"
 pub fn where_to(f: &FlowObs) -> String {
-    match &f.domain {
+    let to = match &f.domain {
         Some(d) => format!("{d} ({}:{})", f.remote_ip, f.remote_port),
         None => format!("{}:{}", f.remote_ip, f.remote_port),
+    };
+    match &f.via_proxy {
+        Some(p) => format!("{to} through the local proxy {p}"),
+        None => to,
     }
 }
 

@@ -172,6 +172,7 @@ mod tests {
             scope: "public".into(),
             domain: Some("gfs270n122.userstorage.mega.co.nz".into()),
             domain_corroborated: false,
+            via_proxy: None,
             cgroup: None,
             container: None,
             bytes_out: 1,

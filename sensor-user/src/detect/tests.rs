@@ -43,6 +43,7 @@ pub(crate) fn flow(p: &ProcInfo, bytes_out: u64) -> FlowObs {
         scope: "public".into(),
         domain: None,
         domain_corroborated: false,
+        via_proxy: None,
         cgroup: None,
         container: None,
         bytes_out,

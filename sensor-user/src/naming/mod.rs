@@ -40,6 +40,8 @@ pub enum NameSource {
     TlsSni,
     HttpHost,
     Dns,
+    /// The target of a request to a local forward proxy (CONNECT, absolute URI).
+    ProxyRequest,
 }
 
 impl NameSource {
@@ -48,6 +50,7 @@ impl NameSource {
             NameSource::TlsSni => "tls-sni",
             NameSource::HttpHost => "http-host",
             NameSource::Dns => "dns",
+            NameSource::ProxyRequest => "proxy-request",
         }
     }
 }
@@ -85,6 +88,8 @@ pub struct Destination {
     /// it to this address (a name from DNS is; SNI and Host are claims the
     /// sender makes, corroborated only when such an answer agrees).
     pub corroborated: bool,
+    /// The connection asked a forward proxy for this (host, port).
+    pub proxy_target: Option<(String, u16)>,
 }
 
 impl Destination {
@@ -92,7 +97,7 @@ impl Destination {
     /// connection itself beats one from DNS beats none.
     fn rank(&self) -> u8 {
         match self.source {
-            Some(NameSource::TlsSni) | Some(NameSource::HttpHost) => 3,
+            Some(NameSource::TlsSni) | Some(NameSource::HttpHost) | Some(NameSource::ProxyRequest) => 3,
             Some(NameSource::Dns) => 2,
             None if self.protocol.is_some() => 1,
             None => 0,
@@ -122,6 +127,7 @@ struct Learned {
     name: Option<(String, NameSource)>,
     /// Once corroborated, for the socket's life (the answer may expire first).
     corroborated: bool,
+    proxy_target: Option<(String, u16)>,
     no_sni: bool,
     path: Option<String>,
     last: f64,
@@ -267,7 +273,7 @@ impl Namer {
                 }
                 if quic::initial(data).is_some() {
                     self.stats.quic_initials += 1;
-                    self.learn(id, Learned { protocol: Some(AppProtocol::Quic), name: None, corroborated: false, no_sni: false, path: None, last: now });
+                    self.learn(id, Learned { protocol: Some(AppProtocol::Quic), name: None, corroborated: false, proxy_target: None, no_sni: false, path: None, last: now });
                 }
             }
             PAYLOAD_DNS_QUERY if key.protocol == 17 => self.dns_query(key, data, now),
@@ -309,7 +315,7 @@ impl Namer {
     /// Try to decide what a stream start says; true once decided. `last`:
     /// no more bytes will come, so an incomplete start is concluded as is.
     fn conclude(&mut self, id: SockId, buf: &[u8], last: bool, now: f64) -> bool {
-        let mut l = Learned { protocol: None, name: None, corroborated: false, no_sni: false, path: None, last: now };
+        let mut l = Learned { protocol: None, name: None, corroborated: false, proxy_target: None, no_sni: false, path: None, last: now };
         if buf.first() == Some(&0x16) {
             l.protocol = Some(AppProtocol::Tls);
             match tls::client_hello(buf) {
@@ -343,6 +349,13 @@ impl Namer {
                 http::Request::NoHost { path } => {
                     self.stats.http_requests += 1;
                     l.path = Some(path);
+                }
+                http::Request::Proxy { host, port } => {
+                    self.stats.http_requests += 1;
+                    if host.parse::<IpAddr>().is_err() {
+                        l.name = Some((host.clone(), NameSource::ProxyRequest));
+                    }
+                    l.proxy_target = Some((host, port));
                 }
                 http::Request::Malformed => {
                     self.stats.http_malformed += 1;
@@ -518,6 +531,7 @@ impl Namer {
             d.protocol = l.protocol;
             d.tls_no_sni = l.no_sni;
             d.http_path = l.path.clone();
+            d.proxy_target = l.proxy_target.clone();
             if let Some((n, src)) = &l.name {
                 d.domain = Some(n.clone());
                 d.source = Some(*src);
@@ -540,6 +554,7 @@ impl Namer {
                         protocol: d.protocol,
                         name: None,
                         corroborated: true,
+                        proxy_target: None,
                         no_sni: d.tls_no_sni,
                         path: d.http_path.clone(),
                         last: now,
