@@ -54,8 +54,13 @@ fn drain(mut c: TcpStream) -> u64 {
 
 /// A ClientHello naming `sni`, then `n` bytes, on one connection.
 fn tls_upload(dst: SocketAddr, sni: &str, n: usize) {
+    hello_then_upload(dst, &sluice_tests::client_hello(Some(sni), 200), n);
+}
+
+/// `hello` (a ClientHello, whole or split over records), then `n` bytes.
+fn hello_then_upload(dst: SocketAddr, hello: &[u8], n: usize) {
     let mut s = TcpStream::connect(dst).expect("connect");
-    s.write_all(&sluice_tests::client_hello(Some(sni), 200)).expect("hello");
+    s.write_all(hello).expect("hello");
     let chunk = vec![b't'; 1 << 16];
     let mut left = n;
     while left > 0 {
@@ -360,16 +365,7 @@ fn main() {
         }
         ["tls-split", ip, port, sni, bytes] => {
             let n: usize = bytes.parse().expect("bytes");
-            let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
-            s.write_all(&sluice_tests::client_hello_split(Some(sni), 200, 30)).expect("hello");
-            let chunk = vec![b't'; 1 << 16];
-            let mut left = n;
-            while left > 0 {
-                let k = left.min(chunk.len());
-                s.write_all(&chunk[..k]).expect("send");
-                left -= k;
-            }
-            finish(s);
+            hello_then_upload(addr(ip, port), &sluice_tests::client_hello_split(Some(sni), 200, 30), n);
             println!("sent {n}");
         }
         ["threads", ip, port, sni, count, bytes] => {
