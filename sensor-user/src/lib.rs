@@ -8,6 +8,7 @@ pub mod config;
 pub mod container;
 pub mod detect;
 pub mod events;
+pub mod evict;
 pub mod flows;
 pub mod kernel;
 pub mod metrics;

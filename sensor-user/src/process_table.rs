@@ -205,8 +205,8 @@ const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fi
 /// Programs that start other people's jobs: a process they start is a job of
 /// its own even where the process group says nothing (pgid unknown).
 const SUPERVISORS: &[&str] = &[
-    "init", "systemd", "sshd", "cron", "crond", "atd", "anacron", "containerd-shim", "containerd-shim-runc-v2", "conmon",
-    "runc", "crun", "tini", "dumb-init", "docker-init", "tmux", "tmux: server", "screen", "login", "kubelet",
+    "init", "systemd", "sshd", "cron", "crond", "atd", "anacron", "conmon", "runc", "crun", "tini", "dumb-init",
+    "docker-init", "tmux", "screen", "login", "kubelet",
 ];
 
 fn basename(path: &str) -> &str {
@@ -221,6 +221,7 @@ pub fn is_interactive_shell(p: &Process) -> bool {
 
 fn is_supervisor(p: &Process) -> bool {
     let exe = basename(&p.executable);
+    // containerd-shim, containerd-shim-runc-v2, ...
     SUPERVISORS.contains(&exe) || exe.starts_with("containerd-shim")
 }
 

@@ -44,6 +44,12 @@ struct File {
 
 const CATEGORIES: [&str; 6] = ["storage", "file-sharing", "paste", "webhook", "tunnel", "messaging"];
 
+/// `name` is `suffix` or one of its subdomains (on a label boundary: "x.mega.nz"
+/// is within "mega.nz", "notmega.nz" is not).
+pub fn is_within(name: &str, suffix: &str) -> bool {
+    name == suffix || name.strip_suffix(suffix).is_some_and(|head| head.ends_with('.'))
+}
+
 /// Categories whose services take uploads of files: a first-seen program
 /// sending there is worth a look.
 pub fn is_upload_category(category: &str) -> bool {
@@ -169,6 +175,12 @@ mod tests {
         assert_eq!(id("example.com"), None);
         assert_eq!(id(""), None);
         assert!(c.lookup("mega.nz").unwrap().exfil_tool);
+    }
+
+    #[test]
+    fn within_a_domain_on_a_label_boundary() {
+        assert!(is_within("mega.nz", "mega.nz") && is_within("g.api.mega.nz", "mega.nz"));
+        assert!(!is_within("notmega.nz", "mega.nz") && !is_within("mega.nz", "g.mega.nz"));
     }
 
     #[test]

@@ -157,23 +157,10 @@ impl Table {
         self.models.insert(key.to_string(), Model::new(ln1p(bytes), t));
     }
 
-    /// Evict the `n` unpinned keys updated longest ago, in one pass (one pass
-    /// per n inserts keeps a full table's inserts O(log n) amortized).
+    /// Evict the `n` unpinned keys updated longest ago (`evict::oldest`).
     fn evict_stalest(&mut self, n: usize) {
-        let mut by_age: Vec<(f64, String)> = self
-            .models
-            .iter()
-            .filter(|(k, _)| !self.pinned.contains(*k))
-            .map(|(k, m)| (m.last_t, k.clone()))
-            .collect();
-        let n = n.min(by_age.len());
-        if n == 0 {
-            return;
-        }
-        by_age.select_nth_unstable_by(n - 1, |a, b| a.0.total_cmp(&b.0));
-        for (_, k) in by_age.into_iter().take(n) {
-            self.models.remove(&k);
-        }
+        let pinned = &self.pinned;
+        crate::evict::oldest(&mut self.models, n, |k, m| (!pinned.contains(k)).then_some(m.last_t));
     }
 }
 

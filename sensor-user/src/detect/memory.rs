@@ -53,13 +53,8 @@ impl Habits {
             return;
         }
         if self.by_exe.len() >= MAX_BASELINES {
-            // Drop the stalest 1/16 in one pass (amortized O(log n) per insert).
-            let mut by_age: Vec<(f64, String)> = self.by_exe.iter().map(|(k, h)| (h.last_seen, k.clone())).collect();
-            let n = by_age.len() / 16 + 1;
-            by_age.select_nth_unstable_by(n - 1, |a, b| a.0.total_cmp(&b.0));
-            for (_, k) in by_age.into_iter().take(n) {
-                self.by_exe.remove(&k);
-            }
+            let n = self.by_exe.len() / 16 + 1;
+            crate::evict::oldest(&mut self.by_exe, n, |_, h| Some(h.last_seen));
         }
         self.by_exe.insert(exe.to_string(), Habit { first_seen: t, last_seen: t, max_window: 0 });
     }
@@ -76,8 +71,7 @@ pub struct Entity {
 
 /// Windowed entities, bounded: when full, entities whose windows emptied are
 /// swept (at most once per tick, so a flood costs O(n) per tick, not per flow),
-/// then the stalest sixteenth makes room in one pass (amortized O(1) per new
-/// key; removing one arbitrary key per insert made a full table quadratic).
+/// then the stalest sixteenth makes room (`evict::oldest`).
 /// Memory stays bounded; at worst a flooded entity's window restarts from
 /// zero. `evicted` counts those.
 #[derive(Debug, Default)]
@@ -109,7 +103,7 @@ impl Entities {
                 });
             }
             if self.map.len() >= MAX_ENTITIES {
-                self.evict_stalest(MAX_ENTITIES / 16);
+                self.evicted += crate::evict::oldest(&mut self.map, MAX_ENTITIES / 16, |_, e| Some(e.last_t)) as u64;
             }
         }
         // Look up before inserting: `entry` would allocate the key on every call.
@@ -121,21 +115,6 @@ impl Entities {
         e.out.add(t, out);
         e.inb.add(t, inb);
         (e.out.total(), e.inb.total())
-    }
-}
-
-impl Entities {
-    fn evict_stalest(&mut self, n: usize) {
-        let mut by_age: Vec<(f64, String)> = self.map.iter().map(|(k, e)| (e.last_t, k.clone())).collect();
-        let n = n.max(1).min(by_age.len());
-        if n == 0 {
-            return;
-        }
-        by_age.select_nth_unstable_by(n - 1, |a, b| a.0.total_cmp(&b.0));
-        for (_, k) in by_age.into_iter().take(n) {
-            self.map.remove(&k);
-        }
-        self.evicted += n as u64;
     }
 }
 

@@ -188,8 +188,8 @@ pub struct Detector {
     pub(crate) params: Params,
     pub(crate) short: Entities,
     pub(crate) long: Entities,
-    /// Short windows of the levels above the identity (job, executable, site,
-    /// host) and of rule-specific sums.
+    /// Short windows of each job, and the rules' own sums (storage services,
+    /// DNS names); `bulk_upload` keeps its per-level sums in `bulk`.
     pub(crate) levels: Entities,
     /// `bulk_upload`'s sums per level key: only senders without a learned baseline.
     pub(crate) bulk: Entities,
@@ -317,9 +317,7 @@ impl Detector {
         // answer this host asked for backs (anyone can put any name in SNI).
         let ip = f.remote_ip.to_string();
         let dom = f.domain.as_deref().filter(|_| f.domain_corroborated).unwrap_or("");
-        !self.cfg.allow_destinations.iter().any(|d| {
-            *d == ip || (!dom.is_empty() && (dom == d || dom.ends_with(&format!(".{d}"))))
-        })
+        !self.cfg.allow_destinations.iter().any(|d| *d == ip || (!dom.is_empty() && crate::services::is_within(dom, d)))
     }
 
     /// The process, or a program that started it (its helpers work for it),
@@ -419,11 +417,9 @@ impl Detector {
         let long_s = self.cfg.long_window.as_secs_f64();
         let bucket = input.window_s.clamp(0.1, short_s);
         let p = &f.process;
-        let facts = self.process_facts(p, t);
-        let id = facts.id.clone();
+        let subject::ProcessFacts { id, key_exe, job, origin, indicators } = self.process_facts(p, t);
         let dest = subject::destination(f);
         let key_dest = format!("{id}|{dest}");
-        let key_exe = facts.key_exe.clone();
         let (id_out, id_in) = self.short.bump(&id, f, t, bucket, short_s);
         let (kd_out, _) = self.short.bump(&key_dest, f, t, bucket, short_s);
         let (long_out, _) = self.long.bump(&id, f, t, 300.0, long_s);
@@ -435,14 +431,9 @@ impl Detector {
                 }
             }
         }
-        let job = facts.job.clone();
         let site = subject::site(f);
         let (job_out, job_in) = self.levels.bump(&job, f, t, bucket, short_s);
-        let (exe_out, _) = self.levels.bump(&key_exe, f, t, bucket, short_s);
-        let (site_out, _) = self.levels.bump(&site, f, t, bucket, short_s);
-        let (host_out, _) = self.levels.bump(HOST_KEY, f, t, bucket, short_s);
         let learned = self.baselines.get(&key_exe).is_some_and(|m| self.mature(m, t));
-        let (origin, indicators) = (facts.origin, facts.indicators);
         Subject {
             f,
             t,
@@ -463,9 +454,6 @@ impl Detector {
             site,
             job_out,
             job_in,
-            exe_out,
-            site_out,
-            host_out,
             learned,
             origin,
             indicators,
@@ -580,15 +568,8 @@ impl Detector {
                 if self.dedup.len() >= MAX_ENTITIES {
                     self.dedup.retain(|_, d| t - d.last_t < suppress);
                     if self.dedup.len() >= MAX_ENTITIES {
-                        // The oldest sixteenth in one pass (one arbitrary key per
-                        // insert would make a full table quadratic).
-                        let mut by_age: Vec<(f64, (String, String, String))> =
-                            self.dedup.iter().map(|(k, d)| (d.last_t, k.clone())).collect();
-                        let n = by_age.len() / 16 + 1;
-                        by_age.select_nth_unstable_by(n - 1, |a, b| a.0.total_cmp(&b.0));
-                        for (_, k) in by_age.into_iter().take(n) {
-                            self.dedup.remove(&k);
-                        }
+                        let n = self.dedup.len() / 16 + 1;
+                        crate::evict::oldest(&mut self.dedup, n, |_, d| Some(d.last_t));
                     }
                 }
                 self.dedup.insert(key, DedupState { last_t: t, suppressed: 0 });

@@ -30,13 +30,9 @@ pub struct Subject<'a> {
     /// The job's key (its process group) and the registered-domain-or-IP key.
     pub job: String,
     pub site: String,
-    /// Short-window totals of the levels above the identity: (out, in) of the
-    /// job, and out of the executable, the site and the host.
+    /// Short-window totals (out, in) of the job.
     pub job_out: u64,
     pub job_in: u64,
-    pub exe_out: u64,
-    pub site_out: u64,
-    pub host_out: u64,
     /// The sender's executable has a mature baseline (learned rules judge it).
     pub learned: bool,
     /// Why where the sender (or its job) runs from is suspicious.

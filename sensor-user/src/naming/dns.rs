@@ -152,11 +152,7 @@ impl Cache {
         let before = self.map.len();
         self.map.retain(|_, e| e.expires > now);
         if self.map.len() >= self.max {
-            let mut by_expiry: Vec<(f64, IpAddr)> = self.map.iter().map(|(ip, e)| (e.expires, *ip)).collect();
-            by_expiry.sort_by(|a, b| a.0.total_cmp(&b.0));
-            for (_, ip) in by_expiry.iter().take(self.max / 10 + 1) {
-                self.map.remove(ip);
-            }
+            crate::evict::oldest(&mut self.map, self.max / 10 + 1, |_, e| Some(e.expires));
         }
         self.evicted += (before - self.map.len()) as u64;
     }

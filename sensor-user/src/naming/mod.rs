@@ -370,11 +370,7 @@ impl Namer {
     fn learn(&mut self, id: SockId, l: Learned) {
         if !self.learned.contains_key(&id) && self.learned.len() >= MAX_LEARNED {
             // Batch: drop the least recently used tenth.
-            let mut by_age: Vec<(f64, SockId)> = self.learned.iter().map(|(k, v)| (v.last, *k)).collect();
-            by_age.sort_by(|a, b| a.0.total_cmp(&b.0));
-            for (_, k) in by_age.iter().take(MAX_LEARNED / 10) {
-                self.learned.remove(k);
-            }
+            crate::evict::oldest(&mut self.learned, MAX_LEARNED / 10, |_, v| Some(v.last));
         }
         self.learned.insert(id, l);
     }
@@ -437,21 +433,22 @@ impl Namer {
             return;
         };
         self.pending.remove(&k);
-        self.stats.dns_answers += 1;
-        for a in &answers {
-            self.dns.insert(a, now);
+        self.believe(&answers, now);
+    }
+
+    /// A DNS-over-TCP message: believed (see `on_payload`).
+    fn dns_message(&mut self, msg: &[u8], now: f64) {
+        match dns::answers(msg) {
+            Ok(answers) => self.believe(&answers, now),
+            Err(_) => self.stats.dns_malformed += 1,
         }
     }
 
-    fn dns_message(&mut self, msg: &[u8], now: f64) {
-        match dns::answers(msg) {
-            Ok(answers) => {
-                self.stats.dns_answers += 1;
-                for a in &answers {
-                    self.dns.insert(a, now);
-                }
-            }
-            Err(_) => self.stats.dns_malformed += 1,
+    /// An answer sluice believes: its addresses are named from now on.
+    fn believe(&mut self, answers: &[dns::Answer], now: f64) {
+        self.stats.dns_answers += 1;
+        for a in answers {
+            self.dns.insert(a, now);
         }
     }
 
@@ -460,8 +457,9 @@ impl Namer {
         if !self.tcp_dns.contains_key(&id) && self.tcp_dns.len() >= MAX_TCP_DNS {
             self.drop_oldest_tcp_dns();
         }
-        while self.tcp_dns.values().map(|s| s.buf.len()).sum::<usize>() + data.len() > MAX_TCP_DNS_BYTES && !self.tcp_dns.is_empty() {
-            self.drop_oldest_tcp_dns();
+        let mut held: usize = self.tcp_dns.values().map(|s| s.buf.len()).sum();
+        while held + data.len() > MAX_TCP_DNS_BYTES && !self.tcp_dns.is_empty() {
+            held -= self.drop_oldest_tcp_dns();
         }
         let s = self.tcp_dns.entry(id).or_insert(TcpDns { next_seq: seq, buf: Vec::new(), since: now });
         if seq != s.next_seq {
@@ -498,12 +496,12 @@ impl Namer {
         self.pending.retain(|_, (_, at)| now - *at < PENDING_S);
     }
 
-    fn drop_oldest_tcp_dns(&mut self) {
+    /// Drop the oldest DNS-over-TCP reassembly; the bytes it held.
+    fn drop_oldest_tcp_dns(&mut self) -> usize {
         let oldest = self.tcp_dns.iter().min_by(|a, b| a.1.since.total_cmp(&b.1.since)).map(|(k, _)| *k);
-        if let Some(k) = oldest {
-            self.tcp_dns.remove(&k);
-            self.stats.tcp_dns_evicted += 1;
-        }
+        let Some(s) = oldest.and_then(|k| self.tcp_dns.remove(&k)) else { return 0 };
+        self.stats.tcp_dns_evicted += 1;
+        s.buf.len()
     }
 
     fn expire_heads(&mut self, now: f64, make_room: bool) {

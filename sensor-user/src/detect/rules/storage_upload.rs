@@ -11,7 +11,7 @@ use crate::{
         subject::Subject,
         Detector,
     },
-    services::is_upload_category,
+    services::{is_upload_category, is_within},
 };
 
 pub const RULE: Rule = Rule {
@@ -39,7 +39,7 @@ pub fn check(d: &mut Detector, s: &Subject) -> Option<Finding> {
     } else {
         return None;
     };
-    let endpoint = s.f.domain.as_deref().is_some_and(|d| svc.upload_hosts.iter().any(|h| d == h || d.ends_with(&format!(".{h}"))));
+    let endpoint = s.f.domain.as_deref().is_some_and(|d| svc.upload_hosts.iter().any(|h| is_within(d, h)));
     let reason = format!(
         "{} sent {} to {}, {} ({}{}); {scope} sent it {} in the last {} s, over the {} floor for moving data to a service \
          outside this organisation's control",
