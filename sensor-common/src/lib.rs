@@ -253,11 +253,21 @@ pub struct PayloadEvent {
 }
 
 /// Whether bytes at the start of a stream look like a TLS handshake record
-/// (content type 22, major version 3) or an HTTP/1 request line.
+/// (content type 22, major version 3), an HTTP/1 request line, or a SOCKS
+/// client's first message: SOCKS4 CONNECT/BIND (`04 01|02`), or a SOCKS5
+/// greeting offering 1-8 methods, the first of them no-auth, GSSAPI or
+/// username/password (`05 n 00|01|02`). A SOCKS5 greeting is often a write
+/// of 3 bytes, so callers pass what they could read, zero-padded.
 #[inline(always)]
-pub fn looks_like_stream_head(b: [u8; 4]) -> bool {
+pub fn looks_like_stream_head(b: [u8; 5]) -> bool {
+    let word = [b[0], b[1], b[2], b[3]];
     (b[0] == 0x16 && b[1] == 0x03)
-        || matches!(&b, b"GET " | b"PUT " | b"POST" | b"HEAD" | b"PATC" | b"DELE" | b"OPTI" | b"CONN")
+        || matches!(
+            &word,
+            b"GET " | b"PUT " | b"POST" | b"HEAD" | b"PATC" | b"DELE" | b"OPTI" | b"CONN"
+        )
+        || (b[0] == 4 && (b[1] == 1 || b[1] == 2))
+        || (b[0] == 5 && b[1] >= 1 && b[1] <= 8 && b[2] <= 2)
 }
 
 /// Whether a datagram starts like a QUIC long-header packet of a known
@@ -462,9 +472,15 @@ mod tests {
         assert_eq!(head_step(HEAD_CAPTURING, 1448, false, 4096), (HEAD_CAPTURING, true));
         assert_eq!(head_step(HEAD_CAPTURING, 4096, true, 4096), (HEAD_DONE, false));
         assert_eq!(head_step(HEAD_DONE, 0, true, 4096), (HEAD_DONE, false));
-        assert!(looks_like_stream_head([0x16, 0x03, 0x01, 0x02]));
-        assert!(looks_like_stream_head(*b"PUT "));
-        assert!(!looks_like_stream_head(*b"SSH-"));
+        assert!(looks_like_stream_head([0x16, 0x03, 0x01, 0x02, 0]));
+        assert!(looks_like_stream_head(*b"PUT /"));
+        assert!(!looks_like_stream_head(*b"SSH-2"));
+        // SOCKS: a 3-byte SOCKS5 greeting (zero-padded), SOCKS4 CONNECT.
+        assert!(looks_like_stream_head([5, 1, 0, 0, 0]));
+        assert!(looks_like_stream_head([5, 2, 0, 2, 0]));
+        assert!(looks_like_stream_head([4, 1, 0, 80, 1]));
+        assert!(!looks_like_stream_head([5, 0, 0, 0, 0]));
+        assert!(!looks_like_stream_head([5, 1, 0x80, 0, 0]));
         assert!(looks_like_quic([0xc3, 0, 0, 0, 1]));
         assert!(!looks_like_quic([0x43, 0, 0, 0, 1]));
         assert!(!looks_like_quic([0xc3, 0, 0, 0, 7]));

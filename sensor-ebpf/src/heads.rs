@@ -1,5 +1,5 @@
 //! Copies of the first bytes of connections (TLS ClientHello, HTTP request
-//! line, QUIC Initial) and of DNS answers, for userspace to name destinations.
+//! line, SOCKS request, QUIC Initial) and of DNS answers, for userspace to name destinations.
 //! The kernel only checks a few magic bytes and copies a bounded prefix; every
 //! parse happens in the agent. Per flow the copy stops after
 //! `HEAD_STREAM_LIMIT` stream bytes or `HEAD_DATAGRAM_LIMIT` datagrams, so an
@@ -31,7 +31,8 @@ pub enum Source<'a> {
 }
 
 /// Run the head state machine for one outbound write/segment of `c`'s flow.
-/// `first` holds its first five bytes (zeros if unreadable), `before` the
+/// `first` holds its first five bytes (three and zero padding for a 3- or
+/// 4-byte write, zeros if unreadable), `before` the
 /// flow's (bytes_out, packets_out) before it. Returns the event kind and the
 /// offset to copy under, or None.
 #[inline(always)]
@@ -42,8 +43,7 @@ pub fn decide(c: *mut FlowCounters, protocol: u8, first: [u8; 5], before: (u64, 
             return None;
         }
         let (kind, offset, limit, interesting) = if protocol == IPPROTO_TCP {
-            let b = [first[0], first[1], first[2], first[3]];
-            (PAYLOAD_STREAM_HEAD, before.0, HEAD_STREAM_LIMIT, looks_like_stream_head(b))
+            (PAYLOAD_STREAM_HEAD, before.0, HEAD_STREAM_LIMIT, looks_like_stream_head(first))
         } else if protocol == IPPROTO_UDP {
             (PAYLOAD_DATAGRAM_HEAD, before.1, HEAD_DATAGRAM_LIMIT, looks_like_quic(first))
         } else {

@@ -194,9 +194,16 @@ fn capture_send(sk: *const c_void, msg: *const c_void, protocol: u8) {
     }
     let Some((addr, avail)) = first_user_segment(msg as *const u8) else { return };
     let mut first = [0u8; 5];
+    // SAFETY (both reads): bpf_probe_read_user_buf faults safely on a bad
+    // user address and writes at most the slice it is given.
     if heads::undecided(c) && avail >= 5 {
         let _ = unsafe { bpf_probe_read_user_buf(addr as *const u8, &mut first) };
+    } else if heads::undecided(c) && avail >= 3 {
+        // A SOCKS5 greeting is a 3- or 4-byte write.
+        let _ = unsafe { bpf_probe_read_user_buf(addr as *const u8, &mut first[..3]) };
     }
+    // SAFETY: `c` is a live flow map value; a racing writer only makes the
+    // offset stale, which head_step tolerates.
     let before = unsafe { ((*c).bytes_out, (*c).packets_out) };
     if let Some((kind, offset)) = heads::decide(c, protocol, first, before) {
         heads::emit(kind, &key, key.pid, offset, Source::User(addr), avail);

@@ -116,7 +116,14 @@ fn capture_head(ctx: &SkBuffContext, c: *mut FlowCounters, p: &Parsed, counted: 
     }
     // New bytes are the segment's tail (a partial retransmission's head is old).
     let start = p.payload_off + (p.payload - counted);
-    let first: [u8; 5] = if heads::undecided(c) { ctx.load(start as usize).unwrap_or([0; 5]) } else { [0; 5] };
+    let first: [u8; 5] = if !heads::undecided(c) {
+        [0; 5]
+    } else if counted >= 5 {
+        ctx.load(start as usize).unwrap_or([0; 5])
+    } else {
+        // A SOCKS5 greeting is a segment of 3 or 4 bytes.
+        ctx.load::<[u8; 3]>(start as usize).map(|b| [b[0], b[1], b[2], 0, 0]).unwrap_or([0; 5])
+    };
     if let Some((kind, offset)) = heads::decide(c, p.key.protocol, first, before) {
         heads::emit(kind, &p.key, 0, offset, Source::Skb(ctx, start), counted as u64);
     }

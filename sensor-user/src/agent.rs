@@ -77,6 +77,7 @@ const SCAN_EVERY: Duration = Duration::from_secs(10);
 /// Send-path flows idle this long are retired from the kernel map.
 const IDLE_RETIRE: Duration = Duration::from_secs(300);
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 /// Every this many ticks, closed sockets that never carried traffic are swept
 /// from the kernel's owner map (a full map walk, so not every tick).
 const SWEEP_EVERY_TICKS: u64 = 12;
@@ -501,6 +502,9 @@ impl Agent {
                 (*k, d)
             })
             .collect();
+        // Send-path backends: who sent from each local port to each DNS server,
+        // for the queries dns_egress copied (it sees another socket identity).
+        let dns_senders = dns_senders(snapshot.iter().map(|(k, _)| k));
         let mut owners: HashMap<u64, Owner> = HashMap::with_capacity(active.len());
         let mut unknown = Vec::new();
         // Owners are looked up for every cgroup-backend socket with a flow (active
@@ -572,7 +576,7 @@ impl Agent {
                 self.stats.flow_records += 1;
             }
         }
-        self.detect(at, window, &records, senders)?;
+        self.detect(at, window, &records, senders, &dns_senders)?;
         self.sink.flush().context("flushing stdout")?;
 
         if now.duration_since(self.last_save) >= self.config.state.save_every {
@@ -666,15 +670,26 @@ impl Agent {
     }
 
     /// This tick's DNS queries per (asking process, registered domain): the
-    /// query socket's owner from the kernel's record (pid 0 when unknown).
-    fn dns_observations(&mut self) -> Vec<DnsObs> {
+    /// query socket's owner from the kernel's socket record, else its sender
+    /// on the send path (`dns_senders`), else pid 0 (judged as unknown).
+    fn dns_observations(&mut self, dns_senders: &DnsSenders) -> Vec<DnsObs> {
         self.namer
             .take_queries()
             .into_iter()
             .map(|((cookie, domain), t)| {
-                let owner = self.owner(cookie, None);
+                let (pid, start_ns) = match self.owner(cookie, None) {
+                    Some(o) => (o.pid, o.start_ns),
+                    None => (
+                        dns_senders
+                            .get(&(t.local_port, t.server))
+                            .copied()
+                            .flatten()
+                            .unwrap_or(0),
+                        0,
+                    ),
+                };
                 DnsObs {
-                    process: self.proc_info(owner.map(|o| o.pid).unwrap_or(0), owner.map(|o| o.start_ns).unwrap_or(0)),
+                    process: self.proc_info(pid, start_ns),
                     domain,
                     queries: t.queries,
                     name_bytes: t.name_bytes,
@@ -686,9 +701,21 @@ impl Agent {
     }
 
     /// Hand this tick to the detector (and the record file); print its alerts.
-    fn detect(&mut self, at: SystemTime, window: Duration, records: &[flows::FlowRecord], senders: Vec<Sender>) -> Result<()> {
-        self.check_executables(records.iter().filter(|r| r.volume.bytes_out > 0).map(|r| (r.owner.pid, r.owner.start_ns)));
-        let dns = self.dns_observations();
+    fn detect(
+        &mut self,
+        at: SystemTime,
+        window: Duration,
+        records: &[flows::FlowRecord],
+        senders: Vec<Sender>,
+        dns_senders: &DnsSenders,
+    ) -> Result<()> {
+        self.check_executables(
+            records
+                .iter()
+                .filter(|r| r.volume.bytes_out > 0)
+                .map(|r| (r.owner.pid, r.owner.start_ns)),
+        );
+        let dns = self.dns_observations(dns_senders);
         let joins = crate::proxy::join(records);
         let input = TickInput {
             dns,
@@ -828,6 +855,22 @@ impl Agent {
             self.output_dropped = dropped;
         }
         if self.namer.stats != self.last_naming {
+            for ((name, now), (_, before)) in self
+                .namer
+                .stats
+                .named()
+                .into_iter()
+                .zip(self.last_naming.named())
+            {
+                if now > before {
+                    self.metrics
+                        .naming
+                        .get_or_create(&metrics::NameLabel {
+                            name: name.to_string(),
+                        })
+                        .inc_by(now - before);
+                }
+            }
             self.last_naming = self.namer.stats.clone();
             eprintln!("sluice: naming: {}", naming_summary(&self.namer));
         }
@@ -975,13 +1018,38 @@ fn apply_state(detector: &mut Detector, s: state::State, how: &str, path: &std::
     detector.restore_alert_memory(s.alerts);
 }
 
+/// (local port, DNS server address) -> the one process that sent UDP from
+/// that port to that server, or None when several did (processes in other
+/// network namespaces can share a port: then no one is guessed, and the
+/// queries are judged as an unknown process's).
+type DnsSenders = HashMap<(u16, [u8; 16]), Option<u32>>;
+
+fn dns_senders<'a>(keys: impl Iterator<Item = &'a FlowKey>) -> DnsSenders {
+    let mut out = DnsSenders::new();
+    for k in keys.filter(|k| k.pid != 0 && k.remote_port == 53 && k.protocol == IPPROTO_UDP) {
+        out.entry((k.local_port, k.remote_addr))
+            .and_modify(|p| {
+                if *p != Some(k.pid) {
+                    *p = None;
+                }
+            })
+            .or_insert(Some(k.pid));
+    }
+    out
+}
+
 /// What naming saw so far, for stderr: parsed, unnamed and dropped inputs.
 fn naming_summary(n: &Namer) -> String {
-    let s = &n.stats;
     let (heads, sockets, addresses) = n.tracked();
+    let counts: Vec<String> = n
+        .stats
+        .named()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     format!(
-        "tls_sni={} tls_no_sni={} tls_malformed={} http_requests={} http_malformed={} quic_initials={} dns_answers={} dns_malformed={} dns_queries={} dns_unsolicited={} heads_abandoned={} tcp_dns_evicted={} (tracking {heads} stream starts, {sockets} named sockets, {addresses} DNS addresses)",
-        s.tls_sni, s.tls_no_sni, s.tls_malformed, s.http_requests, s.http_malformed, s.quic_initials, s.dns_answers, s.dns_malformed, s.dns_queries, s.dns_unsolicited, s.heads_abandoned, s.tcp_dns_evicted
+        "{} (tracking {heads} stream starts, {sockets} named sockets, {addresses} DNS addresses)",
+        counts.join(" ")
     )
 }
 
@@ -997,5 +1065,47 @@ fn owner_from(info: &SockInfo) -> Owner {
             _ => Attribution::Kernel,
         },
         start_ns: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(pid: u32, local_port: u16, server: u8, protocol: u8) -> FlowKey {
+        let mut remote_addr = [0u8; 16];
+        remote_addr[15] = server;
+        FlowKey {
+            cookie: 0,
+            local_addr: [0; 16],
+            remote_addr,
+            local_port,
+            remote_port: 53,
+            protocol,
+            ip_version: 4,
+            _pad: [0; 2],
+            pid,
+            _pad2: 0,
+        }
+    }
+
+    #[test]
+    fn dns_senders_name_one_process_per_port_and_server_and_guess_no_one_when_shared() {
+        let keys = [
+            key(10, 4000, 1, IPPROTO_UDP),
+            key(10, 4000, 1, IPPROTO_UDP), // the same sender twice
+            key(11, 5000, 1, IPPROTO_UDP),
+            key(12, 5000, 1, IPPROTO_UDP), // another namespace, same port and server
+            key(13, 6000, 1, IPPROTO_TCP), // DNS over TCP: not a query copy
+            key(0, 7000, 1, IPPROTO_UDP),  // a packet-hook key: no sender
+        ];
+        let s = dns_senders(keys.iter());
+        let server = key(0, 0, 1, 0).remote_addr;
+        assert_eq!(s.get(&(4000, server)), Some(&Some(10)));
+        assert_eq!(s.get(&(5000, server)), Some(&None));
+        assert_eq!(
+            (s.get(&(6000, server)), s.get(&(7000, server))),
+            (None, None)
+        );
     }
 }

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub detector_evictions: Counter,
     /// Bytes sent whose owner stayed unknown after every lookup.
     pub ownerless_bytes: Counter,
+    /// What naming parsed, could not parse, ignored or dropped, by name.
+    pub naming: Family<NameLabel, Counter>,
     /// Monotonic time of the last completed tick, for /healthz.
     last_tick: Arc<AtomicU64>,
     started: Instant,
@@ -106,6 +108,7 @@ impl Metrics {
             output_dropped: Counter::default(),
             detector_evictions: Counter::default(),
             ownerless_bytes: Counter::default(),
+            naming: Family::default(),
             last_tick: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         };
@@ -131,6 +134,11 @@ impl Metrics {
             "ownerless_bytes",
             "Bytes sent whose owner stayed unknown (still judged, as one unknown process)",
             m.ownerless_bytes.clone(),
+        );
+        r.register(
+            "naming",
+            "Destination-naming inputs by outcome (names found, malformed, unsolicited DNS answers ignored, reassemblies evicted)",
+            m.naming.clone(),
         );
         r.register(
             "detector_evictions",

@@ -169,6 +169,15 @@ fn sluice_destination_json(d: &Destination) -> Value {
     if d.tls_no_sni {
         v["tls_no_sni"] = json!(true);
     }
+    if let Some((host, port)) = &d.proxy_target {
+        // This flow asked a proxy for somewhere else (CONNECT, SOCKS).
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        v["proxy_target"] = json!(format!("{host}:{port}"));
+    }
     v
 }
 

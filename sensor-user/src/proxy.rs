@@ -7,7 +7,8 @@
 //!
 //! How a join is made, each tick (pure, over the tick's flow records):
 //! 1. a client flow: to a loopback address, whose first bytes asked a proxy
-//!    for a target (`CONNECT host:port`, or an absolute URI);
+//!    for a target (`CONNECT host:port`, an absolute URI, or a SOCKS4/4a/5
+//!    CONNECT);
 //! 2. the proxy: the process holding the accepted end of that connection
 //!    (a loopback flow whose local port is the client's remote port, from the
 //!    client's port if several processes accept there);
@@ -19,12 +20,16 @@
 //!    client whose bytes this tick are closest to its own (a tunnel relays
 //!    what the client sends), each used once.
 //!
-//! Limits: SOCKS is not joined (the kernel copies connection starts that look
-//! like TLS or HTTP only); a proxy chaining to another proxy is joined one hop.
+//! Limits: a proxy chaining to another proxy is joined one hop; a SOCKS5
+//! client that authenticates by GSSAPI is not parsed (its request follows
+//! an exchange sluice does not read), so it is not joined.
 
 use std::net::IpAddr;
 
-use crate::flows::{FlowRecord, Scope};
+use crate::{
+    flows::{FlowRecord, Scope},
+    naming::AppProtocol,
+};
 
 /// One upstream flow joined to its client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +63,13 @@ fn upstream_matches(r: &FlowRecord, proxy: u32, host: &str, port: u16) -> bool {
     }
 }
 
+fn request_kind(client: &FlowRecord) -> &'static str {
+    match client.destination.protocol {
+        Some(AppProtocol::Socks) => "a SOCKS request",
+        _ => "an HTTP proxy request",
+    }
+}
+
 /// Every join this tick's records support.
 pub fn join(records: &[FlowRecord]) -> Vec<Join> {
     let mut joins = Vec::new();
@@ -81,7 +93,7 @@ pub fn join(records: &[FlowRecord]) -> Vec<Join> {
                 upstream: u,
                 client: c,
                 proxy_pid: proxy,
-                how: format!("asked the local proxy (pid {proxy}) for {host}:{port}; joined by target and by bytes this tick"),
+                how: format!("asked the local proxy (pid {proxy}) for {host}:{port} ({}); joined by target and by bytes this tick", request_kind(client)),
             });
         }
     }
@@ -131,8 +143,18 @@ mod tests {
         ];
         let mut j = join(&records);
         j.sort_by_key(|j| j.client);
-        assert_eq!(j.iter().map(|j| (j.client, j.upstream, j.proxy_pid)).collect::<Vec<_>>(), [(0, 5, 20), (1, 4, 20)]);
-        assert!(j[0].how.contains("upload.example.net:443"));
+        assert_eq!(
+            j.iter()
+                .map(|j| (j.client, j.upstream, j.proxy_pid))
+                .collect::<Vec<_>>(),
+            [(0, 5, 20), (1, 4, 20)]
+        );
+        assert!(
+            j[0].how
+                .contains("upload.example.net:443 (an HTTP proxy request)"),
+            "{}",
+            j[0].how
+        );
     }
 
     #[test]

@@ -301,23 +301,34 @@ fn an_upload_started_before_sluice_in_another_network_namespace_is_attributed_an
     assert!(flows.iter().all(|f| f["network"]["direction"] == "egress"), "{flows:?}");
 }
 
+/// The python forward proxy (CONNECT, SOCKS4/4a/5) on a free loopback port,
+/// resolving names from `table` (NAME=IP), running once it says so.
+fn local_proxy(table: &[String]) -> (KillOnDrop, u16) {
+    let port = free_port();
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(fixture("proxy.py"))
+        .arg(port.to_string())
+        .args(table)
+        .stdout(std::process::Stdio::piped())
+        .process_group(0);
+    let mut proxy = cmd.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready", "proxy.py did not start");
+    (KillOnDrop(proxy), port)
+}
+
 #[test]
 fn an_upload_through_a_local_connect_proxy_is_the_clients_with_the_proxy_as_carrier() {
     require_root();
     let host = TestHost::create().unwrap();
     let port = free_port();
     let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &["2"]).unwrap();
-    let proxy_port = free_port();
-    let mut proxy_cmd = Command::new("/usr/bin/python3");
-    proxy_cmd
-        .arg(fixture("proxy.py"))
-        .args([proxy_port.to_string(), format!("upload.example.net={}", host.peer_v4)])
-        .stdout(std::process::Stdio::piped())
-        .process_group(0);
-    let mut proxy = proxy_cmd.spawn().unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(proxy.stdout.take().unwrap()), &mut line).unwrap();
-    let proxy = KillOnDrop(proxy);
+    let (proxy, proxy_port) = local_proxy(&[format!("upload.example.net={}", host.peer_v4)]);
     let proxy_pid = proxy.0.id();
     let sluice = Sluice::start(ALERTS).unwrap();
     // Two clients at once through the one proxy to one target: one uploads
@@ -342,6 +353,89 @@ fn an_upload_through_a_local_connect_proxy_is_the_clients_with_the_proxy_as_carr
     assert_eq!(a["destination"]["ip"], host.peer_v4.as_str());
     let others: Vec<&Value> = recs.iter().filter(|r| r["event"]["kind"] == "alert" && (r["process"]["pid"] == proxy_pid || r["process"]["pid"] == quiet_pid)).collect();
     assert!(others.is_empty(), "the proxy or the idle client was blamed: {others:?}");
+}
+
+#[test]
+fn uploads_through_a_local_socks_proxy_are_the_clients_with_the_proxy_as_carrier() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let (http_port, tcp_port) = (free_port(), free_port());
+    let sink = Sink::start(Some(&host), "http", &host.peer_v4, http_port, &[]).unwrap();
+    let other_sink = Sink::start(Some(&host), "tcp", &host.peer_v4, tcp_port, &[]).unwrap();
+    let (proxy, proxy_port) = local_proxy(&[
+        format!("upload.example.net={}", host.peer_v4),
+        format!("drop.example.org={}", host.peer_v4),
+    ]);
+    let proxy_pid = proxy.0.id();
+    let dir = TempDir::new("socks");
+    let file = dir.0.join("archive.bin");
+    std::fs::write(&file, vec![0x5a; 150 * MIB as usize]).unwrap();
+    let sluice = Sluice::start(ALERTS).unwrap();
+    // At the same time through the one proxy: curl over SOCKS5 with the name
+    // sent to the proxy (socks5h), and a SOCKS4a client to another name.
+    let mut curl = Command::new("curl");
+    curl.args([
+        "-sS",
+        "--max-time",
+        "120",
+        "-o",
+        "/dev/null",
+        "--socks5-hostname",
+        &format!("127.0.0.1:{proxy_port}"),
+        "-T",
+    ])
+    .arg(&file)
+    .arg(format!("http://upload.example.net:{http_port}/up"))
+    .process_group(0);
+    let mut curl = KillOnDrop(curl.spawn().unwrap());
+    let mut py = Command::new("/usr/bin/python3");
+    py.args([
+        upload_py().as_str(),
+        "socks4a",
+        &proxy_port.to_string(),
+        "drop.example.org",
+        &tcp_port.to_string(),
+        &(120 * MIB).to_string(),
+    ])
+    .process_group(0)
+    .stdout(std::process::Stdio::null());
+    let mut py = KillOnDrop(py.spawn().unwrap());
+    let (curl_pid, py_pid) = (curl.0.id(), py.0.id());
+    assert!(curl.0.wait().unwrap().success() && py.0.wait().unwrap().success());
+    assert_eq!(
+        (sink.received().unwrap(), other_sink.received().unwrap()),
+        (150 * MIB, 120 * MIB)
+    );
+    let by_curl = alert_where(&sluice, "sluice.bulk_upload", "curl's alert", |a| {
+        a["process"]["pid"] == curl_pid
+    });
+    let by_py = alert_where(
+        &sluice,
+        "sluice.bulk_upload",
+        "the SOCKS4a client's alert",
+        |a| a["process"]["pid"] == py_pid,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let recs = sluice.stop().unwrap();
+    drop(proxy);
+    let carrier = format!("through the local proxy python3 (pid {proxy_pid})");
+    for (a, name, target) in [
+        (&by_curl, "curl", "upload.example.net"),
+        (&by_py, "python3", "drop.example.org"),
+    ] {
+        let r = reason(a);
+        assert_eq!(a["process"]["name"], name, "{a}");
+        assert!(
+            r.contains(target) && r.contains(&carrier) && r.contains("a SOCKS request"),
+            "{r}"
+        );
+        assert_eq!(a["destination"]["ip"], host.peer_v4.as_str());
+    }
+    let blamed: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"]["kind"] == "alert" && r["process"]["pid"] == proxy_pid)
+        .collect();
+    assert!(blamed.is_empty(), "the proxy was blamed: {blamed:?}");
 }
 
 fn git(args: &[&str], cwd: &Path) {

@@ -378,7 +378,7 @@ fn floods_beyond_the_kernel_maps_are_counted_memory_stays_bounded_and_no_exec_is
 }
 
 #[test]
-fn a_flood_of_dns_answers_and_client_hellos_during_an_exec_storm_loses_no_exec() {
+fn floods_of_dns_answers_tcp_dns_trickles_and_client_hellos_during_an_exec_storm_lose_no_exec() {
     require_root();
     let host = TestHost::create().unwrap();
     let metrics = format!("127.0.0.1:{}", free_port());
@@ -415,12 +415,39 @@ fn a_flood_of_dns_answers_and_client_hellos_during_an_exec_storm_loses_no_exec()
         "import socket\nfor i in range(3000):\n    c=socket.create_connection(('{}',{sink_port}), timeout=5)\n    try: c.sendall(b'{hello}')\n    except OSError: pass\n    c.close()\n",
         host.peer_v4
     );
-    let mut helloer = KillOnDrop(Command::new("/usr/bin/python3").args(["-c", &hellos]).spawn().unwrap());
+    let mut helloer = KillOnDrop(
+        Command::new("/usr/bin/python3")
+            .args(["-c", &hellos])
+            .spawn()
+            .unwrap(),
+    );
+    // 1,500 DNS-over-TCP connections to a test-host "resolver" that answers
+    // each with the start of a 64 KiB message and then trickles a byte a
+    // second: more partial reassemblies than the agent keeps (512).
+    let trickle_server = "import selectors,socket,time\nl=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('0.0.0.0',53)); l.listen(4096)\nimport resource; resource.setrlimit(resource.RLIMIT_NOFILE,(8192,8192))\nconns=[]; end=time.time()+40; last=0\nl.settimeout(0.05)\nwhile time.time()<end:\n    try:\n        c,_=l.accept(); c.sendall(b'\\xff\\xff'+bytes(200)); conns.append(c)\n    except OSError: pass\n    if time.time()-last>=1:\n        last=time.time()\n        for c in conns:\n            try: c.send(b'\\x00')\n            except OSError: pass\n";
+    let _trickler = KillOnDrop(
+        host.command("/usr/bin/python3")
+            .args(["-c", trickle_server])
+            .spawn()
+            .unwrap(),
+    );
+    thread::sleep(Duration::from_millis(300));
+    let trickle_clients = format!(
+        "import resource,socket,time\nresource.setrlimit(resource.RLIMIT_NOFILE,(8192,8192))\ncs=[]\nfor i in range(1500):\n    try: cs.append(socket.create_connection(('{}',53), timeout=5))\n    except OSError: pass\ntime.sleep(4)\nprint(len(cs),flush=True)\n",
+        host.peer_v4
+    );
+    let mut trickled = KillOnDrop(
+        Command::new("/usr/bin/python3")
+            .args(["-c", &trickle_clients])
+            .spawn()
+            .unwrap(),
+    );
     let execs_before = scrape(&metrics, "sluice_execs_total");
     let storm = Command::new("/bin/sh").args(["-c", "i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done"]).status().unwrap();
     assert!(storm.success());
     let _ = flooder.0.wait();
     let _ = helloer.0.wait();
+    let _ = trickled.0.wait();
     thread::sleep(Duration::from_secs(3));
     let m = http_get(&metrics, "/metrics").unwrap().1;
     let get = |s: &str| metric(&m, s).unwrap_or(0.0);
@@ -428,9 +455,17 @@ fn a_flood_of_dns_answers_and_client_hellos_during_an_exec_storm_loses_no_exec()
     let execs = get("sluice_execs_total") - execs_before;
     let lost = counter("ringbuf_drop_exec") + counter("ringbuf_drop_fork") + counter("ringbuf_drop_exit");
     let shed = counter("payload_rate_limited") + counter("ringbuf_drop_payload");
+    let tcp_dns_evicted = get("sluice_naming_total{name=\"tcp_dns_evicted\"}");
     let rss_after = rss_kib(pid);
-    eprintln!("measured: name flood: {execs} execs seen of 3000+, {lost} process events lost, {shed} payload copies shed, RSS {rss_before} -> {rss_after} KiB");
-    assert_eq!(lost, 0.0, "exec/fork/exit events lost to a name flood:\n{m}");
+    eprintln!("measured: name flood: {execs} execs seen of 3000+, {lost} process events lost, {shed} payload copies shed, {tcp_dns_evicted} TCP DNS reassemblies evicted, RSS {rss_before} -> {rss_after} KiB");
+    assert!(
+        tcp_dns_evicted >= 1.0,
+        "1,500 partial TCP DNS messages and no reassembly evicted: the bound did not hold\n{m}"
+    );
+    assert_eq!(
+        lost, 0.0,
+        "exec/fork/exit events lost to a name flood:\n{m}"
+    );
     assert!(execs >= 3000.0, "only {execs} execs seen of the 3,000 run");
     assert!(rss_after < 128 * 1024, "RSS {rss_after} KiB after the flood");
     assert_eq!(http_get(&metrics, "/healthz").unwrap().0, 200, "the agent fell behind");

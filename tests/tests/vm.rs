@@ -8,11 +8,17 @@ use std::collections::HashMap;
 use serde_json::Value;
 use sluice_tests::bytes_out_to;
 
+struct Run {
+    flows: Vec<Value>,
+    alerts: Vec<Value>,
+    err: String,
+}
+
 struct Guest {
     check: String,
     kernel: String,
-    /// backend -> records, stderr
-    runs: HashMap<String, (Vec<Value>, String)>,
+    /// backend -> flow records, alerts, stderr
+    runs: HashMap<String, Run>,
     /// (backend, scenario) -> sender pid
     pids: HashMap<(String, String), u32>,
     errors: Vec<String>,
@@ -36,15 +42,28 @@ fn guest() -> Guest {
         errors: text.lines().filter(|l| l.starts_with("SCENARIO-ERROR")).map(str::to_string).collect(),
     };
     for b in ["fentry", "kprobe"] {
-        let out = section(&text, &format!("=====BEGIN {b}=====\n"), &format!("=====END {b}====="))
-            .unwrap_or_else(|| panic!("no output section for {b} in {path}"));
-        let recs = out
+        let out = section(
+            &text,
+            &format!("=====BEGIN {b}=====\n"),
+            &format!("=====END {b}====="),
+        )
+        .unwrap_or_else(|| panic!("no output section for {b} in {path}"));
+        let (alerts, flows): (Vec<Value>, Vec<Value>) = out
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{b}: not JSON ({e}): {l}")))
-            .collect();
-        let err = section(&text, &format!("=====STDERR {b}=====\n"), &format!("=====END STDERR {b}=====")).unwrap_or("").to_string();
-        g.runs.insert(b.to_string(), (recs, err));
+            .map(|l| {
+                serde_json::from_str::<Value>(l)
+                    .unwrap_or_else(|e| panic!("{b}: not JSON ({e}): {l}"))
+            })
+            .partition(|r| r["event"]["kind"] == "alert");
+        let err = section(
+            &text,
+            &format!("=====STDERR {b}=====\n"),
+            &format!("=====END STDERR {b}====="),
+        )
+        .unwrap_or("")
+        .to_string();
+        g.runs.insert(b.to_string(), Run { flows, alerts, err });
     }
     // CHILD lines come after their SCENARIO line: the child's pid replaces it.
     for l in text.lines().filter(|l| l.starts_with("SCENARIO ") || l.starts_with("CHILD ")) {
@@ -60,8 +79,16 @@ fn guest() -> Guest {
 fn check_backend(b: &str) {
     let g = guest();
     assert!(g.errors.is_empty(), "guest scenario errors: {:?}", g.errors);
-    let (recs, err) = &g.runs[b];
-    assert!(err.contains(&format!("sluice: ready: backend={b}")), "{b} did not start on {}:\n{err}", g.kernel);
+    let Run {
+        flows: recs,
+        alerts,
+        err,
+    } = &g.runs[b];
+    assert!(
+        err.contains(&format!("sluice: ready: backend={b}")),
+        "{b} did not start on {}:\n{err}",
+        g.kernel
+    );
     // (scenario, peer, port, bytes the application sent, executables that may send them)
     let netload: &[&str] = &["/netload"];
     let cases = [
@@ -113,6 +140,28 @@ fn check_backend(b: &str) {
     eprintln!("measured: {b}: tcp4 sink bytes_in ratio {ratio:.5}");
     assert!((0.99..=1.01).contains(&ratio), "{b}: sink read {sink_in} of 50000000");
     check_names(b, &g, recs, err);
+    check_dns_tunnel(b, &g, alerts);
+}
+
+/// Queries leave through dns_egress (no process context there): the tunnel
+/// alert must still name the process whose socket sent them.
+fn check_dns_tunnel(b: &str, g: &Guest, alerts: &[Value]) {
+    let pid = g.pids[&(b.to_string(), "dns-tunnel".to_string())];
+    let a = alerts
+        .iter()
+        .find(|a| a["rule"]["id"] == "sluice.dns_tunnel")
+        .unwrap_or_else(|| panic!("{b}: no DNS tunnel alert; alerts: {alerts:?}"));
+    assert_eq!(
+        a["process"]["pid"], pid,
+        "{b}: the tunnel was blamed on another process: {a}"
+    );
+    assert!(
+        a["event"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("exfil-test.net"),
+        "{b}: {a}"
+    );
 }
 
 /// Destination names on the send path: the ClientHello copied from the
@@ -146,9 +195,28 @@ fn check_names(b: &str, g: &Guest, recs: &[Value], err: &str) {
     assert!(unsolicited.unwrap_or(0) >= 1, "{b}: the unsolicited answer was not counted:\n{err}");
     // A ClientHello split across two records, copied from the sender's buffers.
     let split = flow("tls-split", 9017);
-    assert_eq!(split["destination"]["domain"], "split.example.org", "{b}: {split}\n{err}");
-    assert_eq!(split["sluice"]["destination"]["name_corroborated"], false, "a claimed name: {split}");
-    eprintln!("measured: {b}: tls/quic/dns/forged-dns/split-hello scenarios named ({})", tls["destination"]["domain"]);
+    assert_eq!(
+        split["destination"]["domain"], "split.example.org",
+        "{b}: {split}\n{err}"
+    );
+    assert_eq!(
+        split["sluice"]["destination"]["name_corroborated"], false,
+        "a claimed name: {split}"
+    );
+    // A SOCKS5 greeting of 3 bytes, then the request: the flow asked a proxy.
+    let socks = flow("socks5", 9019);
+    assert_eq!(
+        socks["sluice"]["destination"]["proxy_target"], "socks.example.net:443",
+        "{b}: {socks}\n{err}"
+    );
+    assert_eq!(
+        socks["sluice"]["destination"]["name_source"], "proxy-request",
+        "{b}: {socks}"
+    );
+    eprintln!(
+        "measured: {b}: tls/quic/dns/forged-dns/split-hello/socks5 scenarios named ({})",
+        tls["destination"]["domain"]
+    );
 }
 
 #[test]

@@ -76,7 +76,7 @@ scenario() {
 }
 
 for B in fentry kprobe; do
-  /sluice run --probe $B --emit flows --tick 1s --state "" > /tmp/out-$B.jsonl 2> /tmp/err-$B.log &
+  /sluice run --probe $B --emit all --tick 1s --state "" > /tmp/out-$B.jsonl 2> /tmp/err-$B.log &
   SP=$!
   if wait_for /tmp/err-$B.log "sluice: ready" 1200; then
     scenario tcp4 9001 tcp 127.0.0.1 /netload send 127.0.0.1 9001 50000000
@@ -97,6 +97,9 @@ for B in fentry kprobe; do
     scenario dns 9008 tcp 127.0.0.2 /netload dns-send 127.0.0.2 9008 upload.box.com 1000000
     scenario dns-forged 9018 tcp 127.0.0.3 /netload dns-unsolicited 127.0.0.3 9018 content.dropboxapi.com 1000000
     scenario tls-split 9017 tcp 127.0.0.1 /netload tls-split 127.0.0.1 9017 split.example.org 2000000
+    scenario socks5 9019 tcp 127.0.0.1 /netload socks5 127.0.0.1 9019 socks.example.net 2000000
+    # Queries only (copied by dns_egress): no sink, so not a `scenario`.
+    sh -c 'echo "SCENARIO '"$B"' dns-tunnel pid=$$"; exec /netload dns-tunnel t.exfil-test.net 400'
     sleep 2
   fi
   kill -TERM $SP

@@ -7,6 +7,7 @@
 pub mod dns;
 pub mod http;
 pub mod quic;
+pub mod socks;
 pub mod tls;
 
 use std::{
@@ -40,7 +41,7 @@ pub enum NameSource {
     TlsSni,
     HttpHost,
     Dns,
-    /// The target of a request to a local forward proxy (CONNECT, absolute URI).
+    /// The target of a request to a local forward proxy (CONNECT, absolute URI, SOCKS).
     ProxyRequest,
 }
 
@@ -61,6 +62,7 @@ pub enum AppProtocol {
     Tls,
     Http,
     Quic,
+    Socks,
 }
 
 impl AppProtocol {
@@ -69,6 +71,7 @@ impl AppProtocol {
             AppProtocol::Tls => "tls",
             AppProtocol::Http => "http",
             AppProtocol::Quic => "quic",
+            AppProtocol::Socks => "socks",
         }
     }
 }
@@ -120,6 +123,14 @@ fn sock_id(k: &FlowKey) -> SockId {
     (k.cookie, k.remote_addr, k.remote_port, k.protocol)
 }
 
+/// A client asked a proxy for `host:port`: the target, and the name when it is one.
+fn proxy_request(l: &mut Learned, host: String, port: u16) {
+    if host.parse::<IpAddr>().is_err() {
+        l.name = Some((host.clone(), NameSource::ProxyRequest));
+    }
+    l.proxy_target = Some((host, port));
+}
+
 /// What a socket's first bytes said.
 #[derive(Debug, Clone)]
 struct Learned {
@@ -158,6 +169,8 @@ pub struct Stats {
     pub tls_malformed: u64,
     pub http_requests: u64,
     pub http_malformed: u64,
+    pub socks_requests: u64,
+    pub socks_malformed: u64,
     pub quic_initials: u64,
     pub dns_answers: u64,
     pub dns_malformed: u64,
@@ -169,6 +182,30 @@ pub struct Stats {
     pub dns_queries: u64,
     pub dns_unsolicited: u64,
     pub queries_untallied: u64,
+}
+
+impl Stats {
+    /// Every counter by name, for stderr and `sluice_naming_total{name}`.
+    pub fn named(&self) -> [(&'static str, u64); 16] {
+        [
+            ("tls_sni", self.tls_sni),
+            ("tls_no_sni", self.tls_no_sni),
+            ("tls_malformed", self.tls_malformed),
+            ("http_requests", self.http_requests),
+            ("http_malformed", self.http_malformed),
+            ("socks_requests", self.socks_requests),
+            ("socks_malformed", self.socks_malformed),
+            ("quic_initials", self.quic_initials),
+            ("dns_answers", self.dns_answers),
+            ("dns_malformed", self.dns_malformed),
+            ("dns_queries", self.dns_queries),
+            ("dns_unsolicited", self.dns_unsolicited),
+            ("heads_abandoned", self.heads_abandoned),
+            ("tcp_dns_evicted", self.tcp_dns_evicted),
+            ("queries_untallied", self.queries_untallied),
+            ("payload_events", self.payload_events),
+        ]
+    }
 }
 
 /// Bounds: sockets whose first bytes are being reassembled / remembered.
@@ -203,6 +240,11 @@ pub struct QueryTally {
     /// Distinct names whose labels look like data (long or high-entropy).
     pub data_names: u64,
     pub longest_label: usize,
+    /// The asking socket's port and the server's address (from the packet):
+    /// what lets the agent find the sender on the send-path backends, whose
+    /// flows do not know the socket cookie the packet hook sees.
+    pub local_port: u16,
+    pub server: [u8; 16],
     seen: std::collections::HashSet<u64>,
 }
 
@@ -315,55 +357,92 @@ impl Namer {
     /// Try to decide what a stream start says; true once decided. `last`:
     /// no more bytes will come, so an incomplete start is concluded as is.
     fn conclude(&mut self, id: SockId, buf: &[u8], last: bool, now: f64) -> bool {
-        let mut l = Learned { protocol: None, name: None, corroborated: false, proxy_target: None, no_sni: false, path: None, last: now };
-        if buf.first() == Some(&0x16) {
-            l.protocol = Some(AppProtocol::Tls);
-            match tls::client_hello(buf) {
-                tls::Hello::Incomplete if !last => return false,
-                tls::Hello::Incomplete => self.stats.heads_abandoned += 1,
-                tls::Hello::Sni(n) => {
-                    self.stats.tls_hellos += 1;
-                    self.stats.tls_sni += 1;
-                    l.name = Some((n, NameSource::TlsSni));
-                }
-                tls::Hello::NoSni => {
-                    self.stats.tls_hellos += 1;
-                    self.stats.tls_no_sni += 1;
-                    l.no_sni = true;
-                }
-                tls::Hello::Malformed => {
-                    self.stats.tls_malformed += 1;
-                    l.protocol = None;
-                }
+        let mut l = Learned {
+            protocol: None,
+            name: None,
+            corroborated: false,
+            proxy_target: None,
+            no_sni: false,
+            path: None,
+            last: now,
+        };
+        let decided = match buf.first() {
+            Some(0x16) => self.tls_start(&mut l, buf),
+            Some(4 | 5) => self.socks_start(&mut l, buf),
+            _ => self.http_start(&mut l, buf),
+        };
+        if !decided {
+            if !last {
+                return false;
             }
-        } else {
-            l.protocol = Some(AppProtocol::Http);
-            match http::request(buf) {
-                http::Request::Incomplete if !last => return false,
-                http::Request::Incomplete => self.stats.heads_abandoned += 1,
-                http::Request::Host { host, path } => {
-                    self.stats.http_requests += 1;
-                    l.name = Some((host, NameSource::HttpHost));
-                    l.path = Some(path);
-                }
-                http::Request::NoHost { path } => {
-                    self.stats.http_requests += 1;
-                    l.path = Some(path);
-                }
-                http::Request::Proxy { host, port } => {
-                    self.stats.http_requests += 1;
-                    if host.parse::<IpAddr>().is_err() {
-                        l.name = Some((host.clone(), NameSource::ProxyRequest));
-                    }
-                    l.proxy_target = Some((host, port));
-                }
-                http::Request::Malformed => {
-                    self.stats.http_malformed += 1;
-                    l.protocol = None;
-                }
-            }
+            self.stats.heads_abandoned += 1;
         }
         self.learn(id, l);
+        true
+    }
+
+    /// The three readers below fill `l` and return false while the start is incomplete.
+    fn tls_start(&mut self, l: &mut Learned, buf: &[u8]) -> bool {
+        l.protocol = Some(AppProtocol::Tls);
+        match tls::client_hello(buf) {
+            tls::Hello::Incomplete => return false,
+            tls::Hello::Sni(n) => {
+                self.stats.tls_hellos += 1;
+                self.stats.tls_sni += 1;
+                l.name = Some((n, NameSource::TlsSni));
+            }
+            tls::Hello::NoSni => {
+                self.stats.tls_hellos += 1;
+                self.stats.tls_no_sni += 1;
+                l.no_sni = true;
+            }
+            tls::Hello::Malformed => {
+                self.stats.tls_malformed += 1;
+                l.protocol = None;
+            }
+        }
+        true
+    }
+
+    fn http_start(&mut self, l: &mut Learned, buf: &[u8]) -> bool {
+        l.protocol = Some(AppProtocol::Http);
+        match http::request(buf) {
+            http::Request::Incomplete => return false,
+            http::Request::Host { host, path } => {
+                self.stats.http_requests += 1;
+                l.name = Some((host, NameSource::HttpHost));
+                l.path = Some(path);
+            }
+            http::Request::NoHost { path } => {
+                self.stats.http_requests += 1;
+                l.path = Some(path);
+            }
+            http::Request::Proxy { host, port } => {
+                self.stats.http_requests += 1;
+                proxy_request(l, host, port);
+            }
+            http::Request::Malformed => {
+                self.stats.http_malformed += 1;
+                l.protocol = None;
+            }
+        }
+        true
+    }
+
+    fn socks_start(&mut self, l: &mut Learned, buf: &[u8]) -> bool {
+        l.protocol = Some(AppProtocol::Socks);
+        match socks::request(buf) {
+            socks::Request::Incomplete => return false,
+            socks::Request::Connect { host, port } => {
+                self.stats.socks_requests += 1;
+                proxy_request(l, host, port);
+            }
+            socks::Request::NoTarget => self.stats.socks_requests += 1,
+            socks::Request::Malformed => {
+                self.stats.socks_malformed += 1;
+                l.protocol = None;
+            }
+        }
         true
     }
 
@@ -378,7 +457,7 @@ impl Namer {
     fn dns_query(&mut self, key: &FlowKey, msg: &[u8], now: f64) {
         let Ok(q) = dns::query(msg) else { return };
         self.stats.dns_queries += 1;
-        self.tally(key.cookie, &q.name);
+        self.tally(key, &q.name);
         if self.pending.len() >= MAX_PENDING {
             self.pending.retain(|_, (_, at)| now - *at < PENDING_S);
             if self.pending.len() >= MAX_PENDING {
@@ -389,9 +468,14 @@ impl Namer {
     }
 
     /// Count a query under its registered domain (`psl`), for the tunnel rule.
-    fn tally(&mut self, cookie: u64, name: &str) {
-        let Some(domain) = psl::domain_str(name).map(str::to_string) else { return };
-        if !self.tallies.contains_key(&(cookie, domain.clone())) && self.tallies.len() >= MAX_TALLIES {
+    fn tally(&mut self, key: &FlowKey, name: &str) {
+        let Some(domain) = psl::domain_str(name).map(str::to_string) else {
+            return;
+        };
+        let cookie = key.cookie;
+        if !self.tallies.contains_key(&(cookie, domain.clone()))
+            && self.tallies.len() >= MAX_TALLIES
+        {
             self.stats.queries_untallied += 1;
             return;
         }
@@ -399,7 +483,10 @@ impl Namer {
         let t = self.tallies.entry((cookie, domain)).or_default();
         t.queries += 1;
         t.name_bytes += name.len() as u64;
-        t.longest_label = t.longest_label.max(name.split('.').map(str::len).max().unwrap_or(0));
+        (t.local_port, t.server) = (key.local_port, key.remote_addr);
+        t.longest_label = t
+            .longest_label
+            .max(name.split('.').map(str::len).max().unwrap_or(0));
         if sub.split('.').any(looks_like_data) && t.seen.len() < MAX_TALLY_NAMES {
             use std::hash::BuildHasher;
             if t.seen.insert(foldhash::fast::FixedState::default().hash_one(sub)) {
@@ -625,6 +712,32 @@ mod tests {
     }
 
     #[test]
+    fn a_socks5_greeting_and_request_in_two_writes_give_the_proxy_target() {
+        let mut n = namer();
+        let k = key(2, 1080, 6);
+        n.on_payload(PAYLOAD_STREAM_HEAD, &k, 0, &[5, 1, 0], 1.0);
+        assert_eq!(
+            n.destination(&k, IP, 1.0).proxy_target,
+            None,
+            "greeting only"
+        );
+        let mut req = vec![5, 1, 0, 3, 18];
+        req.extend_from_slice(b"upload.example.net");
+        req.extend_from_slice(&443u16.to_be_bytes());
+        n.on_payload(PAYLOAD_STREAM_HEAD, &k, 3, &req, 1.1);
+        let d = n.destination(&k, IP, 1.1);
+        assert_eq!(d.proxy_target, Some(("upload.example.net".into(), 443)));
+        assert_eq!(
+            (d.domain.as_deref(), d.source),
+            (Some("upload.example.net"), Some(NameSource::ProxyRequest))
+        );
+        assert_eq!(
+            (d.protocol, n.stats.socks_requests),
+            (Some(AppProtocol::Socks), 1)
+        );
+    }
+
+    #[test]
     fn no_sni_is_said_honestly_and_falls_back_to_dns() {
         let mut n = namer();
         let k = key(2, 443, 6);
@@ -826,6 +939,7 @@ mod fuzz {
             let _ = http::request(&data);
             let _ = dns::answers(&data);
             let _ = quic::initial(&data);
+            let _ = socks::request(&data);
         }
 
         #[test]
@@ -844,6 +958,10 @@ mod fuzz {
                 }
             }
             let _ = http::request(&mutate(b"PUT /ul/x HTTP/1.1\r\nHost: a.mega.nz\r\n\r\n".to_vec(), &edits, cut));
+            let socks5 = [&[5u8, 2, 0, 2, 1, 1, b'u', 1, b'p', 5, 1, 0, 3, 9][..], b"x.example", &[1, 187]].concat();
+            if let socks::Request::Connect { host, .. } = socks::request(&mutate(socks5, &edits, cut)) {
+                prop_assert!(host.parse::<IpAddr>().is_ok() || clean_name(host.as_bytes()).is_some());
+            }
         }
 
         #[test]

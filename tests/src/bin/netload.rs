@@ -21,6 +21,10 @@
 //!     netload tls ADDR PORT SNI BYTES [LABEL] a ClientHello naming SNI (in a write() and a
 //!                                             writev()), then BYTES, over one TCP connection
 //!     netload tls-split ADDR PORT SNI BYTES   the ClientHello split over two TLS records, then BYTES
+//!     netload dns-tunnel ZONE COUNT           COUNT UDP queries to 127.0.0.1:53 (received there),
+//!                                             each name 30 bytes of data in hex under ZONE
+//!     netload socks5 ADDR PORT HOST BYTES     a SOCKS5 greeting (a 3-byte write) and a CONNECT
+//!                                             to HOST:443 (sent without waiting for replies), then BYTES
 //!     netload quic ADDR PORT COUNT            COUNT 1200-byte datagrams, the first a QUIC v1 Initial
 //!     netload dns-send ADDR PORT NAME BYTES [udp]
 //!                                             ask 127.0.0.1:53 for NAME and answer it NAME -> ADDR
@@ -59,7 +63,10 @@ fn tls_upload(dst: SocketAddr, sni: &str, n: usize) {
 
 /// `hello` (a ClientHello, whole or split over records), then `n` bytes.
 fn hello_then_upload(dst: SocketAddr, hello: &[u8], n: usize) {
-    let mut s = TcpStream::connect(dst).expect("connect");
+    hello_then_upload_on(TcpStream::connect(dst).expect("connect"), hello, n);
+}
+
+fn hello_then_upload_on(mut s: TcpStream, hello: &[u8], n: usize) {
     s.write_all(hello).expect("hello");
     let chunk = vec![b't'; 1 << 16];
     let mut left = n;
@@ -366,6 +373,43 @@ fn main() {
         ["tls-split", ip, port, sni, bytes] => {
             let n: usize = bytes.parse().expect("bytes");
             hello_then_upload(addr(ip, port), &sluice_tests::client_hello_split(Some(sni), 200, 30), n);
+            println!("sent {n}");
+        }
+        ["dns-tunnel", zone, count] => {
+            let count: u32 = count.parse().expect("count");
+            let server = UdpSocket::bind("127.0.0.1:53").expect("bind port 53");
+            let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            for i in 0..count {
+                // Distinct data-looking labels (xorshift: no rand crate needed here).
+                let data: String = (0..15)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        format!("{:02x}", state as u8)
+                    })
+                    .collect();
+                s.send_to(
+                    &sluice_tests::dns_query(&format!("{data}.{i}.{zone}")),
+                    "127.0.0.1:53",
+                )
+                .expect("query");
+                let _ = server.recv(&mut [0u8; 512]);
+            }
+            println!("sent {count}");
+        }
+        ["socks5", ip, port, host, bytes] => {
+            let n: usize = bytes.parse().expect("bytes");
+            let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
+            s.write_all(&[5, 1, 0]).expect("greeting");
+            let request = [
+                &[5, 1, 0, 3, host.len() as u8][..],
+                host.as_bytes(),
+                &443u16.to_be_bytes(),
+            ]
+            .concat();
+            hello_then_upload_on(s, &request, n);
             println!("sent {n}");
         }
         ["threads", ip, port, sni, count, bytes] => {
