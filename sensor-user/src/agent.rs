@@ -77,7 +77,6 @@ const SCAN_EVERY: Duration = Duration::from_secs(10);
 /// Send-path flows idle this long are retired from the kernel map.
 const IDLE_RETIRE: Duration = Duration::from_secs(300);
 const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 /// Every this many ticks, closed sockets that never carried traffic are swept
 /// from the kernel's owner map (a full map walk, so not every tick).
 const SWEEP_EVERY_TICKS: u64 = 12;
@@ -1018,15 +1017,15 @@ fn apply_state(detector: &mut Detector, s: state::State, how: &str, path: &std::
     detector.restore_alert_memory(s.alerts);
 }
 
-/// (local port, DNS server address) -> the one process that sent UDP from
-/// that port to that server, or None when several did (processes in other
+/// (local port, DNS server address) -> the one process that sent from that
+/// port to that server (UDP queries; TCP, whose answers' questions count), or None when several did (processes in other
 /// network namespaces can share a port: then no one is guessed, and the
 /// queries are judged as an unknown process's).
 type DnsSenders = HashMap<(u16, [u8; 16]), Option<u32>>;
 
 fn dns_senders<'a>(keys: impl Iterator<Item = &'a FlowKey>) -> DnsSenders {
     let mut out = DnsSenders::new();
-    for k in keys.filter(|k| k.pid != 0 && k.remote_port == 53 && k.protocol == IPPROTO_UDP) {
+    for k in keys.filter(|k| k.pid != 0 && k.remote_port == 53) {
         out.entry((k.local_port, k.remote_addr))
             .and_modify(|p| {
                 if *p != Some(k.pid) {
@@ -1092,12 +1091,12 @@ mod tests {
     #[test]
     fn dns_senders_name_one_process_per_port_and_server_and_guess_no_one_when_shared() {
         let keys = [
-            key(10, 4000, 1, IPPROTO_UDP),
-            key(10, 4000, 1, IPPROTO_UDP), // the same sender twice
-            key(11, 5000, 1, IPPROTO_UDP),
-            key(12, 5000, 1, IPPROTO_UDP), // another namespace, same port and server
-            key(13, 6000, 1, IPPROTO_TCP), // DNS over TCP: not a query copy
-            key(0, 7000, 1, IPPROTO_UDP),  // a packet-hook key: no sender
+            key(10, 4000, 1, 17),
+            key(10, 4000, 1, 17), // the same sender twice
+            key(11, 5000, 1, 17),
+            key(12, 5000, 1, 17), // another namespace, same port and server
+            key(13, 6000, 1, IPPROTO_TCP), // DNS over TCP: its answers' questions are tallied
+            key(0, 7000, 1, 17),  // a packet-hook key: no sender
         ];
         let s = dns_senders(keys.iter());
         let server = key(0, 0, 1, 0).remote_addr;

@@ -524,9 +524,16 @@ impl Namer {
     }
 
     /// A DNS-over-TCP message: believed (see `on_payload`).
-    fn dns_message(&mut self, msg: &[u8], now: f64) {
-        match dns::answers(msg) {
-            Ok(answers) => self.believe(&answers, now),
+    /// Queries over TCP are not copied, so the answer's question is what the
+    /// tunnel rule counts for them.
+    fn dns_message(&mut self, key: &FlowKey, msg: &[u8], now: f64) {
+        match dns::response(msg) {
+            Ok((question, answers)) => {
+                if let Some(q) = question {
+                    self.tally(key, &q.name);
+                }
+                self.believe(&answers, now)
+            }
             Err(_) => self.stats.dns_malformed += 1,
         }
     }
@@ -570,7 +577,7 @@ impl Namer {
             s.buf.clear();
         }
         for m in msgs {
-            self.dns_message(&m, now);
+            self.dns_message(key, &m, now);
         }
     }
 
@@ -779,6 +786,15 @@ mod tests {
         n.on_payload(PAYLOAD_DNS, &k, 1010, &stream[10..], 1.0);
         assert_eq!(n.stats.dns_answers, 1);
         assert_eq!(n.destination(&key(5, 443, 6), IP, 2.0).service.unwrap().id, "box");
+        // Queries over TCP are not copied: the answer's question is tallied
+        // for the tunnel rule (an NXDOMAIN, with no answer, too).
+        let nx = dns::tests::response("c2lsbHk.t.exfil-test.net", None, &[], 0);
+        let mut nx_stream = (nx.len() as u16).to_be_bytes().to_vec();
+        nx_stream.extend_from_slice(&nx);
+        n.on_payload(PAYLOAD_DNS, &k, 1000 + stream.len() as u64, &nx_stream, 1.0);
+        let mut t = n.take_queries();
+        t.sort_by(|a, b| a.0.1.cmp(&b.0.1));
+        assert_eq!(t.iter().map(|((c, d), q)| (*c, d.as_str(), q.queries, q.local_port)).collect::<Vec<_>>(), [(4, "box.com", 1, 40000), (4, "exfil-test.net", 1, 40000)]);
     }
 
     #[test]
