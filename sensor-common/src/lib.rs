@@ -395,6 +395,10 @@ pub mod globals {
     pub const SS_PROTOCOL_OFF: &str = "SS_PROTOCOL_OFF";
     /// `sock_common.skc_cookie` (BTF), for the cgroup backend's owner-on-send.
     pub const SKC_COOKIE: &str = "SKC_COOKIE";
+    /// `task_struct.signal` and `signal_struct.live` (BTF): a process has
+    /// exited when its last thread has, whichever thread that is.
+    pub const TASK_SIGNAL_OFF: &str = "TASK_SIGNAL_OFF";
+    pub const SIGNAL_LIVE_OFF: &str = "SIGNAL_LIVE_OFF";
     /// `struct msghdr.msg_iter` and the `struct iov_iter` fields read to copy
     /// the first bytes of a send, and the `iter_type` values (their order
     /// changed in 6.5).

@@ -6,8 +6,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
     },
     macros::tracepoint,
@@ -34,6 +34,12 @@ static NEWTASK_FLAGS_OFF: u32 = 32;
 static EXECVE_ARGV_OFF: u32 = 24;
 #[unsafe(no_mangle)]
 static EXECVEAT_ARGV_OFF: u32 = 32;
+/// `task_struct.signal`, `signal_struct.live`: patched from BTF; u32::MAX
+/// (no BTF) falls back to "the leader's exit is the process's".
+#[unsafe(no_mangle)]
+static TASK_SIGNAL_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static SIGNAL_LIVE_OFF: u32 = u32::MAX;
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -216,12 +222,21 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     0
 }
 
+// Kernel prototype relied on (kernel/exit.c, 5.x-6.x): in do_exit(),
+//     group_dead = atomic_dec_and_test(&tsk->signal->live);
+// runs before trace_sched_process_exit(tsk), so at this tracepoint
+// `signal->live == 0` says the exiting thread is the group's last.
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    // Fires per thread; the leader's exit is the process's.
-    if pid_tgid as u32 != tgid {
+    // Fires per thread. A main thread that calls pthread_exit() leaves its
+    // workers running: the process exits with its last thread.
+    let last = match group_live() {
+        Some(live) => live == 0,
+        None => pid_tgid as u32 == tgid,
+    };
+    if !last {
         return 0;
     }
     match EVENTS.reserve::<ExitEvent>(0) {
@@ -233,4 +248,20 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         None => count(counter::RINGBUF_DROP_EXIT),
     }
     0
+}
+
+/// The current thread group's `signal->live` count, when BTF gave the offsets.
+#[inline(always)]
+fn group_live() -> Option<i32> {
+    let (signal_off, live_off) = (global(&TASK_SIGNAL_OFF), global(&SIGNAL_LIVE_OFF));
+    if signal_off == u32::MAX || live_off == u32::MAX {
+        return None;
+    }
+    // SAFETY: bpf_get_current_task returns the running task; probe reads
+    // fault safely and the offsets come from this kernel's BTF.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let signal: *const u8 = bpf_probe_read_kernel(task.wrapping_add(signal_off as usize) as *const *const u8).ok()?;
+        bpf_probe_read_kernel(signal.wrapping_add(live_off as usize) as *const i32).ok()
+    }
 }

@@ -232,17 +232,50 @@ pub fn fexit_tcp_sendpage(ctx: FExitContext) -> u32 {
     0
 }
 
+// int udp_sendmsg(struct sock *sk, struct msghdr *msg, size_t len);
+// int udpv6_sendmsg(struct sock *sk, struct msghdr *msg, size_t len);
+// udpv6_sendmsg() hands an IPv4-mapped destination to udp_sendmsg() on the
+// same (AF_INET6) socket and returns what it returned: that send is counted
+// once, at udpv6_sendmsg, so udp_sendmsg leaves AF_INET6 sockets alone.
 #[fexit(function = "udp_sendmsg")]
 pub fn fexit_udp_sendmsg(ctx: FExitContext) -> u32 {
+    let sk: *const c_void = ctx.arg(0);
+    if is_inet6(sk) {
+        return 0;
+    }
     let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
-    account(ctx.arg(0), ctx.arg(1), IPPROTO_UDP, ret, true);
+    account(sk, ctx.arg(1), IPPROTO_UDP, ret, true);
     0
+}
+
+/// An AF_INET6 socket (the only kind udp_sendmsg sees from udpv6_sendmsg).
+#[inline(always)]
+fn is_inet6(sk: *const c_void) -> bool {
+    !sk.is_null() && read::<u16>(sk as *const u8, global(&SKC_FAMILY)) == Some(AF_INET6)
 }
 
 #[fexit(function = "udpv6_sendmsg")]
 pub fn fexit_udpv6_sendmsg(ctx: FExitContext) -> u32 {
     let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
     account(ctx.arg(0), ctx.arg(1), IPPROTO_UDP, ret, true);
+    0
+}
+
+// static int mptcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t len);
+// An MPTCP socket (IPPROTO_MPTCP, open to any user) never calls tcp_sendmsg:
+// its subflows are fed from mptcp_sendmsg, which returns the bytes it took.
+// `sk` is a struct mptcp_sock, whose first member is the sock with the
+// connection's addresses (copied from its first subflow at connect).
+#[fexit(function = "mptcp_sendmsg")]
+pub fn fexit_mptcp_sendmsg(ctx: FExitContext) -> u32 {
+    let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
+    account(ctx.arg(0), core::ptr::null(), IPPROTO_TCP, ret, true);
+    0
+}
+
+#[fentry(function = "mptcp_sendmsg")]
+pub fn fentry_mptcp_sendmsg(ctx: FEntryContext) -> u32 {
+    capture_send(ctx.arg(0), ctx.arg(1), IPPROTO_TCP);
     0
 }
 
@@ -254,7 +287,10 @@ pub fn fentry_tcp_sendmsg(ctx: FEntryContext) -> u32 {
 
 #[fentry(function = "udp_sendmsg")]
 pub fn fentry_udp_sendmsg(ctx: FEntryContext) -> u32 {
-    capture_send(ctx.arg(0), ctx.arg(1), IPPROTO_UDP);
+    let sk: *const c_void = ctx.arg(0);
+    if !is_inet6(sk) {
+        capture_send(sk, ctx.arg(1), IPPROTO_UDP);
+    }
     0
 }
 
@@ -297,11 +333,25 @@ pub fn kp_tcp_sendmsg_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// udp_sendmsg / udpv6_sendmsg entry: stash, and copy QUIC Initials.
+/// udpv6_sendmsg entry: stash, and copy QUIC Initials.
 #[kprobe]
 pub fn kp_udp_sendmsg_entry(ctx: ProbeContext) -> u32 {
     let (sk, msg) = stash(&ctx);
     capture_send(sk as *const c_void, msg as *const c_void, IPPROTO_UDP);
+    0
+}
+
+/// udp_sendmsg entry: the same, except under udpv6_sendmsg (an AF_INET6
+/// socket), whose entry already stashed these arguments and copied the
+/// datagram; its return is counted once, by whichever kretprobe takes the
+/// stash first.
+#[kprobe]
+pub fn kp_udp4_sendmsg_entry(ctx: ProbeContext) -> u32 {
+    let sk: u64 = ctx.arg(0).unwrap_or(0);
+    if !is_inet6(sk as *const c_void) {
+        let (sk, msg) = stash(&ctx);
+        capture_send(sk as *const c_void, msg as *const c_void, IPPROTO_UDP);
+    }
     0
 }
 
@@ -348,6 +398,7 @@ static SS_NEWSTATE_OFF: u32 = 20;
 #[unsafe(no_mangle)]
 static SS_PROTOCOL_OFF: u32 = 30;
 
+const IPPROTO_MPTCP: u16 = 262;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
@@ -364,7 +415,9 @@ pub fn sock_state(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
     let read = |off: &u32| -> Option<i32> { unsafe { ctx.read_at::<i32>(global(off) as usize) }.ok() };
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(global(&SS_SKADDR_OFF) as usize) }) else { return 0 };
     let proto = unsafe { ctx.read_at::<u16>(global(&SS_PROTOCOL_OFF) as usize) }.unwrap_or(0);
-    if proto != IPPROTO_TCP as u16 {
+    // An MPTCP socket moves through TCP's states too, as itself (its subflows
+    // are the kernel's sockets).
+    if proto != IPPROTO_TCP as u16 && proto != IPPROTO_MPTCP {
         return 0;
     }
     let (Some(old), Some(new)) = (read(&SS_OLDSTATE_OFF), read(&SS_NEWSTATE_OFF)) else { return 0 };

@@ -171,6 +171,45 @@ fn unconnected_udp_sender_is_attributed() {
 }
 
 #[test]
+fn udp_from_a_dual_stack_socket_to_a_v4_mapped_peer_counts_once() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let port = free_port();
+    let (count, size) = (5000u64, 1200u64);
+    let sluice = Sluice::start(TICK).unwrap();
+    let sink = Sink::start(Some(&host), "udp", &host.peer_v4, port, &[&(count * size).to_string()]).unwrap();
+    let netload = helper_bin("netload");
+    let mapped = format!("::ffff:{}", host.peer_v4);
+    let pid = run_child(Command::new(&netload).args(["udp", &mapped, &port.to_string(), &count.to_string(), &size.to_string()]), Duration::from_secs(60)).unwrap();
+    let _ = sink.received();
+    let records = sluice.stop().unwrap();
+    assert_ratio("udp from an AF_INET6 socket to ::ffff:v4", bytes_out_to(&records, pid, &host.peer_v4, port), count * size, 0.99, 1.03);
+}
+
+#[test]
+fn an_mptcp_upload_is_attributed() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let port = free_port();
+    let netload = helper_bin("netload");
+    let sluice = Sluice::start(TICK).unwrap();
+    let sink = host.command(netload.to_str().unwrap()).args(["sink", "mptcp", &host.peer_v4, &port.to_string()]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut sink = KillOnDrop(sink);
+    let mut out = BufReader::new(sink.0.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let bytes = 20 * MB;
+    let pid = run_child(Command::new(&netload).args(["mptcp", &host.peer_v4, &port.to_string(), &bytes.to_string()]), Duration::from_secs(60)).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("received {bytes}"));
+    let records = sluice.stop().unwrap();
+    // The subflows are the kernel's sockets; their packets carry the bytes.
+    assert_ratio("MPTCP upload", bytes_out_to(&records, pid, &host.peer_v4, port), bytes, 0.99, 1.03);
+}
+
+#[test]
 fn a_process_that_lives_a_millisecond_is_still_named() {
     require_root();
     let host = TestHost::create().unwrap();
@@ -193,6 +232,30 @@ fn a_process_that_lives_a_millisecond_is_still_named() {
     assert_eq!(f["process"]["name"], "burst");
     assert_eq!(f["process"]["args"][1], host.peer_v4.as_str());
     assert_eq!(f["process"]["args"][3], bytes.to_string());
+}
+
+#[test]
+fn a_worker_that_outlives_its_main_thread_keeps_its_process_name() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let port = free_port();
+    let netload = helper_bin("netload");
+    let sluice = Sluice::start(TICK).unwrap();
+    let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &[]).unwrap();
+    // main() calls pthread_exit at once; the worker sends 500 KB every 0.5 s
+    // for 10 s, past the 7 s an exited process is kept for.
+    let (chunk, count) = (500_000u64, 20u64);
+    let pid = run_child(
+        Command::new(&netload).args(["thread-exit", &host.peer_v4, &port.to_string(), &chunk.to_string(), &count.to_string()]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(sink.received().unwrap(), chunk * count);
+    let records = sluice.stop().unwrap();
+    assert_ratio("thread-exit worker", bytes_out_to(&records, pid, &host.peer_v4, port), chunk * count, 0.99, 1.03);
+    let flows: Vec<&Value> = flows_of(&records, pid).into_iter().filter(|r| r["destination"]["port"] == port).collect();
+    assert!(flows.len() >= 8, "one record a tick while it sends: {flows:?}");
+    assert!(flows.iter().all(|f| f["process"]["executable"] == netload.to_str().unwrap()), "a record lost the process: {flows:?}");
 }
 
 #[test]

@@ -105,6 +105,13 @@ fn check_backend(b: &str) {
         ("inherit", "127.0.0.1", 9015, 10_000_000, netload),
         // Same pid, another program (a copy of netload under another name).
         ("exec-send", "127.0.0.1", 9016, 10_000_000, &["/tmp/fdsend"]),
+        // A dual-stack socket to an IPv4-mapped peer: udpv6_sendmsg hands
+        // the datagram to udp_sendmsg, and it must count once.
+        ("udp-mapped", "127.0.0.1", 9022, 6_000_000, netload),
+        // IPPROTO_MPTCP never calls tcp_sendmsg.
+        ("mptcp", "127.0.0.1", 9023, 20_000_000, netload),
+        // The main thread exits first; a worker sends for 10 s after it.
+        ("thread-exit", "127.0.0.1", 9021, 10_000_000, netload),
     ];
     for (name, ip, port, want, exes) in cases {
         let pid = *g.pids.get(&(b.to_string(), name.to_string())).unwrap_or_else(|| panic!("{b}/{name} did not run"));
@@ -125,6 +132,10 @@ fn check_backend(b: &str) {
             assert_eq!(r["network"]["type"], "ipv6");
         }
     }
+    // Past the grace period for exited processes, the worker is still netload.
+    let pid = g.pids[&(b.to_string(), "thread-exit".to_string())];
+    let worker: Vec<&Value> = recs.iter().filter(|r| r["process"]["pid"] == pid && r["destination"]["port"] == 9021).collect();
+    assert!(worker.len() >= 8 && worker.iter().all(|r| r["process"]["executable"] == "/netload"), "{b}: a worker record lost its process: {worker:?}");
     // The 1 ms sender is gone long before the tick: named from the kernel's exec record.
     let pid = g.pids[&(b.to_string(), "burst".to_string())];
     let r = recs.iter().find(|r| r["process"]["pid"] == pid).unwrap();

@@ -38,27 +38,32 @@ const CGROUP_SKB: [(&str, CgroupSkbAttachType); 2] =
     [("skb_egress", CgroupSkbAttachType::Egress), ("skb_ingress", CgroupSkbAttachType::Ingress)];
 
 /// fentry backend: (program, kernel function, optional). tcp_sendpage carried
-/// sendfile/splice until 6.5, when it folded into tcp_sendmsg.
-const FEXIT: [(&str, &str, bool); 4] = [
+/// sendfile/splice until 6.5, when it folded into tcp_sendmsg; mptcp_sendmsg
+/// exists where the kernel has MPTCP.
+const FEXIT: [(&str, &str, bool); 5] = [
     ("fexit_tcp_sendmsg", "tcp_sendmsg", false),
     ("fexit_tcp_sendpage", "tcp_sendpage", true),
+    ("fexit_mptcp_sendmsg", "mptcp_sendmsg", true),
     ("fexit_udp_sendmsg", "udp_sendmsg", false),
     ("fexit_udpv6_sendmsg", "udpv6_sendmsg", false),
 ];
 const FENTRY_RECV: (&str, &str) = ("fentry_tcp_cleanup_rbuf", "tcp_cleanup_rbuf");
-/// fentry programs that copy a new connection's first bytes (for its name).
-const FENTRY_CAPTURE: [(&str, &str); 3] = [
-    ("fentry_tcp_sendmsg", "tcp_sendmsg"),
-    ("fentry_udp_sendmsg", "udp_sendmsg"),
-    ("fentry_udpv6_sendmsg", "udpv6_sendmsg"),
+/// fentry programs that copy a new connection's first bytes (for its name):
+/// (program, function, optional).
+const FENTRY_CAPTURE: [(&str, &str, bool); 4] = [
+    ("fentry_tcp_sendmsg", "tcp_sendmsg", false),
+    ("fentry_mptcp_sendmsg", "mptcp_sendmsg", true),
+    ("fentry_udp_sendmsg", "udp_sendmsg", false),
+    ("fentry_udpv6_sendmsg", "udpv6_sendmsg", false),
 ];
 
 /// kprobe backend: (entry kprobe, kretprobe, function, optional). The sendmsg
 /// entries also copy a new connection's first bytes.
-const KPROBES: [(&str, &str, &str, bool); 4] = [
+const KPROBES: [(&str, &str, &str, bool); 5] = [
     ("kp_tcp_sendmsg_entry", "krp_tcp_send", "tcp_sendmsg", false),
+    ("kp_tcp_sendmsg_entry", "krp_tcp_send", "mptcp_sendmsg", true),
     ("kp_send_entry", "krp_tcp_send", "tcp_sendpage", true),
-    ("kp_udp_sendmsg_entry", "krp_udp_send", "udp_sendmsg", false),
+    ("kp_udp4_sendmsg_entry", "krp_udp_send", "udp_sendmsg", false),
     ("kp_udp_sendmsg_entry", "krp_udp_send", "udpv6_sendmsg", false),
 ];
 
@@ -130,8 +135,8 @@ pub fn open(config: &Config) -> Result<Opened> {
     // vmlinux BTF is megabytes.
     let btf = btf::Btf::from_sys_fs().ok();
     let field_offs = match &btf {
-        Some(b) => [send_path_offsets(b).unwrap_or_default(), send_capture_offsets(b)].concat(),
-        None => Vec::new(),
+        Some(b) => [send_path_offsets(b).unwrap_or_default(), send_capture_offsets(b), group_exit_offsets(b)].concat(),
+        None => group_exit_missing(),
     };
     for (name, off) in &field_offs {
         loader.override_global(name, off, true);
@@ -164,6 +169,20 @@ pub fn send_path_offsets(b: &btf::Btf) -> Result<Vec<(&'static str, u32)>, Strin
         (globals::SKC_V6_RCV_SADDR, f("sock_common", "skc_v6_rcv_saddr")?),
         (globals::MSG_NAME, f("msghdr", "msg_name")?),
     ])
+}
+
+/// `task_struct.signal` and `signal_struct.live`, for telling a process's
+/// exit (its last thread's) from its main thread's.
+fn group_exit_offsets(b: &btf::Btf) -> Vec<(&'static str, u32)> {
+    match (b.field_offset("task_struct", "signal"), b.field_offset("signal_struct", "live")) {
+        (Ok(signal), Ok(live)) => vec![(globals::TASK_SIGNAL_OFF, signal), (globals::SIGNAL_LIVE_OFF, live)],
+        _ => group_exit_missing(),
+    }
+}
+
+fn group_exit_missing() -> Vec<(&'static str, u32)> {
+    eprintln!("sluice: no BTF for task_struct.signal/signal_struct.live: a process is taken as exited when its main thread exits (a worker that outlives it loses its name)");
+    Vec::new()
 }
 
 /// Offsets to find a send's first user bytes (for naming destinations), or,
@@ -319,20 +338,28 @@ fn attach_fentry(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
             .load(func, &btf)
             .with_context(|| format!("loading fexit/{func}"))
             .and_then(|_| p.attach().map(|_| ()).with_context(|| format!("attaching fexit/{func}")));
-        match r {
-            Ok(()) => attached.push(format!("fexit/{func}")),
-            Err(e) if optional && missing_function(&e) => eprintln!("sluice: {func} is not in this kernel; skipped"),
-            Err(e) => return Err(e),
-        }
+        optional_attach(r, format!("fexit/{func}"), optional, attached)?;
     }
-    for (name, func) in FENTRY_CAPTURE.into_iter().chain([FENTRY_RECV]) {
+    for (name, func, optional) in FENTRY_CAPTURE.into_iter().chain([(FENTRY_RECV.0, FENTRY_RECV.1, false)]) {
         let p: &mut FEntry = program(ebpf, name)?;
-        p.load(func, &btf).with_context(|| format!("loading fentry/{func}"))?;
-        p.attach().with_context(|| format!("attaching fentry/{func}"))?;
-        attached.push(format!("fentry/{func}"));
+        let r = p
+            .load(func, &btf)
+            .with_context(|| format!("loading fentry/{func}"))
+            .and_then(|_| p.attach().map(|_| ()).with_context(|| format!("attaching fentry/{func}")));
+        optional_attach(r, format!("fentry/{func}"), optional, attached)?;
     }
     attach_state_tracepoint(ebpf, attached)?;
     attach_dns(ebpf, attached);
+    Ok(())
+}
+
+/// Record an attach, or skip an optional hook whose function this kernel lacks.
+fn optional_attach(r: Result<()>, what: String, optional: bool, attached: &mut Vec<String>) -> Result<()> {
+    match r {
+        Ok(()) => attached.push(what),
+        Err(e) if optional && missing_function(&e) => eprintln!("sluice: {what}: the function is not in this kernel; skipped"),
+        Err(e) => return Err(e),
+    }
     Ok(())
 }
 
@@ -357,21 +384,18 @@ fn attach_dns(ebpf: &mut Ebpf, attached: &mut Vec<String>) {
 
 fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
     need_btf()?;
-    for name in ["kp_send_entry", "kp_tcp_sendmsg_entry", "kp_udp_sendmsg_entry", "krp_tcp_send", "krp_udp_send", "kp_tcp_cleanup_rbuf"] {
+    for name in ["kp_send_entry", "kp_tcp_sendmsg_entry", "kp_udp_sendmsg_entry", "kp_udp4_sendmsg_entry", "krp_tcp_send", "krp_udp_send", "kp_tcp_cleanup_rbuf"] {
         let p: &mut KProbe = program(ebpf, name)?;
         p.load().with_context(|| format!("loading {name}"))?;
     }
     let mut present = Vec::new();
     for (entry, _, func, optional) in KPROBES {
         let entry: &mut KProbe = program(ebpf, entry)?;
-        match entry.attach(func, 0).with_context(|| format!("attaching kprobe/{func}")) {
-            Ok(_) => {
-                attached.push(format!("kprobe/{func}"));
-                present.push(func);
-            }
-            Err(e) if optional && missing_function(&e) => eprintln!("sluice: {func} is not in this kernel; skipped"),
-            Err(e) => return Err(e),
+        let r = entry.attach(func, 0).map(|_| ()).with_context(|| format!("attaching kprobe/{func}"));
+        if r.is_ok() {
+            present.push(func);
         }
+        optional_attach(r, format!("kprobe/{func}"), optional, attached)?;
     }
     for (_, name, func, _) in KPROBES {
         if present.contains(&func) {

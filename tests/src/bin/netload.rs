@@ -21,6 +21,11 @@
 //!     netload tls ADDR PORT SNI BYTES [LABEL] a ClientHello naming SNI (in a write() and a
 //!                                             writev()), then BYTES, over one TCP connection
 //!     netload tls-split ADDR PORT SNI BYTES   the ClientHello split over two TLS records, then BYTES
+//!     netload thread-exit ADDR PORT CHUNK COUNT
+//!                                             the main thread exits (exit(2), as pthread_exit); a worker
+//!                                             sends COUNT chunks of CHUNK bytes, one every 0.5 s
+//!     netload mptcp ADDR PORT BYTES           BYTES over one MPTCP connection (IPPROTO_MPTCP, IPv4)
+//!                                             (`sink mptcp ADDR PORT` listens as MPTCP)
 //!     netload dns-tunnel ZONE COUNT           COUNT UDP queries to 127.0.0.1:53 (received there),
 //!                                             each name 30 bytes of data in hex under ZONE
 //!     netload socks5 ADDR PORT HOST BYTES     a SOCKS5 greeting (a 3-byte write) and a CONNECT
@@ -78,6 +83,39 @@ fn hello_then_upload_on(mut s: TcpStream, hello: &[u8], n: usize) {
     finish(s);
 }
 
+const IPPROTO_MPTCP: i32 = 262;
+
+/// An IPv4 MPTCP socket, connected to `dst` or listening on it, as std's types
+/// (the fd behaves as a TCP socket to read and write).
+fn mptcp(dst: SocketAddr, listen: bool) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = dst else { panic!("MPTCP scenarios are IPv4") };
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on an fd owned here, with a sockaddr_in that
+    // lives across each call and its true length.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, IPPROTO_MPTCP);
+        assert!(fd >= 0, "socket(IPPROTO_MPTCP): {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let sap = &sa as *const libc::sockaddr_in as *const libc::sockaddr;
+        let ok = if listen {
+            let one: libc::c_int = 1;
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const libc::c_void, 4);
+            libc::bind(fd, sap, len) == 0 && libc::listen(fd, 16) == 0
+        } else {
+            libc::connect(fd, sap, len) == 0
+        };
+        assert!(ok, "MPTCP {}: {}", if listen { "listen" } else { "connect" }, std::io::Error::last_os_error());
+        owned
+    }
+}
+
 fn addr(a: &str, p: &str) -> SocketAddr {
     let port: u16 = p.parse().expect("port");
     let ip: std::net::IpAddr = a.parse().expect("address");
@@ -100,6 +138,25 @@ fn main() {
                 .collect();
             let n: u64 = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
             println!("received {n}");
+        }
+        ["sink", "mptcp", ip, port] => {
+            let l = TcpListener::from(mptcp(addr(ip, port), true));
+            println!("ready");
+            let (c, _) = l.accept().expect("accept");
+            println!("received {}", drain(c));
+        }
+        ["mptcp", ip, port, bytes] => {
+            let n: usize = bytes.parse().expect("bytes");
+            let mut s = TcpStream::from(mptcp(addr(ip, port), false));
+            let chunk = vec![b'm'; 1 << 16];
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(chunk.len());
+                s.write_all(&chunk[..k]).expect("send");
+                left -= k;
+            }
+            finish(s);
+            println!("sent {n}");
         }
         ["sink", "udp", ip, port] => {
             let s = UdpSocket::bind(addr(ip, port)).expect("bind");
@@ -374,6 +431,27 @@ fn main() {
             let n: usize = bytes.parse().expect("bytes");
             hello_then_upload(addr(ip, port), &sluice_tests::client_hello_split(Some(sni), 200, 30), n);
             println!("sent {n}");
+        }
+        ["thread-exit", ip, port, chunk, count] => {
+            let (chunk, count): (usize, usize) = (chunk.parse().expect("chunk"), count.parse().expect("count"));
+            let dst = addr(ip, port);
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(dst).expect("connect");
+                let data = vec![b'w'; chunk];
+                for _ in 0..count {
+                    s.write_all(&data).expect("send");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                finish(s);
+                println!("sent {}", chunk * count);
+                std::process::exit(0);
+            });
+            // What pthread_exit() in main comes to in the kernel, without the
+            // forced unwind Rust's main would abort on: exit(2), this thread only.
+            // SAFETY: the worker owns everything it uses; nothing of this
+            // thread's stack is shared.
+            unsafe { libc::syscall(libc::SYS_exit, 0) };
+            unreachable!("exit(2) returned")
         }
         ["dns-tunnel", zone, count] => {
             let count: u32 = count.parse().expect("count");
