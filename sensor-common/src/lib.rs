@@ -29,6 +29,14 @@ pub const EVENT_PGID: u32 = 5;
 pub const EXEC_ARGV_TRUNCATED: u32 = 1;
 pub const EXEC_ARGV_MISSING: u32 = 2;
 pub const EXEC_PATH_TRUNCATED: u32 = 4;
+/// argv taken from the new program's stack (`mm->arg_start..arg_end`): the
+/// syscall-entry copy was missing (a 32-bit `int 0x80` execve passes no
+/// syscall tracepoint) or stopped at an unreadable page. NUL-separated, argc
+/// not counted (userspace splits).
+pub const EXEC_ARGV_FROM_MM: u32 = 8;
+/// The syscall-entry copy hit memory it could not read (a page not faulted
+/// in): what it holds is a prefix.
+pub const EXEC_ARGV_PARTIAL: u32 = 16;
 
 /// Common prefix of every ring-buffer event.
 #[repr(C)]
@@ -399,6 +407,11 @@ pub mod globals {
     /// exited when its last thread has, whichever thread that is.
     pub const TASK_SIGNAL_OFF: &str = "TASK_SIGNAL_OFF";
     pub const SIGNAL_LIVE_OFF: &str = "SIGNAL_LIVE_OFF";
+    /// `task_struct.mm`, `mm_struct.arg_start` / `arg_end` (BTF): where every
+    /// exec leaves the new program's argv.
+    pub const TASK_MM_OFF: &str = "TASK_MM_OFF";
+    pub const MM_ARG_START_OFF: &str = "MM_ARG_START_OFF";
+    pub const MM_ARG_END_OFF: &str = "MM_ARG_END_OFF";
     /// `struct msghdr.msg_iter` and the `struct iov_iter` fields read to copy
     /// the first bytes of a send, and the `iter_type` values (their order
     /// changed in 6.5).

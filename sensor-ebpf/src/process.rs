@@ -8,7 +8,9 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_user as read_user_raw, bpf_probe_read_user_str,
+        },
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -16,8 +18,8 @@ use aya_ebpf::{
 };
 use sensor_common::{
     counter, EventHeader, ExecEvent, ExitEvent, ForkEvent, ARGV_LEN, ARG_CHUNK, COMM_LEN,
-    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED,
-    EXEC_PATH_TRUNCATED, MAX_ARGS, PATH_LEN,
+    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EXEC_ARGV_FROM_MM, EXEC_ARGV_MISSING, EXEC_ARGV_PARTIAL,
+    EXEC_ARGV_TRUNCATED, EXEC_PATH_TRUNCATED, MAX_ARGS, PATH_LEN,
 };
 
 use crate::{count, global, ARGV, ARGV_SCRATCH, EVENTS};
@@ -40,6 +42,13 @@ static EXECVEAT_ARGV_OFF: u32 = 32;
 static TASK_SIGNAL_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 static SIGNAL_LIVE_OFF: u32 = u32::MAX;
+/// `task_struct.mm`, `mm_struct.arg_start`/`arg_end`: patched from BTF.
+#[unsafe(no_mangle)]
+static TASK_MM_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static MM_ARG_START_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static MM_ARG_END_OFF: u32 = u32::MAX;
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -97,7 +106,10 @@ fn capture_argv(ctx: &TracePointContext, argv_off: u32) {
         for i in 0..MAX_ARGS {
             let arg: *const u8 = match unsafe { bpf_probe_read_user(argv.wrapping_add(i as usize)) } {
                 Ok(p) => p,
-                Err(_) => break,
+                Err(_) => {
+                    buf.flags |= EXEC_ARGV_PARTIAL;
+                    break;
+                }
             };
             if arg.is_null() {
                 break;
@@ -118,6 +130,7 @@ fn capture_argv(ctx: &TracePointContext, argv_off: u32) {
                 bpf_probe_read_user_str(dst as *mut c_void, ARG_CHUNK as u32, arg as *const c_void)
             };
             if n <= 0 {
+                buf.flags |= EXEC_ARGV_PARTIAL;
                 break;
             }
             let n = n as usize;
@@ -175,23 +188,64 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             key = old;
         }
     }
-    match ARGV.get_ptr(&key) {
-        Some(argv) => {
-            let argv = unsafe { &*argv };
-            if unsafe { bpf_probe_read_kernel_buf(argv.data.as_ptr(), &mut ev.argv) }.is_ok() {
-                ev.argv_len = argv.len;
-                ev.argc = argv.argc;
-                ev.flags |= argv.flags;
-            }
-            let _ = ARGV.remove(&key);
+    let mut complete = false;
+    if let Some(argv) = ARGV.get_ptr(&key) {
+        let argv = unsafe { &*argv };
+        if unsafe { bpf_probe_read_kernel_buf(argv.data.as_ptr(), &mut ev.argv) }.is_ok() {
+            ev.argv_len = argv.len;
+            ev.argc = argv.argc;
+            ev.flags |= argv.flags;
+            complete = argv.flags & EXEC_ARGV_PARTIAL == 0;
         }
-        None => {
-            ev.flags |= EXEC_ARGV_MISSING;
-            count(counter::EXEC_NO_ARGV);
-        }
+        let _ = ARGV.remove(&key);
+    }
+    // No syscall-entry copy, or a partial one: the new program's own stack.
+    if !complete && !argv_from_mm(ev) && ev.argv_len == 0 {
+        ev.flags |= EXEC_ARGV_MISSING;
+        count(counter::EXEC_NO_ARGV);
     }
     entry.submit(crate::wakeup());
     0
+}
+
+// Kernel layout relied on (fs/exec.c, all 5.x-6.x): by sched_process_exec the
+// new mm is the current task's, and create_elf_tables() has set
+// mm->arg_start..arg_end around argv's NUL-terminated strings, which
+// copy_strings() wrote into present pages of the new stack.
+/// argv from `current->mm->arg_start..arg_end` into `ev` (at most ARGV_LEN
+/// bytes, truncation flagged). False when the offsets or a read fail.
+#[inline(always)]
+fn argv_from_mm(ev: &mut ExecEvent) -> bool {
+    let (mm_off, start_off, end_off) = (global(&TASK_MM_OFF), global(&MM_ARG_START_OFF), global(&MM_ARG_END_OFF));
+    if mm_off == u32::MAX || start_off == u32::MAX || end_off == u32::MAX {
+        return false;
+    }
+    // SAFETY: probe reads fault safely; offsets from this kernel's BTF; the
+    // copy length is bounded to 1..=ARGV_LEN below, inside `ev.argv`.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let Ok(mm) = bpf_probe_read_kernel(task.wrapping_add(mm_off as usize) as *const *const u8) else { return false };
+        let Ok(start) = bpf_probe_read_kernel(mm.wrapping_add(start_off as usize) as *const u64) else { return false };
+        let Ok(end) = bpf_probe_read_kernel(mm.wrapping_add(end_off as usize) as *const u64) else { return false };
+        let len = end.saturating_sub(start);
+        if len == 0 {
+            return false;
+        }
+        let n = if len > ARGV_LEN as u64 { ARGV_LEN as u32 } else { len as u32 };
+        // The verifier needs the bound where it can see it (see heads::emit).
+        let n = core::ptr::read_volatile(&n);
+        let n = (n.wrapping_sub(1) & (ARGV_LEN as u32 - 1)) + 1;
+        if read_user_raw(ev.argv.as_mut_ptr() as *mut c_void, n, start as *const c_void) != 0 {
+            return false;
+        }
+        ev.argv_len = n;
+        ev.argc = 0;
+        ev.flags = (ev.flags & !(EXEC_ARGV_PARTIAL | EXEC_ARGV_TRUNCATED)) | EXEC_ARGV_FROM_MM;
+        if len > ARGV_LEN as u64 {
+            ev.flags |= EXEC_ARGV_TRUNCATED;
+        }
+    }
+    true
 }
 
 #[tracepoint(category = "task", name = "task_newtask")]

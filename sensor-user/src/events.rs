@@ -4,7 +4,7 @@
 
 use sensor_common::{
     EventHeader, ExecEvent, ExitEvent, FlowKey, ForkEvent, PayloadEvent, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_PGID, PgidEvent,
-    EVENT_PAYLOAD, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED, EXEC_PATH_TRUNCATED,
+    EVENT_PAYLOAD, EXEC_ARGV_FROM_MM, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED, EXEC_PATH_TRUNCATED,
 };
 use thiserror::Error;
 
@@ -84,11 +84,13 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             let e: ExecEvent = read(bytes, "exec event")?;
             let path_len = (e.path_len as usize).min(e.path.len());
             let argv_len = (e.argv_len as usize).min(e.argv.len());
-            let argv = e.argv[..argv_len]
-                .split(|&b| b == 0)
-                .take(e.argc as usize)
-                .map(<[u8]>::to_vec)
-                .collect();
+            let data = &e.argv[..argv_len];
+            let argv = if e.flags & EXEC_ARGV_FROM_MM != 0 {
+                // The program's own argv area: NUL-terminated strings, argc uncounted.
+                data.strip_suffix(&[0]).unwrap_or(data).split(|&b| b == 0).map(<[u8]>::to_vec).collect()
+            } else {
+                data.split(|&b| b == 0).take(e.argc as usize).map(<[u8]>::to_vec).collect()
+            };
             Ok(KernelEvent::Exec(Exec {
                 pid: header.pid,
                 tid: e.tid,

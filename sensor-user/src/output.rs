@@ -52,6 +52,9 @@ pub fn process_json(pid: u32, p: Option<&Process>) -> Value {
         if p.args_truncated {
             m.insert("sluice_args_truncated".into(), json!(true));
         }
+        if p.args_unknown {
+            m.insert("sluice_args_unknown".into(), json!(true));
+        }
         m.insert("parent".into(), json!({ "pid": p.ppid }));
         m.insert("entity_id".into(), json!(p.entity_id()));
         if p.start_ns != 0 {
@@ -376,6 +379,7 @@ mod tests {
             executable: "/tmp/\x1b[2Jmega\\xff".into(),
             args: vec!["a\"b".into(), "c\u{0}d".into(), "\r\n".into()],
             args_truncated: true,
+            args_unknown: false,
             cgroup_id: 9,
             pgid: 0,
             start_ns: 5,

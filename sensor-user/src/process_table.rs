@@ -17,6 +17,9 @@ pub struct Process {
     pub executable: String,
     pub args: Vec<String>,
     pub args_truncated: bool,
+    /// The kernel gave no argv for this exec (both copies failed): `args` is
+    /// empty, not the previous program's.
+    pub args_unknown: bool,
     pub cgroup_id: u64,
     /// Process group (0 = unknown): a shell with job control gives each job its
     /// own, and services, cron jobs and containers start their own session.
@@ -123,6 +126,7 @@ impl ProcessTable {
                     executable: parent.as_ref().map(|p| p.executable.clone()).unwrap_or_default(),
                     args: parent.as_ref().map(|p| p.args.clone()).unwrap_or_default(),
                     args_truncated: parent.as_ref().is_some_and(|p| p.args_truncated),
+                    args_unknown: parent.as_ref().is_some_and(|p| p.args_unknown),
                     cgroup_id: f.cgroup_id,
                     pgid: parent.as_ref().map(|p| p.pgid).unwrap_or(0),
                     start_ns: f.ktime_ns,
@@ -150,11 +154,8 @@ impl ProcessTable {
                 // Inherited at fork, or set since by a `Pgid` event (setpgid and
                 // setsid come from the kernel in order with fork and exec).
                 let pgid = known.map(|p| p.pgid).unwrap_or(0);
-                let args = if e.argv_missing {
-                    known.map(|p| p.args.clone()).unwrap_or_default()
-                } else {
-                    e.argv.iter().map(|a| lossless(a)).collect()
-                };
+                // Never the previous program's: unknown is said as such.
+                let args = if e.argv_missing { Vec::new() } else { e.argv.iter().map(|a| lossless(a)).collect() };
                 self.replace(
                     Process {
                         pid: e.pid,
@@ -165,6 +166,7 @@ impl ProcessTable {
                         executable,
                         args,
                         args_truncated: e.argv_truncated,
+                        args_unknown: e.argv_missing,
                         cgroup_id: e.cgroup_id,
                         pgid,
                         start_ns,
@@ -306,6 +308,7 @@ impl ProcSource for Procfs {
             executable,
             args,
             args_truncated: false,
+            args_unknown: false,
             cgroup_id,
             pgid: stat.pgrp.max(0) as u32,
             start_ns: stat.starttime * 1_000_000_000 / self.ticks_per_second,
@@ -375,6 +378,17 @@ mod tests {
     }
 
     #[test]
+    fn an_exec_without_argv_says_unknown_and_never_keeps_the_previous_programs() {
+        let mut t = ProcessTable::default();
+        t.apply(&exec(60, b"/usr/bin/launcher", &[b"launcher", b"--secret-flag"]), &NoProc);
+        let KernelEvent::Exec(mut e) = exec(60, b"/usr/bin/python3", &[]) else { unreachable!() };
+        e.argv_missing = true;
+        t.apply(&KernelEvent::Exec(e), &NoProc);
+        let p = t.get(60).unwrap();
+        assert_eq!((p.executable.as_str(), p.args.len(), p.args_unknown), ("/usr/bin/python3", 0, true));
+    }
+
+    #[test]
     fn fork_then_exec_keeps_parent_and_start() {
         let mut t = ProcessTable::default();
         t.insert(Process {
@@ -386,6 +400,7 @@ mod tests {
             executable: "/bin/bash".into(),
             args: vec!["bash".into()],
             args_truncated: false,
+            args_unknown: false,
             cgroup_id: 3,
             pgid: 1,
             start_ns: 1,
@@ -421,6 +436,7 @@ mod tests {
             executable: exe.into(),
             args: args.iter().map(|a| a.to_string()).collect(),
             args_truncated: false,
+            args_unknown: false,
             cgroup_id: 3,
             pgid,
             start_ns: pid as u64,

@@ -258,6 +258,56 @@ fn a_worker_that_outlives_its_main_thread_keeps_its_process_name() {
     assert!(flows.iter().all(|f| f["process"]["executable"] == netload.to_str().unwrap()), "a record lost the process: {flows:?}");
 }
 
+/// Run `launcher ARGS... netload send ADDR PORT 1000000 65536` (the launcher
+/// execs the rest) to the test host, and return the upload's first flow record's `process.args`.
+fn args_of_launched_upload(launcher: &[&str]) -> (Vec<Value>, Vec<String>) {
+    let host = TestHost::create().unwrap();
+    let port = free_port();
+    let netload = helper_bin("netload");
+    let sluice = Sluice::start(TICK).unwrap();
+    let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &[]).unwrap();
+    let mut cmd = Command::new(launcher[0]);
+    cmd.args(&launcher[1..]).args([netload.to_str().unwrap(), "send", &host.peer_v4, &port.to_string(), "1000000", "65536"]);
+    let pid = run_child(&mut cmd, Duration::from_secs(60)).unwrap();
+    assert_eq!(sink.received().unwrap(), 1_000_000);
+    let records = sluice.stop().unwrap();
+    let f = first_flow(&records, pid, &host.peer_v4, port).clone();
+    assert_eq!(f["process"]["executable"], netload.to_str().unwrap(), "{f}");
+    let args = f["process"]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap_or("").to_string()).collect();
+    (vec![f], args)
+}
+
+#[test]
+fn a_32_bit_int_0x80_exec_gets_its_own_argv_not_the_previous_programs() {
+    require_root();
+    let dir = TempDir::new("int80");
+    let (obj, bin) = (dir.0.join("int80exec.o"), dir.0.join("int80exec"));
+    let built = Command::new("as").arg("--32").arg("-o").arg(&obj).arg(fixture("int80exec.s")).status().unwrap().success()
+        && Command::new("ld").args(["-m", "elf_i386", "-o"]).arg(&bin).arg(&obj).status().unwrap().success();
+    assert!(built, "as --32 / ld -m elf_i386 failed (binutils is installed by cargo xtask test)");
+    let (recs, args) = args_of_launched_upload(&[bin.to_str().unwrap()]);
+    let netload = helper_bin("netload");
+    // The syscall tracepoints never saw this exec: argv comes from the new
+    // program's stack, and none of it is int80exec's.
+    assert_eq!(args.first().map(String::as_str), netload.to_str(), "{recs:?}");
+    assert_eq!(args.last().map(String::as_str), Some("65536"), "{recs:?}");
+    assert!(!args.iter().any(|a| a.contains("int80exec")), "stale argv from the launcher: {args:?}");
+}
+
+#[test]
+fn arguments_in_pages_not_yet_faulted_in_are_all_recorded() {
+    require_root();
+    let dir = TempDir::new("untouched");
+    let netload = helper_bin("netload");
+    let file = dir.0.join("args");
+    let (recs, args) = args_of_launched_upload(&[netload.to_str().unwrap(), "exec-untouched", file.to_str().unwrap()]);
+    // argv[0] is on the launcher's heap (read at syscall entry); the rest
+    // only the kernel's copy for the new program holds.
+    assert_eq!(args.len(), 6, "arguments lost: {args:?} {recs:?}");
+    assert_eq!((args[1].as_str(), args[5].as_str()), ("send", "65536"));
+    assert!(recs[0]["process"]["sluice_args_truncated"].is_null(), "{recs:?}");
+}
+
 #[test]
 fn a_socket_older_than_the_sensor_is_attributed_through_sock_diag() {
     require_root();

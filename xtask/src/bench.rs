@@ -463,7 +463,7 @@ fn scale(b: &Bins, plan: Plan) -> Result<Vec<ScaleRow>> {
 /// prints no "sent N"; bytes counted at this peer address)
 type Case = (&'static str, &'static str, &'static str, u32, &'static str, u64, &'static str);
 
-const CASES: [Case; 24] = [
+const CASES: [Case; 27] = [
     ("tcp4-write", "tcp", "127.0.0.1", 1, "$NL send 127.0.0.1 P 4000000", 0, "127.0.0.1"),
     ("tcp4-write-64B", "tcp", "127.0.0.1", 1, "$NL send 127.0.0.1 P 1000000 64", 0, "127.0.0.1"),
     ("tcp4-sendmsg", "tcp", "127.0.0.1", 1, "$NL sendmsg 127.0.0.1 P 4000000", 0, "127.0.0.1"),
@@ -476,6 +476,8 @@ const CASES: [Case; 24] = [
     ("tcp4-fork-inherited", "tcp", "127.0.0.1", 1, "$NL inherit 127.0.0.1 P 4000000", 0, "127.0.0.1"),
     ("tcp4-exec-after-connect", "tcp", "127.0.0.1", 1, "$NL exec-send 127.0.0.1 P W/fdsend fdsend 3 4000000", 0, "127.0.0.1"),
     ("tcp4-v4-mapped", "tcp", "127.0.0.1", 1, "$NL send ::ffff:127.0.0.1 P 4000000", 0, "127.0.0.1"),
+    ("tcp4-main-thread-exits", "tcp", "127.0.0.1", 1, "$NL thread-exit 127.0.0.1 P 500000 4", 0, "127.0.0.1"),
+    ("mptcp4-write", "mptcp", "127.0.0.1", 1, "$NL mptcp 127.0.0.1 P 4000000", 0, "127.0.0.1"),
     ("tcp6-write", "tcp", "::1", 1, "$NL send ::1 P 4000000", 0, "::1"),
     ("tcp6-write-64B", "tcp", "::1", 1, "$NL send ::1 P 1000000 64", 0, "::1"),
     ("tcp6-sendmsg", "tcp", "::1", 1, "$NL sendmsg ::1 P 4000000", 0, "::1"),
@@ -486,6 +488,7 @@ const CASES: [Case; 24] = [
     ("udp4-sendto-8KB", "udp", "127.0.0.1", 1, "$NL udp 127.0.0.1 P 300 8000", 0, "127.0.0.1"),
     ("udp4-sendmmsg", "udp", "127.0.0.1", 1, "$NL sendmmsg 127.0.0.1 P 2000 1200", 0, "127.0.0.1"),
     ("udp4-connected-send", "udp", "127.0.0.1", 1, "$NL quic 127.0.0.1 P 2000", 0, "127.0.0.1"),
+    ("udp6-socket-to-v4-mapped", "udp", "127.0.0.1", 1, "$NL udp ::ffff:127.0.0.1 P 2000 1200", 0, "127.0.0.1"),
     ("udp6-sendto", "udp", "::1", 1, "$NL udp ::1 P 2000 1200", 0, "::1"),
     ("udp6-sendmmsg", "udp", "::1", 1, "$NL sendmmsg ::1 P 2000 1200", 0, "::1"),
 ];
@@ -500,13 +503,16 @@ fn accuracy_script(reps: usize) -> (String, String) {
 # acc NAME PORT KIND ADDR CONNS -- sender...
 acc() {
   name=$1; port=$2; kind=$3; addr=$4; conns=$5; shift 6
-  if [ "$kind" = tcp ]; then $NL sink tcp $addr $port $conns > $W/sink-$B-$name 2>&1 & else $NL sink udp $addr $port > $W/sink-$B-$name 2>&1 & fi
+  case $kind in
+    tcp) $NL sink tcp $addr $port $conns > $W/sink-$B-$name 2>&1 & ;;
+    *) $NL sink $kind $addr $port > $W/sink-$B-$name 2>&1 & ;;
+  esac
   SK=$!
   wait_for $W/sink-$B-$name ready 200
   sh -c 'echo "SCENARIO '"$B"' '"$name"' pid=$$"; exec "$@"' sh "$@" > $W/send-$B-$name 2>&1
   sed -n "/^SCENARIO /p; s/^child pid=/CHILD $B $name pid=/p; s/^sent /SENT $B $name /p" $W/send-$B-$name
-  # TCP sinks end at EOF; a UDP sink would wait for 3 s of silence.
-  if [ "$kind" = tcp ]; then wait_for $W/sink-$B-$name received 600; else sleep 0.3; fi
+  # TCP and MPTCP sinks end at EOF; a UDP sink would wait for 3 s of silence.
+  if [ "$kind" = udp ]; then sleep 0.3; else wait_for $W/sink-$B-$name received 600; fi
   kill $SK 2>/dev/null
   wait $SK 2>/dev/null
 }

@@ -26,7 +26,8 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 
 /// Programs the end-to-end tests drive.
-const TEST_PACKAGES: &[&str] = &["iproute2", "curl", "python3", "git", "openssl"];
+/// binutils: `as --32` and `ld -m elf_i386` build the 32-bit `int 0x80` exec fixture.
+const TEST_PACKAGES: &[&str] = &["iproute2", "curl", "python3", "git", "openssl", "binutils"];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")

@@ -171,13 +171,23 @@ pub fn send_path_offsets(b: &btf::Btf) -> Result<Vec<(&'static str, u32)>, Strin
     ])
 }
 
-/// `task_struct.signal` and `signal_struct.live`, for telling a process's
-/// exit (its last thread's) from its main thread's.
+/// Process-fact offsets: `task_struct.signal` and `signal_struct.live`, for
+/// telling a process's exit (its last thread's) from its main thread's;
+/// `task_struct.mm` and `mm_struct.arg_start/arg_end`, for argv where every
+/// exec leaves it.
 fn group_exit_offsets(b: &btf::Btf) -> Vec<(&'static str, u32)> {
-    match (b.field_offset("task_struct", "signal"), b.field_offset("signal_struct", "live")) {
+    let mut offs = match (b.field_offset("task_struct", "signal"), b.field_offset("signal_struct", "live")) {
         (Ok(signal), Ok(live)) => vec![(globals::TASK_SIGNAL_OFF, signal), (globals::SIGNAL_LIVE_OFF, live)],
         _ => group_exit_missing(),
+    };
+    let f = |s: &str, field: &str| b.field_offset(s, field).ok();
+    match (f("task_struct", "mm"), f("mm_struct", "arg_start"), f("mm_struct", "arg_end")) {
+        (Some(mm), Some(start), Some(end)) => {
+            offs.extend([(globals::TASK_MM_OFF, mm), (globals::MM_ARG_START_OFF, start), (globals::MM_ARG_END_OFF, end)])
+        }
+        _ => eprintln!("sluice: no BTF for mm_struct.arg_start: an exec whose argv the syscall hook missed has its arguments marked unknown"),
     }
+    offs
 }
 
 fn group_exit_missing() -> Vec<(&'static str, u32)> {

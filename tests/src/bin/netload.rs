@@ -26,6 +26,10 @@
 //!                                             sends COUNT chunks of CHUNK bytes, one every 0.5 s
 //!     netload mptcp ADDR PORT BYTES           BYTES over one MPTCP connection (IPPROTO_MPTCP, IPv4)
 //!                                             (`sink mptcp ADDR PORT` listens as MPTCP)
+//!     netload exec-untouched FILE PROGRAM ARGS...
+//!                                             execve PROGRAM with ARGS read from a fresh
+//!                                             mapping of FILE (written first) that nothing has
+//!                                             touched: pages the kernel has not faulted in
 //!     netload dns-tunnel ZONE COUNT           COUNT UDP queries to 127.0.0.1:53 (received there),
 //!                                             each name 30 bytes of data in hex under ZONE
 //!     netload socks5 ADDR PORT HOST BYTES     a SOCKS5 greeting (a 3-byte write) and a CONNECT
@@ -114,6 +118,38 @@ fn mptcp(dst: SocketAddr, listen: bool) -> std::os::fd::OwnedFd {
         assert!(ok, "MPTCP {}: {}", if listen { "listen" } else { "connect" }, std::io::Error::last_os_error());
         owned
     }
+}
+
+/// `exec-untouched`: the arguments live in a file mapping no one has read, so
+/// a reader that cannot fault pages in (a BPF probe at syscall entry) sees
+/// nothing there, while the kernel's own copy for the new program does.
+fn exec_untouched(file: &str, program: &str, args: &[&str]) -> ! {
+    use std::{ffi::CString, os::fd::AsRawFd};
+    let mut blob = Vec::new();
+    let mut offsets = Vec::new();
+    for a in args {
+        offsets.push(blob.len());
+        blob.extend_from_slice(a.as_bytes());
+        blob.push(0);
+    }
+    std::fs::write(file, &blob).expect("write the argument file");
+    let f = std::fs::File::open(file).expect("open the argument file");
+    let prog = CString::new(program).expect("program path");
+    // SAFETY: a read-only private mapping of a file this process keeps open,
+    // never touched here; execve replaces the process before anything
+    // unmaps it, and its strings are NUL-terminated within the file.
+    unsafe {
+        let base = libc::mmap(std::ptr::null_mut(), blob.len(), libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0);
+        assert!(base != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        let mut argv: Vec<*const libc::c_char> = vec![prog.as_ptr()];
+        argv.extend(offsets.iter().map(|&o| (base as *const libc::c_char).add(o)));
+        argv.push(std::ptr::null());
+        extern "C" {
+            static environ: *const *const libc::c_char;
+        }
+        libc::execve(prog.as_ptr(), argv.as_ptr(), environ);
+    }
+    panic!("execve {program}: {}", std::io::Error::last_os_error())
 }
 
 fn addr(a: &str, p: &str) -> SocketAddr {
@@ -453,6 +489,7 @@ fn main() {
             unsafe { libc::syscall(libc::SYS_exit, 0) };
             unreachable!("exit(2) returned")
         }
+        ["exec-untouched", file, program, args @ ..] => exec_untouched(file, program, args),
         ["dns-tunnel", zone, count] => {
             let count: u32 = count.parse().expect("count");
             let server = UdpSocket::bind("127.0.0.1:53").expect("bind port 53");
