@@ -1102,9 +1102,6 @@ mod tests {
         let server = key(0, 0, 1, 0).remote_addr;
         assert_eq!(s.get(&(4000, server)), Some(&Some(10)));
         assert_eq!(s.get(&(5000, server)), Some(&None));
-        assert_eq!(
-            (s.get(&(6000, server)), s.get(&(7000, server))),
-            (None, None)
-        );
+        assert_eq!((s.get(&(6000, server)), s.get(&(7000, server))), (Some(&Some(13)), None));
     }
 }
