@@ -48,9 +48,9 @@ const BATCH: usize = 4096;
 
 /// Every entry of a kernel hash map, in batches (`fd` is the map's own), else
 /// one by one (before 5.6, or a kernel that refuses batches; said once if `say`).
-fn read_map<K: aya::Pod, V: aya::Pod>(fd: &std::os::fd::OwnedFd, map: &BpfHashMap<MapData, K, V>, say: bool) -> Vec<(K, V)> {
-    use std::os::fd::AsFd;
-    match batch::lookup_all(fd.as_fd(), BATCH) {
+fn read_map<K: aya::Pod, V: aya::Pod>(map: &BpfHashMap<MapData, K, V>, say: bool) -> Vec<(K, V)> {
+    use aya::maps::IterableMap;
+    match batch::lookup_all(map.map(), BATCH) {
         Ok(all) => all,
         Err(e) => {
             if say {
@@ -58,15 +58,6 @@ fn read_map<K: aya::Pod, V: aya::Pod>(fd: &std::os::fd::OwnedFd, map: &BpfHashMa
             }
             map.iter().filter_map(Result::ok).collect()
         }
-    }
-}
-
-/// A duplicate of a hash map's fd, for `kernel::batch`.
-fn batch_fd(map: &aya::maps::Map) -> Result<std::os::fd::OwnedFd> {
-    use std::os::fd::AsFd;
-    match map {
-        aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => Ok(d.fd().as_fd().try_clone_to_owned()?),
-        _ => Err(anyhow!("expected a hash map")),
     }
 }
 
@@ -90,9 +81,6 @@ pub struct Agent {
     sensor: Sensor,
     flows_map: BpfHashMap<MapData, FlowKey, FlowCounters>,
     socks_map: BpfHashMap<MapData, u64, SockInfo>,
-    /// The same two maps' fds, for batch reads (`kernel::batch`).
-    flows_fd: std::os::fd::OwnedFd,
-    socks_fd: std::os::fd::OwnedFd,
     dirs_map: BpfHashMap<MapData, u64, u8>,
     counters: PerCpuArray<MapData, u64>,
     procs: ProcessTable,
@@ -154,7 +142,6 @@ impl Agent {
         };
         let flows = take(&mut sensor, maps::FLOWS)?;
         let socks = take(&mut sensor, maps::SOCKS)?;
-        let (flows_fd, socks_fd) = (batch_fd(&flows)?, batch_fd(&socks)?);
         let flows_map = BpfHashMap::try_from(flows)?;
         let socks_map = BpfHashMap::try_from(socks)?;
         let dirs_map = BpfHashMap::try_from(take(&mut sensor, maps::DIRS)?)?;
@@ -187,8 +174,6 @@ impl Agent {
             sensor,
             flows_map,
             socks_map,
-            flows_fd,
-            socks_fd,
             dirs_map,
             counters,
             procs,
@@ -483,7 +468,7 @@ impl Agent {
         self.stats.ticks += 1;
         let at = SystemTime::now();
 
-        let snapshot = read_map(&self.flows_fd, &self.flows_map, self.stats.ticks == 1);
+        let snapshot = read_map(&self.flows_map, self.stats.ticks == 1);
         let deltas = self.tracker.update(snapshot.iter().copied());
 
         // cgroup backend keys (pid 0): owner by socket cookie. Send-path keys
@@ -512,7 +497,7 @@ impl Agent {
         let cookies: HashSet<u64> = snapshot.iter().filter(|(k, _)| k.pid == 0).map(|(k, _)| k.cookie).collect();
         let sweep = self.stats.ticks.is_multiple_of(SWEEP_EVERY_TICKS);
         let socks_now: Option<HashMap<u64, SockInfo>> =
-            (cookies.len() > 256 || sweep).then(|| read_map(&self.socks_fd, &self.socks_map, false).into_iter().collect());
+            (cookies.len() > 256 || sweep).then(|| read_map(&self.socks_map, false).into_iter().collect());
         for &c in &active {
             match self.owner(c, socks_now.as_ref()) {
                 Some(o) => {

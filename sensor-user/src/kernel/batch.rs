@@ -7,8 +7,10 @@
 use std::{
     io,
     mem::{size_of, MaybeUninit},
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd},
 };
+
+use aya::{maps::MapData, Pod};
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
@@ -26,10 +28,19 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Every (key, value) of the hash map behind `fd`. `K` and `V` must be the
-/// map's exact `#[repr(C)]` key and value types (plain data, any bit pattern
-/// valid), as for aya's `Pod`.
-pub fn lookup_all<K: Copy, V: Copy>(fd: BorrowedFd<'_>, chunk: usize) -> io::Result<Vec<(K, V)>> {
+/// Every (key, value) of the hash map `map`. `K` and `V` are `Pod` (plain
+/// data, any bit pattern valid, as aya requires of map types), and their
+/// sizes are checked against the map's own before the kernel writes into
+/// buffers sized for them.
+pub fn lookup_all<K: Pod, V: Pod>(map: &MapData, chunk: usize) -> io::Result<Vec<(K, V)>> {
+    let info = map.info().map_err(io::Error::other)?;
+    if (info.key_size() as usize, info.value_size() as usize) != (size_of::<K>(), size_of::<V>()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("map entries are {}+{} bytes, the types {}+{}", info.key_size(), info.value_size(), size_of::<K>(), size_of::<V>()),
+        ));
+    }
+    let fd = map.fd().as_fd();
     let mut chunk = chunk.max(16);
     let mut out = Vec::new();
     // Hash maps use a bucket index as the batch token.
@@ -60,6 +71,8 @@ pub fn lookup_all<K: Copy, V: Copy>(fd: BorrowedFd<'_>, chunk: usize) -> io::Res
             keys.set_len(n);
             values.set_len(n);
         }
+        // SAFETY: initialized by the kernel (above), and any bit pattern is a
+        // valid K and V (`Pod`), whose sizes are the map's (checked on entry).
         out.extend(keys.iter().zip(&values).map(|(k, v)| unsafe { (k.assume_init(), v.assume_init()) }));
         match err {
             None => {}
@@ -80,7 +93,7 @@ pub fn lookup_all<K: Copy, V: Copy>(fd: BorrowedFd<'_>, chunk: usize) -> io::Res
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use std::os::fd::{FromRawFd, OwnedFd};
 
     use super::*;
 
@@ -122,8 +135,12 @@ mod tests {
             let mut e = ElemAttr { map_fd: fd.as_raw_fd() as u32, key: &k as *const u64 as u64, value: v.as_ptr() as u64, ..Default::default() };
             assert_eq!(bpf(2, &mut e), 0, "BPF_MAP_UPDATE_ELEM: {}", io::Error::last_os_error());
         }
+        let map = MapData::from_fd(fd).unwrap();
+        // Types of other sizes than the map's entries are refused, not overrun.
+        let wrong = lookup_all::<u64, u64>(&map, 100).unwrap_err();
+        assert_eq!(wrong.kind(), io::ErrorKind::InvalidInput, "{wrong}");
         // A small chunk: many rounds, and buckets that need the chunk to grow.
-        let all = lookup_all::<u64, [u64; 2]>(fd.as_fd(), 100).unwrap();
+        let all = lookup_all::<u64, [u64; 2]>(&map, 100).unwrap();
         assert_eq!(all.len(), 10_000);
         let mut seen = std::collections::HashSet::new();
         for (k, v) in all {
