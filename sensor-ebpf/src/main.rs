@@ -30,6 +30,7 @@ use core::intrinsics::AtomicOrdering;
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::bpf_ktime_get_boot_ns,
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
@@ -120,7 +121,9 @@ fn flow_counters(key: &FlowKey) -> Option<(*mut FlowCounters, bool)> {
         return Some((c, false));
     }
     // NOEXIST: if another CPU created it since our lookup, add to theirs.
-    let created = FLOWS.insert(key, &FlowCounters::default(), BPF_NOEXIST as u64).is_ok();
+    // SAFETY: bpf_ktime_get_boot_ns takes no arguments.
+    let fresh = FlowCounters { created_ns: unsafe { bpf_ktime_get_boot_ns() }, ..FlowCounters::default() };
+    let created = FLOWS.insert(key, &fresh, BPF_NOEXIST as u64).is_ok();
     match FLOWS.get_ptr_mut(key) {
         Some(c) => Some((c, created)),
         None => {

@@ -824,6 +824,11 @@ impl Agent {
             moved.push(format!("flows_evicted={}", self.tracker.vanished));
             self.tracker.vanished = 0;
         }
+        if self.tracker.recreated > 0 {
+            self.metrics.flows_recreated.inc_by(self.tracker.recreated);
+            moved.push(format!("flows_recreated={}", self.tracker.recreated));
+            self.tracker.recreated = 0;
+        }
         if !moved.is_empty() {
             eprintln!("sluice: kernel counters: {}", moved.join(" "));
         }

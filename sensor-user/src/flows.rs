@@ -80,6 +80,9 @@ pub struct DeltaTracker {
     /// Kernel entries that disappeared between ticks without being retired by us
     /// (LRU eviction under pressure): their last tick's bytes are lost.
     pub vanished: u64,
+    /// Entries evicted and created again between two reads (another creation
+    /// stamp): counted whole, not as the difference from the old entry.
+    pub recreated: u64,
 }
 
 impl DeltaTracker {
@@ -87,9 +90,16 @@ impl DeltaTracker {
         let mut next = HashMap::with_capacity(self.prev.len());
         let mut out = Vec::new();
         for (key, cur) in snapshot {
-            let before = self.prev.remove(&key);
-            // Counters only grow; one that went backwards means the entry was
-            // evicted and recreated, so all of it is new.
+            let mut before = self.prev.remove(&key);
+            // Evicted and created again since the last read: all of it is new,
+            // even where it has grown past the old entry's counters.
+            if before.is_some_and(|(p, _)| p.created_ns != cur.created_ns) {
+                self.recreated += 1;
+                self.vanished += 1;
+                before = None;
+            }
+            // Counters only grow; one that went backwards (an entry without a
+            // stamp, recreated) is all new too.
             let volume = before.and_then(|(p, _)| Volume::since(&cur, &p)).unwrap_or_else(|| Volume::of(&cur));
             let idle = if volume.is_zero() { before.map_or(0, |(_, n)| n) + 1 } else { 0 };
             if !volume.is_zero() {
@@ -384,6 +394,19 @@ mod tests {
         assert_eq!(t.update([(k, c(40, 0))])[0].volume.bytes_out, 40);
         t.update(std::iter::empty());
         assert_eq!(t.vanished, 1);
+    }
+
+    #[test]
+    fn an_entry_recreated_past_the_old_ones_counters_is_counted_whole() {
+        let mut t = DeltaTracker::default();
+        let k = key(1, [10, 0, 0, 2], 80);
+        let stamped = |out, at| FlowCounters { created_ns: at, ..c(out, 0) };
+        t.update([(k, stamped(1000, 5))]);
+        // Evicted, then 1,500 bytes in a new entry: 1,500 new, not 500.
+        assert_eq!(t.update([(k, stamped(1500, 9))])[0].volume.bytes_out, 1500);
+        assert_eq!((t.recreated, t.vanished), (1, 1));
+        // The same entry moving on: the difference.
+        assert_eq!(t.update([(k, stamped(1600, 9))])[0].volume.bytes_out, 100);
     }
 
     #[test]

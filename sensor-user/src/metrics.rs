@@ -54,6 +54,9 @@ pub struct Metrics {
     pub kernel_counters: Family<NameLabel, Counter>,
     pub ringbuf_drops: Counter,
     pub flows_evicted: Counter,
+    /// Evicted entries the kernel created again before the agent read them
+    /// (told apart by their creation stamp, and counted whole).
+    pub flows_recreated: Counter,
     pub map_entries: Family<MapLabel, Gauge>,
     pub map_capacity: Family<MapLabel, Gauge>,
     pub flows_tracked: Gauge,
@@ -94,6 +97,7 @@ impl Metrics {
             ringbuf_drops: Counter::default(),
             execs: Counter::default(),
             flows_evicted: Counter::default(),
+            flows_recreated: Counter::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
             flows_tracked: Gauge::default(),
@@ -119,6 +123,11 @@ impl Metrics {
         r.register("kernel_counter", "The kernel programs' drop and failure counters, by name", m.kernel_counters.clone());
         r.register("ringbuf_drops", "Events the kernel could not queue because the ring buffer was full", m.ringbuf_drops.clone());
         r.register("flows_evicted", "Flow entries the kernel's LRU map evicted before the agent read them", m.flows_evicted.clone());
+        r.register(
+            "flows_recreated",
+            "Evicted flow entries created again between two reads (their bytes counted whole, by creation stamp)",
+            m.flows_recreated.clone(),
+        );
         r.register("map_entries", "Entries in a kernel map at its last read", m.map_entries.clone());
         r.register("map_capacity", "Capacity of a kernel map", m.map_capacity.clone());
         r.register("flows_tracked", "Flows in the kernel's flow map at the last tick", m.flows_tracked.clone());
