@@ -824,6 +824,14 @@ impl Agent {
             moved.push(format!("flows_evicted={}", self.tracker.vanished));
             self.tracker.vanished = 0;
         }
+        for (func, probe) in &mut self.sensor.retprobes {
+            let missed = probe.newly_missed();
+            if missed > 0 {
+                // Each miss is a send whose return (its byte count) was not seen.
+                self.metrics.kretprobe_missed.get_or_create(&metrics::NameLabel { name: func.to_string() }).inc_by(missed);
+                moved.push(format!("kretprobe_missed_{func}={missed} (sends whose bytes were not counted)"));
+            }
+        }
         if self.tracker.recreated > 0 {
             self.metrics.flows_recreated.inc_by(self.tracker.recreated);
             moved.push(format!("flows_recreated={}", self.tracker.recreated));

@@ -72,6 +72,8 @@ pub struct Metrics {
     pub detector_evictions: Counter,
     /// Bytes sent whose owner stayed unknown after every lookup.
     pub ownerless_bytes: Counter,
+    /// kprobe backend: returns a kretprobe missed (all instances in use), by function.
+    pub kretprobe_missed: Family<NameLabel, Counter>,
     /// What naming parsed, could not parse, ignored or dropped, by name.
     pub naming: Family<NameLabel, Counter>,
     /// Monotonic time of the last completed tick, for /healthz.
@@ -113,6 +115,7 @@ impl Metrics {
             detector_evictions: Counter::default(),
             ownerless_bytes: Counter::default(),
             naming: Family::default(),
+            kretprobe_missed: Family::default(),
             last_tick: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         };
@@ -143,6 +146,11 @@ impl Metrics {
             "ownerless_bytes",
             "Bytes sent whose owner stayed unknown (still judged, as one unknown process)",
             m.ownerless_bytes.clone(),
+        );
+        r.register(
+            "kretprobe_missed",
+            "kprobe backend: send returns a kretprobe missed (every instance in use), whose bytes were not counted, by function",
+            m.kretprobe_missed.clone(),
         );
         r.register(
             "naming",

@@ -463,7 +463,7 @@ fn scale(b: &Bins, plan: Plan) -> Result<Vec<ScaleRow>> {
 /// prints no "sent N"; bytes counted at this peer address)
 type Case = (&'static str, &'static str, &'static str, u32, &'static str, u64, &'static str);
 
-const CASES: [Case; 27] = [
+const CASES: [Case; 28] = [
     ("tcp4-write", "tcp", "127.0.0.1", 1, "$NL send 127.0.0.1 P 4000000", 0, "127.0.0.1"),
     ("tcp4-write-64B", "tcp", "127.0.0.1", 1, "$NL send 127.0.0.1 P 1000000 64", 0, "127.0.0.1"),
     ("tcp4-sendmsg", "tcp", "127.0.0.1", 1, "$NL sendmsg 127.0.0.1 P 4000000", 0, "127.0.0.1"),
@@ -478,6 +478,7 @@ const CASES: [Case; 27] = [
     ("tcp4-v4-mapped", "tcp", "127.0.0.1", 1, "$NL send ::ffff:127.0.0.1 P 4000000", 0, "127.0.0.1"),
     ("tcp4-main-thread-exits", "tcp", "127.0.0.1", 1, "$NL thread-exit 127.0.0.1 P 500000 4", 0, "127.0.0.1"),
     ("mptcp4-write", "mptcp", "127.0.0.1", 1, "$NL mptcp 127.0.0.1 P 4000000", 0, "127.0.0.1"),
+    ("tcp4-32-blocked-senders", "slow", "127.0.0.1", 1, "$NL blocked 32 127.0.0.1 P 250000", 0, "127.0.0.1"),
     ("tcp6-write", "tcp", "::1", 1, "$NL send ::1 P 4000000", 0, "::1"),
     ("tcp6-write-64B", "tcp", "::1", 1, "$NL send ::1 P 1000000 64", 0, "::1"),
     ("tcp6-sendmsg", "tcp", "::1", 1, "$NL sendmsg ::1 P 4000000", 0, "::1"),

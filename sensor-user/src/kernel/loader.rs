@@ -12,7 +12,12 @@ use aya::{
 };
 use sensor_common::{globals, maps};
 
-use super::{backend::Backend, btf, mounts, preflight, privileges, tracefs, EBPF_OBJECT};
+use super::{
+    backend::Backend,
+    btf, mounts, preflight, privileges,
+    retprobe::{self, Retprobe},
+    tracefs, EBPF_OBJECT,
+};
 use crate::config::Config;
 
 /// Process-lifecycle tracepoints, attached on every backend: (program, category, event).
@@ -72,6 +77,9 @@ pub struct Sensor {
     pub ebpf: Ebpf,
     pub backend: Backend,
     pub attached: Vec<String>,
+    /// The kprobe backend's kretprobes made through tracefs, by function
+    /// (their misses are read each tick); each removes its trace event on drop.
+    pub retprobes: Vec<(&'static str, Retprobe)>,
 }
 
 /// Kernel memory for maps was charged to RLIMIT_MEMLOCK before 5.11.
@@ -223,6 +231,7 @@ fn send_capture_offsets(b: &btf::Btf) -> Vec<(&'static str, u32)> {
 pub fn attach(config: &Config, backend: Backend) -> Result<Sensor> {
     let Opened { mut ebpf, send_owner } = open(config)?;
     let mut attached = Vec::new();
+    let mut retprobes = Vec::new();
     for (prog, category, event) in PROCESS_TRACEPOINTS {
         let tp: &mut TracePoint = program(&mut ebpf, prog)?;
         tp.load().with_context(|| format!("loading tracepoint program {prog}"))?;
@@ -237,9 +246,9 @@ pub fn attach(config: &Config, backend: Backend) -> Result<Sensor> {
             }
         }
         Backend::Fentry => attach_fentry(&mut ebpf, &mut attached)?,
-        Backend::Kprobe => attach_kprobe(&mut ebpf, &mut attached)?,
+        Backend::Kprobe => retprobes = attach_kprobe(&mut ebpf, &mut attached)?,
     }
-    Ok(Sensor { ebpf, backend, attached })
+    Ok(Sensor { ebpf, backend, attached, retprobes })
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
@@ -392,7 +401,7 @@ fn attach_dns(ebpf: &mut Ebpf, attached: &mut Vec<String>) {
     }
 }
 
-fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
+fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<Vec<(&'static str, Retprobe)>> {
     need_btf()?;
     for name in ["kp_send_entry", "kp_tcp_sendmsg_entry", "kp_udp_sendmsg_entry", "kp_udp4_sendmsg_entry", "krp_tcp_send", "krp_udp_send", "kp_tcp_cleanup_rbuf"] {
         let p: &mut KProbe = program(ebpf, name)?;
@@ -407,11 +416,25 @@ fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
         }
         optional_attach(r, format!("kprobe/{func}"), optional, attached)?;
     }
+    let mut retprobes = Vec::new();
+    let tracefs = tracefs::tracefs_root()?;
     for (_, name, func, _) in KPROBES {
-        if present.contains(&func) {
-            let p: &mut KProbe = program(ebpf, name)?;
-            p.attach(func, 0).with_context(|| format!("attaching kretprobe/{func}"))?;
-            attached.push(format!("kretprobe/{func}"));
+        if !present.contains(&func) {
+            continue;
+        }
+        let p: &mut KProbe = program(ebpf, name)?;
+        // Room for every sender blocked in the call, and misses counted; where
+        // tracefs will not take the event, the PMU's default, said once.
+        match Retprobe::attach(p, func, retprobe::MAXACTIVE, tracefs.clone()) {
+            Ok(r) => {
+                retprobes.push((func, r));
+                attached.push(format!("kretprobe/{func} (maxactive {})", retprobe::MAXACTIVE));
+            }
+            Err(e) => {
+                eprintln!("sluice: {e:#}; kretprobe/{func} keeps the kernel's default of 2 per CPU in flight, and its misses are not counted");
+                p.attach(func, 0).with_context(|| format!("attaching kretprobe/{func}"))?;
+                attached.push(format!("kretprobe/{func}"));
+            }
         }
     }
     let p: &mut KProbe = program(ebpf, "kp_tcp_cleanup_rbuf")?;
@@ -419,7 +442,7 @@ fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
     attached.push("kprobe/tcp_cleanup_rbuf".into());
     attach_state_tracepoint(ebpf, attached)?;
     attach_dns(ebpf, attached);
-    Ok(())
+    Ok(retprobes)
 }
 
 /// Can `backend` be used here? Loads its programs (the verifier runs); for

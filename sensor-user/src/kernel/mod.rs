@@ -8,6 +8,7 @@ pub mod loader;
 pub mod mounts;
 pub mod preflight;
 pub mod privileges;
+pub mod retprobe;
 pub mod tracefs;
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and embedded at compile time.

@@ -30,6 +30,10 @@
 //!                                             execve PROGRAM with ARGS read from a fresh
 //!                                             mapping of FILE (written first) that nothing has
 //!                                             touched: pages the kernel has not faulted in
+//!     netload blocked N ADDR PORT EACH        N threads, each one send() of EACH bytes on a socket
+//!                                             with a 16 KiB send buffer: all N block in the kernel
+//!                                             while `sink slow ADDR PORT` (accepts for 3 s, then
+//!                                             reads) is not reading
 //!     netload dns-tunnel ZONE COUNT           COUNT UDP queries to 127.0.0.1:53 (received there),
 //!                                             each name 30 bytes of data in hex under ZONE
 //!     netload socks5 ADDR PORT HOST BYTES     a SOCKS5 greeting (a 3-byte write) and a CONNECT
@@ -193,6 +197,49 @@ fn main() {
             }
             finish(s);
             println!("sent {n}");
+        }
+        ["sink", "slow", ip, port] => {
+            let l = TcpListener::bind(addr(ip, port)).expect("bind");
+            l.set_nonblocking(true).expect("nonblocking");
+            println!("ready");
+            let (mut held, start) = (Vec::new(), std::time::Instant::now());
+            while start.elapsed() < Duration::from_secs(3) {
+                match l.accept() {
+                    Ok((c, _)) => held.push(c),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            let readers: Vec<_> = held
+                .into_iter()
+                .map(|c| {
+                    c.set_nonblocking(false).ok();
+                    std::thread::spawn(move || drain(c))
+                })
+                .collect();
+            let n: u64 = readers.into_iter().map(|r| r.join().unwrap_or(0)).sum();
+            println!("received {n}");
+        }
+        ["blocked", count, ip, port, each] => {
+            let (count, each): (usize, usize) = (count.parse().expect("threads"), each.parse().expect("bytes"));
+            let dst = addr(ip, port);
+            let senders: Vec<_> = (0..count)
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        let s = TcpStream::connect(dst).expect("connect");
+                        let small: libc::c_int = 16 * 1024;
+                        // SAFETY: setsockopt on a socket this thread owns, with an int.
+                        unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &small as *const _ as *const libc::c_void, 4) };
+                        let mut s = s;
+                        // One write: tcp_sendmsg waits inside for buffer space.
+                        s.write_all(&vec![b'b'; each]).expect("send");
+                        finish(s);
+                    })
+                })
+                .collect();
+            for t in senders {
+                t.join().expect("sender");
+            }
+            println!("sent {}", count * each);
         }
         ["sink", "udp", ip, port] => {
             let s = UdpSocket::bind(addr(ip, port)).expect("bind");
