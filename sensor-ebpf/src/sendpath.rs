@@ -217,7 +217,12 @@ fn ret_int(r: u64) -> i64 {
 }
 
 // ---- fentry backend: one fexit program per function (typed by its BTF) ----
+// The prototypes below are the ones each hook reads its arguments and return
+// value by; `sensor-user/src/kernel/prototypes.rs` holds the same table and
+// the loader refuses a kernel whose BTF disagrees.
 
+// int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size);
+// Returns the bytes queued, or a negative errno.
 #[fexit(function = "tcp_sendmsg")]
 pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> u32 {
     let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
@@ -225,6 +230,8 @@ pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> u32 {
     0
 }
 
+// int tcp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags);
+// sendfile/splice before 6.5 (then folded into tcp_sendmsg).
 #[fexit(function = "tcp_sendpage")]
 pub fn fexit_tcp_sendpage(ctx: FExitContext) -> u32 {
     let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
@@ -300,6 +307,7 @@ pub fn fentry_udpv6_sendmsg(ctx: FEntryContext) -> u32 {
     0
 }
 
+// void tcp_cleanup_rbuf(struct sock *sk, int copied);
 /// Bytes the application consumed from a TCP socket (`copied` > 0).
 #[fentry(function = "tcp_cleanup_rbuf")]
 pub fn fentry_tcp_cleanup_rbuf(ctx: FEntryContext) -> u32 {

@@ -46,6 +46,17 @@ pub fn report(config: &Config) -> (String, Option<Backend>) {
             Err(e) => format!("{e:#}"),
         }
     );
+    let _ = writeln!(
+        out,
+        "hook prototypes:   {}",
+        match crate::kernel::btf::Btf::from_sys_fs() {
+            Ok(b) => match crate::kernel::prototypes::verify(&b) {
+                Ok(lines) => format!("match this kernel's BTF ({})", lines.join("; ")),
+                Err(e) => format!("MISMATCH: {e}"),
+            },
+            Err(e) => format!("not checked: {e}"),
+        }
+    );
     let verdicts: Vec<Verdict> =
         Backend::PREFERENCE.iter().map(|&b| Verdict { backend: b, usable: loader::probe(config, b) }).collect();
     let _ = writeln!(out, "backends (auto tries them in this order):");

@@ -34,9 +34,21 @@ struct Member {
 
 #[derive(Debug, Clone)]
 enum Type {
-    Composite { name: u32, members: Vec<Member> },
+    Composite { name: u32, members: Vec<Member>, union: bool },
+    /// FUNC_PROTO: its return type and (name, type) of each parameter.
+    Proto { ret: u32, params: Vec<(u32, u32)> },
+    /// PTR, TYPEDEF, CONST, VOLATILE, RESTRICT, TYPE_TAG: what it refers to
+    /// (`name` is the typedef's own, else 0).
+    Ref { kind: u32, name: u32, target: u32 },
+    /// INT, ENUM, FWD, FLOAT, ENUM64: a type known by its name.
+    Named { name: u32 },
     Other,
 }
+
+const KIND_PTR: u32 = 2;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
 
 pub struct Btf {
     strings: Vec<u8>,
@@ -45,6 +57,8 @@ pub struct Btf {
     by_name: HashMap<String, Vec<u32>>,
     /// Enumerator name -> value (`enum iter_type`'s order changed in 6.5).
     enumerators: HashMap<String, i64>,
+    /// Kernel function name -> its FUNC_PROTO type id.
+    funcs: HashMap<String, u32>,
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
@@ -78,10 +92,12 @@ impl Btf {
             .to_vec();
         let mut types = vec![Type::Other];
         let mut enum_entries: Vec<(u32, i64)> = Vec::new();
+        let mut funcs: Vec<(u32, u32)> = Vec::new();
         let mut p = 0usize;
         while p < types_sec.len() {
             let name = u32_at(types_sec, p)?;
             let info = u32_at(types_sec, p + 4)?;
+            let size_or_type = u32_at(types_sec, p + 8)?;
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
@@ -112,19 +128,35 @@ impl Btf {
                         bit_offset: if kind_flag { off & 0x00ff_ffff } else { off },
                     });
                 }
-                Type::Composite { name, members }
+                Type::Composite { name, members, union: kind == KIND_UNION }
             } else {
                 if kind == KIND_ENUM {
                     for i in 0..vlen {
                         enum_entries.push((u32_at(body, i * 8)?, u32_at(body, i * 8 + 4)? as i32 as i64));
                     }
                 }
-                Type::Other
+                match kind {
+                    KIND_FUNC_PROTO => Type::Proto {
+                        ret: size_or_type,
+                        params: (0..vlen).map(|i| Ok((u32_at(body, i * 8)?, u32_at(body, i * 8 + 4)?))).collect::<Result<_, BtfError>>()?,
+                    },
+                    KIND_FUNC => {
+                        funcs.push((name, size_or_type));
+                        Type::Other
+                    }
+                    KIND_PTR | KIND_TYPEDEF | 9 | 10 | 11 | 18 => Type::Ref { kind, name, target: size_or_type },
+                    1 | 6 | 7 | 16 | 19 => Type::Named { name },
+                    _ => Type::Other,
+                }
             };
             types.push(t);
             p += extra;
         }
-        let mut btf = Btf { strings, types, by_name: HashMap::new(), enumerators: HashMap::new() };
+        let mut btf = Btf { strings, types, by_name: HashMap::new(), enumerators: HashMap::new(), funcs: HashMap::new() };
+        for (name, proto) in funcs {
+            let n = btf.name(name).to_string();
+            btf.funcs.entry(n).or_insert(proto);
+        }
         for (name, value) in enum_entries {
             let n = btf.name(name).to_string();
             btf.enumerators.entry(n).or_insert(value);
@@ -156,6 +188,36 @@ impl Btf {
             }
         }
         Err(BtfError::NoField(struct_name.into(), field.into()))
+    }
+
+    /// A kernel function's parameters as (name, C type), e.g.
+    /// `("sk", "struct sock *")`; None if BTF has no such function.
+    pub fn params(&self, func: &str) -> Option<Vec<(String, String)>> {
+        let Type::Proto { params, .. } = self.types.get(*self.funcs.get(func)? as usize)? else { return None };
+        Some(params.iter().map(|&(n, t)| (self.name(n).to_string(), self.render(t, 0))).collect())
+    }
+
+    /// A kernel function's return type as C spells it.
+    pub fn returns(&self, func: &str) -> Option<String> {
+        let Type::Proto { ret, .. } = self.types.get(*self.funcs.get(func)? as usize)? else { return None };
+        Some(self.render(*ret, 0))
+    }
+
+    /// A type as C spells it, qualifiers dropped: `struct sock *`, `size_t`.
+    fn render(&self, id: u32, depth: u32) -> String {
+        if depth > 16 {
+            return "?".into();
+        }
+        match self.types.get(id as usize) {
+            None => "?".into(),
+            Some(_) if id == 0 => "void".into(),
+            Some(Type::Composite { name, union, .. }) => format!("{} {}", if *union { "union" } else { "struct" }, self.name(*name)),
+            Some(Type::Named { name }) => self.name(*name).to_string(),
+            Some(Type::Ref { kind: KIND_PTR, target, .. }) => format!("{} *", self.render(*target, depth + 1)),
+            Some(Type::Ref { kind: KIND_TYPEDEF, name, .. }) => self.name(*name).to_string(),
+            Some(Type::Ref { target, .. }) => self.render(*target, depth + 1),
+            Some(_) => "?".into(),
+        }
     }
 
     /// Value of an enumerator (e.g. `ITER_UBUF`), if the kernel has it.
@@ -215,6 +277,13 @@ mod tests {
         assert_eq!(btf.enum_value("TCP_ESTABLISHED"), Some(1));
         assert_eq!(btf.enum_value("NO_SUCH_ENUMERATOR"), None);
         assert!(matches!(btf.field_offset("no_such_struct", "x"), Err(BtfError::NoStruct(..))));
+        // Function prototypes, as the hooks rely on them.
+        let p = btf.params("tcp_sendmsg").unwrap();
+        assert_eq!(p[..2], [("sk".into(), "struct sock *".into()), ("msg".into(), "struct msghdr *".into())]);
+        assert_eq!(btf.params("tcp_cleanup_rbuf").unwrap()[1].1, "int");
+        assert_eq!(btf.params("udp_sendmsg").unwrap()[2].1, "size_t");
+        assert_eq!(btf.params("no_such_function"), None);
+        assert_eq!(btf.returns("tcp_sendmsg").as_deref(), Some("int"));
     }
 
     #[test]

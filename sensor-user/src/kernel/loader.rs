@@ -14,7 +14,7 @@ use sensor_common::{globals, maps};
 
 use super::{
     backend::Backend,
-    btf, mounts, preflight, privileges,
+    btf, mounts, preflight, privileges, prototypes,
     retprobe::{self, Retprobe},
     tracefs, EBPF_OBJECT,
 };
@@ -348,8 +348,16 @@ fn missing_function(e: &anyhow::Error) -> bool {
     t.contains("not found") || t.contains("No such file") || t.contains("ENOENT")
 }
 
+/// The send-path backends read raw arguments: refuse a kernel whose hooked
+/// functions take or return other types than the probes read.
+fn check_prototypes() -> Result<()> {
+    let btf = btf::Btf::from_sys_fs().map_err(|e| anyhow!(e))?;
+    prototypes::verify(&btf).map(|_| ()).map_err(|e| anyhow!(e))
+}
+
 fn attach_fentry(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
     need_btf()?;
+    check_prototypes()?;
     let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
     for (name, func, optional) in FEXIT {
         let p: &mut FExit = program(ebpf, name)?;
@@ -403,6 +411,7 @@ fn attach_dns(ebpf: &mut Ebpf, attached: &mut Vec<String>) {
 
 fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<Vec<(&'static str, Retprobe)>> {
     need_btf()?;
+    check_prototypes()?;
     for name in ["kp_send_entry", "kp_tcp_sendmsg_entry", "kp_udp_sendmsg_entry", "kp_udp4_sendmsg_entry", "krp_tcp_send", "krp_udp_send", "kp_tcp_cleanup_rbuf"] {
         let p: &mut KProbe = program(ebpf, name)?;
         p.load().with_context(|| format!("loading {name}"))?;
@@ -471,6 +480,7 @@ pub fn probe(config: &Config, backend: Backend) -> Result<(), String> {
         Backend::Fentry => {
             return (|| -> Result<()> {
                 need_btf()?;
+                check_prototypes()?;
                 let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
                 let p: &mut FExit = program(&mut ebpf, "fexit_tcp_sendmsg")?;
                 p.load("tcp_sendmsg", &btf).context("loading fexit/tcp_sendmsg")?;
@@ -481,6 +491,7 @@ pub fn probe(config: &Config, backend: Backend) -> Result<(), String> {
         Backend::Kprobe => {
             return (|| -> Result<()> {
                 need_btf()?;
+                check_prototypes()?;
                 let p: &mut KProbe = program(&mut ebpf, "kp_send_entry")?;
                 p.load().context("loading kprobe program")?;
                 let link = p.attach("tcp_sendmsg", 0).context("attaching a kprobe to tcp_sendmsg")?;

@@ -8,6 +8,7 @@ pub mod loader;
 pub mod mounts;
 pub mod preflight;
 pub mod privileges;
+pub mod prototypes;
 pub mod retprobe;
 pub mod tracefs;
 
