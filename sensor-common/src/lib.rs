@@ -417,6 +417,8 @@ pub mod globals {
     pub const TASK_MM_OFF: &str = "TASK_MM_OFF";
     pub const MM_ARG_START_OFF: &str = "MM_ARG_START_OFF";
     pub const MM_ARG_END_OFF: &str = "MM_ARG_END_OFF";
+    /// Position of `int flags` among tcp_recvmsg's arguments (BTF).
+    pub const RECV_FLAGS_ARG: &str = "RECV_FLAGS_ARG";
     /// `struct msghdr.msg_iter` and the `struct iov_iter` fields read to copy
     /// the first bytes of a send, and the `iter_type` values (their order
     /// changed in 6.5).

@@ -58,6 +58,11 @@ static ITER_PTR_OFF: u32 = 24;
 static ITER_UBUF: u32 = 255;
 #[unsafe(no_mangle)]
 static ITER_IOVEC: u32 = 255;
+/// Which argument of tcp_recvmsg is `int flags` (3 since 5.19, 4 before,
+/// when `nonblock` came first), from BTF; u32::MAX: receive bytes are taken
+/// from tcp_cleanup_rbuf alone.
+#[unsafe(no_mangle)]
+static RECV_FLAGS_ARG: u32 = u32::MAX;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -72,6 +77,21 @@ pub struct Stash {
 
 #[map]
 static STASH: LruHashMap<u64, Stash> = LruHashMap::with_max_entries(16384, 0);
+
+/// A tcp_recvmsg in progress, per thread: its socket, and whether it only
+/// peeks (MSG_PEEK consumes nothing).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Receiving {
+    sk: u64,
+    peek: u32,
+    _pad: u32,
+}
+
+#[map]
+static RECEIVING: LruHashMap<u64, Receiving> = LruHashMap::with_max_entries(16384, 0);
+
+const MSG_PEEK: i32 = 2;
 
 #[inline(always)]
 fn read<T>(base: *const u8, off: u32) -> Option<T> {
@@ -308,12 +328,77 @@ pub fn fentry_udpv6_sendmsg(ctx: FEntryContext) -> u32 {
 }
 
 // void tcp_cleanup_rbuf(struct sock *sk, int copied);
-/// Bytes the application consumed from a TCP socket (`copied` > 0).
+// int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags, int *addr_len);
+//   (before 5.19: ..., size_t len, int nonblock, int flags, int *addr_len)
+// Bytes in are what tcp_recvmsg returns to the application, unless it only
+// peeked: tcp_recvmsg_locked also calls tcp_cleanup_rbuf inside its wait
+// loop with the running total (MSG_WAITALL, SO_RCVLOWAT), and at the end
+// with the total again, so summing `copied` over-counts. tcp_cleanup_rbuf
+// still counts what is read outside tcp_recvmsg (splice, tcp_read_sock).
 #[fentry(function = "tcp_cleanup_rbuf")]
 pub fn fentry_tcp_cleanup_rbuf(ctx: FEntryContext) -> u32 {
-    let copied: i32 = ctx.arg(1);
-    account(ctx.arg(0), core::ptr::null(), IPPROTO_TCP, copied as i64, false);
+    let sk: *const c_void = ctx.arg(0);
+    if !inside_recvmsg(sk) {
+        let copied: i32 = ctx.arg(1);
+        account(sk, core::ptr::null(), IPPROTO_TCP, copied as i64, false);
+    }
     0
+}
+
+#[fentry(function = "tcp_recvmsg")]
+pub fn fentry_tcp_recvmsg(ctx: FEntryContext) -> u32 {
+    // Both positions exist in every version (5 or 6 arguments).
+    let (a3, a4): (u64, u64) = (ctx.arg(3), ctx.arg(4));
+    if let Some(flags) = recv_flags(a3, a4) {
+        begin_recvmsg(ctx.arg::<*const c_void>(0) as u64, flags);
+    }
+    0
+}
+
+/// `flags` out of arguments 4 and 5, by the BTF-given position. Both are
+/// read first and pass through the stack: a load whose ctx offset depends on
+/// a global is one the verifier refuses, and LLVM would merge two loads into
+/// exactly that.
+#[inline(always)]
+fn recv_flags(a3: u64, a4: u64) -> Option<i32> {
+    // SAFETY: volatile reads of two locals.
+    let (a3, a4) = unsafe { (core::ptr::read_volatile(&a3), core::ptr::read_volatile(&a4)) };
+    match global(&RECV_FLAGS_ARG) {
+        3 => Some(a3 as i32),
+        4 => Some(a4 as i32),
+        _ => None,
+    }
+}
+
+#[fexit(function = "tcp_recvmsg")]
+pub fn fexit_tcp_recvmsg(ctx: FExitContext) -> u32 {
+    let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
+    end_recvmsg(ret);
+    0
+}
+
+#[inline(always)]
+fn begin_recvmsg(sk: u64, flags: i32) {
+    let r = Receiving { sk, peek: (flags & MSG_PEEK != 0) as u32, _pad: 0 };
+    let _ = RECEIVING.insert(&bpf_get_current_pid_tgid(), &r, 0);
+}
+
+/// At tcp_recvmsg's return: the bytes it handed over, unless it peeked.
+#[inline(always)]
+fn end_recvmsg(ret: i64) {
+    let tid = bpf_get_current_pid_tgid();
+    // SAFETY: a copy out of this thread's own entry (only this thread writes it).
+    let Some(r) = (unsafe { RECEIVING.get(&tid) }).copied() else { return };
+    let _ = RECEIVING.remove(&tid);
+    if r.peek == 0 {
+        account(r.sk as *const c_void, core::ptr::null(), IPPROTO_TCP, ret, false);
+    }
+}
+
+#[inline(always)]
+fn inside_recvmsg(sk: *const c_void) -> bool {
+    // SAFETY: as above, this thread's own entry.
+    unsafe { RECEIVING.get(&bpf_get_current_pid_tgid()) }.is_some_and(|r| r.sk == sk as u64)
 }
 
 // ---- kprobe backend: entry stashes arguments, return accounts ----
@@ -390,8 +475,26 @@ pub fn krp_udp_send(ctx: RetProbeContext) -> u32 {
 #[kprobe]
 pub fn kp_tcp_cleanup_rbuf(ctx: ProbeContext) -> u32 {
     let sk: u64 = ctx.arg(0).unwrap_or(0);
-    let copied: i64 = ctx.arg::<u64>(1).map(ret_int).unwrap_or(0);
-    account(sk as *const c_void, core::ptr::null(), IPPROTO_TCP, copied, false);
+    if !inside_recvmsg(sk as *const c_void) {
+        let copied: i64 = ctx.arg::<u64>(1).map(ret_int).unwrap_or(0);
+        account(sk as *const c_void, core::ptr::null(), IPPROTO_TCP, copied, false);
+    }
+    0
+}
+
+/// tcp_recvmsg entry (see fentry_tcp_recvmsg).
+#[kprobe]
+pub fn kp_tcp_recvmsg_entry(ctx: ProbeContext) -> u32 {
+    let (a3, a4): (u64, u64) = (ctx.arg(3).unwrap_or(0), ctx.arg(4).unwrap_or(0));
+    if let Some(flags) = recv_flags(a3, a4) {
+        begin_recvmsg(ctx.arg(0).unwrap_or(0), flags);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn krp_tcp_recvmsg(ctx: RetProbeContext) -> u32 {
+    end_recvmsg(ret_int(ctx.ret::<u64>()));
     0
 }
 

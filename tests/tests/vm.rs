@@ -153,6 +153,12 @@ fn check_backend(b: &str) {
     let ratio = sink_in as f64 / 50_000_000.0;
     eprintln!("measured: {b}: tcp4 sink bytes_in ratio {ratio:.5}");
     assert!((0.99..=1.01).contains(&ratio), "{b}: sink read {sink_in} of 50000000");
+    // A reader that peeks, then waits for whole 1 MB reads (MSG_WAITALL):
+    // tcp_cleanup_rbuf runs inside that wait with running totals.
+    let waitall_in: u64 = recs.iter().filter(|r| r["source"]["port"] == 9025).map(|r| r["sluice"]["bytes_in"].as_u64().unwrap_or(0)).sum();
+    let ratio = waitall_in as f64 / 20_000_000.0;
+    eprintln!("measured: {b}: MSG_PEEK + MSG_WAITALL sink bytes_in ratio {ratio:.5}");
+    assert!((0.99..=1.01).contains(&ratio), "{b}: the MSG_WAITALL sink read {waitall_in} of 20000000");
     check_names(b, &g, recs, err);
     check_dns_tunnel(b, &g, alerts);
 }

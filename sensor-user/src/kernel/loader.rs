@@ -45,14 +45,16 @@ const CGROUP_SKB: [(&str, CgroupSkbAttachType); 2] =
 /// fentry backend: (program, kernel function, optional). tcp_sendpage carried
 /// sendfile/splice until 6.5, when it folded into tcp_sendmsg; mptcp_sendmsg
 /// exists where the kernel has MPTCP.
-const FEXIT: [(&str, &str, bool); 5] = [
+const FEXIT: [(&str, &str, bool); 6] = [
+    ("fexit_tcp_recvmsg", "tcp_recvmsg", false),
     ("fexit_tcp_sendmsg", "tcp_sendmsg", false),
     ("fexit_tcp_sendpage", "tcp_sendpage", true),
     ("fexit_mptcp_sendmsg", "mptcp_sendmsg", true),
     ("fexit_udp_sendmsg", "udp_sendmsg", false),
     ("fexit_udpv6_sendmsg", "udpv6_sendmsg", false),
 ];
-const FENTRY_RECV: (&str, &str) = ("fentry_tcp_cleanup_rbuf", "tcp_cleanup_rbuf");
+/// Bytes in: what tcp_recvmsg returns, and tcp_cleanup_rbuf outside it.
+const FENTRY_RECV: [(&str, &str, bool); 2] = [("fentry_tcp_cleanup_rbuf", "tcp_cleanup_rbuf", false), ("fentry_tcp_recvmsg", "tcp_recvmsg", false)];
 /// fentry programs that copy a new connection's first bytes (for its name):
 /// (program, function, optional).
 const FENTRY_CAPTURE: [(&str, &str, bool); 4] = [
@@ -64,7 +66,8 @@ const FENTRY_CAPTURE: [(&str, &str, bool); 4] = [
 
 /// kprobe backend: (entry kprobe, kretprobe, function, optional). The sendmsg
 /// entries also copy a new connection's first bytes.
-const KPROBES: [(&str, &str, &str, bool); 5] = [
+const KPROBES: [(&str, &str, &str, bool); 6] = [
+    ("kp_tcp_recvmsg_entry", "krp_tcp_recvmsg", "tcp_recvmsg", false),
     ("kp_tcp_sendmsg_entry", "krp_tcp_send", "tcp_sendmsg", false),
     ("kp_tcp_sendmsg_entry", "krp_tcp_send", "mptcp_sendmsg", true),
     ("kp_send_entry", "krp_tcp_send", "tcp_sendpage", true),
@@ -143,7 +146,7 @@ pub fn open(config: &Config) -> Result<Opened> {
     // vmlinux BTF is megabytes.
     let btf = btf::Btf::from_sys_fs().ok();
     let field_offs = match &btf {
-        Some(b) => [send_path_offsets(b).unwrap_or_default(), send_capture_offsets(b), group_exit_offsets(b)].concat(),
+        Some(b) => [send_path_offsets(b).unwrap_or_default(), send_capture_offsets(b), group_exit_offsets(b), recv_flags_offset(b)].concat(),
         None => group_exit_missing(),
     };
     for (name, off) in &field_offs {
@@ -177,6 +180,19 @@ pub fn send_path_offsets(b: &btf::Btf) -> Result<Vec<(&'static str, u32)>, Strin
         (globals::SKC_V6_RCV_SADDR, f("sock_common", "skc_v6_rcv_saddr")?),
         (globals::MSG_NAME, f("msghdr", "msg_name")?),
     ])
+}
+
+/// Which tcp_recvmsg argument is `int flags` (its position moved in 5.19);
+/// none found: receive bytes come from tcp_cleanup_rbuf alone, said once.
+fn recv_flags_offset(b: &btf::Btf) -> Vec<(&'static str, u32)> {
+    let at = b.params("tcp_recvmsg").and_then(|p| p.iter().position(|(n, t)| n == "flags" && t == "int"));
+    match at {
+        Some(i @ (3 | 4)) => vec![(globals::RECV_FLAGS_ARG, i as u32)],
+        _ => {
+            eprintln!("sluice: tcp_recvmsg has no `int flags` at argument 4 or 5 here; bytes in are summed from tcp_cleanup_rbuf (over-counts MSG_WAITALL and MSG_PEEK)");
+            Vec::new()
+        }
+    }
 }
 
 /// Process-fact offsets: `task_struct.signal` and `signal_struct.live`, for
@@ -367,7 +383,7 @@ fn attach_fentry(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
             .and_then(|_| p.attach().map(|_| ()).with_context(|| format!("attaching fexit/{func}")));
         optional_attach(r, format!("fexit/{func}"), optional, attached)?;
     }
-    for (name, func, optional) in FENTRY_CAPTURE.into_iter().chain([(FENTRY_RECV.0, FENTRY_RECV.1, false)]) {
+    for (name, func, optional) in FENTRY_CAPTURE.into_iter().chain(FENTRY_RECV) {
         let p: &mut FEntry = program(ebpf, name)?;
         let r = p
             .load(func, &btf)
@@ -412,7 +428,7 @@ fn attach_dns(ebpf: &mut Ebpf, attached: &mut Vec<String>) {
 fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<Vec<(&'static str, Retprobe)>> {
     need_btf()?;
     check_prototypes()?;
-    for name in ["kp_send_entry", "kp_tcp_sendmsg_entry", "kp_udp_sendmsg_entry", "kp_udp4_sendmsg_entry", "krp_tcp_send", "krp_udp_send", "kp_tcp_cleanup_rbuf"] {
+    for name in ["kp_send_entry", "kp_tcp_sendmsg_entry", "kp_udp_sendmsg_entry", "kp_udp4_sendmsg_entry", "krp_tcp_send", "krp_udp_send", "kp_tcp_cleanup_rbuf", "kp_tcp_recvmsg_entry", "krp_tcp_recvmsg"] {
         let p: &mut KProbe = program(ebpf, name)?;
         p.load().with_context(|| format!("loading {name}"))?;
     }

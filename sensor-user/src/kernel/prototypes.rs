@@ -29,6 +29,9 @@ pub const HOOKS: &[Prototype] = &[
     Prototype { func: "udp_sendmsg", args: SOCK_MSG, ret: "int", optional: false },
     // int udpv6_sendmsg(struct sock *sk, struct msghdr *msg, size_t len);
     Prototype { func: "udpv6_sendmsg", args: SOCK_MSG, ret: "int", optional: false },
+    // int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags, int *addr_len);
+    // (`flags` is found by name: it was argument 5 before 5.19)
+    Prototype { func: "tcp_recvmsg", args: &[(0, "struct sock *")], ret: "int", optional: false },
     // void tcp_cleanup_rbuf(struct sock *sk, int copied);
     Prototype { func: "tcp_cleanup_rbuf", args: &[(0, "struct sock *"), (1, "int")], ret: "void", optional: false },
 ];

@@ -34,6 +34,8 @@
 //!                                             with a 16 KiB send buffer: all N block in the kernel
 //!                                             while `sink slow ADDR PORT` (accepts for 3 s, then
 //!                                             reads) is not reading
+//!     netload sink waitall ADDR PORT          one TCP connection read with MSG_PEEK, then
+//!                                             MSG_WAITALL recv()s of 1 MB, until EOF
 //!     netload dns-tunnel ZONE COUNT           COUNT UDP queries to 127.0.0.1:53 (received there),
 //!                                             each name 30 bytes of data in hex under ZONE
 //!     netload socks5 ADDR PORT HOST BYTES     a SOCKS5 greeting (a 3-byte write) and a CONNECT
@@ -197,6 +199,26 @@ fn main() {
             }
             finish(s);
             println!("sent {n}");
+        }
+        ["sink", "waitall", ip, port] => {
+            let l = TcpListener::bind(addr(ip, port)).expect("bind");
+            println!("ready");
+            let (c, _) = l.accept().expect("accept");
+            let mut buf = vec![0u8; 1 << 20];
+            let mut n = 0u64;
+            loop {
+                // SAFETY: recv into a buffer this owns, of its true length.
+                let peeked = unsafe { libc::recv(c.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, 65536, libc::MSG_PEEK) };
+                if peeked <= 0 {
+                    break;
+                }
+                let got = unsafe { libc::recv(c.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_WAITALL) };
+                if got <= 0 {
+                    break;
+                }
+                n += got as u64;
+            }
+            println!("received {n}");
         }
         ["sink", "slow", ip, port] => {
             let l = TcpListener::bind(addr(ip, port)).expect("bind");
