@@ -37,6 +37,18 @@ pub const EXEC_ARGV_FROM_MM: u32 = 8;
 /// The syscall-entry copy hit memory it could not read (a page not faulted
 /// in): what it holds is a prefix.
 pub const EXEC_ARGV_PARTIAL: u32 = 16;
+/// `path` is the executed file's own path, walked from its dentry up to the
+/// root of the process's mount tree (the string exec was given was relative):
+/// NUL-terminated components, leaf first.
+pub const EXEC_PATH_FROM_FILE: u32 = 32;
+
+/// Scratch for that walk: components are read at masked offsets below
+/// `EXE_WALK_LEN`, each at most `EXE_NAME_MAX` bytes, so the buffer has that
+/// much slack; a path longer than `PATH_LEN` keeps the string instead.
+pub const EXE_WALK_LEN: usize = 512;
+pub const EXE_NAME_MAX: usize = 128;
+/// Directories walked at most (bounded for the verifier).
+pub const EXE_WALK_DEPTH: u32 = 24;
 
 /// Common prefix of every ring-buffer event.
 #[repr(C)]
@@ -417,6 +429,20 @@ pub mod globals {
     pub const TASK_MM_OFF: &str = "TASK_MM_OFF";
     pub const MM_ARG_START_OFF: &str = "MM_ARG_START_OFF";
     pub const MM_ARG_END_OFF: &str = "MM_ARG_END_OFF";
+    /// The executed file's path, walked in the kernel (BTF): `mm_struct.exe_file`,
+    /// `file.f_path`, `path.mnt`/`dentry`, `dentry.d_parent`/`d_name`,
+    /// `qstr.name`, `vfsmount.mnt_root`, `mount.mnt`/`mnt_parent`/`mnt_mountpoint`.
+    pub const MM_EXE_FILE_OFF: &str = "MM_EXE_FILE_OFF";
+    pub const FILE_F_PATH_OFF: &str = "FILE_F_PATH_OFF";
+    pub const PATH_MNT_OFF: &str = "PATH_MNT_OFF";
+    pub const PATH_DENTRY_OFF: &str = "PATH_DENTRY_OFF";
+    pub const DENTRY_PARENT_OFF: &str = "DENTRY_PARENT_OFF";
+    pub const DENTRY_NAME_OFF: &str = "DENTRY_NAME_OFF";
+    pub const QSTR_NAME_OFF: &str = "QSTR_NAME_OFF";
+    pub const VFSMOUNT_ROOT_OFF: &str = "VFSMOUNT_ROOT_OFF";
+    pub const MOUNT_MNT_OFF: &str = "MOUNT_MNT_OFF";
+    pub const MOUNT_PARENT_OFF: &str = "MOUNT_PARENT_OFF";
+    pub const MOUNT_MOUNTPOINT_OFF: &str = "MOUNT_MOUNTPOINT_OFF";
     /// Position of `int flags` among tcp_recvmsg's arguments (BTF).
     pub const RECV_FLAGS_ARG: &str = "RECV_FLAGS_ARG";
     /// `struct msghdr.msg_iter` and the `struct iov_iter` fields read to copy

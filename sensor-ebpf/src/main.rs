@@ -93,6 +93,11 @@ static SETPGID: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
 #[map]
 static ARGV_SCRATCH: PerCpuArray<ArgvBuf> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU scratch for walking an executed file's path (`process::exe_path`).
+#[map]
+static EXE_SCRATCH: PerCpuArray<[u8; sensor_common::EXE_WALK_LEN + sensor_common::EXE_NAME_MAX]> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// Socket cookie -> owner. Sizes are defaults; the agent may resize at load.
 #[map]
 static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);

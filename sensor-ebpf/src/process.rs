@@ -19,10 +19,11 @@ use aya_ebpf::{
 use sensor_common::{
     counter, EventHeader, ExecEvent, ExitEvent, ForkEvent, ARGV_LEN, ARG_CHUNK, COMM_LEN,
     EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EXEC_ARGV_FROM_MM, EXEC_ARGV_MISSING, EXEC_ARGV_PARTIAL,
-    EXEC_ARGV_TRUNCATED, EXEC_PATH_TRUNCATED, MAX_ARGS, PATH_LEN,
+    EXEC_ARGV_TRUNCATED, EXEC_PATH_FROM_FILE, EXEC_PATH_TRUNCATED, EXE_NAME_MAX, EXE_WALK_DEPTH,
+    EXE_WALK_LEN, MAX_ARGS, PATH_LEN,
 };
 
-use crate::{count, global, ARGV, ARGV_SCRATCH, EVENTS};
+use crate::{count, global, ARGV, ARGV_SCRATCH, EVENTS, EXE_SCRATCH};
 
 #[unsafe(no_mangle)]
 static EXEC_FILENAME_OFF: u32 = 8;
@@ -49,6 +50,29 @@ static TASK_MM_OFF: u32 = u32::MAX;
 static MM_ARG_START_OFF: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 static MM_ARG_END_OFF: u32 = u32::MAX;
+// The executed file's path walk (see `exe_path`); u32::MAX: not patched.
+#[unsafe(no_mangle)]
+static MM_EXE_FILE_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static FILE_F_PATH_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static PATH_MNT_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static PATH_DENTRY_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static DENTRY_PARENT_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static DENTRY_NAME_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static QSTR_NAME_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static VFSMOUNT_ROOT_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static MOUNT_MNT_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static MOUNT_PARENT_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static MOUNT_MOUNTPOINT_OFF: u32 = u32::MAX;
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -180,6 +204,12 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         }
     }
 
+    // A relative name ("./x") says nothing once the process chdir()s: take
+    // the file the kernel executed instead.
+    if ev.path_len > 0 && ev.path[0] != b'/' {
+        exe_path(ev);
+    }
+
     // The thread that called execve may not have been the leader: by now it has
     // taken the leader's pid, and old_pid is the tid its argv was stored under.
     let mut key = pid_tgid as u32;
@@ -206,6 +236,103 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     }
     entry.submit(crate::wakeup());
     0
+}
+
+/// Read a kernel pointer at `base + off`.
+#[inline(always)]
+fn kptr(base: *const u8, off: u32) -> Option<*const u8> {
+    // SAFETY: a probe read, which faults safely.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const *const u8) }.ok()
+}
+
+// Kernel layout relied on (fs/d_path.c's prepend_path, 5.x-6.x): a path is
+// {vfsmount, dentry}; walking up, a dentry equal to its vfsmount's mnt_root
+// continues at the mount's mnt_mountpoint in mnt_parent (the struct mount
+// embedding that vfsmount, at `mount.mnt`), until a mount is its own parent.
+/// `current->mm->exe_file`'s path into `ev.path` as leaf-first components,
+/// when the walk completes and fits; otherwise `ev.path` keeps the string.
+#[inline(always)]
+fn exe_path(ev: &mut ExecEvent) {
+    let offs = [
+        global(&TASK_MM_OFF),
+        global(&MM_EXE_FILE_OFF),
+        global(&FILE_F_PATH_OFF),
+        global(&PATH_MNT_OFF),
+        global(&PATH_DENTRY_OFF),
+        global(&DENTRY_PARENT_OFF),
+        global(&DENTRY_NAME_OFF),
+        global(&QSTR_NAME_OFF),
+        global(&VFSMOUNT_ROOT_OFF),
+        global(&MOUNT_MNT_OFF),
+        global(&MOUNT_PARENT_OFF),
+        global(&MOUNT_MOUNTPOINT_OFF),
+    ];
+    if offs.contains(&u32::MAX) {
+        return;
+    }
+    let Some(buf) = EXE_SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's scratch slot; nothing else runs on it meanwhile.
+    let buf = unsafe { &mut *buf };
+    let Some(len) = walk_exe(&offs, buf) else { return };
+    if len as usize >= PATH_LEN {
+        return;
+    }
+    // SAFETY: copies PATH_LEN bytes of the scratch (longer than that).
+    if unsafe { bpf_probe_read_kernel_buf(buf.as_ptr(), &mut ev.path) }.is_ok() {
+        ev.path_len = len;
+        ev.flags |= EXEC_PATH_FROM_FILE;
+    }
+}
+
+/// The walk itself: bytes written, or None if it failed or did not reach the root.
+#[inline(always)]
+fn walk_exe(o: &[u32; 12], buf: &mut [u8; EXE_WALK_LEN + EXE_NAME_MAX]) -> Option<u32> {
+    let [task_mm, mm_exe, file_path, path_mnt, path_dentry, d_parent, d_name, qstr_name, mnt_root, mount_mnt, mount_parent, mount_point] = *o;
+    // SAFETY: bpf_get_current_task returns the running task.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let file = kptr(kptr(task, task_mm)?, mm_exe)?;
+    let path = file.wrapping_add(file_path as usize);
+    let mut mnt = kptr(path, path_mnt)?;
+    let mut dentry = kptr(path, path_dentry)?;
+    let mut mount = mnt.wrapping_sub(mount_mnt as usize);
+    let mut off: u32 = 0;
+    for _ in 0..EXE_WALK_DEPTH {
+        if dentry == kptr(mnt, mnt_root)? {
+            let parent = kptr(mount, mount_parent)?;
+            if parent == mount {
+                return Some(off);
+            }
+            dentry = kptr(mount, mount_point)?;
+            mount = parent;
+            mnt = mount.wrapping_add(mount_mnt as usize);
+            continue;
+        }
+        let up = kptr(dentry, d_parent)?;
+        if up == dentry {
+            return Some(off);
+        }
+        let name = kptr(dentry.wrapping_add(d_name as usize), qstr_name)?;
+        if off as usize >= EXE_WALK_LEN {
+            return None;
+        }
+        // The mask bounds the write for the verifier (see capture_argv).
+        let masked = (unsafe { core::ptr::read_volatile(&off) } as usize) & (EXE_WALK_LEN - 1);
+        // SAFETY: at most EXE_NAME_MAX bytes at masked < EXE_WALK_LEN, inside
+        // the EXE_WALK_LEN + EXE_NAME_MAX buffer; the source read faults safely.
+        let n = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel_str(
+                buf.as_mut_ptr().add(masked) as *mut c_void,
+                EXE_NAME_MAX as u32,
+                name as *const c_void,
+            )
+        };
+        if n <= 0 {
+            return None;
+        }
+        off += n as u32;
+        dentry = up;
+    }
+    None
 }
 
 // Kernel layout relied on (fs/exec.c, all 5.x-6.x): by sched_process_exec the

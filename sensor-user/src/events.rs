@@ -4,7 +4,7 @@
 
 use sensor_common::{
     EventHeader, ExecEvent, ExitEvent, FlowKey, ForkEvent, PayloadEvent, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_PGID, PgidEvent,
-    EVENT_PAYLOAD, EXEC_ARGV_FROM_MM, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED, EXEC_PATH_TRUNCATED,
+    EVENT_PAYLOAD, EXEC_ARGV_FROM_MM, EXEC_PATH_FROM_FILE, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED, EXEC_PATH_TRUNCATED,
 };
 use thiserror::Error;
 
@@ -73,6 +73,22 @@ fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
 }
 
 /// Bytes up to the first NUL.
+/// The kernel's walk of an executed file (`EXEC_PATH_FROM_FILE`): NUL-
+/// terminated names, leaf first, into `/a/b/leaf`.
+fn path_from_components(walked: &[u8]) -> Vec<u8> {
+    let mut names: Vec<&[u8]> = walked.split(|&b| b == 0).filter(|n| !n.is_empty()).collect();
+    names.reverse();
+    let mut path = Vec::with_capacity(walked.len() + 1);
+    for n in names {
+        path.push(b'/');
+        path.extend_from_slice(n);
+    }
+    if path.is_empty() {
+        path.push(b'/');
+    }
+    path
+}
+
 fn cstr(b: &[u8]) -> Vec<u8> {
     b.iter().take_while(|&&c| c != 0).copied().collect()
 }
@@ -83,6 +99,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         EVENT_EXEC => {
             let e: ExecEvent = read(bytes, "exec event")?;
             let path_len = (e.path_len as usize).min(e.path.len());
+            let path = if e.flags & EXEC_PATH_FROM_FILE != 0 { path_from_components(&e.path[..path_len]) } else { e.path[..path_len].to_vec() };
             let argv_len = (e.argv_len as usize).min(e.argv.len());
             let data = &e.argv[..argv_len];
             let argv = if e.flags & EXEC_ARGV_FROM_MM != 0 {
@@ -99,7 +116,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 cgroup_id: e.cgroup_id,
                 ktime_ns: header.ktime_ns,
                 comm: cstr(&e.comm),
-                path: e.path[..path_len].to_vec(),
+                path,
                 argv,
                 argv_truncated: e.flags & EXEC_ARGV_TRUNCATED != 0,
                 argv_missing: e.flags & EXEC_ARGV_MISSING != 0,

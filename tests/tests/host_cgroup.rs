@@ -309,6 +309,31 @@ fn arguments_in_pages_not_yet_faulted_in_are_all_recorded() {
 }
 
 #[test]
+fn a_program_run_by_a_relative_name_that_changes_directory_keeps_its_own_path() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let port = free_port();
+    // In a temporary directory (often its own mount: the walk crosses it).
+    let dir = TempDir::new("relexec");
+    let bin = dir.0.join("fetcher");
+    std::fs::copy(helper_bin("netload"), &bin).unwrap();
+    let sluice = Sluice::start(TICK).unwrap();
+    let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &[]).unwrap();
+    // exec("./fetcher"), which at once moves to /usr/bin: joining the name
+    // with its cwd would place it at /usr/bin/fetcher.
+    let pid = run_child(
+        Command::new("./fetcher").current_dir(&dir.0).args(["chdir-send", "/usr/bin", &host.peer_v4, &port.to_string(), "1000000"]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(sink.received().unwrap(), 1_000_000);
+    let records = sluice.stop().unwrap();
+    let f = first_flow(&records, pid, &host.peer_v4, port);
+    let real = std::fs::canonicalize(&bin).unwrap();
+    assert_eq!(f["process"]["executable"], real.to_str().unwrap(), "{f}");
+}
+
+#[test]
 fn a_socket_older_than_the_sensor_is_attributed_through_sock_diag() {
     require_root();
     let host = TestHost::create().unwrap();

@@ -135,6 +135,11 @@ fn check_backend(b: &str) {
             assert_eq!(r["network"]["type"], "ipv6");
         }
     }
+    // exec("./relx") on a tmpfs mounted at /mnt/rel, then chdir("/"): the
+    // kernel's walk of the file (across the mount), not cwd + name.
+    let pid = g.pids[&(b.to_string(), "relexec".to_string())];
+    let rel = recs.iter().find(|r| r["process"]["pid"] == pid && r["destination"]["port"] == 9026).unwrap_or_else(|| panic!("{b}: no relexec flow"));
+    assert_eq!(rel["process"]["executable"], "/mnt/rel/relx", "{b}: {rel}");
     // Past the grace period for exited processes, the worker is still netload.
     let pid = g.pids[&(b.to_string(), "thread-exit".to_string())];
     let worker: Vec<&Value> = recs.iter().filter(|r| r["process"]["pid"] == pid && r["destination"]["port"] == 9021).collect();

@@ -211,7 +211,30 @@ fn group_exit_offsets(b: &btf::Btf) -> Vec<(&'static str, u32)> {
         }
         _ => eprintln!("sluice: no BTF for mm_struct.arg_start: an exec whose argv the syscall hook missed has its arguments marked unknown"),
     }
+    offs.extend(exe_walk_offsets(b));
     offs
+}
+
+/// What walking an executed file's path up to its mount tree's root reads.
+fn exe_walk_offsets(b: &btf::Btf) -> Vec<(&'static str, u32)> {
+    let fields = [
+        (globals::MM_EXE_FILE_OFF, "mm_struct", "exe_file"),
+        (globals::FILE_F_PATH_OFF, "file", "f_path"),
+        (globals::PATH_MNT_OFF, "path", "mnt"),
+        (globals::PATH_DENTRY_OFF, "path", "dentry"),
+        (globals::DENTRY_PARENT_OFF, "dentry", "d_parent"),
+        (globals::DENTRY_NAME_OFF, "dentry", "d_name"),
+        (globals::QSTR_NAME_OFF, "qstr", "name"),
+        (globals::VFSMOUNT_ROOT_OFF, "vfsmount", "mnt_root"),
+        (globals::MOUNT_MNT_OFF, "mount", "mnt"),
+        (globals::MOUNT_PARENT_OFF, "mount", "mnt_parent"),
+        (globals::MOUNT_MOUNTPOINT_OFF, "mount", "mnt_mountpoint"),
+    ];
+    let found: Option<Vec<_>> = fields.iter().map(|&(g, st, f)| b.field_offset(st, f).ok().map(|o| (g, o))).collect();
+    found.unwrap_or_else(|| {
+        eprintln!("sluice: no BTF for the dentry/mount walk: a program exec'd by a relative name is placed against its cwd as read later");
+        Vec::new()
+    })
 }
 
 fn group_exit_missing() -> Vec<(&'static str, u32)> {

@@ -36,6 +36,7 @@
 //!                                             reads) is not reading
 //!     netload sink waitall ADDR PORT          one TCP connection read with MSG_PEEK, then
 //!                                             MSG_WAITALL recv()s of 1 MB, until EOF
+//!     netload chdir-send DIR ADDR PORT BYTES  chdir(DIR) at once, then (0.3 s later) send BYTES
 //!     netload dns-tunnel ZONE COUNT           COUNT UDP queries to 127.0.0.1:53 (received there),
 //!                                             each name 30 bytes of data in hex under ZONE
 //!     netload socks5 ADDR PORT HOST BYTES     a SOCKS5 greeting (a 3-byte write) and a CONNECT
@@ -559,6 +560,15 @@ fn main() {
             unreachable!("exit(2) returned")
         }
         ["exec-untouched", file, program, args @ ..] => exec_untouched(file, program, args),
+        ["chdir-send", dir, ip, port, bytes] => {
+            std::env::set_current_dir(dir).expect("chdir");
+            std::thread::sleep(Duration::from_millis(300));
+            let n: usize = bytes.parse().expect("bytes");
+            let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
+            s.write_all(&vec![b'c'; n]).expect("send");
+            finish(s);
+            println!("sent {n}");
+        }
         ["dns-tunnel", zone, count] => {
             let count: u32 = count.parse().expect("count");
             let server = UdpSocket::bind("127.0.0.1:53").expect("bind port 53");
