@@ -1,0 +1,32 @@
+//! Indexes of the per-CPU `COUNTERS` array: what the kernel side lost or skipped.
+
+pub const RINGBUF_DROP_EXEC: u32 = 0;
+pub const RINGBUF_DROP_FORK: u32 = 1;
+pub const RINGBUF_DROP_EXIT: u32 = 2;
+pub const ARGV_STORE_FAIL: u32 = 3;
+pub const SOCK_STORE_FAIL: u32 = 4;
+pub const FLOW_STORE_FAIL: u32 = 5;
+pub const SKB_PARSE_FAIL: u32 = 6;
+pub const SKB_NO_SOCKET: u32 = 7;
+pub const EXEC_NO_ARGV: u32 = 8;
+pub const SEND_READ_FAIL: u32 = 9;
+pub const RINGBUF_DROP_PAYLOAD: u32 = 10;
+pub const RINGBUF_DROP_PGID: u32 = 11;
+pub const PAYLOAD_RATE_LIMITED: u32 = 12;
+pub const LEN: u32 = 13;
+/// Names in index order, for metrics and diagnostics.
+pub const NAMES: [&str; LEN as usize] = [
+    "ringbuf_drop_exec",
+    "ringbuf_drop_fork",
+    "ringbuf_drop_exit",
+    "argv_store_fail",
+    "sock_store_fail",
+    "flow_store_fail",
+    "skb_parse_fail",
+    "skb_no_socket",
+    "exec_no_argv",
+    "send_read_fail",
+    "ringbuf_drop_payload",
+    "ringbuf_drop_pgid",
+    "payload_rate_limited",
+];
