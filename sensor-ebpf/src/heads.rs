@@ -37,6 +37,9 @@ pub enum Source<'a> {
 /// offset to copy under, or None.
 #[inline(always)]
 pub fn decide(c: *mut FlowCounters, protocol: u8, first: [u8; 5], before: (u64, u64)) -> Option<(u32, u64)> {
+    // SAFETY: `c` is a live FLOWS value. `head` is a plain read-modify-write:
+    // two CPUs deciding one flow at once both copy its first bytes at worst
+    // (the agent reassembles by offset, so a duplicate copy changes nothing).
     unsafe {
         let state = (*c).head;
         if state == HEAD_DONE {
@@ -58,11 +61,13 @@ pub fn decide(c: *mut FlowCounters, protocol: u8, first: [u8; 5], before: (u64, 
 /// Whether the first bytes are needed at all (they are only looked at while undecided).
 #[inline(always)]
 pub fn undecided(c: *mut FlowCounters) -> bool {
+    // SAFETY: a live FLOWS value; a stale read only delays the decision.
     unsafe { (*c).head == HEAD_UNDECIDED }
 }
 
 #[inline(always)]
 pub fn capturing(c: *mut FlowCounters) -> bool {
+    // SAFETY: as above.
     unsafe { (*c).head != HEAD_DONE }
 }
 
@@ -102,8 +107,13 @@ pub fn emit(kind: u32, key: &FlowKey, pid: u32, offset: u64, src: Source, avail:
     // Bound the length where the verifier can see it: LLVM would fold a check
     // it can prove away, so the value goes through the stack first, then a mask
     // keeps it in 1..=PAYLOAD_LEN (n >= 1 here, so the mask changes nothing).
+    // SAFETY: a volatile read of a local.
     let n = unsafe { core::ptr::read_volatile(&n) };
     let n = (n.wrapping_sub(1) & (PAYLOAD_LEN as u32 - 1)) + 1;
+    // SAFETY: `ev` is the reserved ring record, this program's alone until
+    // submit; the copy writes at most n <= PAYLOAD_LEN bytes into `data`, and
+    // both sources (the skb, a user address) are read by helpers that fail
+    // safely.
     unsafe {
         let dst = (&raw mut (*ev).data) as *mut c_void;
         let ret = match src {

@@ -113,7 +113,8 @@ static LISTENERS: LruHashMap<ListenKey, ListenValue> = LruHashMap::with_max_entr
 #[inline(always)]
 fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // Per-CPU slot: no other CPU writes it, a plain add is race-free.
+        // SAFETY: a live per-CPU slot: no other CPU writes it, so a plain add
+        // is race-free.
         unsafe { *slot += 1 };
     }
 }
@@ -142,14 +143,21 @@ fn flow_counters(key: &FlowKey) -> Option<(*mut FlowCounters, bool)> {
 /// AtomicU64 has no fetch_add on the BPF target (no CAS), so the intrinsic it
 /// would lower to is called directly; the result is unused, which lets LLVM
 /// emit the plain XADD every BPF-capable kernel accepts.
+///
+/// # Safety
+/// `dst` points at a live, aligned u64 (a map value field).
 #[inline(always)]
 unsafe fn xadd(dst: *mut u64, v: u64) {
+    // SAFETY: the caller's contract; the add is atomic, so CPUs racing on
+    // one flow lose nothing.
     unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
 }
 
 /// Count one packet (cgroup backend) or one send/receive call (send path).
 #[inline(always)]
 fn add_volume(c: *mut FlowCounters, payload: u64, wire: u64, egress: bool) {
+    // SAFETY: `c` is a live FLOWS value (from flow_counters); every field is
+    // added with XADD, as other CPUs add to the same flow.
     unsafe {
         if egress {
             xadd(&raw mut (*c).bytes_out, payload);
@@ -167,6 +175,7 @@ fn add_volume(c: *mut FlowCounters, payload: u64, wire: u64, egress: bool) {
 /// read stops LLVM from folding the compile-time default into the code.
 #[inline(always)]
 fn global(value: &u32) -> u32 {
+    // SAFETY: a reference to a global, read as itself.
     unsafe { core::ptr::read_volatile(value) }
 }
 

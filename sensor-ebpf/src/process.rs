@@ -114,10 +114,13 @@ fn capture_argv(ctx: &TracePointContext, argv_off: u32) {
     let Some(buf) = ARGV_SCRATCH.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: this CPU's scratch slot; a tracepoint program runs to completion
+    // on its CPU, so nothing else uses the slot meanwhile.
     let buf = unsafe { &mut *buf };
     buf.len = 0;
     buf.argc = 0;
     buf.flags = 0;
+    // SAFETY: the offset is from this kernel's tracefs format; read_at checks bounds.
     let argv: *const *const u8 = match unsafe { ctx.read_at(argv_off as usize) } {
         Ok(p) => p,
         Err(_) => {
@@ -128,6 +131,7 @@ fn capture_argv(ctx: &TracePointContext, argv_off: u32) {
     let mut off: usize = 0;
     if !argv.is_null() {
         for i in 0..MAX_ARGS {
+            // SAFETY: a user-memory probe read, which fails safely.
             let arg: *const u8 = match unsafe { bpf_probe_read_user(argv.wrapping_add(i as usize)) } {
                 Ok(p) => p,
                 Err(_) => {
@@ -148,8 +152,12 @@ fn capture_argv(ctx: &TracePointContext, argv_off: u32) {
             // it) and drop it: 6.1's verifier then loses the bound and rejects
             // the program, though 6.18's accepts it.
             buf.len = off as u32;
+            // SAFETY: a volatile read of the slot's own field.
             let masked = (unsafe { core::ptr::read_volatile(&buf.len) } as usize) & (ARGV_LEN - 1);
+            // SAFETY: masked < ARGV_LEN, and `data` has ARG_CHUNK bytes past it.
             let dst = unsafe { buf.data.as_mut_ptr().add(masked) };
+            // SAFETY: writes at most ARG_CHUNK bytes at `dst` (in bounds, above)
+            // and reads user memory safely.
             let n = unsafe {
                 bpf_probe_read_user_str(dst as *mut c_void, ARG_CHUNK as u32, arg as *const c_void)
             };
@@ -179,13 +187,15 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         count(counter::RINGBUF_DROP_EXEC);
         return 0;
     };
+    // SAFETY: the reservation is sized for the event and ours until submit.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     let uid_gid = bpf_get_current_uid_gid();
-    ev.header = EventHeader { kind: EVENT_EXEC, pid: tgid, ktime_ns: unsafe { bpf_ktime_get_boot_ns() } };
+    ev.header = EventHeader { kind: EVENT_EXEC, pid: tgid, ktime_ns: unsafe { bpf_ktime_get_boot_ns() } }; // SAFETY: no arguments
     ev.tid = pid_tgid as u32;
     ev.uid = uid_gid as u32;
     ev.gid = (uid_gid >> 32) as u32;
     ev.flags = 0;
+    // SAFETY: a helper without arguments.
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
     ev.path_len = 0;
@@ -194,8 +204,12 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     ev._pad = 0;
 
     // filename is a __data_loc string: low 16 bits offset from the record start.
+    // SAFETY: offsets from this kernel's tracefs format (read_at checks
+    // bounds); the string is then probe-read into `ev.path`, bounded by its size.
     if let Ok(loc) = unsafe { ctx.read_at::<u32>(global(&EXEC_FILENAME_OFF) as usize) } {
+        // SAFETY: an address inside the tracepoint record, only probe-read.
         let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+        // SAFETY: as above.
         if let Ok(s) = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut ev.path) } {
             ev.path_len = s.len() as u32;
             if s.len() >= PATH_LEN - 1 {
@@ -214,13 +228,17 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     // taken the leader's pid, and old_pid is the tid its argv was stored under.
     let mut key = pid_tgid as u32;
     if ARGV.get_ptr(&key).is_none() {
+        // SAFETY: an offset from tracefs; read_at checks bounds.
         if let Ok(old) = unsafe { ctx.read_at::<u32>(global(&EXEC_OLD_PID_OFF) as usize) } {
             key = old;
         }
     }
     let mut complete = false;
     if let Some(argv) = ARGV.get_ptr(&key) {
+        // SAFETY: a live ARGV value, keyed by this thread (or the thread this
+        // exec replaced): only this thread wrote it, and it is read here once.
         let argv = unsafe { &*argv };
+        // SAFETY: a fixed-size copy between two buffers of the same size.
         if unsafe { bpf_probe_read_kernel_buf(argv.data.as_ptr(), &mut ev.argv) }.is_ok() {
             ev.argv_len = argv.len;
             ev.argc = argv.argc;
@@ -316,6 +334,7 @@ fn walk_exe(o: &[u32; 12], buf: &mut [u8; EXE_WALK_LEN + EXE_NAME_MAX]) -> Optio
             return None;
         }
         // The mask bounds the write for the verifier (see capture_argv).
+        // SAFETY: a volatile read of a local.
         let masked = (unsafe { core::ptr::read_volatile(&off) } as usize) & (EXE_WALK_LEN - 1);
         // SAFETY: at most EXE_NAME_MAX bytes at masked < EXE_WALK_LEN, inside
         // the EXE_WALK_LEN + EXE_NAME_MAX buffer; the source read faults safely.
@@ -378,10 +397,12 @@ fn argv_from_mm(ev: &mut ExecEvent) -> bool {
 #[tracepoint(category = "task", name = "task_newtask")]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
     // Threads share their process's identity; only new processes matter here.
+    // SAFETY: offsets from this kernel's tracefs format; read_at checks bounds.
     let flags = unsafe { ctx.read_at::<u64>(global(&NEWTASK_FLAGS_OFF) as usize) }.unwrap_or(0);
     if flags & CLONE_THREAD != 0 {
         return 0;
     }
+    // SAFETY: as above.
     let Ok(child) = (unsafe { ctx.read_at::<u32>(global(&NEWTASK_PID_OFF) as usize) }) else {
         return 0;
     };
@@ -389,14 +410,16 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
         count(counter::RINGBUF_DROP_FORK);
         return 0;
     };
+    // SAFETY: the reservation is sized for the event and ours until submit.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     let uid_gid = bpf_get_current_uid_gid();
-    ev.header = EventHeader { kind: EVENT_FORK, pid: child, ktime_ns: unsafe { bpf_ktime_get_boot_ns() } };
+    ev.header = EventHeader { kind: EVENT_FORK, pid: child, ktime_ns: unsafe { bpf_ktime_get_boot_ns() } }; // SAFETY: no arguments
     // The current task is the parent: copy_process runs in its context.
     ev.ppid = (bpf_get_current_pid_tgid() >> 32) as u32;
     ev.uid = uid_gid as u32;
     ev.gid = (uid_gid >> 32) as u32;
     ev._pad = 0;
+    // SAFETY: a helper without arguments.
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
     entry.submit(crate::wakeup());
@@ -422,8 +445,9 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     }
     match EVENTS.reserve::<ExitEvent>(0) {
         Some(mut entry) => {
-            let ev = unsafe { &mut *entry.as_mut_ptr() };
-            ev.header = EventHeader { kind: EVENT_EXIT, pid: tgid, ktime_ns: unsafe { bpf_ktime_get_boot_ns() } };
+            // SAFETY: the reservation is sized for the event and ours until submit.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+            ev.header = EventHeader { kind: EVENT_EXIT, pid: tgid, ktime_ns: unsafe { bpf_ktime_get_boot_ns() } }; // SAFETY: no arguments
             entry.submit(crate::wakeup());
         }
         None => count(counter::RINGBUF_DROP_EXIT),

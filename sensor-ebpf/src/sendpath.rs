@@ -95,6 +95,7 @@ const MSG_PEEK: i32 = 2;
 
 #[inline(always)]
 fn read<T>(base: *const u8, off: u32) -> Option<T> {
+    // SAFETY: a probe read, which faults safely; offsets are from BTF.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }.ok()
 }
 
@@ -128,8 +129,10 @@ fn key_of(sk: *const u8, msg: *const u8, protocol: u8) -> Option<FlowKey> {
         key.remote_addr = mapped_v4(read(sk, global(&SKC_DADDR))?);
     } else if family == AF_INET6 {
         let base = sk.wrapping_add(global(&SKC_V6_DADDR) as usize);
+        // SAFETY: 16-byte probe reads into 16-byte fields (they fault safely).
         unsafe { bpf_probe_read_kernel_buf(base, &mut key.remote_addr) }.ok()?;
         let base = sk.wrapping_add(global(&SKC_V6_RCV_SADDR) as usize);
+        // SAFETY: as above.
         unsafe { bpf_probe_read_kernel_buf(base, &mut key.local_addr) }.ok()?;
         key.ip_version = 6;
     } else {
@@ -145,6 +148,7 @@ fn key_of(sk: *const u8, msg: *const u8, protocol: u8) -> Option<FlowKey> {
                 key.remote_addr = mapped_v4(read(name, 4)?);
                 key.remote_port = u16::from_be(port);
             } else if sa_family == AF_INET6 {
+                // SAFETY: a probe read of sin6_addr (offset 8 by the ABI).
                 unsafe { bpf_probe_read_kernel_buf(name.wrapping_add(8), &mut key.remote_addr) }.ok()?;
                 key.remote_port = u16::from_be(port);
             }
@@ -168,6 +172,9 @@ fn account(sk: *const c_void, msg: *const c_void, protocol: u8, bytes: i64, egre
         return;
     };
     let Some((c, _)) = flow_counters(&key) else { return };
+    // SAFETY: `c` is a live FLOWS value and `d` a DIRS value. `direction` is
+    // set once, to the same value by whichever CPU gets there (both read the
+    // connection's one DIRS entry), so the plain store cannot tear anything.
     if protocol == IPPROTO_TCP && unsafe { (*c).direction } == 0 {
         if let Some(d) = unsafe { DIRS.get(&(sk as u64)) } {
             unsafe { (*c).direction = *d as u32 };
@@ -451,6 +458,7 @@ pub fn kp_udp4_sendmsg_entry(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn kretprobe_account(ctx: &RetProbeContext, protocol: u8, use_msg: bool) {
     let tid = bpf_get_current_pid_tgid();
+    // SAFETY: this thread's own entry (keyed by its id), copied out.
     let Some(s) = (unsafe { STASH.get(&tid) }).copied() else { return };
     let _ = STASH.remove(&tid);
     let ret = ret_int(ctx.ret::<u64>());
@@ -523,6 +531,8 @@ static DIRS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 /// passive one (accept). A stable tracepoint, fields at tracefs offsets.
 #[aya_ebpf::macros::tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn sock_state(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+    // SAFETY (these three): offsets from this kernel's tracefs format; read_at
+    // checks bounds.
     let read = |off: &u32| -> Option<i32> { unsafe { ctx.read_at::<i32>(global(off) as usize) }.ok() };
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(global(&SS_SKADDR_OFF) as usize) }) else { return 0 };
     let proto = unsafe { ctx.read_at::<u16>(global(&SS_PROTOCOL_OFF) as usize) }.unwrap_or(0);

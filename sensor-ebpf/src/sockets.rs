@@ -50,7 +50,9 @@ fn current_owner(family: u32, sock_type: u32, protocol: u32, origin: u8, directi
         tid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
+        // SAFETY: helpers that take no arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        // SAFETY: as above.
         created_ns: unsafe { bpf_ktime_get_boot_ns() },
         closed_ns: 0,
         comm: bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]),
@@ -66,7 +68,9 @@ fn current_owner(family: u32, sock_type: u32, protocol: u32, origin: u8, directi
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: the context's socket, a pointer the verifier checked.
     let sk = unsafe { &*ctx.sock };
+    // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut c_void) };
     let owner = current_owner(sk.family, sk.type_, sk.protocol, ORIGIN_CREATE, DIR_UNKNOWN);
     if SOCKS.insert(&cookie, &owner, 0).is_err() {
@@ -91,12 +95,17 @@ pub fn post_bind6(ctx: SockContext) -> i32 {
 /// (in softirq, with no process in sight) can be attributed to the listener.
 #[inline(always)]
 fn record_bind(ctx: &SockContext) {
+    // SAFETY: the context's socket, a pointer the verifier checked.
     let sk = unsafe { &*ctx.sock };
+    // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut c_void) };
     let port = sk.src_port as u16;
     let mut owner = current_owner(sk.family, sk.type_, sk.protocol, ORIGIN_CREATE, DIR_UNKNOWN);
     owner.bound_port = port;
     if let Some(existing) = SOCKS.get_ptr_mut(&cookie) {
+        // SAFETY: a live map value; SOCKS values are written only by this socket's own hooks, in the
+        // context of the process using it; two CPUs racing on one socket write
+        // whole owner fields, and the agent tolerates a mixed owner for a tick.
         unsafe { (*existing).bound_port = port };
     } else if SOCKS.insert(&cookie, &owner, 0).is_err() {
         count(counter::SOCK_STORE_FAIL);
@@ -109,15 +118,19 @@ fn record_bind(ctx: &SockContext) {
 
 #[cgroup_sock(sock_release)]
 pub fn sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut c_void) };
     if let Some(info) = SOCKS.get_ptr_mut(&cookie) {
+        // SAFETY: a live map value; release is the socket's last hook.
         let info = unsafe { &mut *info };
         // Not deleted here: data queued before close() still leaves after it, on
         // this cookie. The agent retires the socket once its flows go idle.
+        // SAFETY: a helper without arguments.
         info.closed_ns = unsafe { bpf_ktime_get_boot_ns() };
         if info.bound_port != 0 {
             let key = ListenKey { port: info.bound_port, protocol: info.protocol };
             if let Some(l) = LISTENERS.get_ptr(&key) {
+                // SAFETY: a live map value, read once.
                 if unsafe { (*l).cookie } == cookie {
                     let _ = LISTENERS.remove(&key);
                 }
@@ -156,10 +169,15 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 /// common case (same owner as last time) returns after one lookup.
 #[inline(always)]
 fn record_active(ctx: &SockAddrContext, origin: u8) {
+    // SAFETY: the context's sockaddr, a pointer the verifier checked.
     let sa = unsafe { &*ctx.sock_addr };
+    // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if let Some(existing) = SOCKS.get_ptr_mut(&cookie) {
+        // SAFETY: a live map value; SOCKS values are written only by this socket's own hooks, in the
+    // context of the process using it; two CPUs racing on one socket write
+    // whole owner fields, and the agent tolerates a mixed owner for a tick.
         let existing = unsafe { &mut *existing };
         if existing.tgid == tgid && (existing.direction != DIR_UNKNOWN || origin == ORIGIN_SENDMSG) {
             if existing.direction == DIR_UNKNOWN {
@@ -199,6 +217,7 @@ pub fn send_owner(ctx: TracePointContext) -> u32 {
     }
     let tgid = bpf_get_current_pid_tgid() >> 32;
     let Some(seen) = SEND_SEEN.get_ptr_mut(0) else { return 0 };
+    // SAFETY: this CPU's own per-CPU slot; no other CPU writes it.
     let seen = unsafe { &mut *seen };
     if seen[0] == sk && seen[1] == tgid {
         return 0;
@@ -207,11 +226,15 @@ pub fn send_owner(ctx: TracePointContext) -> u32 {
     // skc_cookie is set when a cookie is first asked for: sock_create did, so 0
     // means a socket older than the sensor (the agent resolves those itself).
     let addr = (sk as usize).wrapping_add(global(&SKC_COOKIE) as usize) as *const u64;
+    // SAFETY: a probe read, which faults safely; the offset is from BTF.
     let Ok(cookie) = (unsafe { bpf_probe_read_kernel(addr) }) else { return 0 };
     if cookie == 0 {
         return 0;
     }
     let Some(existing) = SOCKS.get_ptr_mut(&cookie) else { return 0 };
+    // SAFETY: a live map value; SOCKS values are written only by this socket's own hooks, in the
+    // context of the process using it; two CPUs racing on one socket write
+    // whole owner fields, and the agent tolerates a mixed owner for a tick.
     let existing = unsafe { &mut *existing };
     if existing.tgid == tgid as u32 {
         return 0;

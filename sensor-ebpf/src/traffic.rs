@@ -40,6 +40,7 @@ pub fn skb_ingress(ctx: SkBuffContext) -> i32 {
 /// but learn names the same way).
 #[cgroup_skb(ingress)]
 pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
+    // SAFETY: the helper takes the program's own skb context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
     if let Some(p) = parse(&ctx, cookie, false) {
         capture_dns(&ctx, &p, PAYLOAD_DNS);
@@ -51,6 +52,7 @@ pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
 /// when it matches a query that left this host.
 #[cgroup_skb(egress)]
 pub fn dns_egress(ctx: SkBuffContext) -> i32 {
+    // SAFETY: the helper takes the program's own skb context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
     if let Some(p) = parse(&ctx, cookie, true) {
         capture_dns(&ctx, &p, PAYLOAD_DNS_QUERY);
@@ -71,6 +73,7 @@ struct Parsed {
 
 #[inline(always)]
 fn account(ctx: &SkBuffContext, egress: bool) {
+    // SAFETY: the helper takes the program's own skb context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
     if cookie == 0 {
         count(counter::SKB_NO_SOCKET);
@@ -82,6 +85,8 @@ fn account(ctx: &SkBuffContext, egress: bool) {
     };
     let wire = ctx.len() as u64;
     let Some((c, created)) = flow_counters(&p.key) else { return };
+    // SAFETY: a live FLOWS value; other CPUs may add meanwhile, which only
+    // makes the capture offset stale (head_step tolerates it).
     let before = unsafe { ((*c).bytes_out, (*c).packets_out) };
     let counted = add(c, &p, wire, egress);
     if egress {
@@ -99,6 +104,8 @@ fn account(ctx: &SkBuffContext, egress: bool) {
 #[inline(always)]
 fn add(c: *mut FlowCounters, p: &Parsed, wire: u64, egress: bool) -> u32 {
     let payload = match p.tcp {
+        // SAFETY: `c` is this flow's live value, and egress TCP for one socket
+        // runs under its lock (new_tcp_out_bytes' contract).
         Some((seq, syn, fin)) if egress => unsafe { new_tcp_out_bytes(c, seq, syn, fin, p.payload) },
         _ => p.payload,
     };
@@ -146,8 +153,12 @@ fn capture_dns(ctx: &SkBuffContext, p: &Parsed, kind: u32) {
 /// New outbound TCP payload in this segment (see `sensor_common::tcp_advance`).
 /// Transmit for one socket runs under its lock, so this read-modify-write of the
 /// sequence state has one writer at a time, in sequence order.
+///
+/// # Safety
+/// `c` is a live FLOWS value of an egress TCP flow, called from its egress hook.
 #[inline(always)]
 unsafe fn new_tcp_out_bytes(c: *mut FlowCounters, seq: u32, syn: bool, fin: bool, payload: u32) -> u32 {
+    // SAFETY: the contract above: one writer (the socket lock holder).
     unsafe {
         let known = if (*c).seq_out_valid != 0 { Some((*c).next_seq_out) } else { None };
         let (next, counted) = tcp_advance(known, seq, syn, fin, payload);
@@ -170,6 +181,7 @@ fn adopt_accepted(cookie: u64, key: &FlowKey) {
     let Some(listener) = LISTENERS.get_ptr(&lk) else {
         return;
     };
+    // SAFETY: a live LISTENERS value, copied out.
     let mut owner: SockInfo = unsafe { (*listener).owner };
     owner.origin = ORIGIN_LISTENER;
     owner.direction = DIR_INGRESS;

@@ -20,6 +20,7 @@ pub fn report(config: &Config) -> (String, Option<Backend>) {
     let yes = |b: bool| if b { "yes" } else { "no" };
     let release = read_trim("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into());
     let _ = writeln!(out, "kernel:            {release}");
+    // SAFETY: geteuid takes no arguments and cannot fail.
     let _ = writeln!(out, "running as root:   {}", yes(unsafe { libc::geteuid() } == 0));
     let _ = writeln!(out, "BTF (vmlinux):     {}", yes(loader::exists("/sys/kernel/btf/vmlinux")));
     let lockdown = read_trim("/sys/kernel/security/lockdown").unwrap_or_else(|| "not reported (no securityfs lockdown file)".into());

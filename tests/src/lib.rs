@@ -41,6 +41,7 @@ pub fn fixture(name: &str) -> PathBuf {
 /// The end-to-end tests load eBPF programs: root is required, and a run without
 /// it must fail loudly, not pass by skipping.
 pub fn require_root() {
+    // SAFETY: geteuid takes no arguments and cannot fail.
     assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end tests load eBPF programs and create network namespaces: run them as root (cargo xtask test)");
 }
 
@@ -151,6 +152,7 @@ impl Sluice {
 
     /// SIGTERM, wait for a clean exit (bounded), return every record it printed.
     pub fn stop(mut self) -> Result<Vec<Value>> {
+        // SAFETY: kill(2) on a child this owns (and has not reaped).
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {

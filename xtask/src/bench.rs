@@ -129,6 +129,7 @@ impl Running {
     /// Close stdin (the workloads' stop signal), SIGTERM, wait (bounded).
     fn stop(mut self) {
         drop(self.stdin.take());
+        // SAFETY: kill(2) on a child this owns (and has not reaped).
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -155,6 +156,7 @@ fn is_zombie(pid: u32) -> bool {
 
 /// User + system CPU seconds `pid` has used.
 fn cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf takes a constant and cannot fail unsafely.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
     let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();

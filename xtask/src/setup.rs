@@ -42,6 +42,7 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    // SAFETY: geteuid takes no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("missing Debian packages {missing:?}; run as root (or apt-get install them) and retry");
     }

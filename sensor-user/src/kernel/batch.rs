@@ -119,6 +119,7 @@ mod tests {
     }
 
     fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
+        // SAFETY: `attr` lives across the call, with its true size.
         unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) }
     }
 

@@ -89,6 +89,7 @@ pub struct Sensor {
 fn raise_memlock() {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // Best effort: on 5.11+ it is not needed, and a failure shows up at map creation.
+    // SAFETY: a valid rlimit that lives across the call.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
@@ -507,6 +508,7 @@ pub fn probe(config: &Config, backend: Backend) -> Result<(), String> {
     }
     let refused = |e: anyhow::Error| {
         let t = format!("{e:#}");
+        // SAFETY: geteuid takes no arguments and cannot fail.
         if (t.contains("Operation not permitted") || t.contains("EPERM")) && unsafe { libc::geteuid() } == 0 {
             format!("{t} (refused even to root: kernel lockdown or no ftrace/trampoline support)")
         } else if t.contains("devices/kprobe") {

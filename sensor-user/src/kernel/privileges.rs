@@ -42,6 +42,7 @@ pub fn check() -> Result<(), String> {
     }
     Err(format!(
         "insufficient privileges (euid {}): missing {}; run as root, or grant CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_RESOURCE",
+        // SAFETY: geteuid takes no arguments and cannot fail.
         unsafe { libc::geteuid() },
         missing.join(", ")
     ))

@@ -13,6 +13,7 @@ pub fn tracefs_root() -> Result<PathBuf> {
         }
     }
     let target = "/sys/kernel/tracing";
+    // SAFETY: NUL-terminated C string literals and a null data pointer, as mount(2) takes.
     let rc = unsafe {
         libc::mount(
             c"tracefs".as_ptr(),

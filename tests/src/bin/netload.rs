@@ -430,6 +430,7 @@ fn main() {
                         m
                     })
                     .collect();
+                // SAFETY: `msgs` holds `batch` initialised mmsghdrs whose buffers outlive the call.
                 let k = unsafe { libc::sendmmsg(s.as_raw_fd(), msgs.as_mut_ptr(), batch as u32, 0) };
                 assert!(k > 0, "sendmmsg failed");
                 sent += k as usize;
@@ -492,11 +493,13 @@ fn main() {
                     while left > 0 {
                         let k = left.min(chunk.len());
                         if w.write_all(&chunk[..k]).is_err() {
+                            // SAFETY: _exit ends the forked child at once (no destructors run, as after fork they must not).
                             unsafe { libc::_exit(1) };
                         }
                         left -= k;
                     }
                     let _ = std::io::stdout().flush();
+                    // SAFETY: as above.
                     unsafe { libc::_exit(0) };
                 }
                 child if child > 0 => {
