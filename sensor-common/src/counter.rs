@@ -13,7 +13,9 @@ pub const SEND_READ_FAIL: u32 = 9;
 pub const RINGBUF_DROP_PAYLOAD: u32 = 10;
 pub const RINGBUF_DROP_PGID: u32 = 11;
 pub const PAYLOAD_RATE_LIMITED: u32 = 12;
-pub const LEN: u32 = 13;
+/// An accepted socket left to the agent: its port is bound in several network namespaces.
+pub const LISTENER_AMBIGUOUS: u32 = 13;
+pub const LEN: u32 = 14;
 /// Names in index order, for metrics and diagnostics.
 pub const NAMES: [&str; LEN as usize] = [
     "ringbuf_drop_exec",
@@ -29,4 +31,5 @@ pub const NAMES: [&str; LEN as usize] = [
     "ringbuf_drop_payload",
     "ringbuf_drop_pgid",
     "payload_rate_limited",
+    "listener_ambiguous",
 ];

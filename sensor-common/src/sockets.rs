@@ -68,8 +68,16 @@ unsafe impl aya::Pod for ListenKey {}
 pub struct ListenValue {
     pub cookie: u64,
     pub owner: SockInfo,
+    /// The binder's network namespace (`bpf_get_netns_cookie`).
+    pub netns: u64,
+    /// Non-zero once a process in another network namespace bound the same
+    /// port (pods listening on :8080 each): the packet hook cannot tell which
+    /// namespace an accepted socket is in, so none is guessed and the agent
+    /// places those sockets itself (sock_diag in each namespace).
+    pub ambiguous: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ListenValue>() == 80, "ListenValue changed size: both sides must agree");
+const _: () = assert!(core::mem::size_of::<ListenValue>() == 96, "ListenValue changed size: both sides must agree");
 // SAFETY: #[repr(C)] plain data; any bit pattern is a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ListenValue {}

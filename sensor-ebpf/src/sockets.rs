@@ -9,7 +9,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+        generated::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, tracepoint},
     maps::PerCpuArray,
@@ -112,7 +112,18 @@ fn record_bind(ctx: &SockContext) {
     }
     if port != 0 {
         let key = ListenKey { port, protocol: sk.protocol as u16 };
-        let _ = LISTENERS.insert(&key, &ListenValue { cookie, owner }, 0);
+        // SAFETY: the helper takes the program's own context (5.8+ for cgroup_sock).
+        let netns = unsafe { bpf_get_netns_cookie(ctx.sock as *mut c_void) };
+        if let Some(l) = LISTENERS.get_ptr_mut(&key) {
+            // SAFETY: a live LISTENERS value; binds race only with binds of the
+            // same port, and `ambiguous` only ever goes from 0 to 1.
+            let l = unsafe { &mut *l };
+            if l.netns != netns {
+                l.ambiguous = 1;
+                return;
+            }
+        }
+        let _ = LISTENERS.insert(&key, &ListenValue { cookie, owner, netns, ambiguous: 0, _pad: 0 }, 0);
     }
 }
 

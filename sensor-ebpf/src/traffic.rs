@@ -181,6 +181,11 @@ fn adopt_accepted(cookie: u64, key: &FlowKey) {
     let Some(listener) = LISTENERS.get_ptr(&lk) else {
         return;
     };
+    // SAFETY: a live LISTENERS value, read once.
+    if unsafe { (*listener).ambiguous } != 0 {
+        count(counter::LISTENER_AMBIGUOUS);
+        return;
+    }
     // SAFETY: a live LISTENERS value, copied out.
     let mut owner: SockInfo = unsafe { (*listener).owner };
     owner.origin = ORIGIN_LISTENER;

@@ -334,6 +334,47 @@ fn a_program_run_by_a_relative_name_that_changes_directory_keeps_its_own_path() 
 }
 
 #[test]
+fn a_port_bound_in_two_network_namespaces_lends_neither_owner_to_the_others_connections() {
+    require_root();
+    let (one, two) = (TestHost::create().unwrap(), TestHost::create().unwrap());
+    let port = free_port();
+    let sluice = Sluice::start(TICK).unwrap();
+    // Server A (first host's namespace) takes a 15 MB upload, sent at 1 MB a
+    // second, and never writes (so no send re-owns its socket); server B
+    // binds the same port in the second namespace after it.
+    let serve = format!(
+        "import socket\nl=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('0.0.0.0',{port})); l.listen(4); l.settimeout(60)\nprint('ready',flush=True)\nc,_=l.accept()\nn=0\nwhile True:\n    d=c.recv(1<<16)\n    if not d: break\n    n+=len(d)\nprint(n,flush=True)\n"
+    );
+    let idle = format!("import socket,time\nl=socket.socket(); l.bind(('0.0.0.0',{port})); l.listen(4)\nprint('ready',flush=True)\ntime.sleep(40)\n");
+    let start = |h: &TestHost, script: &str| {
+        let mut c = h.command("/usr/bin/python3").args(["-c", script]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut out = BufReader::new(c.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        (KillOnDrop(c), out)
+    };
+    let (a, mut a_out) = start(&one, &serve);
+    let (b, _) = start(&two, &idle);
+    let (a_pid, b_pid) = (a.0.id(), b.0.id());
+    let upload = format!("import socket,time\ns=socket.create_connection(('{}',{port}),timeout=60)\nfor i in range(15):\n    s.sendall(b'u'*1000000); time.sleep(1)\ns.close()\n", one.peer_v4);
+    assert!(Command::new("/usr/bin/python3").args(["-c", &upload]).status().unwrap().success());
+    let mut got = String::new();
+    a_out.read_line(&mut got).unwrap();
+    assert_eq!(got.trim(), "15000000");
+    let records = sluice.stop().unwrap();
+    drop((a, b));
+    let taken = |pid: u32| -> u64 {
+        flows_of(&records, pid).iter().filter(|r| r["source"]["port"] == port).map(|r| r["sluice"]["bytes_in"].as_u64().unwrap_or(0)).sum()
+    };
+    assert_eq!(taken(b_pid), 0, "the other namespace's listener was credited with A's connection");
+    // Left to the agent, A's socket is placed through sock_diag in its namespace.
+    let a_bytes = taken(a_pid);
+    eprintln!("measured: listener in two namespaces: {a_bytes} of 15000000 bytes placed on the right server ({:?}), none on the other", flows_of(&records, a_pid).iter().map(|r| r["sluice"]["attribution"].clone()).collect::<Vec<_>>());
+    assert!(a_bytes > 0, "A's connection never found its owner");
+}
+
+#[test]
 fn a_socket_older_than_the_sensor_is_attributed_through_sock_diag() {
     require_root();
     let host = TestHost::create().unwrap();
