@@ -145,26 +145,31 @@ fn curl_put_upload_is_attributed_to_curl() {
     assert!(f["process"]["args"].as_array().unwrap().iter().any(|a| a == "-T"), "{f}");
 }
 
-#[test]
-fn unconnected_udp_sender_is_attributed() {
+/// 5,000 datagrams of 1,200 bytes to a UDP sink on a test host, sent by
+/// `sender(peer, port, count, size)`: (records, pid, peer, port, payload).
+fn udp_upload(sender: impl Fn(&str, u16, u64, u64) -> Command) -> (Vec<Value>, u32, String, u16, u64) {
     require_root();
     let host = TestHost::create().unwrap();
     let port = free_port();
     let (count, size) = (5000u64, 1200u64);
     let sluice = Sluice::start(TICK).unwrap();
     let sink = Sink::start(Some(&host), "udp", &host.peer_v4, port, &[&(count * size).to_string()]).unwrap();
+    let pid = run_child(&mut sender(&host.peer_v4, port, count, size), Duration::from_secs(60)).unwrap();
+    let _ = sink.received();
+    (sluice.stop().unwrap(), pid, host.peer_v4.clone(), port, count * size)
+}
+
+#[test]
+fn unconnected_udp_sender_is_attributed() {
     // sendto() on an unbound, unconnected socket: only the sendmsg hook sees its owner.
     let script = "import socket,sys,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nd=b'u'*int(sys.argv[4])\nfor i in range(int(sys.argv[3])):\n    s.sendto(d,(sys.argv[1],int(sys.argv[2])))\n    if i%200==199: time.sleep(0.002)\n";
-    let pid = run_child(
-        Command::new("/usr/bin/python3").args(["-c", script, &host.peer_v4, &port.to_string(), &count.to_string(), &size.to_string()]),
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    let _ = sink.received();
-    let records = sluice.stop().unwrap();
-    let payload = count * size;
-    assert_ratio("udp sendto", bytes_out_to(&records, pid, &host.peer_v4, port), payload, 0.99, 1.03);
-    let f = first_flow(&records, pid, &host.peer_v4, port);
+    let (records, pid, peer, port, payload) = udp_upload(|peer, port, count, size| {
+        let mut c = Command::new("/usr/bin/python3");
+        c.args(["-c", script, peer, &port.to_string(), &count.to_string(), &size.to_string()]);
+        c
+    });
+    assert_ratio("udp sendto", bytes_out_to(&records, pid, &peer, port), payload, 0.99, 1.03);
+    let f = first_flow(&records, pid, &peer, port);
     assert_eq!(f["network"]["transport"], "udp");
     assert_eq!(f["network"]["direction"], "egress");
     assert_eq!(f["process"]["executable"], "/usr/bin/python3");
@@ -172,18 +177,12 @@ fn unconnected_udp_sender_is_attributed() {
 
 #[test]
 fn udp_from_a_dual_stack_socket_to_a_v4_mapped_peer_counts_once() {
-    require_root();
-    let host = TestHost::create().unwrap();
-    let port = free_port();
-    let (count, size) = (5000u64, 1200u64);
-    let sluice = Sluice::start(TICK).unwrap();
-    let sink = Sink::start(Some(&host), "udp", &host.peer_v4, port, &[&(count * size).to_string()]).unwrap();
-    let netload = helper_bin("netload");
-    let mapped = format!("::ffff:{}", host.peer_v4);
-    let pid = run_child(Command::new(&netload).args(["udp", &mapped, &port.to_string(), &count.to_string(), &size.to_string()]), Duration::from_secs(60)).unwrap();
-    let _ = sink.received();
-    let records = sluice.stop().unwrap();
-    assert_ratio("udp from an AF_INET6 socket to ::ffff:v4", bytes_out_to(&records, pid, &host.peer_v4, port), count * size, 0.99, 1.03);
+    let (records, pid, peer, port, payload) = udp_upload(|peer, port, count, size| {
+        let mut c = Command::new(helper_bin("netload"));
+        c.args(["udp", &format!("::ffff:{peer}"), &port.to_string(), &count.to_string(), &size.to_string()]);
+        c
+    });
+    assert_ratio("udp from an AF_INET6 socket to ::ffff:v4", bytes_out_to(&records, pid, &peer, port), payload, 0.99, 1.03);
 }
 
 #[test]

@@ -190,15 +190,7 @@ fn main() {
         }
         ["mptcp", ip, port, bytes] => {
             let n: usize = bytes.parse().expect("bytes");
-            let mut s = TcpStream::from(mptcp(addr(ip, port), false));
-            let chunk = vec![b'm'; 1 << 16];
-            let mut left = n;
-            while left > 0 {
-                let k = left.min(chunk.len());
-                s.write_all(&chunk[..k]).expect("send");
-                left -= k;
-            }
-            finish(s);
+            hello_then_upload_on(TcpStream::from(mptcp(addr(ip, port), false)), &[], n);
             println!("sent {n}");
         }
         ["sink", "waitall", ip, port] => {
