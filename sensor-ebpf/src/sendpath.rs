@@ -93,6 +93,10 @@ static RECEIVING: LruHashMap<u64, Receiving> = LruHashMap::with_max_entries(1638
 
 const MSG_PEEK: i32 = 2;
 
+/// Thread -> the socket it is in tcp_bpf_sendmsg on (fentry backend).
+#[map]
+static BPF_SENDING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
 #[inline(always)]
 fn read<T>(base: *const u8, off: u32) -> Option<T> {
     // SAFETY: a probe read, which faults safely; offsets are from BTF.
@@ -252,9 +256,41 @@ fn ret_int(r: u64) -> i64 {
 // Returns the bytes queued, or a negative errno.
 #[fexit(function = "tcp_sendmsg")]
 pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> u32 {
+    let sk: *const c_void = ctx.arg(0);
+    // Under tcp_bpf_sendmsg (a socket in a sockmap, no sk_msg verdict to
+    // run): that call counts these bytes at its own return.
+    if bpf_sending(sk) {
+        return 0;
+    }
+    let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
+    account(sk, core::ptr::null(), IPPROTO_TCP, ret, true);
+    0
+}
+
+// static int tcp_bpf_sendmsg(struct sock *sk, struct msghdr *msg, size_t size);
+// A socket in a sockmap with an sk_msg program sends through this instead of
+// tcp_sendmsg (the verdict's data leaves by tcp_bpf_push, below
+// tcp_sendmsg): counted at its return, like tcp_sendmsg.
+#[fentry(function = "tcp_bpf_sendmsg")]
+pub fn fentry_tcp_bpf_sendmsg(ctx: FEntryContext) -> u32 {
+    let sk: *const c_void = ctx.arg(0);
+    let _ = BPF_SENDING.insert(&bpf_get_current_pid_tgid(), &(sk as u64), 0);
+    0
+}
+
+#[fexit(function = "tcp_bpf_sendmsg")]
+pub fn fexit_tcp_bpf_sendmsg(ctx: FExitContext) -> u32 {
+    let _ = BPF_SENDING.remove(&bpf_get_current_pid_tgid());
     let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
     account(ctx.arg(0), core::ptr::null(), IPPROTO_TCP, ret, true);
     0
+}
+
+/// Whether this thread is inside tcp_bpf_sendmsg on `sk`.
+#[inline(always)]
+fn bpf_sending(sk: *const c_void) -> bool {
+    // SAFETY: this thread's own entry, read once.
+    unsafe { BPF_SENDING.get(&bpf_get_current_pid_tgid()) }.is_some_and(|s| *s == sk as u64)
 }
 
 // int tcp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags);

@@ -115,6 +115,8 @@ fn check_backend(b: &str) {
         // 32 threads blocked in tcp_sendmsg at once: more than a kretprobe's
         // default instances (10 on this 1-CPU guest).
         ("blocked", "127.0.0.1", 9024, 32_000_000, netload),
+        // A socket in a sockmap with an sk_msg verdict: tcp_bpf_sendmsg, not tcp_sendmsg.
+        ("sockmap", "127.0.0.1", 9027, 10_000_000, netload),
     ];
     for (name, ip, port, want, exes) in cases {
         let pid = *g.pids.get(&(b.to_string(), name.to_string())).unwrap_or_else(|| panic!("{b}/{name} did not run"));

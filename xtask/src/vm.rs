@@ -94,6 +94,7 @@ for B in fentry kprobe; do
     scenario thread-exit 9021 tcp 127.0.0.1 /netload thread-exit 127.0.0.1 9021 500000 20
     scenario blocked 9024 slow 127.0.0.1 /netload blocked 32 127.0.0.1 9024 1000000
     scenario recv-waitall 9025 waitall 127.0.0.1 /netload send 127.0.0.1 9025 20000000
+    scenario sockmap 9027 tcp 127.0.0.1 /netload sockmap 127.0.0.1 9027 10000000
     # exec by a relative name from a directory on its own mount, then chdir /.
     mkdir -p /mnt/rel && mount -t tmpfs none /mnt/rel && cp /netload /mnt/rel/relx
     scenario relexec 9026 tcp 127.0.0.1 sh -c 'cd /mnt/rel && exec ./relx chdir-send / 127.0.0.1 9026 1000000'

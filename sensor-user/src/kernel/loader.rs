@@ -45,7 +45,8 @@ const CGROUP_SKB: [(&str, CgroupSkbAttachType); 2] =
 /// fentry backend: (program, kernel function, optional). tcp_sendpage carried
 /// sendfile/splice until 6.5, when it folded into tcp_sendmsg; mptcp_sendmsg
 /// exists where the kernel has MPTCP.
-const FEXIT: [(&str, &str, bool); 6] = [
+const FEXIT: [(&str, &str, bool); 7] = [
+    ("fexit_tcp_bpf_sendmsg", "tcp_bpf_sendmsg", true),
     ("fexit_tcp_recvmsg", "tcp_recvmsg", false),
     ("fexit_tcp_sendmsg", "tcp_sendmsg", false),
     ("fexit_tcp_sendpage", "tcp_sendpage", true),
@@ -57,7 +58,9 @@ const FEXIT: [(&str, &str, bool); 6] = [
 const FENTRY_RECV: [(&str, &str, bool); 2] = [("fentry_tcp_cleanup_rbuf", "tcp_cleanup_rbuf", false), ("fentry_tcp_recvmsg", "tcp_recvmsg", false)];
 /// fentry programs that copy a new connection's first bytes (for its name):
 /// (program, function, optional).
-const FENTRY_CAPTURE: [(&str, &str, bool); 4] = [
+const FENTRY_CAPTURE: [(&str, &str, bool); 5] = [
+    // Not a capture: marks a thread inside tcp_bpf_sendmsg (sockmap sends).
+    ("fentry_tcp_bpf_sendmsg", "tcp_bpf_sendmsg", true),
     ("fentry_tcp_sendmsg", "tcp_sendmsg", false),
     ("fentry_mptcp_sendmsg", "mptcp_sendmsg", true),
     ("fentry_udp_sendmsg", "udp_sendmsg", false),
@@ -66,7 +69,9 @@ const FENTRY_CAPTURE: [(&str, &str, bool); 4] = [
 
 /// kprobe backend: (entry kprobe, kretprobe, function, optional). The sendmsg
 /// entries also copy a new connection's first bytes.
-const KPROBES: [(&str, &str, &str, bool); 6] = [
+const KPROBES: [(&str, &str, &str, bool); 7] = [
+    // A nested tcp_sendmsg takes the same stash and counts once.
+    ("kp_send_entry", "krp_tcp_send", "tcp_bpf_sendmsg", true),
     ("kp_tcp_recvmsg_entry", "krp_tcp_recvmsg", "tcp_recvmsg", false),
     ("kp_tcp_sendmsg_entry", "krp_tcp_send", "tcp_sendmsg", false),
     ("kp_tcp_sendmsg_entry", "krp_tcp_send", "mptcp_sendmsg", true),
@@ -383,9 +388,12 @@ fn attach_state_tracepoint(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Resul
 }
 
 /// Is `e` the kernel saying this function does not exist here?
+/// Whether attaching failed because the kernel lacks the function: kprobes
+/// say ENOENT, fentry's load (aya) "unknown BTF type" (tcp_sendpage since
+/// 6.5, mptcp_sendmsg without MPTCP).
 fn missing_function(e: &anyhow::Error) -> bool {
     let t = format!("{e:#}");
-    t.contains("not found") || t.contains("No such file") || t.contains("ENOENT")
+    t.contains("not found") || t.contains("No such file") || t.contains("ENOENT") || t.contains("unknown BTF type")
 }
 
 /// The send-path backends read raw arguments: refuse a kernel whose hooked
@@ -552,4 +560,18 @@ pub fn probe(config: &Config, backend: Backend) -> Result<(), String> {
 /// True if `path` exists (for `sluice check`'s facts).
 pub fn exists(path: &str) -> bool {
     Path::new(path).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_absent_optional_function_is_told_apart_from_a_real_failure() {
+        // What aya says when fentry's target is not in the kernel's BTF (6.5+
+        // has no tcp_sendpage), and what a kprobe on a missing symbol says.
+        assert!(missing_function(&anyhow!("loading fexit/tcp_sendpage: unknown BTF type `tcp_sendpage`")));
+        assert!(missing_function(&anyhow!("attaching kprobe/mptcp_sendmsg: No such file or directory (os error 2)")));
+        assert!(!missing_function(&anyhow!("loading fexit/tcp_sendmsg: the BPF_PROG_LOAD syscall returned Permission denied (os error 13)")));
+    }
 }

@@ -25,6 +25,8 @@ pub const HOOKS: &[Prototype] = &[
     Prototype { func: "tcp_sendpage", args: &[(0, "struct sock *")], ret: "int", optional: true },
     // static int mptcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t len);
     Prototype { func: "mptcp_sendmsg", args: SOCK_MSG, ret: "int", optional: true },
+    // static int tcp_bpf_sendmsg(struct sock *sk, struct msghdr *msg, size_t size);
+    Prototype { func: "tcp_bpf_sendmsg", args: SOCK_MSG, ret: "int", optional: true },
     // int udp_sendmsg(struct sock *sk, struct msghdr *msg, size_t len);
     Prototype { func: "udp_sendmsg", args: SOCK_MSG, ret: "int", optional: false },
     // int udpv6_sendmsg(struct sock *sk, struct msghdr *msg, size_t len);

@@ -37,6 +37,9 @@
 //!     netload sink waitall ADDR PORT          one TCP connection read with MSG_PEEK, then
 //!                                             MSG_WAITALL recv()s of 1 MB, until EOF
 //!     netload chdir-send DIR ADDR PORT BYTES  chdir(DIR) at once, then (0.3 s later) send BYTES
+//!     netload sockmap ADDR PORT BYTES         BYTES over a TCP connection put in a sockmap with an
+//!                                             sk_msg program that passes everything (so its sends
+//!                                             go through tcp_bpf_sendmsg, not tcp_sendmsg)
 //!     netload dns-tunnel ZONE COUNT           COUNT UDP queries to 127.0.0.1:53 (received there),
 //!                                             each name 30 bytes of data in hex under ZONE
 //!     netload socks5 ADDR PORT HOST BYTES     a SOCKS5 greeting (a 3-byte write) and a CONNECT
@@ -157,6 +160,52 @@ fn exec_untouched(file: &str, program: &str, args: &[&str]) -> ! {
         libc::execve(prog.as_ptr(), argv.as_ptr(), environ);
     }
     panic!("execve {program}: {}", std::io::Error::last_os_error())
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> i64 {
+    // SAFETY: `attr` is a bpf_attr prefix that lives across the call, with its true size.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) as i64 }
+}
+
+/// Put `sock` in a new sockmap whose sk_msg program returns SK_PASS: the
+/// kernel then sends its writes through tcp_bpf_sendmsg. The program is two
+/// instructions (`r0 = 1; exit`), loaded without a BPF toolchain. Returns the
+/// map and program fds (closing them undoes nothing the socket needs).
+fn sockmap_with_pass_verdict(sock: i32) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    #[repr(C)]
+    #[derive(Default)]
+    struct MapCreate { map_type: u32, key_size: u32, value_size: u32, max_entries: u32, map_flags: u32 }
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgLoad { prog_type: u32, insn_cnt: u32, insns: u64, license: u64, log_level: u32, log_size: u32, log_buf: u64, kern_version: u32, prog_flags: u32 }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Attach { target_fd: u32, attach_bpf_fd: u32, attach_type: u32, attach_flags: u32 }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Elem { map_fd: u32, _pad: u32, key: u64, value: u64, flags: u64 }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_ATTACH: libc::c_long = 8;
+    const BPF_MAP_TYPE_SOCKMAP: u32 = 15;
+    const BPF_PROG_TYPE_SK_MSG: u32 = 16;
+    const BPF_SK_MSG_VERDICT: u32 = 7;
+    // mov64 r0, 1 ; exit
+    let insns: [u64; 2] = [0x0000_0001_0000_00b7, 0x0000_0000_0000_0095];
+    let license = c"GPL";
+    let map = bpf(BPF_MAP_CREATE, &mut MapCreate { map_type: BPF_MAP_TYPE_SOCKMAP, key_size: 4, value_size: 4, max_entries: 1, map_flags: 0 });
+    assert!(map >= 0, "BPF_MAP_CREATE(sockmap): {}", std::io::Error::last_os_error());
+    let prog = bpf(BPF_PROG_LOAD, &mut ProgLoad { prog_type: BPF_PROG_TYPE_SK_MSG, insn_cnt: 2, insns: insns.as_ptr() as u64, license: license.as_ptr() as u64, ..Default::default() });
+    assert!(prog >= 0, "BPF_PROG_LOAD(sk_msg): {}", std::io::Error::last_os_error());
+    let attached = bpf(BPF_PROG_ATTACH, &mut Attach { target_fd: map as u32, attach_bpf_fd: prog as u32, attach_type: BPF_SK_MSG_VERDICT, attach_flags: 0 });
+    assert!(attached == 0, "BPF_PROG_ATTACH(sk_msg verdict): {}", std::io::Error::last_os_error());
+    let (key, value) = (0u32, sock as u32);
+    let put = bpf(BPF_MAP_UPDATE_ELEM, &mut Elem { map_fd: map as u32, key: &key as *const u32 as u64, value: &value as *const u32 as u64, ..Default::default() });
+    assert!(put == 0, "adding the socket to the sockmap: {}", std::io::Error::last_os_error());
+    // SAFETY: two new fds this owns from here.
+    unsafe { (std::os::fd::OwnedFd::from_raw_fd(map as i32), std::os::fd::OwnedFd::from_raw_fd(prog as i32)) }
 }
 
 fn addr(a: &str, p: &str) -> SocketAddr {
@@ -562,6 +611,13 @@ fn main() {
             let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
             s.write_all(&vec![b'c'; n]).expect("send");
             finish(s);
+            println!("sent {n}");
+        }
+        ["sockmap", ip, port, bytes] => {
+            let n: usize = bytes.parse().expect("bytes");
+            let s = TcpStream::connect(addr(ip, port)).expect("connect");
+            let _map = sockmap_with_pass_verdict(s.as_raw_fd());
+            hello_then_upload_on(s, &[], n);
             println!("sent {n}");
         }
         ["dns-tunnel", zone, count] => {
