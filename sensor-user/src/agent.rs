@@ -824,8 +824,9 @@ impl Agent {
             moved.push(format!("flows_evicted={}", self.tracker.vanished));
             self.tracker.vanished = 0;
         }
+        let profile = self.sensor.retprobes.first().map(|(_, p)| crate::kernel::retprobe::Retprobe::profile(p.tracefs())).unwrap_or_default();
         for (func, probe) in &mut self.sensor.retprobes {
-            let missed = probe.newly_missed();
+            let missed = probe.newly_missed(&profile);
             if missed > 0 {
                 // Each miss is a send whose return (its byte count) was not seen.
                 self.metrics.kretprobe_missed.get_or_create(&metrics::NameLabel { name: func.to_string() }).inc_by(missed);

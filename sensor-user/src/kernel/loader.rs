@@ -109,6 +109,9 @@ pub struct Opened {
     pub ebpf: Ebpf,
     /// `send_owner` has its offsets (the kernel has `sock:sock_send_length`, 6.3+).
     pub send_owner: bool,
+    /// The kernel's BTF, parsed once here (None without it): the offsets
+    /// above came from it, and the send-path backends check their hooks' prototypes against it.
+    pub btf: Option<btf::Btf>,
 }
 
 /// Open the object with the running kernel's tracepoint offsets patched in.
@@ -152,7 +155,7 @@ pub fn open(config: &Config) -> Result<Opened> {
     // vmlinux BTF is megabytes.
     let btf = btf::Btf::from_sys_fs().ok();
     let field_offs = match &btf {
-        Some(b) => [send_path_offsets(b).unwrap_or_default(), send_capture_offsets(b), group_exit_offsets(b), recv_flags_offset(b)].concat(),
+        Some(b) => [send_path_offsets(b).unwrap_or_default(), send_capture_offsets(b), process_fact_offsets(b), recv_flags_offset(b)].concat(),
         None => group_exit_missing(),
     };
     for (name, off) in &field_offs {
@@ -170,7 +173,7 @@ pub fn open(config: &Config) -> Result<Opened> {
         .map_max_entries(maps::FLOWS, config.kernel.flows_max)
         .map_max_entries(maps::SOCKS, config.kernel.sockets_max);
     let ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
-    Ok(Opened { ebpf, send_owner })
+    Ok(Opened { ebpf, send_owner, btf })
 }
 
 /// Field offsets the send-path probes read, from the running kernel's BTF.
@@ -205,7 +208,7 @@ fn recv_flags_offset(b: &btf::Btf) -> Vec<(&'static str, u32)> {
 /// telling a process's exit (its last thread's) from its main thread's;
 /// `task_struct.mm` and `mm_struct.arg_start/arg_end`, for argv where every
 /// exec leaves it.
-fn group_exit_offsets(b: &btf::Btf) -> Vec<(&'static str, u32)> {
+fn process_fact_offsets(b: &btf::Btf) -> Vec<(&'static str, u32)> {
     let mut offs = match (b.field_offset("task_struct", "signal"), b.field_offset("signal_struct", "live")) {
         (Ok(signal), Ok(live)) => vec![(globals::TASK_SIGNAL_OFF, signal), (globals::SIGNAL_LIVE_OFF, live)],
         _ => group_exit_missing(),
@@ -274,7 +277,7 @@ fn send_capture_offsets(b: &btf::Btf) -> Vec<(&'static str, u32)> {
 
 /// Load and attach `backend`'s programs plus the process tracepoints.
 pub fn attach(config: &Config, backend: Backend) -> Result<Sensor> {
-    let Opened { mut ebpf, send_owner } = open(config)?;
+    let Opened { mut ebpf, send_owner, btf } = open(config)?;
     let mut attached = Vec::new();
     let mut retprobes = Vec::new();
     for (prog, category, event) in PROCESS_TRACEPOINTS {
@@ -290,8 +293,8 @@ pub fn attach(config: &Config, backend: Backend) -> Result<Sensor> {
                 attach_send_owner(&mut ebpf, &mut attached, send_owner);
             }
         }
-        Backend::Fentry => attach_fentry(&mut ebpf, &mut attached)?,
-        Backend::Kprobe => retprobes = attach_kprobe(&mut ebpf, &mut attached)?,
+        Backend::Fentry => attach_fentry(&mut ebpf, &mut attached, btf.as_ref())?,
+        Backend::Kprobe => retprobes = attach_kprobe(&mut ebpf, &mut attached, btf.as_ref())?,
     }
     Ok(Sensor { ebpf, backend, attached, retprobes })
 }
@@ -397,15 +400,16 @@ fn missing_function(e: &anyhow::Error) -> bool {
 }
 
 /// The send-path backends read raw arguments: refuse a kernel whose hooked
-/// functions take or return other types than the probes read.
-fn check_prototypes() -> Result<()> {
-    let btf = btf::Btf::from_sys_fs().map_err(|e| anyhow!(e))?;
-    prototypes::verify(&btf).map(|_| ()).map_err(|e| anyhow!(e))
+/// functions take or return other types than the probes read (`btf` is the
+/// one `open` parsed; need_btf has already refused a kernel without it).
+fn check_prototypes(btf: Option<&btf::Btf>) -> Result<()> {
+    let btf = btf.ok_or_else(|| anyhow!("the kernel's BTF could not be parsed; the send-path backends need it"))?;
+    prototypes::verify(btf).map(|_| ()).map_err(|e| anyhow!(e))
 }
 
-fn attach_fentry(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
+fn attach_fentry(ebpf: &mut Ebpf, attached: &mut Vec<String>, ours: Option<&btf::Btf>) -> Result<()> {
     need_btf()?;
-    check_prototypes()?;
+    check_prototypes(ours)?;
     let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
     for (name, func, optional) in FEXIT {
         let p: &mut FExit = program(ebpf, name)?;
@@ -457,9 +461,9 @@ fn attach_dns(ebpf: &mut Ebpf, attached: &mut Vec<String>) {
     }
 }
 
-fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<Vec<(&'static str, Retprobe)>> {
+fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>, ours: Option<&btf::Btf>) -> Result<Vec<(&'static str, Retprobe)>> {
     need_btf()?;
-    check_prototypes()?;
+    check_prototypes(ours)?;
     for name in ["kp_send_entry", "kp_tcp_sendmsg_entry", "kp_udp_sendmsg_entry", "kp_udp4_sendmsg_entry", "krp_tcp_send", "krp_udp_send", "kp_tcp_cleanup_rbuf", "kp_tcp_recvmsg_entry", "krp_tcp_recvmsg"] {
         let p: &mut KProbe = program(ebpf, name)?;
         p.load().with_context(|| format!("loading {name}"))?;
@@ -506,7 +510,7 @@ fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<Vec<(&'s
 /// kprobes, whose loads succeed even where attaching cannot, one probe is
 /// attached and dropped again.
 pub fn probe(config: &Config, backend: Backend) -> Result<(), String> {
-    let mut ebpf = open(config).map_err(|e| format!("{e:#}"))?.ebpf;
+    let Opened { mut ebpf, btf: ours, .. } = open(config).map_err(|e| format!("{e:#}"))?;
     // Every backend runs the process tracepoints: "usable" must include them
     // (a verifier that rejects them rejects the whole sensor).
     for (prog, _, _) in PROCESS_TRACEPOINTS {
@@ -529,7 +533,7 @@ pub fn probe(config: &Config, backend: Backend) -> Result<(), String> {
         Backend::Fentry => {
             return (|| -> Result<()> {
                 need_btf()?;
-                check_prototypes()?;
+                check_prototypes(ours.as_ref())?;
                 let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
                 let p: &mut FExit = program(&mut ebpf, "fexit_tcp_sendmsg")?;
                 p.load("tcp_sendmsg", &btf).context("loading fexit/tcp_sendmsg")?;
@@ -540,7 +544,7 @@ pub fn probe(config: &Config, backend: Backend) -> Result<(), String> {
         Backend::Kprobe => {
             return (|| -> Result<()> {
                 need_btf()?;
-                check_prototypes()?;
+                check_prototypes(ours.as_ref())?;
                 let p: &mut KProbe = program(&mut ebpf, "kp_send_entry")?;
                 p.load().context("loading kprobe program")?;
                 let link = p.attach("tcp_sendmsg", 0).context("attaching a kprobe to tcp_sendmsg")?;

@@ -90,15 +90,24 @@ impl Retprobe {
         Ok(probe)
     }
 
+    pub fn tracefs(&self) -> &std::path::Path {
+        &self.tracefs
+    }
+
     fn write_events(&self, line: &str) -> std::io::Result<()> {
         OpenOptions::new().append(true).open(self.tracefs.join("kprobe_events"))?.write_all(line.as_bytes())
     }
 
+    /// The kernel's hits and misses of every kprobe event, read once a tick
+    /// for all the probes (`newly_missed`).
+    pub fn profile(tracefs: &std::path::Path) -> String {
+        std::fs::read_to_string(tracefs.join("kprobe_profile")).unwrap_or_default()
+    }
+
     /// Returns this probe missed (no free instance) since the last call,
-    /// from kprobe_profile.
-    pub fn newly_missed(&mut self) -> u64 {
-        let profile = std::fs::read_to_string(self.tracefs.join("kprobe_profile")).unwrap_or_default();
-        let total = missed_in(&profile, &self.event).unwrap_or(self.reported);
+    /// from `profile`'s text.
+    pub fn newly_missed(&mut self, profile: &str) -> u64 {
+        let total = missed_in(profile, &self.event).unwrap_or(self.reported);
         let new = total.saturating_sub(self.reported);
         self.reported = total;
         new
