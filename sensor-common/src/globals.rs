@@ -50,6 +50,13 @@ pub const VFSMOUNT_ROOT_OFF: &str = "VFSMOUNT_ROOT_OFF";
 pub const MOUNT_MNT_OFF: &str = "MOUNT_MNT_OFF";
 pub const MOUNT_PARENT_OFF: &str = "MOUNT_PARENT_OFF";
 pub const MOUNT_MOUNTPOINT_OFF: &str = "MOUNT_MOUNTPOINT_OFF";
+/// `socket.sk`, `sock.sk_protocol`, `sock.sk_type`,
+/// `inet_connection_sock.icsk_ulp_ops` (BTF): which sockets carry an
+/// upper-layer protocol (kTLS) whose sends bypass tcp_sendmsg.
+pub const SOCKET_SK_OFF: &str = "SOCKET_SK_OFF";
+pub const SK_PROTOCOL_OFF: &str = "SK_PROTOCOL_OFF";
+pub const SK_TYPE_OFF: &str = "SK_TYPE_OFF";
+pub const ICSK_ULP_OPS_OFF: &str = "ICSK_ULP_OPS_OFF";
 /// Position of `int flags` among tcp_recvmsg's arguments (BTF).
 pub const RECV_FLAGS_ARG: &str = "RECV_FLAGS_ARG";
 /// `struct msghdr.msg_iter` and the `struct iov_iter` fields read to copy

@@ -1,5 +1,7 @@
 //! The send-path backends: probes on tcp_sendmsg, tcp_sendpage, udp_sendmsg,
-//! udpv6_sendmsg (bytes out) and tcp_cleanup_rbuf (bytes in), run in the
+//! udpv6_sendmsg, mptcp_sendmsg, tcp_bpf_sendmsg and, for TCP sockets with an
+//! upper-layer protocol (kTLS), inet_sendmsg (bytes out), and on tcp_recvmsg /
+//! tcp_cleanup_rbuf (bytes in), run in the
 //! context of the thread doing the I/O, so bytes go to the process that really
 //! sent them, at the moment it sent them.
 //!
@@ -63,9 +65,22 @@ static ITER_IOVEC: u32 = 255;
 /// from tcp_cleanup_rbuf alone.
 #[unsafe(no_mangle)]
 static RECV_FLAGS_ARG: u32 = u32::MAX;
+/// `socket.sk`, `sock.sk_protocol`, `sock.sk_type` and
+/// `inet_connection_sock.icsk_ulp_ops` (BTF), for telling a TCP socket with
+/// an upper-layer protocol (kTLS) apart; u32::MAX: not known, so no socket
+/// is taken for one (the loader says what that leaves uncounted).
+#[unsafe(no_mangle)]
+static SOCKET_SK_OFF: u32 = 24;
+#[unsafe(no_mangle)]
+static SK_PROTOCOL_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static SK_TYPE_OFF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static ICSK_ULP_OPS_OFF: u32 = u32::MAX;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
+const SOCK_STREAM: u16 = 1;
 
 /// Arguments saved at kprobe entry for the kretprobe, per thread.
 #[derive(Clone, Copy)]
@@ -96,6 +111,17 @@ const MSG_PEEK: i32 = 2;
 /// Thread -> the socket it is in tcp_bpf_sendmsg on (fentry backend).
 #[map]
 static BPF_SENDING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Thread -> the upper-layer socket whose send tcp_sendmsg / tcp_sendpage
+/// has just counted, for the enclosing inet_sendmsg / inet_sendpage to leave
+/// alone (a ULP that keeps TCP's own sendmsg: kTLS with TLS_RX only).
+#[map]
+static ULP_COUNTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Thread -> the upper-layer socket it is in inet_sendmsg / inet_sendpage on
+/// (kprobe backend: the kretprobe has only the return value).
+#[map]
+static INET_SENDING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
 fn read<T>(base: *const u8, off: u32) -> Option<T> {
@@ -264,6 +290,7 @@ pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> u32 {
     }
     let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
     account(sk, core::ptr::null(), IPPROTO_TCP, ret, true);
+    note_counted(sk);
     0
 }
 
@@ -283,6 +310,7 @@ pub fn fexit_tcp_bpf_sendmsg(ctx: FExitContext) -> u32 {
     let _ = BPF_SENDING.remove(&bpf_get_current_pid_tgid());
     let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
     account(ctx.arg(0), core::ptr::null(), IPPROTO_TCP, ret, true);
+    note_counted(ctx.arg(0));
     0
 }
 
@@ -299,7 +327,90 @@ fn bpf_sending(sk: *const c_void) -> bool {
 pub fn fexit_tcp_sendpage(ctx: FExitContext) -> u32 {
     let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
     account(ctx.arg(0), core::ptr::null(), IPPROTO_TCP, ret, true);
+    note_counted(ctx.arg(0));
     0
+}
+
+// int inet_sendmsg(struct socket *sock, struct msghdr *msg, size_t size);
+// int inet6_sendmsg(struct socket *sock, struct msghdr *msg, size_t size);
+// ssize_t inet_sendpage(struct socket *sock, struct page *page, int offset, size_t size, int flags);
+//   (before 6.5; sendfile then goes through inet_sendmsg)
+// A TCP socket with an upper-layer protocol has its own sendmsg: kTLS after
+// TLS_TX (tls_sw_sendmsg, tls_sw_sendpage) and espintcp queue records with
+// tcp_sendmsg_locked / do_tcp_sendpages and never call tcp_sendmsg. Those
+// functions live in modules, loaded when first used (often after the
+// sensor), and fentry cannot reach module functions here: the socket layer
+// above them is in vmlinux, so they are counted at its return, as the
+// plaintext the application handed over. Every other socket returns at once.
+#[fexit(function = "inet_sendmsg")]
+pub fn fexit_inet_sendmsg(ctx: FExitContext) -> u32 {
+    let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
+    upper_layer_sent(socket_sk(ctx.arg(0)), ret);
+    0
+}
+
+#[fexit(function = "inet6_sendmsg")]
+pub fn fexit_inet6_sendmsg(ctx: FExitContext) -> u32 {
+    let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
+    upper_layer_sent(socket_sk(ctx.arg(0)), ret);
+    0
+}
+
+#[fexit(function = "inet_sendpage")]
+pub fn fexit_inet_sendpage(ctx: FExitContext) -> u32 {
+    let ret = ctx.ret::<u64>().map(ret_int).unwrap_or(0);
+    upper_layer_sent(socket_sk(ctx.arg(0)), ret);
+    0
+}
+
+/// `sock->sk` of a `struct socket *` (null if unreadable).
+#[inline(always)]
+fn socket_sk(sock: *const c_void) -> *const c_void {
+    if sock.is_null() {
+        return core::ptr::null();
+    }
+    read::<u64>(sock as *const u8, global(&SOCKET_SK_OFF)).unwrap_or(0) as *const c_void
+}
+
+/// A TCP stream socket with an upper-layer protocol attached (kTLS,
+/// espintcp). `icsk_ulp_ops` is a field of connection-oriented sockets only,
+/// so the protocol and type must hold too; it is read first because it is
+/// null on almost every socket (one read on the common path).
+#[inline(always)]
+fn upper_layer(sk: *const c_void) -> bool {
+    let ulp = global(&ICSK_ULP_OPS_OFF);
+    if sk.is_null() || ulp == u32::MAX {
+        return false;
+    }
+    let sk = sk as *const u8;
+    read::<u64>(sk, ulp).is_some_and(|ops| ops != 0)
+        && read::<u16>(sk, global(&SK_PROTOCOL_OFF)) == Some(IPPROTO_TCP as u16)
+        && read::<u16>(sk, global(&SK_TYPE_OFF)) == Some(SOCK_STREAM)
+}
+
+/// After tcp_sendmsg/tcp_sendpage counted a send on `sk`: if it has an
+/// upper layer, the socket-layer hook above must not count it again.
+#[inline(always)]
+fn note_counted(sk: *const c_void) {
+    if upper_layer(sk) {
+        let _ = ULP_COUNTED.insert(&bpf_get_current_pid_tgid(), &(sk as u64), 0);
+    }
+}
+
+/// At the socket layer's return: count a send on an upper-layer socket,
+/// unless TCP's own sendmsg under it already did.
+#[inline(always)]
+fn upper_layer_sent(sk: *const c_void, ret: i64) {
+    if !upper_layer(sk) {
+        return;
+    }
+    let tid = bpf_get_current_pid_tgid();
+    // SAFETY: this thread's own entry, read once.
+    if unsafe { ULP_COUNTED.get(&tid) }.is_some_and(|s| *s == sk as u64) {
+        let _ = ULP_COUNTED.remove(&tid);
+        return;
+    }
+    account(sk, core::ptr::null(), IPPROTO_TCP, ret, true);
 }
 
 // int udp_sendmsg(struct sock *sk, struct msghdr *msg, size_t len);
@@ -500,6 +611,9 @@ fn kretprobe_account(ctx: &RetProbeContext, protocol: u8, use_msg: bool) {
     let ret = ret_int(ctx.ret::<u64>());
     let msg = if use_msg { s.msg as *const c_void } else { core::ptr::null() };
     account(s.sk as *const c_void, msg, protocol, ret, true);
+    if protocol == IPPROTO_TCP {
+        note_counted(s.sk as *const c_void);
+    }
 }
 
 /// tcp_sendmsg / tcp_sendpage return.
@@ -513,6 +627,27 @@ pub fn krp_tcp_send(ctx: RetProbeContext) -> u32 {
 #[kretprobe]
 pub fn krp_udp_send(ctx: RetProbeContext) -> u32 {
     kretprobe_account(&ctx, IPPROTO_UDP, true);
+    0
+}
+
+/// inet_sendmsg / inet6_sendmsg / inet_sendpage entry: remember an
+/// upper-layer socket (see fexit_inet_sendmsg); others are left alone.
+#[kprobe]
+pub fn kp_inet_send_entry(ctx: ProbeContext) -> u32 {
+    let sk = socket_sk(ctx.arg::<u64>(0).unwrap_or(0) as *const c_void);
+    if upper_layer(sk) {
+        let _ = INET_SENDING.insert(&bpf_get_current_pid_tgid(), &(sk as u64), 0);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn krp_inet_send(ctx: RetProbeContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid();
+    // SAFETY: this thread's own entry, copied out.
+    let Some(sk) = (unsafe { INET_SENDING.get(&tid) }).copied() else { return 0 };
+    let _ = INET_SENDING.remove(&tid);
+    upper_layer_sent(sk as *const c_void, ret_int(ctx.ret::<u64>()));
     0
 }
 

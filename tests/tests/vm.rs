@@ -41,7 +41,7 @@ fn guest() -> Guest {
         pids: HashMap::new(),
         errors: text.lines().filter(|l| l.starts_with("SCENARIO-ERROR")).map(str::to_string).collect(),
     };
-    for b in ["fentry", "kprobe"] {
+    for b in ["fentry", "kprobe", "cgroup"] {
         let out = section(
             &text,
             &format!("=====BEGIN {b}=====\n"),
@@ -117,6 +117,14 @@ fn check_backend(b: &str) {
         ("blocked", "127.0.0.1", 9024, 32_000_000, netload),
         // A socket in a sockmap with an sk_msg verdict: tcp_bpf_sendmsg, not tcp_sendmsg.
         ("sockmap", "127.0.0.1", 9027, 10_000_000, netload),
+        // Kernel TLS after TLS_TX: tls_sw_sendmsg / tls_sw_sendpage (a
+        // module loaded after the first sensor started), not tcp_sendmsg;
+        // the plaintext handed over is what counts.
+        ("ktls", "127.0.0.1", 9028, 20_000_000, netload),
+        ("ktls6", "::1", 9029, 10_000_000, netload),
+        ("ktls-sendfile", "127.0.0.1", 9030, 20_000_000, netload),
+        // The TLS upper layer with TLS_RX only keeps tcp_sendmsg: once, not twice.
+        ("ktls-rx", "127.0.0.1", 9031, 10_000_000, netload),
     ];
     for (name, ip, port, want, exes) in cases {
         let pid = *g.pids.get(&(b.to_string(), name.to_string())).unwrap_or_else(|| panic!("{b}/{name} did not run"));
@@ -243,8 +251,12 @@ fn check_names(b: &str, g: &Guest, recs: &[Value], err: &str) {
         socks["sluice"]["destination"]["name_source"], "proxy-request",
         "{b}: {socks}"
     );
+    // kTLS: the hello went out in the clear before TLS_TX, and names the flow
+    // whose records the socket layer counts.
+    let ktls = flow("ktls", 9028);
+    assert_eq!(ktls["destination"]["domain"], "ktls.example.org", "{b}: {ktls}");
     eprintln!(
-        "measured: {b}: tls/quic/dns/forged-dns/split-hello/socks5 scenarios named ({})",
+        "measured: {b}: tls/quic/dns/forged-dns/split-hello/socks5/ktls scenarios named ({})",
         tls["destination"]["domain"]
     );
 }
@@ -257,6 +269,21 @@ fn check_in_the_guest_picks_fentry_and_finds_kprobe_usable() {
     assert!(g.check.contains("auto picks:        fentry"), "{}", g.check);
     // Debian's 6.1 still has tcp_sendpage; every hooked prototype matches.
     assert!(g.check.contains("hook prototypes:   match this kernel's BTF (tcp_sendmsg: matches; tcp_sendpage: matches"), "{}", g.check);
+}
+
+/// The cgroup backend counts kTLS where it leaves, as TLS records (this
+/// host's own kernel has no kTLS, so the guest is where it is checked).
+#[test]
+fn cgroup_backend_counts_ktls_records_on_the_wire() {
+    let g = guest();
+    let Run { flows, err, .. } = &g.runs["cgroup"];
+    assert!(err.contains("sluice: ready: backend=cgroup"), "cgroup did not start on {}:\n{err}", g.kernel);
+    let pid = g.pids[&("cgroup".to_string(), "ktls".to_string())];
+    let got = bytes_out_to(flows, pid, "127.0.0.1", 9028);
+    let ratio = got as f64 / 20_000_000.0;
+    eprintln!("measured: cgroup on {}: ktls: {got} of 20000000 bytes, ratio {ratio:.5}", g.kernel);
+    // Each 16 KiB record carries 29 bytes of header, nonce and tag.
+    assert!((0.99..=1.03).contains(&ratio), "cgroup/ktls: {got} of 20000000 (ratio {ratio:.4})");
 }
 
 #[test]

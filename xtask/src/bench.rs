@@ -465,7 +465,7 @@ fn scale(b: &Bins, plan: Plan) -> Result<Vec<ScaleRow>> {
 /// prints no "sent N"; bytes counted at this peer address)
 type Case = (&'static str, &'static str, &'static str, u32, &'static str, u64, &'static str);
 
-const CASES: [Case; 28] = [
+const CASES: [Case; 32] = [
     ("tcp4-write", "tcp", "127.0.0.1", 1, "$NL send 127.0.0.1 P 4000000", 0, "127.0.0.1"),
     ("tcp4-write-64B", "tcp", "127.0.0.1", 1, "$NL send 127.0.0.1 P 1000000 64", 0, "127.0.0.1"),
     ("tcp4-sendmsg", "tcp", "127.0.0.1", 1, "$NL sendmsg 127.0.0.1 P 4000000", 0, "127.0.0.1"),
@@ -481,6 +481,10 @@ const CASES: [Case; 28] = [
     ("tcp4-main-thread-exits", "tcp", "127.0.0.1", 1, "$NL thread-exit 127.0.0.1 P 500000 4", 0, "127.0.0.1"),
     ("mptcp4-write", "mptcp", "127.0.0.1", 1, "$NL mptcp 127.0.0.1 P 4000000", 0, "127.0.0.1"),
     ("tcp4-32-blocked-senders", "slow", "127.0.0.1", 1, "$NL blocked 32 127.0.0.1 P 250000", 0, "127.0.0.1"),
+    ("tcp4-sockmap-sk_msg", "tcp", "127.0.0.1", 1, "$NL sockmap 127.0.0.1 P 4000000", 0, "127.0.0.1"),
+    ("tcp4-ktls-write", "tcp", "127.0.0.1", 1, "$NL ktls 127.0.0.1 P ktls.example.org 4000000", 0, "127.0.0.1"),
+    ("tcp4-ktls-sendfile", "tcp", "127.0.0.1", 1, "$NL ktls 127.0.0.1 P ktls.example.org 0 F", 0, "127.0.0.1"),
+    ("tcp4-ktls-rx-only-write", "tcp", "127.0.0.1", 1, "$NL ktls-rx 127.0.0.1 P ktls.example.org 4000000", 0, "127.0.0.1"),
     ("tcp6-write", "tcp", "::1", 1, "$NL send ::1 P 4000000", 0, "::1"),
     ("tcp6-write-64B", "tcp", "::1", 1, "$NL send ::1 P 1000000 64", 0, "::1"),
     ("tcp6-sendmsg", "tcp", "::1", 1, "$NL sendmsg ::1 P 4000000", 0, "::1"),
@@ -513,7 +517,7 @@ acc() {
   SK=$!
   wait_for $W/sink-$B-$name ready 200
   sh -c 'echo "SCENARIO '"$B"' '"$name"' pid=$$"; exec "$@"' sh "$@" > $W/send-$B-$name 2>&1
-  sed -n "/^SCENARIO /p; s/^child pid=/CHILD $B $name pid=/p; s/^sent /SENT $B $name /p" $W/send-$B-$name
+  sed -n "/^SCENARIO /p; s/^child pid=/CHILD $B $name pid=/p; s/^sent /SENT $B $name /p; s/^unavailable /UNAVAILABLE $B $name /p" $W/send-$B-$name
   # TCP and MPTCP sinks end at EOF; a UDP sink would wait for 3 s of silence.
   if [ "$kind" = udp ]; then sleep 0.3; else wait_for $W/sink-$B-$name received 600; fi
   kill $SK 2>/dev/null
@@ -537,6 +541,8 @@ struct AccRow {
     case: &'static str,
     /// backend -> ratios over reps
     ratios: HashMap<String, Vec<f64>>,
+    /// backend -> why the kernel could not run the case (no kTLS on this host)
+    unavailable: HashMap<String, String>,
 }
 
 /// Parse one backend's records and scenario lines into per-case ratios.
@@ -556,6 +562,13 @@ fn accuracy_ratios(backend: &str, records: &[Value], log: &str, rows: &mut [AccR
                 if let Ok(n) = n.parse() {
                     sent.insert(name.to_string(), n);
                 }
+            }
+            ["UNAVAILABLE", b, name, ..] if b == backend => {
+                let why = l.splitn(4, ' ').nth(3).unwrap_or("").to_string();
+                if let Some(i) = CASES.iter().position(|c| name.rsplit_once("-r").is_some_and(|(n, _)| n == c.0)) {
+                    rows[i].unavailable.insert(backend.to_string(), why);
+                }
+                pids.remove(name);
             }
             _ => {}
         }
@@ -603,7 +616,7 @@ fn accuracy(b: &Bins, plan: Plan, rows: &mut [AccRow]) -> Result<()> {
         println!("xtask bench: accuracy matrix in the qemu guest (fentry, kprobe)");
         // The functions first, then each backend's sensor around the same cases.
         let init = format!(
-            "{}{defs}W=/tmp\nNL=/netload\nBU=/burst\nfor B in fentry kprobe; do\n  \
+            "{}{defs}W=/tmp\nNL=/netload\nBU=/burst\nload_ktls\nfor B in fentry kprobe; do\n  \
              /sluice run --probe $B --emit flows --tick 1s --state \"\" > /tmp/out-$B.jsonl 2> /tmp/err-$B.log &\n  SP=$!\n  \
              wait_for /tmp/err-$B.log \"sluice: ready\" 1200 || true\n{cases}  kill -TERM $SP\n  wait $SP\n  \
              echo \"=====BEGIN $B=====\"\n  cat /tmp/out-$B.jsonl\n  echo \"=====END $B=====\"\ndone\n\
@@ -823,7 +836,7 @@ pub fn bench(cargo: impl Fn() -> Command, plan: Plan) -> Result<()> {
     section("send path", send_path(&b, plan).map(|v| send = v));
     section("exec storm", exec_storm(&b, plan).map(|v| execs = v));
     section("scale", scale(&b, plan).map(|v| scales = v));
-    let mut acc: Vec<AccRow> = CASES.iter().map(|c| AccRow { case: c.0, ratios: HashMap::new() }).collect();
+    let mut acc: Vec<AccRow> = CASES.iter().map(|c| AccRow { case: c.0, ratios: HashMap::new(), unavailable: HashMap::new() }).collect();
     section("accuracy", accuracy(&b, plan, &mut acc));
     section("per-program cost", bpf_cost(&b, plan).map(|v| progs = v));
     section("alert latency", alert_latency(&b, plan).map(|v| latency = v));
@@ -932,11 +945,16 @@ fn report(plan: Plan, send: &[SendRow], execs: &[ExecRow], scale: &[ScaleRow], a
     let backends: Vec<&str> = ["cgroup", "fentry", "kprobe"].into_iter().filter(|b| acc.iter().any(|a| a.ratios.contains_key(*b))).collect();
     let _ = writeln!(r, "| scenario | {} |\n| --- |{}", backends.join(" | "), " --- |".repeat(backends.len()));
     let mut passed: HashMap<&str, usize> = HashMap::new();
+    let mut not_run: HashMap<&str, usize> = HashMap::new();
     for row in acc {
         let cells: Vec<String> = backends
             .iter()
             .map(|b| {
                 let v = row.ratios.get(*b).cloned().unwrap_or_default();
+                if let (true, Some(why)) = (v.is_empty(), row.unavailable.get(*b)) {
+                    *not_run.entry(b).or_default() += 1;
+                    return format!("n/a: this kernel refused it ({why})");
+                }
                 let bar = if *b == "cgroup" { 0.03 } else { 0.01 };
                 let ok = !v.is_empty() && v.iter().all(|x| (x - 1.0).abs() <= bar);
                 if ok {
@@ -950,7 +968,15 @@ fn report(plan: Plan, send: &[SendRow], execs: &[ExecRow], scale: &[ScaleRow], a
     let _ = writeln!(
         r,
         "\nPassed (every run within +-3% on cgroup, +-1% on fentry/kprobe): {}.\n",
-        backends.iter().map(|b| format!("{b} {}/{}", passed.get(b).copied().unwrap_or(0), acc.len())).collect::<Vec<_>>().join(", ")
+        backends
+            .iter()
+            .map(|b| {
+                let n = not_run.get(b).copied().unwrap_or(0);
+                let skipped = if n > 0 { format!(" ({n} the kernel could not run)") } else { String::new() };
+                format!("{b} {}/{}{skipped}", passed.get(b).copied().unwrap_or(0), acc.len() - n)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     let _ = writeln!(r, "## 5. Per-program cost from the kernel (`kernel.bpf_stats_enabled=1`)\n");

@@ -43,9 +43,14 @@ const CGROUP_SKB: [(&str, CgroupSkbAttachType); 2] =
     [("skb_egress", CgroupSkbAttachType::Egress), ("skb_ingress", CgroupSkbAttachType::Ingress)];
 
 /// fentry backend: (program, kernel function, optional). tcp_sendpage carried
-/// sendfile/splice until 6.5, when it folded into tcp_sendmsg; mptcp_sendmsg
-/// exists where the kernel has MPTCP.
-const FEXIT: [(&str, &str, bool); 7] = [
+/// sendfile/splice until 6.5, when it folded into tcp_sendmsg (as did
+/// inet_sendpage); mptcp_sendmsg exists where the kernel has MPTCP;
+/// inet6_sendmsg is in a module where IPv6 is one. inet_sendmsg and the rest
+/// count only sockets with an upper-layer protocol (kTLS).
+const FEXIT: [(&str, &str, bool); 10] = [
+    ("fexit_inet_sendmsg", "inet_sendmsg", false),
+    ("fexit_inet6_sendmsg", "inet6_sendmsg", true),
+    ("fexit_inet_sendpage", "inet_sendpage", true),
     ("fexit_tcp_bpf_sendmsg", "tcp_bpf_sendmsg", true),
     ("fexit_tcp_recvmsg", "tcp_recvmsg", false),
     ("fexit_tcp_sendmsg", "tcp_sendmsg", false),
@@ -69,7 +74,11 @@ const FENTRY_CAPTURE: [(&str, &str, bool); 5] = [
 
 /// kprobe backend: (entry kprobe, kretprobe, function, optional). The sendmsg
 /// entries also copy a new connection's first bytes.
-const KPROBES: [(&str, &str, &str, bool); 7] = [
+const KPROBES: [(&str, &str, &str, bool); 10] = [
+    // Upper-layer sockets only (kTLS): see fexit_inet_sendmsg.
+    ("kp_inet_send_entry", "krp_inet_send", "inet_sendmsg", false),
+    ("kp_inet_send_entry", "krp_inet_send", "inet6_sendmsg", true),
+    ("kp_inet_send_entry", "krp_inet_send", "inet_sendpage", true),
     // A nested tcp_sendmsg takes the same stash and counts once.
     ("kp_send_entry", "krp_tcp_send", "tcp_bpf_sendmsg", true),
     ("kp_tcp_recvmsg_entry", "krp_tcp_recvmsg", "tcp_recvmsg", false),
@@ -155,7 +164,14 @@ pub fn open(config: &Config) -> Result<Opened> {
     // vmlinux BTF is megabytes.
     let btf = btf::Btf::from_sys_fs().ok();
     let field_offs = match &btf {
-        Some(b) => [send_path_offsets(b).unwrap_or_default(), send_capture_offsets(b), process_fact_offsets(b), recv_flags_offset(b)].concat(),
+        Some(b) => [
+            send_path_offsets(b).unwrap_or_default(),
+            send_capture_offsets(b),
+            process_fact_offsets(b),
+            recv_flags_offset(b),
+            upper_layer_offsets(b),
+        ]
+        .concat(),
         None => group_exit_missing(),
     };
     for (name, off) in &field_offs {
@@ -189,6 +205,24 @@ pub fn send_path_offsets(b: &btf::Btf) -> Result<Vec<(&'static str, u32)>, Strin
         (globals::SKC_V6_RCV_SADDR, f("sock_common", "skc_v6_rcv_saddr")?),
         (globals::MSG_NAME, f("msghdr", "msg_name")?),
     ])
+}
+
+/// What tells a TCP socket with an upper-layer protocol (kTLS) apart, whose
+/// sends bypass tcp_sendmsg and are counted at the socket layer instead;
+/// without them those sends are not counted on the send-path backends (said
+/// once; the cgroup backend counts them on the wire).
+fn upper_layer_offsets(b: &btf::Btf) -> Vec<(&'static str, u32)> {
+    let fields = [
+        (globals::SOCKET_SK_OFF, "socket", "sk"),
+        (globals::SK_PROTOCOL_OFF, "sock", "sk_protocol"),
+        (globals::SK_TYPE_OFF, "sock", "sk_type"),
+        (globals::ICSK_ULP_OPS_OFF, "inet_connection_sock", "icsk_ulp_ops"),
+    ];
+    let found: Option<Vec<_>> = fields.iter().map(|&(g, st, f)| b.field_offset(st, f).ok().map(|o| (g, o))).collect();
+    found.unwrap_or_else(|| {
+        eprintln!("sluice: no BTF for socket.sk, sock.sk_protocol/sk_type or icsk_ulp_ops: kTLS sends are not counted on the send-path backends");
+        Vec::new()
+    })
 }
 
 /// Which tcp_recvmsg argument is `int flags` (its position moved in 5.19);
@@ -464,7 +498,19 @@ fn attach_dns(ebpf: &mut Ebpf, attached: &mut Vec<String>) {
 fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>, ours: Option<&btf::Btf>) -> Result<Vec<(&'static str, Retprobe)>> {
     need_btf()?;
     check_prototypes(ours)?;
-    for name in ["kp_send_entry", "kp_tcp_sendmsg_entry", "kp_udp_sendmsg_entry", "kp_udp4_sendmsg_entry", "krp_tcp_send", "krp_udp_send", "kp_tcp_cleanup_rbuf", "kp_tcp_recvmsg_entry", "krp_tcp_recvmsg"] {
+    for name in [
+        "kp_send_entry",
+        "kp_tcp_sendmsg_entry",
+        "kp_udp_sendmsg_entry",
+        "kp_udp4_sendmsg_entry",
+        "kp_inet_send_entry",
+        "krp_tcp_send",
+        "krp_udp_send",
+        "krp_inet_send",
+        "kp_tcp_cleanup_rbuf",
+        "kp_tcp_recvmsg_entry",
+        "krp_tcp_recvmsg",
+    ] {
         let p: &mut KProbe = program(ebpf, name)?;
         p.load().with_context(|| format!("loading {name}"))?;
     }

@@ -27,6 +27,12 @@ pub const HOOKS: &[Prototype] = &[
     Prototype { func: "mptcp_sendmsg", args: SOCK_MSG, ret: "int", optional: true },
     // static int tcp_bpf_sendmsg(struct sock *sk, struct msghdr *msg, size_t size);
     Prototype { func: "tcp_bpf_sendmsg", args: SOCK_MSG, ret: "int", optional: true },
+    // int inet_sendmsg(struct socket *sock, struct msghdr *msg, size_t size);
+    // (and inet6_sendmsg, in a module where IPv6 is one): kTLS sends
+    Prototype { func: "inet_sendmsg", args: &[(0, "struct socket *")], ret: "int", optional: false },
+    Prototype { func: "inet6_sendmsg", args: &[(0, "struct socket *")], ret: "int", optional: true },
+    // ssize_t inet_sendpage(struct socket *sock, struct page *page, int offset, size_t size, int flags);
+    Prototype { func: "inet_sendpage", args: &[(0, "struct socket *")], ret: "ssize_t", optional: true },
     // int udp_sendmsg(struct sock *sk, struct msghdr *msg, size_t len);
     Prototype { func: "udp_sendmsg", args: SOCK_MSG, ret: "int", optional: false },
     // int udpv6_sendmsg(struct sock *sk, struct msghdr *msg, size_t len);

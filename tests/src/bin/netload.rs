@@ -21,6 +21,12 @@
 //!     netload tls ADDR PORT SNI BYTES [LABEL] a ClientHello naming SNI (in a write() and a
 //!                                             writev()), then BYTES, over one TCP connection
 //!     netload tls-split ADDR PORT SNI BYTES   the ClientHello split over two TLS records, then BYTES
+//!     netload ktls ADDR PORT SNI BYTES [FILE] a ClientHello naming SNI in the clear, then kernel TLS
+//!                                             (TCP_ULP "tls", TLS_TX with a fixed AES-GCM-128 key) and
+//!                                             BYTES written, or FILE sent with sendfile(2); where the
+//!                                             kernel has no kTLS, "unavailable REASON" and nothing more
+//!     netload ktls-rx ADDR PORT SNI BYTES     the same with TLS_RX only: the socket has the TLS upper
+//!                                             layer, and its sends still go through tcp_sendmsg
 //!     netload thread-exit ADDR PORT CHUNK COUNT
 //!                                             the main thread exits (exit(2), as pthread_exit); a worker
 //!                                             sends COUNT chunks of CHUNK bytes, one every 0.5 s
@@ -208,6 +214,36 @@ fn sockmap_with_pass_verdict(sock: i32) -> (std::os::fd::OwnedFd, std::os::fd::O
     unsafe { (std::os::fd::OwnedFd::from_raw_fd(map as i32), std::os::fd::OwnedFd::from_raw_fd(prog as i32)) }
 }
 
+/// `struct tls12_crypto_info_aes_gcm_128` (include/uapi/linux/tls.h).
+#[repr(C)]
+struct TlsAesGcm128 {
+    version: u16,
+    cipher_type: u16,
+    iv: [u8; 8],
+    key: [u8; 16],
+    salt: [u8; 4],
+    rec_seq: [u8; 8],
+}
+
+/// Hand `s`'s transmit (TLS_TX, 1) or receive (TLS_RX, 2) side to the
+/// kernel's TLS (what OpenSSL's KTLS does after the handshake); the error
+/// says why not.
+fn enable_ktls(s: &TcpStream, direction: libc::c_int) -> std::io::Result<()> {
+    let info = TlsAesGcm128 { version: 0x0303, cipher_type: 51, iv: [1; 8], key: [7; 16], salt: [3; 4], rec_seq: [0; 8] };
+    // SAFETY: setsockopt with a NUL-free name of its true length, then with
+    // a uapi struct of its true size; the socket outlives both calls.
+    let ulp = unsafe { libc::setsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_ULP, b"tls".as_ptr() as *const libc::c_void, 3) };
+    if ulp != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let size = std::mem::size_of::<TlsAesGcm128>() as libc::socklen_t;
+    let tx = unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_TLS, direction, &info as *const _ as *const libc::c_void, size) };
+    if tx != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn addr(a: &str, p: &str) -> SocketAddr {
     let port: u16 = p.parse().expect("port");
     let ip: std::net::IpAddr = a.parse().expect("address");
@@ -371,6 +407,43 @@ fn main() {
                 sent = hello.len() - 600;
             }
             s.write_all(&body[sent - (hello.len() - 600)..]).expect("write");
+            finish(s);
+            println!("sent {}", hello.len() + n);
+        }
+        [mode @ ("ktls" | "ktls-rx"), ip, port, sni, bytes, file @ ..] => {
+            let hello = sluice_tests::client_hello(Some(sni), 200);
+            let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
+            s.write_all(&hello).expect("hello");
+            if let Err(e) = enable_ktls(&s, if *mode == "ktls" { 1 } else { 2 }) {
+                println!("unavailable kTLS (TCP_ULP tls / TLS_TX: {e})");
+                finish(s);
+                return;
+            }
+            let n = match file.first() {
+                Some(path) => {
+                    let f = std::fs::File::open(path).expect("open");
+                    let len = f.metadata().expect("stat").len() as usize;
+                    let mut left = len;
+                    while left > 0 {
+                        // SAFETY: valid fds for the call's duration; offset NULL = file position.
+                        let k = unsafe { libc::sendfile(s.as_raw_fd(), f.as_raw_fd(), std::ptr::null_mut(), left) };
+                        assert!(k > 0, "sendfile on kTLS: {}", std::io::Error::last_os_error());
+                        left -= k as usize;
+                    }
+                    len
+                }
+                None => {
+                    let n: usize = bytes.parse().expect("bytes");
+                    let chunk = vec![b'k'; 1 << 16];
+                    let mut left = n;
+                    while left > 0 {
+                        let k = left.min(chunk.len());
+                        s.write_all(&chunk[..k]).expect("send on kTLS");
+                        left -= k;
+                    }
+                    n
+                }
+            };
             finish(s);
             println!("sent {}", hello.len() + n);
         }
