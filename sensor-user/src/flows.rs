@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 // Every tick hashes every flow key (56 bytes) a few times: foldhash (per-process
 // random seed) instead of SipHash, which was a fifth of a tick at 20k flows.
-use foldhash::{HashMap, HashMapExt};
+use foldhash::HashMap;
 
 use sensor_common::{FlowCounters, FlowKey, DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN};
 
@@ -38,16 +38,16 @@ impl Volume {
         }
     }
 
-    /// `cur - prev`, or None if any counter went backwards (the entry was
+    /// `self - prev`, or None if any counter went backwards (the entry was
     /// evicted and recreated in between).
-    pub fn since(cur: &FlowCounters, prev: &FlowCounters) -> Option<Volume> {
+    pub fn minus(&self, prev: &Volume) -> Option<Volume> {
         Some(Volume {
-            bytes_out: cur.bytes_out.checked_sub(prev.bytes_out)?,
-            bytes_in: cur.bytes_in.checked_sub(prev.bytes_in)?,
-            wire_bytes_out: cur.wire_bytes_out.checked_sub(prev.wire_bytes_out)?,
-            wire_bytes_in: cur.wire_bytes_in.checked_sub(prev.wire_bytes_in)?,
-            packets_out: cur.packets_out.checked_sub(prev.packets_out)?,
-            packets_in: cur.packets_in.checked_sub(prev.packets_in)?,
+            bytes_out: self.bytes_out.checked_sub(prev.bytes_out)?,
+            bytes_in: self.bytes_in.checked_sub(prev.bytes_in)?,
+            wire_bytes_out: self.wire_bytes_out.checked_sub(prev.wire_bytes_out)?,
+            wire_bytes_in: self.wire_bytes_in.checked_sub(prev.wire_bytes_in)?,
+            packets_out: self.packets_out.checked_sub(prev.packets_out)?,
+            packets_in: self.packets_in.checked_sub(prev.packets_in)?,
         })
     }
 
@@ -72,11 +72,25 @@ pub struct Delta {
     pub volume: Volume,
 }
 
-/// Remembers last tick's cumulative counters to turn snapshots into deltas.
+/// What the next tick needs of a live kernel flow: its counters as last
+/// read, its creation stamp, and how long it has been idle.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    volume: Volume,
+    created_ns: u64,
+    /// Ticks since it last moved.
+    idle: u32,
+    /// The read that last saw it (entries no read sees are gone).
+    read: u32,
+}
+
+/// Remembers last tick's cumulative counters to turn each read of the kernel
+/// map into deltas. Updated in place, one entry at a time, as the map is
+/// read (`begin`, `observe` per entry, `end`): no snapshot of the map is held.
 #[derive(Default)]
 pub struct DeltaTracker {
-    /// Last tick's counters of each key, and the ticks since it last moved.
-    prev: HashMap<FlowKey, (FlowCounters, u32)>,
+    prev: HashMap<FlowKey, Seen>,
+    read: u32,
     /// Kernel entries that disappeared between ticks without being retired by us
     /// (LRU eviction under pressure): their last tick's bytes are lost.
     pub vanished: u64,
@@ -86,30 +100,52 @@ pub struct DeltaTracker {
 }
 
 impl DeltaTracker {
+    /// A whole read at once: what moved on each entry (tests, `replay`).
     pub fn update(&mut self, snapshot: impl IntoIterator<Item = (FlowKey, FlowCounters)>) -> Vec<Delta> {
-        let mut next = HashMap::with_capacity(self.prev.len());
-        let mut out = Vec::new();
-        for (key, cur) in snapshot {
-            let mut before = self.prev.remove(&key);
-            // Evicted and created again since the last read: all of it is new,
-            // even where it has grown past the old entry's counters.
-            if before.is_some_and(|(p, _)| p.created_ns != cur.created_ns) {
-                self.recreated += 1;
-                self.vanished += 1;
-                before = None;
-            }
-            // Counters only grow; one that went backwards (an entry without a
-            // stamp, recreated) is all new too.
-            let volume = before.and_then(|(p, _)| Volume::since(&cur, &p)).unwrap_or_else(|| Volume::of(&cur));
-            let idle = if volume.is_zero() { before.map_or(0, |(_, n)| n) + 1 } else { 0 };
-            if !volume.is_zero() {
-                out.push(Delta { key, volume });
-            }
-            next.insert(key, (cur, idle));
-        }
-        self.vanished += self.prev.len() as u64;
-        self.prev = next;
+        self.begin();
+        let out = snapshot.into_iter().filter_map(|(key, cur)| self.observe(&key, &cur).map(|volume| Delta { key, volume })).collect();
+        self.end();
         out
+    }
+
+    /// A new read of the kernel map starts.
+    pub fn begin(&mut self) {
+        self.read = self.read.wrapping_add(1);
+    }
+
+    /// One entry of this read: what moved on it since the last (None: nothing).
+    pub fn observe(&mut self, key: &FlowKey, cur: &FlowCounters) -> Option<Volume> {
+        let now = Volume::of(cur);
+        let read = self.read;
+        let Some(s) = self.prev.get_mut(key) else {
+            let idle = u32::from(now.is_zero());
+            self.prev.insert(*key, Seen { volume: now, created_ns: cur.created_ns, idle, read });
+            return (!now.is_zero()).then_some(now);
+        };
+        // Evicted and created again since the last read: all of it is new,
+        // even where it has grown past the old entry's counters.
+        let recreated = s.created_ns != cur.created_ns;
+        if recreated {
+            self.recreated += 1;
+            self.vanished += 1;
+        }
+        // Counters only grow; one that went backwards (an entry without a
+        // stamp, recreated) is all new too.
+        let moved = if recreated { now } else { now.minus(&s.volume).unwrap_or(now) };
+        s.idle = if moved.is_zero() { if recreated { 1 } else { s.idle.saturating_add(1) } } else { 0 };
+        s.volume = now;
+        s.created_ns = cur.created_ns;
+        s.read = read;
+        (!moved.is_zero()).then_some(moved)
+    }
+
+    /// The read is complete: entries it did not see are gone from the kernel.
+    /// (After a read that failed part-way, do not call this: the entries it
+    /// did not reach are still there.)
+    pub fn end(&mut self) {
+        let (read, before) = (self.read, self.prev.len());
+        self.prev.retain(|_, s| s.read == read);
+        self.vanished += (before - self.prev.len()) as u64;
     }
 
     /// The agent deleted this entry from the kernel map on purpose.
@@ -119,7 +155,20 @@ impl DeltaTracker {
 
     /// Keys that have not moved for at least `ticks` ticks.
     pub fn idle_for(&self, ticks: u32) -> Vec<FlowKey> {
-        self.prev.iter().filter(|(_, (_, n))| *n >= ticks).map(|(k, _)| *k).collect()
+        self.prev.iter().filter(|(_, s)| s.idle >= ticks).map(|(k, _)| *k).collect()
+    }
+
+    /// Every live flow, and whether it moved in the last read.
+    pub fn live(&self) -> impl Iterator<Item = (&FlowKey, bool)> {
+        self.prev.iter().map(|(k, s)| (k, s.idle == 0))
+    }
+
+    pub fn len(&self) -> usize {
+        self.prev.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prev.is_empty()
     }
 }
 
@@ -274,18 +323,19 @@ impl FlowRecord {
     }
 }
 
-/// Roll deltas up per (owner process, remote ip, remote port, protocol).
-pub fn aggregate(
-    deltas: &[Delta],
-    owner_of: impl Fn(&FlowKey) -> Owner,
-    mut name_of: impl FnMut(&FlowKey, IpAddr) -> Destination,
-) -> Vec<FlowRecord> {
-    let mut by: HashMap<(u32, u64, IpAddr, u16, u8), FlowRecord> = HashMap::new();
-    for d in deltas {
-        let owner = owner_of(&d.key);
+/// Per-(process, holder, peer, port, transport) records, built one delta at a
+/// time while the kernel map is read.
+#[derive(Default)]
+pub struct Aggregate {
+    by: HashMap<(u32, u64, IpAddr, u16, u8), FlowRecord>,
+}
+
+impl Aggregate {
+    /// Fold `d`, owned by `owner` and named `name`, into its record.
+    pub fn add(&mut self, d: &Delta, owner: Owner, name: Destination) {
         let remote_ip = ip_of(&d.key.remote_addr);
         let k = (owner.pid, owner.start_ns, remote_ip, d.key.remote_port, d.key.protocol);
-        let r = by.entry(k).or_insert_with(|| FlowRecord {
+        let r = self.by.entry(k).or_insert_with(|| FlowRecord {
             owner,
             local_ip: ip_of(&d.key.local_addr),
             local_port: d.key.local_port,
@@ -296,7 +346,7 @@ pub fn aggregate(
             sockets: 0,
             destination: Destination::default(),
         });
-        r.destination.merge(name_of(&d.key, remote_ip));
+        r.destination.merge(name);
         // A listening socket (direction unknown: it only saw the SYN) and the
         // socket it accepted merge here; the one that knows the direction wins,
         // whatever order the map was read in.
@@ -306,18 +356,34 @@ pub fn aggregate(
         r.volume.add(&d.volume);
         r.sockets += 1;
     }
-    let mut v: Vec<_> = by.into_values().collect();
-    // Deterministic order: biggest uploads first.
-    v.sort_by(|a, b| {
-        b.volume
-            .bytes_out
-            .cmp(&a.volume.bytes_out)
-            .then(b.volume.bytes_in.cmp(&a.volume.bytes_in))
-            .then(a.owner.pid.cmp(&b.owner.pid))
-            .then(a.remote_ip.cmp(&b.remote_ip))
-            .then(a.remote_port.cmp(&b.remote_port))
-    });
-    v
+
+    /// The records, in a deterministic order: biggest uploads first.
+    pub fn finish(self) -> Vec<FlowRecord> {
+        let mut v: Vec<_> = self.by.into_values().collect();
+        v.sort_by(|a, b| {
+            b.volume
+                .bytes_out
+                .cmp(&a.volume.bytes_out)
+                .then(b.volume.bytes_in.cmp(&a.volume.bytes_in))
+                .then(a.owner.pid.cmp(&b.owner.pid))
+                .then(a.remote_ip.cmp(&b.remote_ip))
+                .then(a.remote_port.cmp(&b.remote_port))
+        });
+        v
+    }
+}
+
+/// `Aggregate` over a list of deltas.
+pub fn aggregate(
+    deltas: &[Delta],
+    owner_of: impl Fn(&FlowKey) -> Owner,
+    mut name_of: impl FnMut(&FlowKey, IpAddr) -> Destination,
+) -> Vec<FlowRecord> {
+    let mut agg = Aggregate::default();
+    for d in deltas {
+        agg.add(d, owner_of(&d.key), name_of(&d.key, ip_of(&d.key.remote_addr)));
+    }
+    agg.finish()
 }
 
 #[cfg(test)]

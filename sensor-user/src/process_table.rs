@@ -2,11 +2,12 @@
 //! by the kernel's exec/fork/exit events), plus recently exited ones for a grace
 //! period so bytes they sent in their last tick are still attributed.
 
-use std::collections::HashMap;
+// Looked up per flow per tick: foldhash (randomly seeded) over SipHash.
+use foldhash::HashMap;
 
 use crate::{events::KernelEvent, text::lossless};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Process {
     pub pid: u32,
     pub ppid: u32,
@@ -77,6 +78,12 @@ impl ProcessTable {
         } else {
             0
         }
+    }
+
+    /// Whether an exited earlier holder of `pid` is still kept (only then can
+    /// `incarnation` be other than 0).
+    pub fn has_departed(&self, pid: u32) -> bool {
+        self.departed.contains_key(&pid)
     }
 
     /// A new process takes `pid`: an exited holder moves to `departed`.

@@ -74,8 +74,8 @@ mod tests {
     fn round_trip_and_clear_errors() {
         let mut buf = Vec::new();
         let mut w = Writer::new(&mut buf, "h", "cgroup").unwrap();
-        w.tick(&TickInput { t: 1.0, window_s: 5.0, execs: vec![], dns: vec![], flows: vec![] }).unwrap();
-        w.tick(&TickInput { t: 2.0, window_s: 5.0, execs: vec![], dns: vec![], flows: vec![] }).unwrap();
+        w.tick(&TickInput { t: 1.0, window_s: 5.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![] }).unwrap();
+        w.tick(&TickInput { t: 2.0, window_s: 5.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![] }).unwrap();
         let (h, ticks) = read(&buf[..]).unwrap();
         assert_eq!(h.host, "h");
         assert_eq!(ticks.len(), 2);

@@ -141,6 +141,11 @@ pub struct TickInput {
     pub execs: Vec<ProcInfo>,
     #[serde(default)]
     pub flows: Vec<FlowObs>,
+    /// Executables whose flows this tick no rule could judge (`could_judge`:
+    /// accepted, loopback, receive-only): only their use of the network is
+    /// learned (`habits`), so they come without a full observation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_users: Vec<String>,
     /// DNS queries this tick, per (process, registered domain).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<DnsObs>,
@@ -286,18 +291,19 @@ impl Detector {
         self.alerted_identity.extend(m.alerted.into_iter().take(MAX_ENTITIES));
     }
 
-    /// Does this flow count as an upload for the rules?
-    fn in_scope(&self, f: &FlowObs) -> bool {
-        if f.bytes_out == 0 {
-            return false;
-        }
+    /// Could a flow with these facts be judged at all? (The agent asks before
+    /// it builds a flow's full observation: most flows on a busy host are
+    /// accepted connections or loopback, and only their habit is learned.)
+    pub fn could_judge(&self, bytes_out: u64, direction: &str, scope: &str) -> bool {
         // Fail closed: only a connection known to be accepted here is a server
         // answering; bytes of unknown direction (a socket older than sluice in
         // a namespace it could not list) are judged.
-        if self.cfg.egress_only && f.direction == "ingress" {
-            return false;
-        }
-        if !self.cfg.include_loopback && f.scope == "loopback" {
+        bytes_out > 0 && !(self.cfg.egress_only && direction == "ingress") && (self.cfg.include_loopback || scope != "loopback")
+    }
+
+    /// Does this flow count as an upload for the rules?
+    fn in_scope(&self, f: &FlowObs) -> bool {
+        if !self.could_judge(f.bytes_out, &f.direction, &f.scope) {
             return false;
         }
         if self.allowlisted_process(&f.process) {
@@ -341,6 +347,9 @@ impl Detector {
         }
         for f in &input.flows {
             self.habits.seen(&f.process.executable, t);
+        }
+        for exe in &input.network_users {
+            self.habits.seen(exe, t);
         }
         let mut raised = Vec::new();
         for (p, finding) in self.note_execs(input) {

@@ -52,7 +52,7 @@ pub(crate) fn flow(p: &ProcInfo, bytes_out: u64) -> FlowObs {
 }
 
 pub(crate) fn tick(t: f64, flows: Vec<FlowObs>) -> TickInput {
-    TickInput { t, window_s: 5.0, execs: vec![], dns: vec![], flows }
+    TickInput { t, window_s: 5.0, execs: vec![], dns: vec![], network_users: vec![], flows }
 }
 
 pub(crate) fn detector() -> Detector {
@@ -131,6 +131,19 @@ fn uploads_that_are_not_uploads_are_out_of_scope() {
 }
 
 #[test]
+fn flows_no_rule_could_judge_still_teach_that_a_program_uses_the_network() {
+    let mut d = detector();
+    // What the agent hands over without a full observation (accepted or
+    // loopback connections): the same facts make in_scope refuse them.
+    assert!(!d.could_judge(100, "ingress", "public") && !d.could_judge(100, "egress", "loopback") && !d.could_judge(0, "egress", "public"));
+    assert!(d.could_judge(1, "unknown", "public"));
+    let mut t = tick(5.0, vec![]);
+    t.network_users = vec!["/usr/sbin/nginx".into()];
+    d.tick(&t);
+    assert!(d.habits.by_exe.contains_key("/usr/sbin/nginx"));
+}
+
+#[test]
 fn allowlists_silence_executables_users_and_destinations() {
     let mut cfg = Config::embedded().detect;
     cfg.allow_executables = vec!["rclone".into()];
@@ -202,7 +215,7 @@ fn benign_history(d: &mut Detector, p: &ProcInfo) -> f64 {
     let mut t = 0.0;
     for i in 0..30u64 {
         t = 60.0 * (i + 1) as f64;
-        let a = d.tick(&TickInput { t, window_s: 60.0, execs: vec![], dns: vec![], flows: vec![flow(p, 3_000_000 + (i % 5) * 150_000)] });
+        let a = d.tick(&TickInput { t, window_s: 60.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(p, 3_000_000 + (i % 5) * 150_000)] });
         assert!(a.is_empty(), "benign history raised {:?}", ids(&a));
     }
     t
@@ -213,7 +226,7 @@ fn twenty_x_after_a_learned_history_is_an_anomaly_and_the_history_alone_is_not()
     let p = proc_(77, 1, "/usr/bin/python3", &["python3", "backup.py"]);
     let mut d = detector();
     let t = benign_history(&mut d, &p);
-    let a = d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], dns: vec![], flows: vec![flow(&p, 64_000_000)] });
+    let a = d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(&p, 64_000_000)] });
     assert_eq!(ids(&a), [VOLUME_ANOMALY.id]);
     let b = a[0].baseline.expect("evidence");
     assert!(b.samples >= 20 && b.z > 3.0, "{b:?}");
@@ -222,20 +235,20 @@ fn twenty_x_after_a_learned_history_is_an_anomaly_and_the_history_alone_is_not()
     // Same history, normal next minute: nothing.
     let mut d = detector();
     let t = benign_history(&mut d, &p);
-    assert!(d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], dns: vec![], flows: vec![flow(&p, 3_100_000)] }).is_empty());
+    assert!(d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(&p, 3_100_000)] }).is_empty());
 }
 
 #[test]
 fn a_cold_start_does_not_alert_and_an_alerting_window_does_not_train() {
     let p = proc_(77, 1, "/usr/bin/python3", &["python3", "backup.py"]);
     let mut d = detector();
-    assert!(d.tick(&TickInput { t: 60.0, window_s: 60.0, execs: vec![], dns: vec![], flows: vec![flow(&p, 64_000_000)] }).is_empty());
+    assert!(d.tick(&TickInput { t: 60.0, window_s: 60.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(&p, 64_000_000)] }).is_empty());
 
     let mut d = detector();
     let t = benign_history(&mut d, &p);
     let before = d.baselines.get(&identity(&p)).copied().unwrap();
-    assert!(!d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], dns: vec![], flows: vec![flow(&p, 64_000_000)] }).is_empty());
-    d.tick(&TickInput { t: t + 180.0, window_s: 60.0, execs: vec![], dns: vec![], flows: vec![] });
+    assert!(!d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(&p, 64_000_000)] }).is_empty());
+    d.tick(&TickInput { t: t + 180.0, window_s: 60.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![] });
     let after = d.baselines.get(&identity(&p)).copied().unwrap();
     assert_eq!(before.samples, after.samples, "the alerting window was not learned");
 }
@@ -251,7 +264,7 @@ fn a_slow_drip_under_every_per_window_bar_alerts_over_hours() {
     let t0 = 7.0 * 3600.0;
     let mut alerts = Vec::new();
     for i in 0..200u64 {
-        alerts.extend(d.tick(&TickInput { t: t0 + 72.0 * (i + 1) as f64, window_s: 5.0, execs: vec![], dns: vec![], flows: vec![flow(&p, 1_000_000)] }));
+        alerts.extend(d.tick(&TickInput { t: t0 + 72.0 * (i + 1) as f64, window_s: 5.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(&p, 1_000_000)] }));
     }
     assert_eq!(ids(&alerts), [SLOW_DRIP.id], "exactly one (deduplicated) drip alert");
     assert!(alerts[0].bytes_out >= 100 * MIB);
@@ -265,7 +278,7 @@ fn a_steady_uploader_with_a_learned_baseline_is_not_a_drip() {
     let mut d = detector();
     let mut alerts = Vec::new();
     for i in 0..600u64 {
-        alerts.extend(d.tick(&TickInput { t: 60.0 * (i + 1) as f64, window_s: 60.0, execs: vec![], dns: vec![], flows: vec![flow(&p, 1_000_000)] }));
+        alerts.extend(d.tick(&TickInput { t: 60.0 * (i + 1) as f64, window_s: 60.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(&p, 1_000_000)] }));
     }
     assert!(alerts.is_empty(), "{:?}", alerts.iter().map(|a| &a.reason).collect::<Vec<_>>());
 }
@@ -327,11 +340,11 @@ fn a_program_that_never_used_the_network_uploading_alerts_after_training() {
     d.tick(&start);
     for i in 1..=90u64 {
         let t = 60.0 * i as f64;
-        let a = d.tick(&TickInput { t, window_s: 60.0, execs: vec![], dns: vec![], flows: vec![flow(&viewer, 2_000), flow(&chatty, 2_000_000)] });
+        let a = d.tick(&TickInput { t, window_s: 60.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(&viewer, 2_000), flow(&chatty, 2_000_000)] });
         assert!(a.is_empty(), "{:?}", ids(&a));
     }
     let t = 60.0 * 92.0;
-    let a = d.tick(&TickInput { t, window_s: 60.0, execs: vec![], dns: vec![], flows: vec![flow(&viewer, 30 * MIB), flow(&chatty, 30 * MIB)] });
+    let a = d.tick(&TickInput { t, window_s: 60.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(&viewer, 30 * MIB), flow(&chatty, 30 * MIB)] });
     assert_eq!(ids(&a), [QUIET_PROGRAM.id], "only the quiet one");
     assert_eq!(a[0].process.pid, 31);
     assert!(a[0].reason.contains("never sent more than"), "{}", a[0].reason);
@@ -426,14 +439,14 @@ fn an_upload_command_line_lowers_the_anomaly_bar() {
         for i in 0..30u64 {
             t = 60.0 * (i + 1) as f64;
             let b = 20_000_000 + (i % 5) * 1_000_000;
-            assert!(d.tick(&TickInput { t, window_s: 60.0, execs: vec![], dns: vec![], flows: vec![flow(&p, b)] }).is_empty());
+            assert!(d.tick(&TickInput { t, window_s: 60.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(&p, b)] }).is_empty());
         }
         // Pick a volume with z = 2.5 against the model the rule consults first.
         let m = *d.baselines.get(&format!("{}|203.0.113.9", identity(&p))).unwrap();
         let sigma = m.var.sqrt().max(0.5);
         let bytes = ((m.mean + 2.5 * sigma).exp_m1()) as u64;
         assert!(bytes > 50 * MIB, "above the floor: {bytes}");
-        d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], dns: vec![], flows: vec![flow(&p, bytes)] })
+        d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(&p, bytes)] })
     };
     // Same argv shape both times (so the same baseline), only the flag differs.
     let quiet = run(&["curl", "-O", "backup", "https://x"]);
@@ -466,7 +479,7 @@ fn a_new_program_is_judged_against_the_host_while_it_has_no_history() {
     let mut d = detector();
     let t = benign_history(&mut d, &p);
     let newcomer = proc_(99, 1, "/tmp/.cache/upd", &["upd"]);
-    let a = d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], dns: vec![], flows: vec![flow(&newcomer, 64_000_000)] });
+    let a = d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(&newcomer, 64_000_000)] });
     assert_eq!(ids(&a), [VOLUME_ANOMALY.id]);
     assert!(a[0].reason.contains("its host baseline"), "{}", a[0].reason);
 }
@@ -478,7 +491,7 @@ fn a_new_argv_shape_of_a_known_executable_is_judged_against_the_executable() {
     let mut d = detector();
     let t = benign_history(&mut d, &known);
     let fresh = proc_(78, 1, "/usr/bin/python3", &["python3", "/tmp/x.py"]);
-    let a = d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], dns: vec![], flows: vec![flow(&fresh, 64_000_000)] });
+    let a = d.tick(&TickInput { t: t + 60.0, window_s: 60.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(&fresh, 64_000_000)] });
     assert_eq!(ids(&a), [VOLUME_ANOMALY.id]);
     assert!(a[0].reason.contains("its executable baseline"), "{}", a[0].reason);
 }

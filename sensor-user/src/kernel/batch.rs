@@ -33,24 +33,40 @@ struct BatchAttr {
 /// sizes are checked against the map's own before the kernel writes into
 /// buffers sized for them.
 pub fn lookup_all<K: Pod, V: Pod>(map: &MapData, chunk: usize) -> io::Result<Vec<(K, V)>> {
-    let info = map.info().map_err(io::Error::other)?;
+    let mut out = Vec::new();
+    for_each(map, chunk, |k: &K, v: &V| out.push((*k, *v))).map_err(|(e, _)| e)?;
+    Ok(out)
+}
+
+/// Hand every (key, value) of the hash map `map` to `f`, one chunk at a
+/// time, through two buffers reused across chunks: a whole map is never held
+/// (the agent folds 100k flows a tick straight into its aggregates). Returns
+/// the entries handed over; on an error, also how many were handed over
+/// before it (0: nothing was, and the caller may read the map another way).
+pub fn for_each<K: Pod, V: Pod>(map: &MapData, chunk: usize, mut f: impl FnMut(&K, &V)) -> Result<usize, (io::Error, usize)> {
+    let info = map.info().map_err(|e| (io::Error::other(e), 0))?;
     if (info.key_size() as usize, info.value_size() as usize) != (size_of::<K>(), size_of::<V>()) {
-        return Err(io::Error::new(
+        let e = io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("map entries are {}+{} bytes, the types {}+{}", info.key_size(), info.value_size(), size_of::<K>(), size_of::<V>()),
-        ));
+        );
+        return Err((e, 0));
     }
     let fd = map.fd().as_fd();
     let mut chunk = chunk.max(16);
-    let mut out = Vec::new();
+    let mut keys: Vec<MaybeUninit<K>> = Vec::new();
+    let mut values: Vec<MaybeUninit<V>> = Vec::new();
+    let mut handed = 0usize;
     // Hash maps use a bucket index as the batch token.
     let mut token: u64 = 0;
     let mut first = true;
     // Bounded: a map holds at most 4M entries (kernel.flows_max), and every
     // round either returns entries, grows the chunk, or ends.
     for _ in 0..1_000_000 {
-        let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(chunk);
-        let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(chunk);
+        keys.clear();
+        values.clear();
+        keys.reserve(chunk);
+        values.reserve(chunk);
         let mut next: u64 = 0;
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { &token as *const u64 as u64 },
@@ -61,8 +77,9 @@ pub fn lookup_all<K: Pod, V: Pod>(map: &MapData, chunk: usize) -> io::Result<Vec
             map_fd: fd.as_raw_fd() as u32,
             ..Default::default()
         };
-        // SAFETY: attr points at buffers of `count` keys and values that live
-        // across the call; the kernel writes at most `count` of each.
+        // SAFETY: attr points at buffers with room for `count` keys and
+        // values (reserved above) that live across the call; the kernel
+        // writes at most `count` of each.
         let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>()) };
         let err = (r < 0).then(io::Error::last_os_error);
         let n = (attr.count as usize).min(chunk);
@@ -71,24 +88,28 @@ pub fn lookup_all<K: Pod, V: Pod>(map: &MapData, chunk: usize) -> io::Result<Vec
             keys.set_len(n);
             values.set_len(n);
         }
-        // SAFETY: initialized by the kernel (above), and any bit pattern is a
-        // valid K and V (`Pod`), whose sizes are the map's (checked on entry).
-        out.extend(keys.iter().zip(&values).map(|(k, v)| unsafe { (k.assume_init(), v.assume_init()) }));
+        for (k, v) in keys.iter().zip(&values) {
+            // SAFETY: initialized by the kernel (above), and any bit pattern
+            // is a valid K and V (`Pod`), whose sizes are the map's (checked
+            // on entry).
+            unsafe { f(k.assume_init_ref(), v.assume_init_ref()) };
+        }
+        handed += n;
         match err {
             None => {}
             // The last chunk (possibly with entries in it).
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(handed),
             // One bucket holds more than `chunk` entries: retry it larger.
             Some(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
                 chunk *= 2;
                 continue;
             }
-            Some(e) => return Err(e),
+            Some(e) => return Err((e, handed)),
         }
         token = next;
         first = false;
     }
-    Err(io::Error::other("BPF_MAP_LOOKUP_BATCH did not finish"))
+    Err((io::Error::other("BPF_MAP_LOOKUP_BATCH did not finish"), handed))
 }
 
 #[cfg(test)]
@@ -143,6 +164,10 @@ mod tests {
         // A small chunk: many rounds, and buckets that need the chunk to grow.
         let all = lookup_all::<u64, [u64; 2]>(&map, 100).unwrap();
         assert_eq!(all.len(), 10_000);
+        // The streaming form hands over the same entries, counted.
+        let mut sum = 0u64;
+        assert_eq!(for_each(&map, 100, |k: &u64, v: &[u64; 2]| sum += v[0] - 3 * k).unwrap(), 10_000);
+        assert_eq!(sum, 0);
         let mut seen = std::collections::HashSet::new();
         for (k, v) in all {
             assert_eq!(v, [k * 3, k + 7]);

@@ -119,7 +119,7 @@ mod tests {
         let mut first = Vec::new();
         for i in 0..30u64 {
             let t = 60.0 * (i + 1) as f64;
-            let a = d.tick(&crate::detect::TickInput { t, window_s: 60.0, execs: vec![], dns: vec![], flows: vec![flow(&backup, 120 * MIB)] });
+            let a = d.tick(&crate::detect::TickInput { t, window_s: 60.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(&backup, 120 * MIB)] });
             first.extend(a.into_iter().map(|a| (t, a.rule.id)));
         }
         assert_eq!(first, [(60.0, super::RULE.id)], "one alert in the first minute, none once learned");

@@ -84,7 +84,7 @@ mod tests {
         let p = proc_(99, 1, "/usr/bin/node", &["node", "agent.js"]);
         let mut d = detector();
         (0..hours * 720)
-            .flat_map(|i| d.tick(&TickInput { t: 5.0 * (i + 1) as f64, window_s: 5.0, execs: vec![], dns: vec![], flows: vec![flow(&p, bytes(i))] }))
+            .flat_map(|i| d.tick(&TickInput { t: 5.0 * (i + 1) as f64, window_s: 5.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![flow(&p, bytes(i))] }))
             .collect()
     }
 

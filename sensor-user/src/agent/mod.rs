@@ -1,6 +1,7 @@
 //! `sluice run`: drain the kernel every tick, attribute, aggregate, print.
 
 use std::{
+    rc::Rc,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -9,11 +10,8 @@ use anyhow::{anyhow, Context, Result};
 // Per-tick maps and sets keyed by flow keys and cookies: see flows.rs.
 use foldhash::{HashMap, HashMapExt, HashSet};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-/// BPF_NOEXIST: insert only if the key is absent.
-const BPF_NOEXIST: u64 = 1;
 use sensor_common::{
-    counter, maps, FlowCounters, FlowKey, SockInfo, COMM_LEN, DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN,
-    ORIGIN_LISTENER, ORIGIN_PROCFS,
+    counter, maps, FlowCounters, FlowKey, SockInfo, DIR_EGRESS, DIR_UNKNOWN,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -29,14 +27,17 @@ use crate::{
     kernel::{batch, loader::Sensor},
     metrics::{self, Metrics},
     output::{self, Sink},
-    process_table::{boottime_ns, ProcSource, ProcessTable, Procfs},
+    process_table::{boottime_ns, ProcessTable, Procfs},
     naming::Namer,
     record,
     services::Catalog,
-    sockets,
     spool::Spool,
     state,
 };
+
+mod owners;
+mod report;
+use owners::{LiveScan, OwnerMap, Owners};
 
 /// Exec records kept per tick for the detector; beyond this an exec storm's
 /// remainder is counted, not kept.
@@ -61,10 +62,6 @@ fn read_map<K: aya::Pod, V: aya::Pod>(map: &BpfHashMap<MapData, K, V>, say: bool
     }
 }
 
-/// How long an unresolvable pre-existing socket waits before another /proc scan.
-const UNRESOLVED_RETRY: Duration = Duration::from_secs(30);
-/// At most one /proc scan for unknown socket owners per this long.
-const SCAN_EVERY: Duration = Duration::from_secs(10);
 /// Send-path flows idle this long are retired from the kernel map.
 const IDLE_RETIRE: Duration = Duration::from_secs(300);
 const IPPROTO_TCP: u8 = 6;
@@ -73,26 +70,18 @@ const IPPROTO_TCP: u8 = 6;
 const SWEEP_EVERY_TICKS: u64 = 12;
 /// How often a sender's executable is checked for deletion.
 const EXE_RECHECK: Duration = Duration::from_secs(10);
-/// How long a retired socket's owner is remembered (for packets after close).
-const OWNER_MEMORY: Duration = Duration::from_secs(300);
 
 pub struct Agent {
     config: Config,
     sensor: Sensor,
     flows_map: BpfHashMap<MapData, FlowKey, FlowCounters>,
-    socks_map: BpfHashMap<MapData, u64, SockInfo>,
+    /// Socket owners for the cgroup backend's flows (see `owners`).
+    owners: Owners<BpfHashMap<MapData, u64, SockInfo>, LiveScan>,
     dirs_map: BpfHashMap<MapData, u64, u8>,
     counters: PerCpuArray<MapData, u64>,
     procs: ProcessTable,
     procfs: Procfs,
     tracker: DeltaTracker,
-    /// Owners of sockets the kernel map no longer holds (retired or evicted).
-    remembered: HashMap<u64, (Owner, Instant)>,
-    unresolved: HashMap<u64, Instant>,
-    /// When `resolve` last scanned /proc.
-    last_scan: Option<Instant>,
-    /// Whether the "cannot enter other network namespaces" notice was given.
-    said_netns: bool,
     sink: Sink<Spool>,
     /// Output records dropped as last reported.
     output_dropped: u64,
@@ -173,16 +162,12 @@ impl Agent {
             config,
             sensor,
             flows_map,
-            socks_map,
+            owners: Owners::new(socks_map, LiveScan),
             dirs_map,
             counters,
             procs,
             procfs,
             tracker: DeltaTracker::default(),
-            remembered: HashMap::new(),
-            unresolved: HashMap::new(),
-            last_scan: None,
-            said_netns: false,
             sink: Sink::new(out, format),
             output_dropped: 0,
             ctx,
@@ -202,7 +187,8 @@ impl Agent {
             metrics,
             published: Stats::default(),
         };
-        match agent.seed_sockets() {
+        let seeded = agent.owners.seed(&mut agent.procs, &agent.procfs, Instant::now());
+        match seeded {
             Ok(n) => eprintln!("sluice: {n} sockets older than the sensor attributed through sock_diag and /proc"),
             Err(e) => eprintln!("sluice: cannot attribute pre-existing sockets (their bytes will show pid 0): {e:#}"),
         }
@@ -321,232 +307,105 @@ impl Agent {
         }
     }
 
-    /// The kernel's record of `cookie`'s owner: from `socks` (this tick's batch
-    /// read of the whole map) when given, else one lookup.
-    fn sock_info(&self, cookie: u64, socks: Option<&HashMap<u64, SockInfo>>) -> Option<SockInfo> {
-        match socks {
-            Some(all) => all.get(&cookie).copied(),
-            None => self.socks_map.get(&cookie, 0).ok(),
-        }
-    }
-
-    /// Owner of `cookie`: the kernel's record, else one we remembered.
-    fn owner(&self, cookie: u64, socks: Option<&HashMap<u64, SockInfo>>) -> Option<Owner> {
-        if let Some(info) = self.sock_info(cookie, socks) {
-            let mut o = owner_from(&info);
-            o.start_ns = self.procs.incarnation(info.tgid, &crate::text::lossless(&info.comm), info.created_ns);
-            return Some(o);
-        }
-        self.remembered.get(&cookie).map(|(o, _)| *o)
-    }
-
-    /// Attribute every socket that exists now through sock_diag and /proc. Run
-    /// once right after attaching (hooks see every newer socket), so even a
-    /// pre-existing connection that finishes within the first tick is named.
-    pub fn seed_sockets(&mut self) -> Result<usize> {
-        let found = self.dump_sockets()?;
-        let inodes = sockets::inode_owners();
-        let mut n = 0;
-        for f in &found {
-            if let Some(&pid) = inodes.get(&f.sock.inode).filter(|_| f.sock.inode != 0) {
-                // Never override what a hook recorded in the owner's own context.
-                if self.socks_map.get(&f.sock.cookie, 0).is_err() {
-                    self.adopt(f, pid, BPF_NOEXIST);
-                    n += 1;
+    /// Read the kernel's flow map in batches, folding each entry's delta
+    /// straight into this tick's records (no copy of the map is held). The
+    /// deltas of sockets whose owner no record knows are handed back, to be
+    /// placed after a scan.
+    fn read_flows(&mut self, socks: Option<&HashMap<u64, SockInfo>>, now: Instant, unix_now: f64) -> (flows::Aggregate, Vec<flows::Delta>) {
+        let mut agg = flows::Aggregate::default();
+        let mut unknown = Vec::new();
+        let (tracker, owners, procs, namer, dirs) = (&mut self.tracker, &mut self.owners, &self.procs, &mut self.namer, &self.dirs_map);
+        tracker.begin();
+        let mut fold = |k: &FlowKey, c: &FlowCounters| {
+            let Some(volume) = tracker.observe(k, c) else { return };
+            let d = flows::Delta { key: *k, volume };
+            let owner = if k.pid != 0 {
+                sender_owner(k, c, procs, dirs)
+            } else {
+                match owners.owner(k.cookie, socks, procs) {
+                    Some(o) => {
+                        owners.remember(k.cookie, o, now);
+                        o
+                    }
+                    None => return unknown.push(d),
                 }
-            }
-        }
-        Ok(n)
-    }
-
-    /// Every socket of every network namespace (`sockets::dump_everywhere`);
-    /// namespaces it cannot enter are said once: their old sockets stay
-    /// ownerless, and are still judged.
-    fn dump_sockets(&mut self) -> Result<Vec<sockets::Found>> {
-        let all = sockets::dump_everywhere()?;
-        if let Some((ino, why)) = all.failed.first() {
-            if !self.said_netns {
-                self.said_netns = true;
-                eprintln!(
-                    "sluice: cannot list the sockets of {} other network namespace(s) (net:[{ino}]: {why}); their connections \
-                     older than sluice are counted as an unknown owner's",
-                    all.failed.len()
-                );
-            }
-        }
-        Ok(all.sockets)
-    }
-
-    /// Record `pid` as the owner of a socket found through sock_diag, in the
-    /// kernel map (so later ticks need no scan) and in our own memory.
-    fn adopt(&mut self, f: &sockets::Found, pid: u32, flags: u64) -> Owner {
-        let s = &f.sock;
-        let direction = if f.accepted { DIR_INGRESS } else { DIR_EGRESS };
-        let p = self.procs.get(pid).cloned().or_else(|| self.procfs.read(pid));
-        let mut comm = [0u8; COMM_LEN];
-        if let Some(p) = &p {
-            let n = p.name.len().min(COMM_LEN - 1);
-            comm[..n].copy_from_slice(&p.name.as_bytes()[..n]);
-            if self.procs.get(pid).is_none() {
-                self.procs.insert(p.clone());
-            }
-        }
-        let info = SockInfo {
-            tgid: pid,
-            tid: pid,
-            uid: s.uid,
-            gid: p.as_ref().map(|p| p.gid).unwrap_or(0),
-            cgroup_id: p.as_ref().map(|p| p.cgroup_id).unwrap_or(0),
-            created_ns: 0,
-            closed_ns: 0,
-            comm,
-            family: 0,
-            sock_type: 0,
-            protocol: s.protocol as u16,
-            origin: ORIGIN_PROCFS,
-            direction,
-            bound_port: 0,
-            _pad: [0; 6],
+            };
+            agg.add(&d, owner, namer.destination(k, flows::ip_of(&k.remote_addr), unix_now));
         };
-        // Best effort: if the kernel map is full the owner is still remembered here.
-        let _ = self.socks_map.insert(s.cookie, info, flags);
-        let owner = owner_from(&info);
-        self.remembered.insert(s.cookie, (owner, Instant::now()));
-        self.unresolved.remove(&s.cookie);
-        self.stats.procfs_resolved += 1;
-        owner
+        use aya::maps::IterableMap;
+        match batch::for_each(self.flows_map.map(), BATCH, &mut fold) {
+            Ok(_) => tracker.end(),
+            Err((e, 0)) => {
+                if self.stats.ticks == 1 {
+                    eprintln!("sluice: batch map reads unavailable ({e}); reading kernel maps one entry at a time");
+                }
+                for (k, c) in self.flows_map.iter().filter_map(Result::ok) {
+                    fold(&k, &c);
+                }
+                tracker.end();
+            }
+            // Entries it did not reach are still in the kernel, not gone: the
+            // tracker keeps them for the next read.
+            Err((e, n)) => eprintln!("sluice: reading the flow map failed after {n} entries ({e}); the rest is counted next tick"),
+        }
+        (agg, unknown)
     }
 
-    /// Fallback for sockets neither a hook nor the start-up snapshot saw (a race
-    /// between the two, or an owner the LRU map evicted before we read it): a
-    /// sock_diag dump and a walk of every process's fds, so at most one per
-    /// `SCAN_EVERY` (with 50,000 processes a walk took seconds; `cargo xtask
-    /// bench`, section 3). Cookies that wait are retried at the next scan.
-    fn resolve(&mut self, cookies: &[u64]) -> HashMap<u64, Owner> {
-        let now = Instant::now();
-        let due: Vec<u64> = cookies
-            .iter()
-            .copied()
-            .filter(|c| self.unresolved.get(c).is_none_or(|t| now.duration_since(*t) >= UNRESOLVED_RETRY))
-            .collect();
-        let mut found = HashMap::new();
-        if due.is_empty() || self.last_scan.is_some_and(|t| now.duration_since(t) < SCAN_EVERY) {
-            return found;
-        }
-        self.last_scan = Some(now);
-        let diag = match self.dump_sockets() {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("sluice: cannot list pre-existing sockets: {e:#}");
-                for c in due {
-                    self.unresolved.insert(c, now);
-                }
-                return found;
-            }
-        };
-        let by_cookie: HashMap<u64, sockets::Found> = diag.iter().map(|f| (f.sock.cookie, *f)).collect();
-        let inodes = sockets::inode_owners();
-        for c in due {
-            let hit = by_cookie.get(&c).filter(|f| f.sock.inode != 0).and_then(|f| inodes.get(&f.sock.inode).map(|pid| (*f, *pid)));
-            match hit {
-                Some((f, pid)) => {
-                    found.insert(c, self.adopt(&f, pid, 0));
-                }
-                None => {
-                    self.unresolved.insert(c, now);
-                }
-            }
-        }
-        found
-    }
-
-    /// One tick: snapshot, attribute, aggregate, emit, retire.
+    /// One tick: read the kernel's flows, attribute, aggregate, emit, retire.
     pub fn tick(&mut self) -> Result<()> {
         let now = Instant::now();
         let window = now.duration_since(self.last_tick);
         self.last_tick = now;
         self.stats.ticks += 1;
         let at = SystemTime::now();
-
-        let snapshot = read_map(&self.flows_map, self.stats.ticks == 1);
-        let deltas = self.tracker.update(snapshot.iter().copied());
-
-        // cgroup backend keys (pid 0): owner by socket cookie. Send-path keys
-        // carry the sender's pid themselves.
-        let active: HashSet<u64> = deltas.iter().filter(|d| d.key.pid == 0).map(|d| d.key.cookie).collect();
-        // Send-path TCP direction: as the kernel recorded it in the flow at its
-        // first send, else the DIRS map (a flow that only received).
-        let moved: HashSet<FlowKey> =
-            deltas.iter().filter(|d| d.key.pid != 0 && d.key.protocol == IPPROTO_TCP).map(|d| d.key).collect();
-        let send_dirs: HashMap<FlowKey, u8> = snapshot
-            .iter()
-            .filter(|(k, _)| moved.contains(k))
-            .map(|(k, c)| {
-                let d = if c.direction != 0 { c.direction as u8 } else { self.dirs_map.get(&k.cookie, 0).unwrap_or(DIR_UNKNOWN) };
-                (*k, d)
-            })
-            .collect();
-        // Send-path backends: who sent from each local port to each DNS server,
-        // for the queries dns_egress copied (it sees another socket identity).
-        let dns_senders = dns_senders(snapshot.iter().map(|(k, _)| k));
-        let mut owners: HashMap<u64, Owner> = HashMap::with_capacity(active.len());
-        let mut unknown = Vec::new();
-        // Owners are looked up for every cgroup-backend socket with a flow (active
-        // ones to attribute, idle ones to retire), and the sweep reads them all:
-        // past a few hundred, one batch read of SOCKS beats a lookup each.
-        let cookies: HashSet<u64> = snapshot.iter().filter(|(k, _)| k.pid == 0).map(|(k, _)| k.cookie).collect();
-        let sweep = self.stats.ticks.is_multiple_of(SWEEP_EVERY_TICKS);
-        let socks_now: Option<HashMap<u64, SockInfo>> =
-            (cookies.len() > 256 || sweep).then(|| read_map(&self.socks_map, false).into_iter().collect());
-        for &c in &active {
-            match self.owner(c, socks_now.as_ref()) {
-                Some(o) => {
-                    owners.insert(c, o);
-                    // If socket churn makes the kernel's LRU evict this owner, the
-                    // connection is still attributed from here.
-                    self.remembered.insert(c, (o, now));
-                }
-                None => unknown.push(c),
-            }
-        }
-        if !unknown.is_empty() {
-            owners.extend(self.resolve(&unknown));
-        }
-        let procs = &self.procs;
-        let namer = &mut self.namer;
         let unix_now = output::unix_secs(at);
-        namer.expire(unix_now);
-        let records = flows::aggregate(&deltas, |k| {
-            if k.pid != 0 {
-                let p = procs.get(k.pid);
-                return Owner {
-                    pid: k.pid,
-                    uid: p.map(|p| p.uid).unwrap_or(0),
-                    cgroup_id: p.map(|p| p.cgroup_id).unwrap_or(0),
-                    // A datagram is sent by whoever sends it; TCP as the
-                    // connection's state transitions said.
-                    direction: if k.protocol == IPPROTO_TCP {
-                        send_dirs.get(k).copied().unwrap_or(DIR_UNKNOWN)
-                    } else {
-                        DIR_EGRESS
-                    },
-                    attribution: Attribution::Kernel,
-                    start_ns: 0,
-                };
+        self.namer.expire(unix_now);
+
+        // Owners are looked up for every cgroup-backend socket that moved, and
+        // the sweep reads them all: past a few hundred flows (last tick's
+        // count), one batch read of SOCKS beats a lookup each.
+        let sweep = self.stats.ticks.is_multiple_of(SWEEP_EVERY_TICKS);
+        let socks_now: Option<HashMap<u64, SockInfo>> = (self.tracker.len() > 256 || sweep).then(|| self.owners.map.read_all());
+        let (mut agg, unknown) = self.read_flows(socks_now.as_ref(), now, unix_now);
+        // Sockets no record placed: a rate-limited scan, then their deltas.
+        if !unknown.is_empty() {
+            let mut cookies: Vec<u64> = unknown.iter().map(|d| d.key.cookie).collect();
+            cookies.sort_unstable();
+            cookies.dedup();
+            let found = self.owners.resolve(&cookies, &mut self.procs, &self.procfs, now);
+            for d in &unknown {
+                let owner = found.get(&d.key.cookie).copied().unwrap_or(UNKNOWN_OWNER);
+                agg.add(d, owner, self.namer.destination(&d.key, flows::ip_of(&d.key.remote_addr), unix_now));
             }
-            owners.get(&k.cookie).copied().unwrap_or(Owner {
-                pid: 0,
-                uid: 0,
-                cgroup_id: 0,
-                direction: DIR_UNKNOWN,
-                attribution: Attribution::Unknown,
-                start_ns: 0,
-            })
-        }, |k, ip| namer.destination(k, ip, unix_now));
+        }
+        let records = agg.finish();
+        // What the rest of the tick needs of the live flows, from the tracker.
+        let mut cookies: HashSet<u64> = HashSet::default();
+        let mut active: HashSet<u64> = HashSet::default();
+        for (k, moved) in self.tracker.live().filter(|(k, _)| k.pid == 0) {
+            cookies.insert(k.cookie);
+            if moved {
+                active.insert(k.cookie);
+            }
+        }
+        let dns_senders = dns_senders(self.tracker.live().map(|(k, _)| k));
 
         let ownerless: u64 = records.iter().filter(|r| r.owner.pid == 0).map(|r| r.volume.bytes_out).sum();
         self.metrics.ownerless_bytes.inc_by(ownerless);
-        let senders: Vec<Sender> = records.iter().map(|r| self.sender(r.owner.pid, r.owner.start_ns, r.owner.cgroup_id)).collect();
+        // One lookup per sending process, not per record.
+        let mut by_process: HashMap<(u32, u64, u64), Rc<Sender>> = HashMap::new();
+        let senders: Vec<Rc<Sender>> = records
+            .iter()
+            .map(|r| {
+                let k = (r.owner.pid, r.owner.start_ns, r.owner.cgroup_id);
+                if let Some(s) = by_process.get(&k) {
+                    return s.clone();
+                }
+                let s = Rc::new(self.sender(k.0, k.1, k.2));
+                by_process.insert(k, s.clone());
+                s
+            })
+            .collect();
         if self.config.agent.emit.flows() {
             for (r, s) in records.iter().zip(&senders) {
                 if !self.config.flows.include_loopback && r.scope() == flows::Scope::Loopback {
@@ -567,32 +426,19 @@ impl Agent {
             self.save_state();
             self.last_save = now;
         }
-        self.retire(&snapshot, &cookies, &active, socks_now.as_ref());
+        self.retire(&cookies, &active, socks_now.as_ref());
         self.retire_idle_sends();
         if let Some(all) = socks_now.filter(|_| sweep) {
-            self.sweep_closed(&snapshot, all);
+            self.sweep_closed(&cookies, all);
         }
+        self.stats.procfs_resolved = self.owners.resolved;
+        self.stats.sockets_retired = self.owners.retired;
         self.report_counters();
         let grace = (self.config.agent.tick * 2 + Duration::from_secs(5)).as_nanos() as u64;
         self.procs.reap(boottime_ns(), grace);
-        self.publish(snapshot.len(), window);
+        self.publish(self.tracker.len(), window);
         self.metrics.tick_done(now.elapsed(), unix_now);
         Ok(())
-    }
-
-    /// Bring the metrics up to date with this tick's stats.
-    fn publish(&mut self, flows: usize, window: Duration) {
-        let (m, s, p) = (&self.metrics, &self.stats, &mut self.published);
-        // Events since the last publish: those of this tick.
-        let events = s.events - p.events;
-        m.kernel_events.inc_by(events);
-        m.malformed_events.inc_by(s.decode_errors - p.decode_errors);
-        m.flow_records.inc_by(s.flow_records - p.flow_records);
-        m.kernel_events_per_second.set(events as f64 / window.as_secs_f64().max(1e-3));
-        m.flows_tracked.set(flows as i64);
-        m.map_entries.get_or_create(&metrics::MapLabel { map: "flows".into() }).set(flows as i64);
-        m.processes_tracked.set(self.procs.len() as i64);
-        *p = s.clone();
     }
 
     /// The cgroup v2 path of a cgroup id (what the kernel recorded for the
@@ -661,7 +507,7 @@ impl Agent {
             .take_queries()
             .into_iter()
             .map(|((cookie, domain), t)| {
-                let (pid, start_ns) = match self.owner(cookie, None) {
+                let (pid, start_ns) = match self.owners.owner(cookie, None, &self.procs) {
                     Some(o) => (o.pid, o.start_ns),
                     None => (
                         dns_senders
@@ -690,7 +536,7 @@ impl Agent {
         at: SystemTime,
         window: Duration,
         records: &[flows::FlowRecord],
-        senders: Vec<Sender>,
+        senders: Vec<Rc<Sender>>,
         dns_senders: &DnsSenders,
     ) -> Result<()> {
         self.check_executables(
@@ -701,15 +547,26 @@ impl Agent {
         );
         let dns = self.dns_observations(dns_senders);
         let joins = crate::proxy::join(records);
+        let (mut flows, mut network_users) = (Vec::new(), HashSet::default());
+        for (i, (r, sender)) in records.iter().zip(senders).enumerate() {
+            if self.detector.could_judge(r.volume.bytes_out, flows::direction(r.owner.direction), r.scope().as_str()) {
+                flows.push(self.flow_obs(i, r, (*sender).clone(), records, &joins));
+            } else if let Some(p) = self.procs.get_at(r.owner.pid, r.owner.start_ns) {
+                network_users.insert(p.executable.as_str());
+            }
+        }
+        let mut network_users: Vec<String> = network_users.into_iter().map(str::to_string).collect();
+        network_users.sort_unstable();
         let input = TickInput {
             dns,
             t: output::unix_secs(at),
             window_s: window.as_secs_f64(),
             execs: std::mem::take(&mut self.pending_execs),
-            flows: records.iter().zip(senders).enumerate().map(|(i, (r, sender))| self.flow_obs(i, r, sender, records, &joins)).collect(),
+            flows,
+            network_users,
         };
         if let Some(rec) = &mut self.recorder {
-            if !input.flows.is_empty() || !input.execs.is_empty() || !input.dns.is_empty() {
+            if !input.flows.is_empty() || !input.execs.is_empty() || !input.dns.is_empty() || !input.network_users.is_empty() {
                 rec.tick(&input).context("writing the record file")?;
             }
         }
@@ -727,43 +584,30 @@ impl Agent {
         Ok(())
     }
 
-    /// Delete the kernel entries of sockets closed for a while whose flows are
-    /// idle, remembering their owners for any straggling packets.
+    /// Retire closed, idle sockets' owners (`Owners::retire`) and drop their
+    /// flows from the kernel map in one pass over the live flows.
     fn retire(
         &mut self,
-        snapshot: &[(FlowKey, FlowCounters)],
         cookies: &HashSet<u64>,
         active: &HashSet<u64>,
         socks: Option<&HashMap<u64, SockInfo>>,
     ) {
-        let now_ns = boottime_ns();
-        let after = self.config.flows.retire_after.as_nanos() as u64;
-        // Only cgroup-backend keys (pid 0) have owners in SOCKS to retire by;
-        // send-path keys are retired by idleness (retire_idle_sends).
-        let mut retire: HashMap<u64, SockInfo> = HashMap::new();
-        for &c in cookies {
-            if active.contains(&c) {
-                continue;
-            }
-            if let Some(info) = self.sock_info(c, socks) {
-                if info.closed_ns != 0 && now_ns.saturating_sub(info.closed_ns) >= after {
-                    retire.insert(c, info);
-                }
-            }
+        let after = self.config.flows.retire_after;
+        let gone = self.owners.retire(cookies, active, socks, boottime_ns(), after, Instant::now());
+        if gone.is_empty() {
+            return;
         }
-        let now = Instant::now();
-        // One pass over the snapshot, not one per retired socket.
-        for (k, _) in snapshot.iter().filter(|(k, _)| k.pid == 0 && retire.contains_key(&k.cookie)) {
+        let keys: Vec<FlowKey> = self.tracker.live().filter(|(k, _)| k.pid == 0 && gone.contains(&k.cookie)).map(|(k, _)| *k).collect();
+        for k in &keys {
             let _ = self.flows_map.remove(k);
             self.tracker.forget(k);
         }
-        for (c, info) in retire {
-            self.remembered.insert(c, (owner_from(&info), now));
-            let _ = self.socks_map.remove(&c);
-            self.stats.sockets_retired += 1;
-        }
-        self.remembered.retain(|_, (_, t)| now.duration_since(*t) < OWNER_MEMORY);
-        self.unresolved.retain(|_, t| now.duration_since(*t) < OWNER_MEMORY);
+    }
+
+    /// Sweep owner entries of closed sockets without flows (`Owners::sweep`).
+    fn sweep_closed(&mut self, with_flows: &HashSet<u64>, socks: HashMap<u64, SockInfo>) {
+        let left = self.owners.sweep(socks, with_flows, boottime_ns(), self.config.flows.retire_after);
+        self.metrics.map_entries.get_or_create(&metrics::MapLabel { map: "sockets".into() }).set(left as i64);
     }
 
     /// Send-path flows have no release hook: drop the ones idle for a while (a
@@ -775,102 +619,6 @@ impl Agent {
                 let _ = self.flows_map.remove(&k);
                 self.tracker.forget(&k);
             }
-        }
-    }
-
-    /// Remove owner entries of sockets closed for a while that have no flow
-    /// (failed connects, sockets that never sent): LRU would get them in the
-    /// end, but only by evicting live sockets' owners first.
-    fn sweep_closed(&mut self, snapshot: &[(FlowKey, FlowCounters)], socks: HashMap<u64, SockInfo>) {
-        let now_ns = boottime_ns();
-        let after = self.config.flows.retire_after.as_nanos() as u64;
-        let with_flows: HashSet<u64> = snapshot.iter().map(|(k, _)| k.cookie).collect();
-        let mut entries = 0i64;
-        let stale: Vec<u64> = socks
-            .into_iter()
-            .inspect(|_| entries += 1)
-            .filter(|(c, info)| {
-                info.closed_ns != 0 && now_ns.saturating_sub(info.closed_ns) >= after && !with_flows.contains(c)
-            })
-            .map(|(c, _)| c)
-            .collect();
-        self.metrics.map_entries.get_or_create(&metrics::MapLabel { map: "sockets".into() }).set(entries - stale.len() as i64);
-        for c in stale {
-            let _ = self.socks_map.remove(&c);
-            self.stats.sockets_retired += 1;
-        }
-    }
-
-    /// Kernel-side drops and failures, summed over CPUs; reported when they move.
-    fn report_counters(&mut self) {
-        let mut moved = Vec::new();
-        for i in 0..counter::LEN {
-            let Ok(per_cpu) = self.counters.get(&i, 0) else { continue };
-            let total: u64 = per_cpu.iter().sum();
-            let prev = self.last_counters[i as usize];
-            if total != prev {
-                let delta = total.saturating_sub(prev);
-                let name = counter::NAMES[i as usize];
-                self.metrics.kernel_counters.get_or_create(&metrics::NameLabel { name: name.to_string() }).inc_by(delta);
-                if name.starts_with("ringbuf_drop") {
-                    self.metrics.ringbuf_drops.inc_by(delta);
-                }
-                moved.push(format!("{}={} (+{})", counter::NAMES[i as usize], total, total.saturating_sub(prev)));
-                self.last_counters[i as usize] = total;
-            }
-        }
-        if self.tracker.vanished > 0 {
-            self.metrics.flows_evicted.inc_by(self.tracker.vanished);
-            moved.push(format!("flows_evicted={}", self.tracker.vanished));
-            self.tracker.vanished = 0;
-        }
-        let profile = self.sensor.retprobes.first().map(|(_, p)| crate::kernel::retprobe::Retprobe::profile(p.tracefs())).unwrap_or_default();
-        for (func, probe) in &mut self.sensor.retprobes {
-            let missed = probe.newly_missed(&profile);
-            if missed > 0 {
-                // Each miss is a send whose return (its byte count) was not seen.
-                self.metrics.kretprobe_missed.get_or_create(&metrics::NameLabel { name: func.to_string() }).inc_by(missed);
-                moved.push(format!("kretprobe_missed_{func}={missed} (sends whose bytes were not counted)"));
-            }
-        }
-        if self.tracker.recreated > 0 {
-            self.metrics.flows_recreated.inc_by(self.tracker.recreated);
-            moved.push(format!("flows_recreated={}", self.tracker.recreated));
-            self.tracker.recreated = 0;
-        }
-        if !moved.is_empty() {
-            eprintln!("sluice: kernel counters: {}", moved.join(" "));
-        }
-        let out = self.sink.get_ref();
-        let dropped = out.dropped();
-        if dropped != self.output_dropped {
-            let why = out.error().map(|e| format!("the output failed ({e})")).unwrap_or_else(|| "the output is not keeping up".into());
-            eprintln!(
-                "sluice: {why}: dropped {} records this tick, {dropped} in all; detection and learning go on",
-                dropped - self.output_dropped
-            );
-            self.metrics.output_dropped.inc_by(dropped - self.output_dropped);
-            self.output_dropped = dropped;
-        }
-        if self.namer.stats != self.last_naming {
-            for ((name, now), (_, before)) in self
-                .namer
-                .stats
-                .named()
-                .into_iter()
-                .zip(self.last_naming.named())
-            {
-                if now > before {
-                    self.metrics
-                        .naming
-                        .get_or_create(&metrics::NameLabel {
-                            name: name.to_string(),
-                        })
-                        .inc_by(now - before);
-                }
-            }
-            self.last_naming = self.namer.stats.clone();
-            eprintln!("sluice: naming: {}", naming_summary(&self.namer));
         }
     }
 
@@ -971,7 +719,32 @@ impl Agent {
     }
 }
 
+/// A socket whose owner no record or scan placed: its bytes are still
+/// judged (fail closed), as an unknown process's.
+const UNKNOWN_OWNER: Owner = Owner { pid: 0, uid: 0, cgroup_id: 0, direction: DIR_UNKNOWN, attribution: Attribution::Unknown, start_ns: 0 };
+
+/// The owner of a send-path flow: the sender is in the key. A datagram is
+/// sent by whoever sends it; TCP's direction is what the kernel recorded at
+/// its first send, else the connection's state transitions (DIRS).
+fn sender_owner(k: &FlowKey, c: &FlowCounters, procs: &ProcessTable, dirs: &BpfHashMap<MapData, u64, u8>) -> Owner {
+    let p = procs.get(k.pid);
+    let direction = match k.protocol {
+        IPPROTO_TCP if c.direction != 0 => c.direction as u8,
+        IPPROTO_TCP => dirs.get(&k.cookie, 0).unwrap_or(DIR_UNKNOWN),
+        _ => DIR_EGRESS,
+    };
+    Owner {
+        pid: k.pid,
+        uid: p.map(|p| p.uid).unwrap_or(0),
+        cgroup_id: p.map(|p| p.cgroup_id).unwrap_or(0),
+        direction,
+        attribution: Attribution::Kernel,
+        start_ns: 0,
+    }
+}
+
 /// Where a flow's sender runs.
+#[derive(Clone)]
 struct Sender {
     cgroup: Option<String>,
     container: Option<Container>,
@@ -1034,36 +807,6 @@ fn dns_senders<'a>(keys: impl Iterator<Item = &'a FlowKey>) -> DnsSenders {
             .or_insert(Some(k.pid));
     }
     out
-}
-
-/// What naming saw so far, for stderr: parsed, unnamed and dropped inputs.
-fn naming_summary(n: &Namer) -> String {
-    let (heads, sockets, addresses) = n.tracked();
-    let counts: Vec<String> = n
-        .stats
-        .named()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    format!(
-        "{} (tracking {heads} stream starts, {sockets} named sockets, {addresses} DNS addresses)",
-        counts.join(" ")
-    )
-}
-
-fn owner_from(info: &SockInfo) -> Owner {
-    Owner {
-        pid: info.tgid,
-        uid: info.uid,
-        cgroup_id: info.cgroup_id,
-        direction: info.direction,
-        attribution: match info.origin {
-            ORIGIN_LISTENER => Attribution::Listener,
-            ORIGIN_PROCFS => Attribution::Procfs,
-            _ => Attribution::Kernel,
-        },
-        start_ns: 0,
-    }
 }
 
 #[cfg(test)]
