@@ -217,24 +217,30 @@ pub fn bind(addr: &str) -> anyhow::Result<std::net::TcpListener> {
     Ok(l)
 }
 
-/// Serve `/metrics` and `/healthz` from a task of the current runtime.
+/// Serve `/metrics` and `/healthz` from a thread of their own: a tick that
+/// runs long (a /proc walk among 50,000 processes, a slow disk under a state
+/// save) must not make the health check time out, only go stale when ticks
+/// really stop completing (`stale`).
 pub fn serve(l: std::net::TcpListener, m: Metrics, stale: Duration) -> anyhow::Result<std::net::SocketAddr> {
-    let listener = TcpListener::from_std(l)?;
-    let local = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                // Out of fds, say: back off instead of spinning.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let m = m.clone();
-            tokio::spawn(async move {
-                // A client that does not finish its request in time is dropped.
-                let _ = tokio::time::timeout(Duration::from_secs(5), handle(conn, &m, stale)).await;
-            });
-        }
-    });
+    let local = l.local_addr()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("sluice-metrics".into()).spawn(move || {
+        rt.block_on(async move {
+            let Ok(listener) = TcpListener::from_std(l) else { return };
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    // Out of fds, say: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let m = m.clone();
+                tokio::spawn(async move {
+                    // A client that does not finish its request in time is dropped.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(conn, &m, stale)).await;
+                });
+            }
+        })
+    })?;
     Ok(local)
 }
 

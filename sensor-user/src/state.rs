@@ -123,6 +123,13 @@ fn migrate_v1(mut s: State) -> State {
 }
 
 pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec(state).map_err(|e| StateError::Write { path: path.display().to_string(), source: std::io::Error::other(e) })?;
+    write(path, &bytes)
+}
+
+/// Write an already serialized state (`save`'s slow half: the file, fsync and
+/// rename, which the agent runs off its tick thread).
+pub fn write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let err = |source| StateError::Write { path: path.display().to_string(), source };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;
@@ -133,7 +140,7 @@ pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
     ));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        serde_json::to_writer(&mut f, state).map_err(std::io::Error::other)?;
+        f.write_all(bytes)?;
         f.write_all(b"\n")?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
