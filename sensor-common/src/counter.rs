@@ -15,7 +15,10 @@ pub const RINGBUF_DROP_PGID: u32 = 11;
 pub const PAYLOAD_RATE_LIMITED: u32 = 12;
 /// An accepted socket left to the agent: its port is bound in several network namespaces.
 pub const LISTENER_AMBIGUOUS: u32 = 13;
-pub const LEN: u32 = 14;
+/// A socket-owner change the kernel could not mark for the agent's mirror
+/// (`SOCKS_CHANGED` full): the agent reads all of SOCKS instead.
+pub const OWNER_CHANGES_LOST: u32 = 14;
+pub const LEN: u32 = 15;
 /// Names in index order, for metrics and diagnostics.
 pub const NAMES: [&str; LEN as usize] = [
     "ringbuf_drop_exec",
@@ -32,4 +35,5 @@ pub const NAMES: [&str; LEN as usize] = [
     "ringbuf_drop_pgid",
     "payload_rate_limited",
     "listener_ambiguous",
+    "owner_changes_lost",
 ];

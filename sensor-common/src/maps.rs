@@ -4,6 +4,10 @@ pub const EVENTS: &str = "EVENTS";
 pub const PAYLOADS: &str = "PAYLOADS";
 pub const COUNTERS: &str = "COUNTERS";
 pub const SOCKS: &str = "SOCKS";
+pub const SOCKS_CHANGED: &str = "SOCKS_CHANGED";
+/// Entries `SOCKS_CHANGED` holds: a drain that returns this many may have
+/// missed changes (an insert into the full map failed).
+pub const SOCKS_CHANGED_MAX: u32 = 65536;
 pub const FLOWS: &str = "FLOWS";
 pub const LISTENERS: &str = "LISTENERS";
 pub const ARGV: &str = "ARGV";

@@ -32,7 +32,7 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::bpf_ktime_get_boot_ns,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
     counter, ArgvBuf, FlowCounters, FlowKey, ListenKey, ListenValue, SockInfo,
@@ -101,6 +101,21 @@ static EXE_SCRATCH: PerCpuArray<[u8; sensor_common::EXE_WALK_LEN + sensor_common
 /// Socket cookie -> owner. Sizes are defaults; the agent may resize at load.
 #[map]
 static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// Cookies whose SOCKS entry was written since the agent last drained them:
+/// it mirrors SOCKS and re-reads only these each tick. A plain hash, not an
+/// LRU: when full an insert fails (counted), and the agent, finding it full,
+/// reads all of SOCKS instead; nothing is evicted unseen.
+#[map]
+static SOCKS_CHANGED: HashMap<u64, u8> = HashMap::with_max_entries(sensor_common::maps::SOCKS_CHANGED_MAX, 0);
+
+/// Mark `cookie`'s owner entry as written (after every SOCKS write).
+#[inline(always)]
+fn owner_changed(cookie: u64) {
+    if SOCKS_CHANGED.insert(&cookie, &1, 0).is_err() {
+        count(counter::OWNER_CHANGES_LOST);
+    }
+}
 
 /// (socket, peer) -> cumulative byte and packet counters.
 #[map]

@@ -22,7 +22,7 @@ use sensor_common::{
 
 use aya_ebpf::EbpfContext;
 
-use crate::{count, global, LISTENERS, SOCKS};
+use crate::{count, global, owner_changed, LISTENERS, SOCKS};
 
 /// Offset of `sock_common.skc_cookie` (BTF); the loader patches it, and
 /// attaches `send_owner` only when it found it and the tracepoint's `sk` field
@@ -76,6 +76,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     if SOCKS.insert(&cookie, &owner, 0).is_err() {
         count(counter::SOCK_STORE_FAIL);
     }
+    owner_changed(cookie);
     1
 }
 
@@ -110,6 +111,7 @@ fn record_bind(ctx: &SockContext) {
     } else if SOCKS.insert(&cookie, &owner, 0).is_err() {
         count(counter::SOCK_STORE_FAIL);
     }
+    owner_changed(cookie);
     if port != 0 {
         let key = ListenKey { port, protocol: sk.protocol as u16 };
         // SAFETY: the helper takes the program's own context (5.8+ for cgroup_sock).
@@ -138,6 +140,7 @@ pub fn sock_release(ctx: SockContext) -> i32 {
         // this cookie. The agent retires the socket once its flows go idle.
         // SAFETY: a helper without arguments.
         info.closed_ns = unsafe { bpf_ktime_get_boot_ns() };
+        owner_changed(cookie);
         if info.bound_port != 0 {
             let key = ListenKey { port: info.bound_port, protocol: info.protocol };
             if let Some(l) = LISTENERS.get_ptr(&key) {
@@ -193,6 +196,7 @@ fn record_active(ctx: &SockAddrContext, origin: u8) {
         if existing.tgid == tgid && (existing.direction != DIR_UNKNOWN || origin == ORIGIN_SENDMSG) {
             if existing.direction == DIR_UNKNOWN {
                 existing.direction = DIR_EGRESS;
+                owner_changed(cookie);
             }
             return;
         }
@@ -203,12 +207,14 @@ fn record_active(ctx: &SockAddrContext, origin: u8) {
         owner.bound_port = bound;
         owner.created_ns = existing.created_ns;
         *existing = owner;
+        owner_changed(cookie);
         return;
     }
     let owner = current_owner(sa.family, sa.type_, sa.protocol, origin, DIR_EGRESS);
     if SOCKS.insert(&cookie, &owner, 0).is_err() {
         count(counter::SOCK_STORE_FAIL);
     }
+    owner_changed(cookie);
 }
 
 /// Every send, in the sender's context (`sock_sendmsg`, which write(), send*(),
@@ -258,5 +264,6 @@ pub fn send_owner(ctx: TracePointContext) -> u32 {
     existing.gid = now.gid;
     existing.cgroup_id = now.cgroup_id;
     existing.comm = now.comm;
+    owner_changed(cookie);
     0
 }

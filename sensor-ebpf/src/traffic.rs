@@ -17,7 +17,7 @@ use sensor_common::{
 };
 
 use crate::{
-    add_volume, count, flow_counters,
+    add_volume, count, flow_counters, owner_changed,
     heads::{self, Source, IPPROTO_TCP, IPPROTO_UDP},
     LISTENERS, SOCKS,
 };
@@ -192,7 +192,9 @@ fn adopt_accepted(cookie: u64, key: &FlowKey) {
     owner.direction = DIR_INGRESS;
     owner.bound_port = 0;
     owner.closed_ns = 0;
-    let _ = SOCKS.insert(&cookie, &owner, BPF_NOEXIST as u64);
+    if SOCKS.insert(&cookie, &owner, BPF_NOEXIST as u64).is_ok() {
+        owner_changed(cookie);
+    }
 }
 
 /// IPv6 extension headers before the transport header: (transport protocol,

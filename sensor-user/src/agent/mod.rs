@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context, Result};
 use foldhash::{HashMap, HashMapExt, HashSet};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use sensor_common::{
-    counter, maps, FlowCounters, FlowKey, SockInfo, DIR_EGRESS, DIR_UNKNOWN,
+    counter, maps, FlowCounters, FlowKey, DIR_EGRESS, DIR_UNKNOWN,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -37,7 +37,7 @@ use crate::{
 
 mod owners;
 mod report;
-use owners::{LiveScan, OwnerMap, Owners};
+use owners::{KernelOwners, LiveScan, Owners};
 
 /// Exec records kept per tick for the detector; beyond this an exec storm's
 /// remainder is counted, not kept.
@@ -47,22 +47,7 @@ const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// Entries per BPF_MAP_LOOKUP_BATCH call.
 const BATCH: usize = 4096;
 
-/// Every entry of a kernel hash map, in batches (`fd` is the map's own), else
-/// one by one (before 5.6, or a kernel that refuses batches; said once if `say`).
-fn read_map<K: aya::Pod, V: aya::Pod>(map: &BpfHashMap<MapData, K, V>, say: bool) -> Vec<(K, V)> {
-    use aya::maps::IterableMap;
-    match batch::lookup_all(map.map(), BATCH) {
-        Ok(all) => all,
-        Err(e) => {
-            if say {
-                eprintln!("sluice: batch map reads unavailable ({e}); reading kernel maps one entry at a time");
-            }
-            map.iter().filter_map(Result::ok).collect()
-        }
-    }
-}
-
-/// Send-path flows idle this long are retired from the kernel map.
+/// Flows idle this long are retired from the kernel map.
 const IDLE_RETIRE: Duration = Duration::from_secs(300);
 const IPPROTO_TCP: u8 = 6;
 /// Every this many ticks, closed sockets that never carried traffic are swept
@@ -76,7 +61,7 @@ pub struct Agent {
     sensor: Sensor,
     flows_map: BpfHashMap<MapData, FlowKey, FlowCounters>,
     /// Socket owners for the cgroup backend's flows (see `owners`).
-    owners: Owners<BpfHashMap<MapData, u64, SockInfo>, LiveScan>,
+    owners: Owners<KernelOwners, LiveScan>,
     dirs_map: BpfHashMap<MapData, u64, u8>,
     counters: PerCpuArray<MapData, u64>,
     procs: ProcessTable,
@@ -135,6 +120,7 @@ impl Agent {
         let socks = take(&mut sensor, maps::SOCKS)?;
         let flows_map = BpfHashMap::try_from(flows)?;
         let socks_map = BpfHashMap::try_from(socks)?;
+        let changed_map = BpfHashMap::try_from(take(&mut sensor, maps::SOCKS_CHANGED)?)?;
         let dirs_map = BpfHashMap::try_from(take(&mut sensor, maps::DIRS)?)?;
         let counters = PerCpuArray::try_from(take(&mut sensor, maps::COUNTERS)?)?;
         let procfs = Procfs::default();
@@ -164,7 +150,7 @@ impl Agent {
             config,
             sensor,
             flows_map,
-            owners: Owners::new(socks_map, LiveScan),
+            owners: Owners::new(KernelOwners { socks: socks_map, changed: changed_map }, LiveScan),
             dirs_map,
             counters,
             procs,
@@ -314,10 +300,10 @@ impl Agent {
     /// straight into this tick's records (no copy of the map is held). The
     /// deltas of sockets whose owner no record knows are handed back, to be
     /// placed after a scan.
-    fn read_flows(&mut self, socks: Option<&HashMap<u64, SockInfo>>, now: Instant, unix_now: f64) -> (flows::Aggregate, Vec<flows::Delta>) {
+    fn read_flows(&mut self, unix_now: f64) -> (flows::Aggregate, Vec<flows::Delta>) {
         let mut agg = flows::Aggregate::default();
         let mut unknown = Vec::new();
-        let (tracker, owners, procs, namer, dirs) = (&mut self.tracker, &mut self.owners, &self.procs, &mut self.namer, &self.dirs_map);
+        let (tracker, owners, procs, namer, dirs) = (&mut self.tracker, &self.owners, &self.procs, &mut self.namer, &self.dirs_map);
         tracker.begin();
         let mut fold = |k: &FlowKey, c: &FlowCounters| {
             let Some(volume) = tracker.observe(k, c) else { return };
@@ -325,11 +311,8 @@ impl Agent {
             let owner = if k.pid != 0 {
                 sender_owner(k, c, procs, dirs)
             } else {
-                match owners.owner(k.cookie, socks, procs) {
-                    Some(o) => {
-                        owners.remember(k.cookie, o, now);
-                        o
-                    }
+                match owners.owner(k.cookie, procs) {
+                    Some(o) => o,
                     None => return unknown.push(d),
                 }
             };
@@ -364,20 +347,22 @@ impl Agent {
         let unix_now = output::unix_secs(at);
         self.namer.expire(unix_now);
 
-        // Owners are looked up for every cgroup-backend socket that moved, and
-        // the sweep reads them all: past a few hundred flows (last tick's
-        // count), one batch read of SOCKS beats a lookup each.
+        // Owners from the mirror of the kernel's owner map, brought up to
+        // date from what changed (the sweep reads it whole).
         let sweep = self.stats.ticks.is_multiple_of(SWEEP_EVERY_TICKS);
-        let socks_now: Option<HashMap<u64, SockInfo>> = (self.tracker.len() > 256 || sweep).then(|| self.owners.map.read_all());
-        let (mut agg, unknown) = self.read_flows(socks_now.as_ref(), now, unix_now);
-        // Sockets no record placed: a rate-limited scan, then their deltas.
+        let held = self.owners.sync(sweep);
+        let (mut agg, unknown) = self.read_flows(unix_now);
+        // Sockets the mirror does not know: made since the sync (one lookup
+        // each), else older than the sensor or evicted unread (a rate-limited
+        // scan); then their deltas.
         if !unknown.is_empty() {
             let mut cookies: Vec<u64> = unknown.iter().map(|d| d.key.cookie).collect();
             cookies.sort_unstable();
             cookies.dedup();
-            let found = self.owners.resolve(&cookies, &mut self.procs, &self.procfs, now);
+            cookies.retain(|&c| !self.owners.fetch(c));
+            let found = if cookies.is_empty() { HashMap::default() } else { self.owners.resolve(&cookies, &mut self.procs, &self.procfs, now) };
             for d in &unknown {
-                let owner = found.get(&d.key.cookie).copied().unwrap_or(UNKNOWN_OWNER);
+                let owner = self.owners.owner(d.key.cookie, &self.procs).or_else(|| found.get(&d.key.cookie).copied()).unwrap_or(UNKNOWN_OWNER);
                 agg.add(d, owner, self.namer.destination(&d.key, flows::ip_of(&d.key.remote_addr), unix_now));
             }
         }
@@ -429,10 +414,10 @@ impl Agent {
             self.save_state(false);
             self.last_save = now;
         }
-        self.retire(&cookies, &active, socks_now.as_ref());
-        self.retire_idle_sends();
-        if let Some(all) = socks_now.filter(|_| sweep) {
-            self.sweep_closed(&cookies, all);
+        self.retire(&cookies, &active);
+        self.retire_idle_flows();
+        if let Some(held) = held.filter(|_| sweep) {
+            self.sweep_closed(&cookies, &held);
         }
         self.stats.procfs_resolved = self.owners.resolved;
         self.stats.sockets_retired = self.owners.retired;
@@ -515,7 +500,7 @@ impl Agent {
             .take_queries()
             .into_iter()
             .map(|((cookie, domain), t)| {
-                let (pid, start_ns) = match self.owners.owner(cookie, None, &self.procs) {
+                let (pid, start_ns) = match self.owners.owner(cookie, &self.procs) {
                     Some(o) => (o.pid, o.start_ns),
                     None => (
                         dns_senders
@@ -594,14 +579,9 @@ impl Agent {
 
     /// Retire closed, idle sockets' owners (`Owners::retire`) and drop their
     /// flows from the kernel map in one pass over the live flows.
-    fn retire(
-        &mut self,
-        cookies: &HashSet<u64>,
-        active: &HashSet<u64>,
-        socks: Option<&HashMap<u64, SockInfo>>,
-    ) {
+    fn retire(&mut self, cookies: &HashSet<u64>, active: &HashSet<u64>) {
         let after = self.config.flows.retire_after;
-        let gone = self.owners.retire(cookies, active, socks, boottime_ns(), after, Instant::now());
+        let gone = self.owners.retire(cookies, active, boottime_ns(), after, Instant::now());
         if gone.is_empty() {
             return;
         }
@@ -613,20 +593,22 @@ impl Agent {
     }
 
     /// Sweep owner entries of closed sockets without flows (`Owners::sweep`).
-    fn sweep_closed(&mut self, with_flows: &HashSet<u64>, socks: HashMap<u64, SockInfo>) {
-        let left = self.owners.sweep(socks, with_flows, boottime_ns(), self.config.flows.retire_after);
+    fn sweep_closed(&mut self, with_flows: &HashSet<u64>, held: &HashSet<u64>) {
+        let left = self.owners.sweep(held, with_flows, boottime_ns(), self.config.flows.retire_after);
         self.metrics.map_entries.get_or_create(&metrics::MapLabel { map: "sockets".into() }).set(left as i64);
     }
 
-    /// Send-path flows have no release hook: drop the ones idle for a while (a
-    /// socket that speaks again starts a fresh entry, counted from zero).
-    fn retire_idle_sends(&mut self) {
+    /// Drop flows idle for a while from the kernel map (a socket that speaks
+    /// again starts a fresh entry, counted from zero): send-path flows have no
+    /// release hook, and on the cgroup backend a socket that stays open keeps
+    /// its entries: a listener holds one per client whose SYN it answered,
+    /// which no later packet touches (a third of the entries with 50k
+    /// loopback connections, `cargo xtask bench`, section 3).
+    fn retire_idle_flows(&mut self) {
         let ticks = (IDLE_RETIRE.as_secs_f64() / self.config.agent.tick.as_secs_f64()).ceil().max(1.0) as u32;
         for k in self.tracker.idle_for(ticks) {
-            if k.pid != 0 {
-                let _ = self.flows_map.remove(&k);
-                self.tracker.forget(&k);
-            }
+            let _ = self.flows_map.remove(&k);
+            self.tracker.forget(&k);
         }
     }
 

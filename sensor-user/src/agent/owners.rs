@@ -4,6 +4,12 @@
 //! no hook saw (older than the sensor, or evicted before they were read), a
 //! rate-limited sock_diag + /proc scan.
 //!
+//! The agent keeps a mirror of the kernel's owner map, brought up to date each
+//! tick from the cookies the kernel marked as written (`SOCKS_CHANGED`), not
+//! by reading the whole map (100k entries were a sixth of a tick's CPU); it
+//! reads it whole on sweep ticks, or when the marks overflowed. An owner the
+//! kernel's LRU evicts under socket churn stays in the mirror.
+//!
 //! The decisions (which sockets are retired, which owner entries are swept,
 //! which unknown cookies are due a scan) are pure functions over a snapshot;
 //! `Owners` applies them through two small interfaces, the kernel map
@@ -32,30 +38,57 @@ const SCAN_EVERY: Duration = Duration::from_secs(10);
 /// How long a retired socket's owner is remembered (for packets after close).
 const OWNER_MEMORY: Duration = Duration::from_secs(300);
 
-/// The kernel's socket-owner map (`SOCKS`), as ownership uses it.
+/// The kernel's socket-owner map (`SOCKS`) and its change marks, as
+/// ownership uses them.
 pub trait OwnerMap {
     fn get(&self, cookie: u64) -> Option<SockInfo>;
     /// Best effort: a full map refuses, and the owner is still remembered.
     fn insert(&mut self, cookie: u64, info: SockInfo, flags: u64);
     fn remove(&mut self, cookie: u64);
-    /// Every entry (one batch read where the kernel has it).
-    fn read_all(&self) -> HashMap<u64, SockInfo>;
+    /// Every entry, handed to `f` (batch reads where the kernel has them).
+    fn read_all(&self, f: &mut dyn FnMut(u64, &SockInfo));
+    /// The cookies marked as written since the last call, unmarked as they
+    /// are read. `None`: changes may have been lost (the marks were full, or
+    /// cannot be read), so only a whole read is exact.
+    fn take_changed(&mut self) -> Option<Vec<u64>>;
 }
 
-impl OwnerMap for aya::maps::HashMap<aya::maps::MapData, u64, SockInfo> {
+/// `SOCKS` and `SOCKS_CHANGED` in the kernel.
+pub struct KernelOwners {
+    pub socks: aya::maps::HashMap<aya::maps::MapData, u64, SockInfo>,
+    pub changed: aya::maps::HashMap<aya::maps::MapData, u64, u8>,
+}
+
+impl OwnerMap for KernelOwners {
     fn get(&self, cookie: u64) -> Option<SockInfo> {
-        aya::maps::HashMap::get(self, &cookie, 0).ok()
+        self.socks.get(&cookie, 0).ok()
     }
     fn insert(&mut self, cookie: u64, info: SockInfo, flags: u64) {
-        let _ = aya::maps::HashMap::insert(self, cookie, info, flags);
+        let _ = self.socks.insert(cookie, info, flags);
     }
     fn remove(&mut self, cookie: u64) {
-        let _ = aya::maps::HashMap::remove(self, &cookie);
+        let _ = self.socks.remove(&cookie);
     }
-    fn read_all(&self) -> HashMap<u64, SockInfo> {
-        super::read_map(self, false).into_iter().collect()
+    fn read_all(&self, f: &mut dyn FnMut(u64, &SockInfo)) {
+        use aya::maps::IterableMap;
+        let mut each = |c: &u64, i: &SockInfo| f(*c, i);
+        if let Err((_, 0)) = crate::kernel::batch::for_each(self.socks.map(), 4096, &mut each) {
+            for (c, i) in self.socks.iter().filter_map(Result::ok) {
+                each(&c, &i);
+            }
+        }
+    }
+    fn take_changed(&mut self) -> Option<Vec<u64>> {
+        use aya::maps::IterableMap;
+        let taken = crate::kernel::batch::take_all::<u64, u8>(self.changed.map(), 4096).ok()?;
+        // Full: an insert may have failed since the last drain.
+        (taken.len() < sensor_common::maps::SOCKS_CHANGED_MAX as usize).then(|| taken.into_iter().map(|(c, _)| c).collect())
     }
 }
+
+/// Past this many marked changes in a tick, one whole read is cheaper than
+/// a lookup each.
+const CHANGED_LOOKUPS_MAX: usize = 8192;
 
 /// The sockets that exist now, and which process holds each.
 pub trait SocketScan {
@@ -80,6 +113,11 @@ impl SocketScan for LiveScan {
 pub struct Owners<M, S> {
     pub map: M,
     scan: S,
+    /// The kernel's owner entries as of this tick's `sync`, and owners it
+    /// evicted since (until their socket is retired or swept).
+    mirror: HashMap<u64, SockInfo>,
+    /// Whether the mirror has had its first whole read.
+    synced: bool,
     /// Owners of sockets the kernel map no longer holds (retired or evicted).
     remembered: HashMap<u64, (Owner, Instant)>,
     /// Cookies a scan could not place, and when it tried.
@@ -97,6 +135,8 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
         Self {
             map,
             scan,
+            mirror: HashMap::new(),
+            synced: false,
             remembered: HashMap::new(),
             unresolved: HashMap::new(),
             last_scan: None,
@@ -106,19 +146,54 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
         }
     }
 
-    /// The kernel's record of `cookie`'s owner: from `socks` (this tick's
-    /// read of the whole map) when given, else one lookup.
-    pub fn info(&self, cookie: u64, socks: Option<&HashMap<u64, SockInfo>>) -> Option<SockInfo> {
-        match socks {
-            Some(all) => all.get(&cookie).copied(),
-            None => self.map.get(cookie),
+    /// Bring the mirror up to date with the kernel: the entries marked as
+    /// written since the last tick, or all of them when `full` (sweep ticks),
+    /// on the first tick, or when marks were lost. A whole read also returns
+    /// the cookies the kernel holds (for the sweep).
+    pub fn sync(&mut self, full: bool) -> Option<HashSet<u64>> {
+        let changed = if full || !self.synced { None } else { self.map.take_changed().filter(|c| c.len() <= CHANGED_LOOKUPS_MAX) };
+        match changed {
+            Some(cookies) => {
+                for c in cookies {
+                    // Gone already (evicted, or retired by us): the mirror keeps what it knew.
+                    if let Some(info) = self.map.get(c) {
+                        self.mirror.insert(c, info);
+                    }
+                }
+                None
+            }
+            None => {
+                // Marks made before this read are covered by it.
+                let _ = self.map.take_changed();
+                let mut held = HashSet::default();
+                let mirror = &mut self.mirror;
+                self.map.read_all(&mut |c, i| {
+                    mirror.insert(c, *i);
+                    held.insert(c);
+                });
+                self.synced = true;
+                Some(held)
+            }
         }
+    }
+
+    /// Look `cookie` up in the kernel now (a socket made since the sync) and
+    /// mirror it; whether the kernel had it.
+    pub fn fetch(&mut self, cookie: u64) -> bool {
+        let Some(info) = self.map.get(cookie) else { return false };
+        self.mirror.insert(cookie, info);
+        true
+    }
+
+    /// The kernel's record of `cookie`'s owner, as of this tick's `sync`.
+    pub fn info(&self, cookie: u64) -> Option<SockInfo> {
+        self.mirror.get(&cookie).copied()
     }
 
     /// Owner of `cookie`: the kernel's record (placed on the right holder of
     /// a reused pid), else one remembered.
-    pub fn owner(&self, cookie: u64, socks: Option<&HashMap<u64, SockInfo>>, procs: &ProcessTable) -> Option<Owner> {
-        if let Some(info) = self.info(cookie, socks) {
+    pub fn owner(&self, cookie: u64, procs: &ProcessTable) -> Option<Owner> {
+        if let Some(info) = self.info(cookie) {
             let mut o = owner_from(&info);
             // Only a pid whose previous holder is still kept can be reused
             // (and the comm is decoded only then: this runs per flow per tick).
@@ -128,17 +203,6 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
             return Some(o);
         }
         self.remembered.get(&cookie).map(|(o, _)| *o)
-    }
-
-    /// Keep `o` for `cookie` past the kernel's entry: if socket churn makes
-    /// the LRU evict it, the connection is still attributed from here.
-    pub fn remember(&mut self, cookie: u64, o: Owner, now: Instant) {
-        match self.remembered.get_mut(&cookie) {
-            Some(e) => *e = (o, now),
-            None => {
-                self.remembered.insert(cookie, (o, now));
-            }
-        }
     }
 
     /// Attribute every socket that exists now. Run once right after attaching
@@ -186,6 +250,9 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
         }
         let info = adopted_info(f, pid, p.as_ref());
         self.map.insert(f.sock.cookie, info, flags);
+        if flags != BPF_NOEXIST || !self.mirror.contains_key(&f.sock.cookie) {
+            self.mirror.insert(f.sock.cookie, info);
+        }
         let owner = owner_from(&info);
         self.remembered.insert(f.sock.cookie, (owner, now));
         self.unresolved.remove(&f.sock.cookie);
@@ -232,12 +299,13 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
     /// are idle (`cookies` with a flow, `active` ones moved this tick),
     /// remembering their owners for straggling packets. Returns the retired
     /// cookies: the caller drops their flows.
-    pub fn retire(&mut self, cookies: &HashSet<u64>, active: &HashSet<u64>, socks: Option<&HashMap<u64, SockInfo>>, now_ns: u64, after: Duration, now: Instant) -> HashSet<u64> {
-        let retire = to_retire(cookies, active, |c| self.info(c, socks), now_ns, after);
+    pub fn retire(&mut self, cookies: &HashSet<u64>, active: &HashSet<u64>, now_ns: u64, after: Duration, now: Instant) -> HashSet<u64> {
+        let retire = to_retire(cookies, active, |c| self.info(c), now_ns, after);
         let mut gone = HashSet::default();
         for (c, info) in retire {
             self.remembered.insert(c, (owner_from(&info), now));
             self.map.remove(c);
+            self.mirror.remove(&c);
             self.retired += 1;
             gone.insert(c);
         }
@@ -248,15 +316,18 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
 
     /// Remove owner entries of sockets closed for `after` that have no flow
     /// (failed connects, sockets that never sent): LRU would get them in the
-    /// end, but only by evicting live sockets' owners first. Returns the
-    /// entries left.
-    pub fn sweep(&mut self, socks: HashMap<u64, SockInfo>, with_flows: &HashSet<u64>, now_ns: u64, after: Duration) -> usize {
-        let stale = to_sweep(&socks, with_flows, now_ns, after);
+    /// end, but only by evicting live sockets' owners first. `held` is what a
+    /// whole read (`sync`) found in the kernel; mirrored owners the kernel
+    /// evicted go too once no flow needs them. Returns the entries left.
+    pub fn sweep(&mut self, held: &HashSet<u64>, with_flows: &HashSet<u64>, now_ns: u64, after: Duration) -> usize {
+        let stale = to_sweep(&self.mirror, held, with_flows, now_ns, after);
         for &c in &stale {
             self.map.remove(c);
+            self.mirror.remove(&c);
             self.retired += 1;
         }
-        socks.len() - stale.len()
+        self.mirror.retain(|c, _| held.contains(c) || with_flows.contains(c));
+        held.len() - stale.len()
     }
 }
 
@@ -282,9 +353,9 @@ pub fn to_retire(
         .collect()
 }
 
-/// Owner entries closed at least `after` ago that no flow refers to.
-pub fn to_sweep(socks: &HashMap<u64, SockInfo>, with_flows: &HashSet<u64>, now_ns: u64, after: Duration) -> Vec<u64> {
-    socks.iter().filter(|(c, i)| closed_for(i, now_ns, after) && !with_flows.contains(c)).map(|(c, _)| *c).collect()
+/// Kernel-held owner entries closed at least `after` ago that no flow refers to.
+pub fn to_sweep(socks: &HashMap<u64, SockInfo>, held: &HashSet<u64>, with_flows: &HashSet<u64>, now_ns: u64, after: Duration) -> Vec<u64> {
+    socks.iter().filter(|(c, i)| held.contains(c) && closed_for(i, now_ns, after) && !with_flows.contains(c)).map(|(c, _)| *c).collect()
 }
 
 fn closed_for(info: &SockInfo, now_ns: u64, after: Duration) -> bool {
@@ -345,6 +416,19 @@ mod tests {
         entries: HashMap<u64, SockInfo>,
         /// Inserts that BPF_NOEXIST refused.
         refused: Vec<u64>,
+        /// Cookies a kernel hook marked as written.
+        changed: Vec<u64>,
+        /// The marks overflowed.
+        lost: bool,
+        whole_reads: Cell<u32>,
+    }
+
+    impl FakeMap {
+        /// What a kernel hook does: write the entry, mark the cookie.
+        fn hook_writes(&mut self, cookie: u64, info: SockInfo) {
+            self.entries.insert(cookie, info);
+            self.changed.push(cookie);
+        }
     }
 
     impl OwnerMap for FakeMap {
@@ -361,8 +445,15 @@ mod tests {
         fn remove(&mut self, cookie: u64) {
             self.entries.remove(&cookie);
         }
-        fn read_all(&self) -> HashMap<u64, SockInfo> {
-            self.entries.clone()
+        fn read_all(&self, f: &mut dyn FnMut(u64, &SockInfo)) {
+            self.whole_reads.set(self.whole_reads.get() + 1);
+            for (c, i) in &self.entries {
+                f(*c, i);
+            }
+        }
+        fn take_changed(&mut self) -> Option<Vec<u64>> {
+            let c = std::mem::take(&mut self.changed);
+            (!std::mem::take(&mut self.lost)).then_some(c)
         }
     }
 
@@ -434,26 +525,37 @@ mod tests {
         map.entries.insert(3, info(12, NOW_NS - 1_000_000_000)); // closed 1 s ago
         map.entries.insert(4, info(13, 0)); // still open
         let mut o = Owners::new(map, FakeScan::default());
+        o.sync(false);
         let now = Instant::now();
-        let gone = o.retire(&set(&[1, 2, 3, 4]), &set(&[2]), None, NOW_NS, MIN, now);
+        let gone = o.retire(&set(&[1, 2, 3, 4]), &set(&[2]), NOW_NS, MIN, now);
         assert_eq!(gone, set(&[1]));
         assert!(o.map.get(1).is_none() && o.map.get(2).is_some() && o.map.get(3).is_some() && o.map.get(4).is_some());
         // A packet after the retirement is still the owner's.
-        assert_eq!(o.owner(1, None, &ProcessTable::default()).map(|w| w.pid), Some(10));
+        assert_eq!(o.owner(1, &ProcessTable::default()).map(|w| w.pid), Some(10));
         assert_eq!(o.retired, 1);
         // ...for OWNER_MEMORY, then forgotten.
-        o.retire(&HashSet::default(), &HashSet::default(), None, NOW_NS, MIN, now + OWNER_MEMORY);
-        assert!(o.owner(1, None, &ProcessTable::default()).is_none());
+        o.retire(&HashSet::default(), &HashSet::default(), NOW_NS, MIN, now + OWNER_MEMORY);
+        assert!(o.owner(1, &ProcessTable::default()).is_none());
     }
 
     #[test]
     fn the_sweep_removes_closed_entries_no_flow_refers_to() {
         let socks: HashMap<u64, SockInfo> =
             [(1, info(10, NOW_NS - 120_000_000_000)), (2, info(11, NOW_NS - 120_000_000_000)), (3, info(12, 0))].into_iter().collect();
-        assert_eq!(to_sweep(&socks, &set(&[2]), NOW_NS, MIN), vec![1]);
-        let mut o = Owners::new(FakeMap { entries: socks.clone(), refused: Vec::new() }, FakeScan::default());
-        assert_eq!(o.sweep(socks, &set(&[2]), NOW_NS, MIN), 2);
+        assert_eq!(to_sweep(&socks, &set(&[1, 2, 3]), &set(&[2]), NOW_NS, MIN), vec![1]);
+        let mut o = Owners::new(FakeMap { entries: socks, ..Default::default() }, FakeScan::default());
+        let held = o.sync(true).unwrap();
+        assert_eq!(o.sweep(&held, &set(&[2]), NOW_NS, MIN), 2);
         assert!(o.map.get(1).is_none() && o.map.get(2).is_some());
+        assert!(o.info(1).is_none() && o.info(3).is_some());
+        // An owner the kernel evicted stays mirrored while a flow needs it.
+        o.map.entries.remove(&3);
+        let held = o.sync(true).unwrap();
+        o.sweep(&held, &set(&[3]), NOW_NS, MIN);
+        assert!(o.info(3).is_some());
+        let held = o.sync(true).unwrap();
+        o.sweep(&held, &HashSet::default(), NOW_NS, MIN);
+        assert!(o.info(3).is_none());
     }
 
     #[test]
@@ -501,14 +603,34 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_record_beats_a_remembered_owner() {
+    fn the_mirror_follows_the_kernels_marks_and_reads_it_whole_only_when_it_must() {
+        let procs = ProcessTable::default();
+        let pid = |o: &Owners<FakeMap, FakeScan>, c| o.owner(c, &procs).map(|w| w.pid);
         let mut map = FakeMap::default();
         map.entries.insert(1, info(10, 0));
         let mut o = Owners::new(map, FakeScan::default());
-        o.remember(1, owner_from(&info(99, 0)), Instant::now());
-        assert_eq!(o.owner(1, None, &ProcessTable::default()).map(|w| w.pid), Some(10));
-        // A whole-map read given for this tick is used instead of a lookup.
-        let all: HashMap<u64, SockInfo> = [(1, info(11, 0))].into_iter().collect();
-        assert_eq!(o.owner(1, Some(&all), &ProcessTable::default()).map(|w| w.pid), Some(11));
+        // The first tick reads it whole.
+        o.sync(false);
+        assert_eq!((pid(&o, 1), o.map.whole_reads.get()), (Some(10), 1));
+        // New sockets and a new sender on an old one (a child writing its
+        // parent's socket): only the marked cookies are read.
+        o.map.hook_writes(2, info(11, 0));
+        o.map.hook_writes(1, info(12, 0));
+        assert!(o.sync(false).is_none());
+        assert_eq!((pid(&o, 1), pid(&o, 2), o.map.whole_reads.get()), (Some(12), Some(11), 1));
+        // An owner the kernel's LRU evicted under churn is still known.
+        o.map.entries.remove(&2);
+        o.sync(false);
+        assert_eq!(pid(&o, 2), Some(11));
+        // A socket made after this tick's sync: one lookup finds it.
+        o.map.entries.insert(4, info(14, 0));
+        assert_eq!(pid(&o, 4), None);
+        assert!(o.fetch(4) && !o.fetch(5));
+        assert_eq!(pid(&o, 4), Some(14));
+        // Marks lost (the change map was full): a whole read.
+        o.map.entries.insert(3, info(13, 0));
+        o.map.lost = true;
+        assert!(o.sync(false).is_some());
+        assert_eq!((pid(&o, 3), o.map.whole_reads.get()), (Some(13), 2));
     }
 }

@@ -13,6 +13,7 @@ use std::{
 use aya::{maps::MapData, Pod};
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
 /// `union bpf_attr`'s `batch` member.
 #[repr(C)]
@@ -43,7 +44,19 @@ pub fn lookup_all<K: Pod, V: Pod>(map: &MapData, chunk: usize) -> io::Result<Vec
 /// (the agent folds 100k flows a tick straight into its aggregates). Returns
 /// the entries handed over; on an error, also how many were handed over
 /// before it (0: nothing was, and the caller may read the map another way).
-pub fn for_each<K: Pod, V: Pod>(map: &MapData, chunk: usize, mut f: impl FnMut(&K, &V)) -> Result<usize, (io::Error, usize)> {
+pub fn for_each<K: Pod, V: Pod>(map: &MapData, chunk: usize, f: impl FnMut(&K, &V)) -> Result<usize, (io::Error, usize)> {
+    batch(map, BPF_MAP_LOOKUP_BATCH, chunk, f)
+}
+
+/// Every (key, value) of `map`, deleted as they are read (a plain hash map
+/// used as a queue: the kernel marks, the agent drains).
+pub fn take_all<K: Pod, V: Pod>(map: &MapData, chunk: usize) -> io::Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    batch(map, BPF_MAP_LOOKUP_AND_DELETE_BATCH, chunk, |k: &K, v: &V| out.push((*k, *v))).map_err(|(e, _)| e)?;
+    Ok(out)
+}
+
+fn batch<K: Pod, V: Pod>(map: &MapData, cmd: libc::c_long, chunk: usize, mut f: impl FnMut(&K, &V)) -> Result<usize, (io::Error, usize)> {
     let info = map.info().map_err(|e| (io::Error::other(e), 0))?;
     if (info.key_size() as usize, info.value_size() as usize) != (size_of::<K>(), size_of::<V>()) {
         let e = io::Error::new(
@@ -80,7 +93,7 @@ pub fn for_each<K: Pod, V: Pod>(map: &MapData, chunk: usize, mut f: impl FnMut(&
         // SAFETY: attr points at buffers with room for `count` keys and
         // values (reserved above) that live across the call; the kernel
         // writes at most `count` of each.
-        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>()) };
+        let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, &mut attr as *mut BatchAttr, size_of::<BatchAttr>()) };
         let err = (r < 0).then(io::Error::last_os_error);
         let n = (attr.count as usize).min(chunk);
         // SAFETY: the kernel filled the first `n` entries of both buffers.
@@ -142,6 +155,26 @@ mod tests {
     fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
         // SAFETY: `attr` lives across the call, with its true size.
         unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) }
+    }
+
+    #[test]
+    fn a_draining_read_returns_every_entry_once_and_empties_the_map() {
+        // BPF_MAP_TYPE_HASH = 1.
+        let mut create = CreateAttr { map_type: 1, key_size: 8, value_size: 1, max_entries: 5_000, map_flags: 0 };
+        let fd = bpf(0, &mut create);
+        assert!(fd >= 0, "BPF_MAP_CREATE: {}", io::Error::last_os_error());
+        // SAFETY: a new fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        for k in 0..3_000u64 {
+            let v = [1u8];
+            let mut e = ElemAttr { map_fd: fd.as_raw_fd() as u32, key: &k as *const u64 as u64, value: v.as_ptr() as u64, ..Default::default() };
+            assert_eq!(bpf(2, &mut e), 0);
+        }
+        let map = MapData::from_fd(fd).unwrap();
+        let taken = take_all::<u64, u8>(&map, 64).unwrap();
+        assert_eq!(taken.len(), 3_000);
+        assert_eq!(taken.iter().map(|(k, _)| *k).collect::<std::collections::HashSet<_>>().len(), 3_000);
+        assert!(take_all::<u64, u8>(&map, 64).unwrap().is_empty());
     }
 
     #[test]

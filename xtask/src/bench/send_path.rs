@@ -66,9 +66,10 @@ pub(super) fn send_call_cost(r: &mut String, send: &[SendRow]) {
         // The sensor process's CPU share, spread over the calls it saw.
         let agent_ns = cpu / 100.0 * per_call(mbps) * 1e9;
         let total_ns = extra_ns.max(0.0) + agent_ns;
+        let extra = if extra_ns < 0.0 { "< 0 (faster than no sensor this run: noise)".to_string() } else { format!("{extra_ns:.0}") };
         let _ = writeln!(
             r,
-            "| {} | {} B | {extra_ns:.0} | {agent_ns:.0} | {:.0} | {:.1} |",
+            "| {} | {} B | {extra} | {agent_ns:.0} | {:.0} | {:.1} |",
             row.sensor.label(),
             row.write,
             total_ns,
