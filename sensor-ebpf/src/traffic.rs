@@ -103,14 +103,40 @@ fn account(ctx: &SkBuffContext, egress: bool) {
 /// Add one packet to the flow's counters; returns the payload bytes counted.
 #[inline(always)]
 fn add(c: *mut FlowCounters, p: &Parsed, wire: u64, egress: bool) -> u32 {
-    let payload = match p.tcp {
-        // SAFETY: `c` is this flow's live value, and egress TCP for one socket
-        // runs under its lock (new_tcp_out_bytes' contract).
-        Some((seq, syn, fin)) if egress => unsafe { new_tcp_out_bytes(c, seq, syn, fin, p.payload) },
-        _ => p.payload,
-    };
-    add_volume(c, payload as u64, wire, egress);
-    payload
+    match p.tcp {
+        Some((seq, syn, fin)) if egress => {
+            // SAFETY: `c` is this flow's live value, and egress TCP for one
+            // socket runs under its lock (new_tcp_out_bytes' contract): its
+            // egress counters have one writer at a time, so plain adds.
+            unsafe {
+                let payload = new_tcp_out_bytes(c, seq, syn, fin, p.payload);
+                (*c).bytes_out += payload as u64;
+                (*c).wire_bytes_out += wire;
+                (*c).packets_out += 1;
+                payload
+            }
+        }
+        // Ingress runs before the socket lock, and a UDP socket's datagrams
+        // can leave from several CPUs at once: atomic adds.
+        _ => {
+            add_volume(c, p.payload as u64, wire, egress);
+            p.payload
+        }
+    }
+}
+
+/// `N` bytes at `off` in the packet: read in place where the linear data
+/// holds them (the headers, nearly always), else copied by the helper.
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &SkBuffContext, off: usize) -> Option<[u8; N]> {
+    // SAFETY: reading two fields of the program's own context.
+    let (data, end) = unsafe { ((*ctx.skb.skb).data as usize, (*ctx.skb.skb).data_end as usize) };
+    // The bound on `off` lets the verifier track the pointer's range.
+    if off <= 64 && data + off + N <= end {
+        // SAFETY: inside the linear packet data, checked just above.
+        return Some(unsafe { core::ptr::read_unaligned((data + off) as *const [u8; N]) });
+    }
+    ctx.load(off).ok()
 }
 
 /// Copy the start of an outbound TCP stream (new bytes only: a retransmission
@@ -249,10 +275,12 @@ fn parse(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<Parsed> {
         pid: 0,
         _pad2: 0,
     };
-    let first: u8 = ctx.load(0).ok()?;
+    // Every IP packet has 20 bytes of header: the version comes with them
+    // (a 1-byte bound LLVM folds into a form the verifier does not track).
+    let h: [u8; 20] = bytes(ctx, 0)?;
+    let first = h[0];
     let (src, dst, l4_off, has_l4) = match first >> 4 {
         4 => {
-            let h: [u8; 20] = ctx.load(0).ok()?;
             key.ip_version = 4;
             key.protocol = h[9];
             let frag = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
@@ -269,7 +297,7 @@ fn parse(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<Parsed> {
             (src, dst, ((first & 0x0f) as usize) * 4, frag == 0)
         }
         6 => {
-            let h: [u8; 40] = ctx.load(0).ok()?;
+            let h: [u8; 40] = bytes(ctx, 0)?;
             key.ip_version = 6;
             let mut src = [0u8; 16];
             let mut dst = [0u8; 16];
@@ -287,7 +315,7 @@ fn parse(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<Parsed> {
     let mut tcp = None;
     let mut payload_off = l4_off as u32;
     if has_l4 && key.protocol == IPPROTO_TCP {
-        let h: [u8; 14] = ctx.load(l4_off).ok()?;
+        let h: [u8; 14] = bytes(ctx, l4_off)?;
         sport = u16::from_be_bytes([h[0], h[1]]);
         dport = u16::from_be_bytes([h[2], h[3]]);
         let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
@@ -297,7 +325,7 @@ fn parse(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<Parsed> {
         payload_off += doff;
         tcp = Some((seq, flags & 0x02 != 0, flags & 0x01 != 0));
     } else if has_l4 && key.protocol == IPPROTO_UDP {
-        let h: [u8; 4] = ctx.load(l4_off).ok()?;
+        let h: [u8; 4] = bytes(ctx, l4_off)?;
         sport = u16::from_be_bytes([h[0], h[1]]);
         dport = u16::from_be_bytes([h[2], h[3]]);
         payload = payload.saturating_sub(8);

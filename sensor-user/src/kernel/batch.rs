@@ -34,9 +34,7 @@ struct BatchAttr {
 /// sizes are checked against the map's own before the kernel writes into
 /// buffers sized for them.
 pub fn lookup_all<K: Pod, V: Pod>(map: &MapData, chunk: usize) -> io::Result<Vec<(K, V)>> {
-    let mut out = Vec::new();
-    for_each(map, chunk, |k: &K, v: &V| out.push((*k, *v))).map_err(|(e, _)| e)?;
-    Ok(out)
+    collect(map, BPF_MAP_LOOKUP_BATCH, chunk)
 }
 
 /// Hand every (key, value) of the hash map `map` to `f`, one chunk at a
@@ -51,8 +49,12 @@ pub fn for_each<K: Pod, V: Pod>(map: &MapData, chunk: usize, f: impl FnMut(&K, &
 /// Every (key, value) of `map`, deleted as they are read (a plain hash map
 /// used as a queue: the kernel marks, the agent drains).
 pub fn take_all<K: Pod, V: Pod>(map: &MapData, chunk: usize) -> io::Result<Vec<(K, V)>> {
+    collect(map, BPF_MAP_LOOKUP_AND_DELETE_BATCH, chunk)
+}
+
+fn collect<K: Pod, V: Pod>(map: &MapData, cmd: libc::c_long, chunk: usize) -> io::Result<Vec<(K, V)>> {
     let mut out = Vec::new();
-    batch(map, BPF_MAP_LOOKUP_AND_DELETE_BATCH, chunk, |k: &K, v: &V| out.push((*k, *v))).map_err(|(e, _)| e)?;
+    batch(map, cmd, chunk, |k: &K, v: &V| out.push((*k, *v))).map_err(|(e, _)| e)?;
     Ok(out)
 }
 

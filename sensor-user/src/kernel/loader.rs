@@ -218,9 +218,15 @@ fn upper_layer_offsets(b: &btf::Btf) -> Vec<(&'static str, u32)> {
         (globals::SK_TYPE_OFF, "sock", "sk_type"),
         (globals::ICSK_ULP_OPS_OFF, "inet_connection_sock", "icsk_ulp_ops"),
     ];
+    all_or_none(b, &fields, "no BTF for socket.sk, sock.sk_protocol/sk_type or icsk_ulp_ops: kTLS sends are not counted on the send-path backends")
+}
+
+/// The offsets of `fields` (global, struct, field), or none of them when
+/// one is missing (said once on stderr: `without` says what that costs).
+fn all_or_none(b: &btf::Btf, fields: &[(&'static str, &str, &str)], without: &str) -> Vec<(&'static str, u32)> {
     let found: Option<Vec<_>> = fields.iter().map(|&(g, st, f)| b.field_offset(st, f).ok().map(|o| (g, o))).collect();
     found.unwrap_or_else(|| {
-        eprintln!("sluice: no BTF for socket.sk, sock.sk_protocol/sk_type or icsk_ulp_ops: kTLS sends are not counted on the send-path backends");
+        eprintln!("sluice: {without}");
         Vec::new()
     })
 }
@@ -273,11 +279,7 @@ fn exe_walk_offsets(b: &btf::Btf) -> Vec<(&'static str, u32)> {
         (globals::MOUNT_PARENT_OFF, "mount", "mnt_parent"),
         (globals::MOUNT_MOUNTPOINT_OFF, "mount", "mnt_mountpoint"),
     ];
-    let found: Option<Vec<_>> = fields.iter().map(|&(g, st, f)| b.field_offset(st, f).ok().map(|o| (g, o))).collect();
-    found.unwrap_or_else(|| {
-        eprintln!("sluice: no BTF for the dentry/mount walk: a program exec'd by a relative name is placed against its cwd as read later");
-        Vec::new()
-    })
+    all_or_none(b, &fields, "no BTF for the dentry/mount walk: a program exec'd by a relative name is placed against its cwd as read later")
 }
 
 fn group_exit_missing() -> Vec<(&'static str, u32)> {

@@ -93,6 +93,12 @@ fn hello_then_upload(dst: SocketAddr, hello: &[u8], n: usize) {
 
 fn hello_then_upload_on(mut s: TcpStream, hello: &[u8], n: usize) {
     s.write_all(hello).expect("hello");
+    write_chunks(&mut s, n);
+    finish(s);
+}
+
+/// `n` bytes in 64 KiB writes.
+fn write_chunks(s: &mut TcpStream, n: usize) {
     let chunk = vec![b't'; 1 << 16];
     let mut left = n;
     while left > 0 {
@@ -100,7 +106,20 @@ fn hello_then_upload_on(mut s: TcpStream, hello: &[u8], n: usize) {
         s.write_all(&chunk[..k]).expect("send");
         left -= k;
     }
-    finish(s);
+}
+
+/// All of `path` with sendfile(2); its length.
+fn sendfile_all(s: &TcpStream, path: &str) -> usize {
+    let f = std::fs::File::open(path).expect("open");
+    let len = f.metadata().expect("stat").len() as usize;
+    let mut left = len;
+    while left > 0 {
+        // SAFETY: valid fds for the call's duration; offset NULL = file position.
+        let k = unsafe { libc::sendfile(s.as_raw_fd(), f.as_raw_fd(), std::ptr::null_mut(), left) };
+        assert!(k > 0, "sendfile: {}", std::io::Error::last_os_error());
+        left -= k as usize;
+    }
+    len
 }
 
 const IPPROTO_MPTCP: i32 = 262;
@@ -380,16 +399,8 @@ fn main() {
             println!("sent {}", count * size);
         }
         ["sendfile", ip, port, file] => {
-            let f = std::fs::File::open(file).expect("open");
-            let len = f.metadata().expect("stat").len() as usize;
             let s = TcpStream::connect(addr(ip, port)).expect("connect");
-            let mut left = len;
-            while left > 0 {
-                // SAFETY: valid fds for the call's duration; offset NULL = file position.
-                let k = unsafe { libc::sendfile(s.as_raw_fd(), f.as_raw_fd(), std::ptr::null_mut(), left) };
-                assert!(k > 0, "sendfile failed");
-                left -= k as usize;
-            }
+            let len = sendfile_all(&s, file);
             finish(s);
             println!("sent {len}");
         }
@@ -407,6 +418,26 @@ fn main() {
                 sent = hello.len() - 600;
             }
             s.write_all(&body[sent - (hello.len() - 600)..]).expect("write");
+            finish(s);
+            println!("sent {}", hello.len() + n);
+        }
+        [mode @ ("ktls" | "ktls-rx"), ip, port, sni, bytes, file @ ..] => {
+            let hello = sluice_tests::client_hello(Some(sni), 200);
+            let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
+            s.write_all(&hello).expect("hello");
+            if let Err(e) = enable_ktls(&s, if *mode == "ktls" { 1 } else { 2 }) {
+                println!("unavailable kTLS (TCP_ULP tls / TLS_TX: {e})");
+                finish(s);
+                return;
+            }
+            let n = match file.first() {
+                Some(path) => sendfile_all(&s, path),
+                None => {
+                    let n: usize = bytes.parse().expect("bytes");
+                    write_chunks(&mut s, n);
+                    n
+                }
+            };
             finish(s);
             println!("sent {}", hello.len() + n);
         }
