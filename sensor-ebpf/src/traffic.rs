@@ -125,18 +125,30 @@ fn add(c: *mut FlowCounters, p: &Parsed, wire: u64, egress: bool) -> u32 {
     }
 }
 
-/// `N` bytes at `off` in the packet: read in place where the linear data
-/// holds them (the headers, nearly always), else copied by the helper.
+/// `N` bytes at the constant offset `OFF` in the packet: read in place where
+/// the linear data holds them (the headers, nearly always), else copied by
+/// the helper. Constant offsets only: a variable one (IPv4 options, IPv6
+/// extension headers) leaves 6.1's verifier with ranges it cannot follow.
 #[inline(always)]
-fn bytes<const N: usize>(ctx: &SkBuffContext, off: usize) -> Option<[u8; N]> {
+fn in_place<const OFF: usize, const N: usize>(ctx: &SkBuffContext) -> Option<[u8; N]> {
     // SAFETY: reading two fields of the program's own context.
     let (data, end) = unsafe { ((*ctx.skb.skb).data as usize, (*ctx.skb.skb).data_end as usize) };
-    // The bound on `off` lets the verifier track the pointer's range.
-    if off <= 64 && data + off + N <= end {
+    if data + OFF + N <= end {
         // SAFETY: inside the linear packet data, checked just above.
-        return Some(unsafe { core::ptr::read_unaligned((data + off) as *const [u8; N]) });
+        return Some(unsafe { core::ptr::read_unaligned((data + OFF) as *const [u8; N]) });
     }
-    ctx.load(off).ok()
+    ctx.load(OFF).ok()
+}
+
+/// The transport header at `l4_off`: in place right after a plain IPv4 or
+/// IPv6 header, else copied.
+#[inline(always)]
+fn transport<const N: usize>(ctx: &SkBuffContext, l4_off: usize) -> Option<[u8; N]> {
+    match l4_off {
+        20 => in_place::<20, N>(ctx),
+        40 => in_place::<40, N>(ctx),
+        _ => ctx.load(l4_off).ok(),
+    }
 }
 
 /// Copy the start of an outbound TCP stream (new bytes only: a retransmission
@@ -277,7 +289,7 @@ fn parse(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<Parsed> {
     };
     // Every IP packet has 20 bytes of header: the version comes with them
     // (a 1-byte bound LLVM folds into a form the verifier does not track).
-    let h: [u8; 20] = bytes(ctx, 0)?;
+    let h: [u8; 20] = in_place::<0, 20>(ctx)?;
     let first = h[0];
     let (src, dst, l4_off, has_l4) = match first >> 4 {
         4 => {
@@ -297,7 +309,7 @@ fn parse(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<Parsed> {
             (src, dst, ((first & 0x0f) as usize) * 4, frag == 0)
         }
         6 => {
-            let h: [u8; 40] = bytes(ctx, 0)?;
+            let h: [u8; 40] = in_place::<0, 40>(ctx)?;
             key.ip_version = 6;
             let mut src = [0u8; 16];
             let mut dst = [0u8; 16];
@@ -315,7 +327,7 @@ fn parse(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<Parsed> {
     let mut tcp = None;
     let mut payload_off = l4_off as u32;
     if has_l4 && key.protocol == IPPROTO_TCP {
-        let h: [u8; 14] = bytes(ctx, l4_off)?;
+        let h: [u8; 14] = transport(ctx, l4_off)?;
         sport = u16::from_be_bytes([h[0], h[1]]);
         dport = u16::from_be_bytes([h[2], h[3]]);
         let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
@@ -325,7 +337,7 @@ fn parse(ctx: &SkBuffContext, cookie: u64, egress: bool) -> Option<Parsed> {
         payload_off += doff;
         tcp = Some((seq, flags & 0x02 != 0, flags & 0x01 != 0));
     } else if has_l4 && key.protocol == IPPROTO_UDP {
-        let h: [u8; 4] = bytes(ctx, l4_off)?;
+        let h: [u8; 4] = transport(ctx, l4_off)?;
         sport = u16::from_be_bytes([h[0], h[1]]);
         dport = u16::from_be_bytes([h[2], h[3]]);
         payload = payload.saturating_sub(8);
