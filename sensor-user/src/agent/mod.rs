@@ -42,6 +42,8 @@ use owners::{KernelOwners, LiveScan, Owners};
 /// Exec records kept per tick for the detector; beyond this an exec storm's
 /// remainder is counted, not kept.
 const MAX_EXECS_PER_TICK: usize = 20_000;
+/// Deltas held for a scan in flight, at most (about 100 bytes each).
+const MAX_DEFERRED: usize = 65_536;
 /// How often the ring buffer is drained when the kernel does not wake us.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// Entries per BPF_MAP_LOOKUP_BATCH call.
@@ -78,6 +80,11 @@ pub struct Agent {
     /// (pid, start) -> (executable deleted or memfd, when last checked).
     exe_gone: HashMap<(u32, u64), (bool, Instant)>,
     last_save: Instant,
+    /// Deltas of sockets the background scan is still placing, held for
+    /// the tick it finishes in (bounded by MAX_DEFERRED).
+    deferred: Vec<flows::Delta>,
+    /// The last tick, at shutdown: nothing is held back.
+    stopping: bool,
     /// A state save still being written (see `save_state`).
     saving: Option<std::thread::JoinHandle<()>>,
     /// cgroup id -> cgroup v2 path (refreshed by a bounded walk on a miss).
@@ -150,7 +157,7 @@ impl Agent {
             config,
             sensor,
             flows_map,
-            owners: Owners::new(KernelOwners { socks: socks_map, changed: changed_map }, LiveScan),
+            owners: Owners::new(KernelOwners { socks: socks_map, changed: changed_map }, LiveScan::default()),
             dirs_map,
             counters,
             procs,
@@ -166,6 +173,8 @@ impl Agent {
             exe_gone: HashMap::new(),
             last_save: Instant::now(),
             saving: None,
+            deferred: Vec::new(),
+            stopping: false,
             cgroup_paths: std::collections::HashMap::new(),
             cgroup_walked_tick: u64::MAX,
             containers,
@@ -351,7 +360,8 @@ impl Agent {
         // date from what changed (the sweep reads it whole).
         let sweep = self.stats.ticks.is_multiple_of(SWEEP_EVERY_TICKS);
         let held = self.owners.sync(sweep);
-        let (mut agg, unknown) = self.read_flows(unix_now);
+        let (mut agg, mut unknown) = self.read_flows(unix_now);
+        unknown.append(&mut self.deferred);
         // Sockets the mirror does not know: made since the sync (one lookup
         // each), else older than the sensor or evicted unread (a rate-limited
         // scan); then their deltas.
@@ -361,9 +371,16 @@ impl Agent {
             cookies.dedup();
             cookies.retain(|&c| !self.owners.fetch(c));
             let found = if cookies.is_empty() { HashMap::default() } else { self.owners.resolve(&cookies, &mut self.procs, &self.procfs, now) };
-            for d in &unknown {
-                let owner = self.owners.owner(d.key.cookie, &self.procs).or_else(|| found.get(&d.key.cookie).copied()).unwrap_or(UNKNOWN_OWNER);
-                agg.add(d, owner, self.namer.destination(&d.key, flows::ip_of(&d.key.remote_addr), unix_now));
+            for d in unknown {
+                let owner = self.owners.owner(d.key.cookie, &self.procs).or_else(|| found.get(&d.key.cookie).copied());
+                // Held while the scan that may place them runs (fail closed:
+                // past the bound, or once it gave up, judged as unknown).
+                if owner.is_none() && !self.stopping && self.owners.waiting_on(d.key.cookie) && self.deferred.len() < MAX_DEFERRED {
+                    self.deferred.push(d);
+                    continue;
+                }
+                let name = self.namer.destination(&d.key, flows::ip_of(&d.key.remote_addr), unix_now);
+                agg.add(&d, owner.unwrap_or(UNKNOWN_OWNER), name);
             }
         }
         let records = agg.finish();
@@ -715,6 +732,7 @@ impl Agent {
         }
         self.drain(ring.get_mut());
         self.drain(payloads.get_mut());
+        self.stopping = true;
         self.tick()?;
         self.save_state(true);
         if !self.sink.get_mut().close(Duration::from_secs(5)) {

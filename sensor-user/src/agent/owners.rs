@@ -90,23 +90,51 @@ impl OwnerMap for KernelOwners {
 /// a lookup each.
 const CHANGED_LOOKUPS_MAX: usize = 8192;
 
-/// The sockets that exist now, and which process holds each.
-pub trait SocketScan {
-    /// Every socket of every network namespace (`sockets::dump_everywhere`).
-    fn sockets(&mut self) -> Result<sockets::Everywhere>;
-    /// Socket inode -> the pid holding it (`sockets::inode_owners`).
-    fn inode_owners(&mut self) -> std::collections::HashMap<u32, u32>;
+/// What a scan found: every socket of every network namespace
+/// (`sockets::dump_everywhere`), and socket inode -> the pid holding it
+/// (`sockets::inode_owners`, a walk of every /proc/<pid>/fd).
+pub struct Scan {
+    pub sockets: sockets::Everywhere,
+    pub holders: std::collections::HashMap<u32, u32>,
 }
 
-/// The real scan: sock_diag in each namespace, then every /proc/<pid>/fd.
-pub struct LiveScan;
+/// The sockets that exist now, and which process holds each.
+pub trait SocketScan {
+    /// Scan on this thread (once, at start).
+    fn scan(&mut self) -> Result<Scan>;
+    /// Start a scan in the background, unless one is running.
+    fn start(&mut self);
+    /// The background scan's result, once it is done.
+    fn finished(&mut self) -> Option<Result<Scan>>;
+}
+
+/// The real scan. In the background it runs on a thread of its own: with
+/// 50,000 processes the /proc walk took seconds, and ticks (and the ring
+/// buffer's drain) went on only after it (`cargo xtask bench`, section 3).
+#[derive(Default)]
+pub struct LiveScan {
+    running: Option<std::thread::JoinHandle<Result<Scan>>>,
+}
+
+fn live_scan() -> Result<Scan> {
+    Ok(Scan { sockets: sockets::dump_everywhere()?, holders: sockets::inode_owners() })
+}
 
 impl SocketScan for LiveScan {
-    fn sockets(&mut self) -> Result<sockets::Everywhere> {
-        sockets::dump_everywhere()
+    fn scan(&mut self) -> Result<Scan> {
+        live_scan()
     }
-    fn inode_owners(&mut self) -> std::collections::HashMap<u32, u32> {
-        sockets::inode_owners()
+    fn start(&mut self) {
+        if self.running.is_none() {
+            match std::thread::Builder::new().name("sluice-scan".into()).spawn(live_scan) {
+                Ok(h) => self.running = Some(h),
+                Err(e) => eprintln!("sluice: cannot start the socket scan ({e}); unknown owners wait for the next try"),
+            }
+        }
+    }
+    fn finished(&mut self) -> Option<Result<Scan>> {
+        let h = self.running.take_if(|h| h.is_finished())?;
+        Some(h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the socket scan thread panicked"))))
     }
 }
 
@@ -122,6 +150,8 @@ pub struct Owners<M, S> {
     remembered: HashMap<u64, (Owner, Instant)>,
     /// Cookies a scan could not place, and when it tried.
     unresolved: HashMap<u64, Instant>,
+    /// Cookies the background scan in flight is for (empty: none running).
+    waiting: HashSet<u64>,
     last_scan: Option<Instant>,
     /// Whether the "cannot enter other network namespaces" notice was given.
     said_netns: bool,
@@ -139,6 +169,7 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
             synced: false,
             remembered: HashMap::new(),
             unresolved: HashMap::new(),
+            waiting: HashSet::default(),
             last_scan: None,
             said_netns: false,
             resolved: 0,
@@ -210,11 +241,11 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
     /// finishes within the first tick is named. Never overrides what a hook
     /// recorded in the owner's own context.
     pub fn seed(&mut self, procs: &mut ProcessTable, procfs: &impl ProcSource, now: Instant) -> Result<usize> {
-        let found = self.dump()?;
-        let inodes = self.scan.inode_owners();
+        let scan = self.scan.scan()?;
+        let found = self.sockets_of(scan.sockets);
         let mut n = 0;
         for f in &found {
-            if let Some(&pid) = inodes.get(&f.sock.inode).filter(|_| f.sock.inode != 0) {
+            if let Some(&pid) = scan.holders.get(&f.sock.inode).filter(|_| f.sock.inode != 0) {
                 if self.map.get(f.sock.cookie).is_none() {
                     self.adopt(f, pid, BPF_NOEXIST, procs, procfs, now);
                     n += 1;
@@ -226,8 +257,7 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
 
     /// The scan's sockets; namespaces it cannot enter are said once (their
     /// old sockets stay ownerless, and are still judged).
-    fn dump(&mut self) -> Result<Vec<sockets::Found>> {
-        let all = self.scan.sockets()?;
+    fn sockets_of(&mut self, all: sockets::Everywhere) -> Vec<sockets::Found> {
         if let Some((ino, why)) = all.failed.first() {
             if !self.said_netns {
                 self.said_netns = true;
@@ -238,7 +268,7 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
                 );
             }
         }
-        Ok(all.sockets)
+        all.sockets
     }
 
     /// Record `pid` as the owner of a socket the scan found, in the kernel
@@ -261,28 +291,48 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
     }
 
     /// Owners for `cookies` no record placed (a race between the hooks and
-    /// the start-up scan, or an owner the LRU evicted before it was read):
-    /// at most one scan per `SCAN_EVERY`; a cookie it cannot place waits
-    /// `UNRESOLVED_RETRY` for the next.
+    /// the start-up scan, or an owner the LRU evicted before it was read).
+    /// The scan runs in the background, at most one per `SCAN_EVERY`: this
+    /// returns at once, with what a scan that finished since placed; a
+    /// cookie it could not place waits `UNRESOLVED_RETRY` for the next.
+    /// `waiting_on` tells which cookies the scan in flight is for.
     pub fn resolve(&mut self, cookies: &[u64], procs: &mut ProcessTable, procfs: &impl ProcSource, now: Instant) -> HashMap<u64, Owner> {
         let mut found = HashMap::new();
-        let due = due_for_scan(cookies, &self.unresolved, now);
-        if due.is_empty() || self.last_scan.is_some_and(|t| now.duration_since(t) < SCAN_EVERY) {
-            return found;
-        }
-        self.last_scan = Some(now);
-        let diag = match self.dump() {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("sluice: cannot list pre-existing sockets: {e:#}");
-                self.unresolved.extend(due.into_iter().map(|c| (c, now)));
-                return found;
+        if let Some(result) = self.scan.finished() {
+            let asked: Vec<u64> = self.waiting.drain().chain(cookies.iter().copied()).collect();
+            match result {
+                Ok(scan) => self.place(scan, &asked, procs, procfs, now, &mut found),
+                Err(e) => {
+                    eprintln!("sluice: cannot list pre-existing sockets: {e:#}");
+                    self.unresolved.extend(asked.into_iter().map(|c| (c, now)));
+                }
             }
-        };
-        let by_cookie: HashMap<u64, sockets::Found> = diag.iter().map(|f| (f.sock.cookie, *f)).collect();
-        let inodes = self.scan.inode_owners();
-        for c in due {
-            let hit = by_cookie.get(&c).filter(|f| f.sock.inode != 0).and_then(|f| inodes.get(&f.sock.inode).map(|pid| (*f, *pid)));
+        }
+        let due: Vec<u64> =
+            due_for_scan(cookies, &self.unresolved, now).into_iter().filter(|c| !found.contains_key(c) && self.info(*c).is_none()).collect();
+        let recent = self.last_scan.is_some_and(|t| now.duration_since(t) < SCAN_EVERY);
+        if !due.is_empty() && self.waiting.is_empty() && !recent {
+            self.last_scan = Some(now);
+            self.waiting.extend(due);
+            self.scan.start();
+        }
+        found
+    }
+
+    /// Whether the scan in flight may still place `cookie`.
+    pub fn waiting_on(&self, cookie: u64) -> bool {
+        self.waiting.contains(&cookie)
+    }
+
+    /// Adopt the owners `scan` found for `asked`; mark the rest unresolved.
+    fn place(&mut self, scan: Scan, asked: &[u64], procs: &mut ProcessTable, procfs: &impl ProcSource, now: Instant, found: &mut HashMap<u64, Owner>) {
+        let holders = scan.holders;
+        let by_cookie: HashMap<u64, sockets::Found> = self.sockets_of(scan.sockets).into_iter().map(|f| (f.sock.cookie, f)).collect();
+        for &c in asked {
+            if found.contains_key(&c) {
+                continue;
+            }
+            let hit = by_cookie.get(&c).filter(|f| f.sock.inode != 0).and_then(|f| holders.get(&f.sock.inode).map(|pid| (*f, *pid)));
             match hit {
                 Some((f, pid)) => {
                     found.insert(c, self.adopt(&f, pid, 0, procs, procfs, now));
@@ -292,7 +342,6 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
                 }
             }
         }
-        found
     }
 
     /// Retire the kernel entries of sockets closed for `after` whose flows
@@ -457,20 +506,22 @@ mod tests {
         }
     }
 
-    /// A scan that finds fixed sockets and counts how often it ran.
+    /// A scan that finds fixed sockets, counts how often it ran, and can be
+    /// held running (a slow /proc walk) until released.
     #[derive(Default)]
     struct FakeScan {
         /// (cookie, inode, accepted)
         sockets: Vec<(u64, u32, bool)>,
         /// inode -> pid
         holders: std::collections::HashMap<u32, u32>,
-        scans: Cell<u32>,
+        scans: u32,
         fail: bool,
+        hold: bool,
+        running: bool,
     }
 
-    impl SocketScan for FakeScan {
-        fn sockets(&mut self) -> Result<sockets::Everywhere> {
-            self.scans.set(self.scans.get() + 1);
+    impl FakeScan {
+        fn result(&self) -> Result<Scan> {
             if self.fail {
                 anyhow::bail!("sock_diag refused");
             }
@@ -482,10 +533,27 @@ mod tests {
                     accepted,
                 })
                 .collect();
-            Ok(sockets::Everywhere { sockets, failed: Vec::new() })
+            Ok(Scan { sockets: sockets::Everywhere { sockets, failed: Vec::new() }, holders: self.holders.clone() })
         }
-        fn inode_owners(&mut self) -> std::collections::HashMap<u32, u32> {
-            self.holders.clone()
+    }
+
+    impl SocketScan for FakeScan {
+        fn scan(&mut self) -> Result<Scan> {
+            self.scans += 1;
+            self.result()
+        }
+        fn start(&mut self) {
+            if !self.running {
+                self.scans += 1;
+                self.running = true;
+            }
+        }
+        fn finished(&mut self) -> Option<Result<Scan>> {
+            if !self.running || self.hold {
+                return None;
+            }
+            self.running = false;
+            Some(self.result())
         }
     }
 
@@ -564,29 +632,53 @@ mod tests {
         let mut o = Owners::new(FakeMap::default(), scan);
         let mut procs = ProcessTable::default();
         let t0 = Instant::now();
-        let found = o.resolve(&[7, 8], &mut procs, &Procs, t0);
+        // The scan starts in the background; nothing is placed yet.
+        assert!(o.resolve(&[7, 8], &mut procs, &Procs, t0).is_empty());
+        assert!(o.waiting_on(7) && o.waiting_on(8) && o.scan.scans == 1);
+        // The next tick takes its result.
+        let found = o.resolve(&[7, 8], &mut procs, &Procs, t0 + Duration::from_secs(1));
         // 7 is held by pid 4242 (read from procfs, now in the table); 8 by no one.
         let seven = found[&7];
         assert_eq!((seven.pid, seven.attribution, seven.direction), (4242, Attribution::Procfs, DIR_EGRESS));
         assert_eq!(o.map.get(7).map(|i| (i.tgid, i.cgroup_id, i.origin)), Some((4242, 9, ORIGIN_PROCFS)));
         assert!(procs.get(4242).is_some_and(|p| p.name == "rclone"));
-        assert!(!found.contains_key(&8));
+        assert!(!found.contains_key(&8) && !o.waiting_on(8));
         // Within SCAN_EVERY: no second scan, whatever is asked.
         assert!(o.resolve(&[8, 9], &mut procs, &Procs, t0 + Duration::from_secs(5)).is_empty());
-        assert_eq!(o.scan.scans.get(), 1);
-        // After SCAN_EVERY, 9 is due, 8 (tried at t0) waits for UNRESOLVED_RETRY.
+        assert_eq!(o.scan.scans, 1);
+        // After SCAN_EVERY, 9 is due, 8 (tried at t0+1) waits for UNRESOLVED_RETRY.
         assert_eq!(due_for_scan(&[8, 9], &o.unresolved, t0 + SCAN_EVERY), vec![9]);
         o.resolve(&[8, 9], &mut procs, &Procs, t0 + SCAN_EVERY);
-        assert_eq!(o.scan.scans.get(), 2);
-        assert_eq!(due_for_scan(&[8], &o.unresolved, t0 + UNRESOLVED_RETRY), vec![8]);
+        assert!(o.scan.scans == 2 && o.waiting_on(9) && !o.waiting_on(8));
+        assert_eq!(due_for_scan(&[8], &o.unresolved, t0 + UNRESOLVED_RETRY + Duration::from_secs(1)), vec![8]);
+    }
+
+    #[test]
+    fn a_slow_scan_never_holds_a_tick() {
+        let scan = FakeScan { sockets: vec![(7, 70, false)], holders: [(70, 4242)].into_iter().collect(), hold: true, ..Default::default() };
+        let mut o = Owners::new(FakeMap::default(), scan);
+        let mut procs = ProcessTable::default();
+        let t0 = Instant::now();
+        // Ticks while the /proc walk runs: each returns at once, no second
+        // scan is started, and the cookie is still waited on.
+        for i in 0..30 {
+            assert!(o.resolve(&[7], &mut procs, &Procs, t0 + Duration::from_secs(i)).is_empty());
+        }
+        assert!(o.scan.scans == 1 && o.waiting_on(7));
+        o.scan.hold = false;
+        let found = o.resolve(&[], &mut procs, &Procs, t0 + Duration::from_secs(31));
+        assert_eq!(found.get(&7).map(|w| w.pid), Some(4242));
+        assert!(!o.waiting_on(7));
     }
 
     #[test]
     fn a_failed_scan_marks_every_cookie_for_a_later_retry() {
         let mut o = Owners::new(FakeMap::default(), FakeScan { fail: true, ..Default::default() });
         let t0 = Instant::now();
-        assert!(o.resolve(&[5, 6], &mut ProcessTable::default(), &Procs, t0).is_empty());
-        assert!(due_for_scan(&[5, 6], &o.unresolved, t0 + Duration::from_secs(1)).is_empty());
+        let mut procs = ProcessTable::default();
+        assert!(o.resolve(&[5, 6], &mut procs, &Procs, t0).is_empty());
+        assert!(o.resolve(&[5, 6], &mut procs, &Procs, t0 + Duration::from_secs(1)).is_empty());
+        assert!(!o.waiting_on(5) && due_for_scan(&[5, 6], &o.unresolved, t0 + Duration::from_secs(2)).is_empty());
     }
 
     #[test]

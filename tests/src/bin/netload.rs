@@ -441,43 +441,6 @@ fn main() {
             finish(s);
             println!("sent {}", hello.len() + n);
         }
-        [mode @ ("ktls" | "ktls-rx"), ip, port, sni, bytes, file @ ..] => {
-            let hello = sluice_tests::client_hello(Some(sni), 200);
-            let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
-            s.write_all(&hello).expect("hello");
-            if let Err(e) = enable_ktls(&s, if *mode == "ktls" { 1 } else { 2 }) {
-                println!("unavailable kTLS (TCP_ULP tls / TLS_TX: {e})");
-                finish(s);
-                return;
-            }
-            let n = match file.first() {
-                Some(path) => {
-                    let f = std::fs::File::open(path).expect("open");
-                    let len = f.metadata().expect("stat").len() as usize;
-                    let mut left = len;
-                    while left > 0 {
-                        // SAFETY: valid fds for the call's duration; offset NULL = file position.
-                        let k = unsafe { libc::sendfile(s.as_raw_fd(), f.as_raw_fd(), std::ptr::null_mut(), left) };
-                        assert!(k > 0, "sendfile on kTLS: {}", std::io::Error::last_os_error());
-                        left -= k as usize;
-                    }
-                    len
-                }
-                None => {
-                    let n: usize = bytes.parse().expect("bytes");
-                    let chunk = vec![b'k'; 1 << 16];
-                    let mut left = n;
-                    while left > 0 {
-                        let k = left.min(chunk.len());
-                        s.write_all(&chunk[..k]).expect("send on kTLS");
-                        left -= k;
-                    }
-                    n
-                }
-            };
-            finish(s);
-            println!("sent {}", hello.len() + n);
-        }
         ["quic", ip, port, count] => {
             let count: usize = count.parse().expect("count");
             let dst = addr(ip, port);
