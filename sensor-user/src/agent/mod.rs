@@ -46,8 +46,6 @@ const MAX_EXECS_PER_TICK: usize = 20_000;
 const MAX_DEFERRED: usize = 65_536;
 /// How often the ring buffer is drained when the kernel does not wake us.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
-/// Entries per BPF_MAP_LOOKUP_BATCH call.
-const BATCH: usize = 4096;
 
 /// Flows idle this long are retired from the kernel map.
 const IDLE_RETIRE: Duration = Duration::from_secs(300);
@@ -327,18 +325,8 @@ impl Agent {
             };
             agg.add(&d, owner, namer.destination(k, flows::ip_of(&k.remote_addr), unix_now));
         };
-        use aya::maps::IterableMap;
-        match batch::for_each(self.flows_map.map(), BATCH, &mut fold) {
-            Ok(_) => tracker.end(),
-            Err((e, 0)) => {
-                if self.stats.ticks == 1 {
-                    eprintln!("sluice: batch map reads unavailable ({e}); reading kernel maps one entry at a time");
-                }
-                for (k, c) in self.flows_map.iter().filter_map(Result::ok) {
-                    fold(&k, &c);
-                }
-                tracker.end();
-            }
+        match batch::read_each(&self.flows_map, self.stats.ticks == 1, &mut fold) {
+            Ok(()) => tracker.end(),
             // Entries it did not reach are still in the kernel, not gone: the
             // tracker keeps them for the next read.
             Err((e, n)) => eprintln!("sluice: reading the flow map failed after {n} entries ({e}); the rest is counted next tick"),
@@ -370,9 +358,12 @@ impl Agent {
             cookies.sort_unstable();
             cookies.dedup();
             cookies.retain(|&c| !self.owners.fetch(c));
-            let found = if cookies.is_empty() { HashMap::default() } else { self.owners.resolve(&cookies, &mut self.procs, &self.procfs, now) };
+            // What a finished scan placed is in the mirror now.
+            if !cookies.is_empty() {
+                self.owners.resolve(&cookies, &mut self.procs, &self.procfs, now);
+            }
             for d in unknown {
-                let owner = self.owners.owner(d.key.cookie, &self.procs).or_else(|| found.get(&d.key.cookie).copied());
+                let owner = self.owners.owner(d.key.cookie, &self.procs);
                 // Held while the scan that may place them runs (fail closed:
                 // past the bound, or once it gave up, judged as unknown).
                 if owner.is_none() && !self.stopping && self.owners.waiting_on(d.key.cookie) && self.deferred.len() < MAX_DEFERRED {

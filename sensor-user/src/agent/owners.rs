@@ -70,13 +70,8 @@ impl OwnerMap for KernelOwners {
         let _ = self.socks.remove(&cookie);
     }
     fn read_all(&self, f: &mut dyn FnMut(u64, &SockInfo)) {
-        use aya::maps::IterableMap;
-        let mut each = |c: &u64, i: &SockInfo| f(*c, i);
-        if let Err((_, 0)) = crate::kernel::batch::for_each(self.socks.map(), 4096, &mut each) {
-            for (c, i) in self.socks.iter().filter_map(Result::ok) {
-                each(&c, &i);
-            }
-        }
+        // A read failing part-way leaves the rest as last mirrored.
+        let _ = crate::kernel::batch::read_each(&self.socks, false, |c: &u64, i: &SockInfo| f(*c, i));
     }
     fn take_changed(&mut self) -> Option<Vec<u64>> {
         use aya::maps::IterableMap;

@@ -2,7 +2,8 @@
 //! call per chunk of entries, where iterating costs two per entry
 //! (get_next_key, then lookup). At 100k flows that was most of a tick's CPU
 //! (`cargo xtask bench`, section 3). aya 0.14 has no batch API, so this is the
-//! one raw syscall in the agent; callers fall back to iterating on `Err`.
+//! one raw syscall in the agent; `read_each` falls back to iterating where the
+//! kernel refuses batches.
 
 use std::{
     io,
@@ -45,6 +46,30 @@ pub fn lookup_all<K: Pod, V: Pod>(map: &MapData, chunk: usize) -> io::Result<Vec
 pub fn for_each<K: Pod, V: Pod>(map: &MapData, chunk: usize, f: impl FnMut(&K, &V)) -> Result<usize, (io::Error, usize)> {
     batch(map, BPF_MAP_LOOKUP_BATCH, chunk, f)
 }
+
+/// Every (key, value) of the hash map `map`, handed to `f`: in batches, or,
+/// where the kernel refuses them before handing over anything (before 5.6),
+/// one entry at a time (said once on stderr when `say`). On a failure part-way
+/// returns how many were handed over (the rest are still in the map).
+pub fn read_each<K: Pod, V: Pod>(map: &aya::maps::HashMap<MapData, K, V>, say: bool, mut f: impl FnMut(&K, &V)) -> Result<(), (io::Error, usize)> {
+    use aya::maps::IterableMap;
+    match for_each(map.map(), BATCH, &mut f) {
+        Ok(_) => Ok(()),
+        Err((e, 0)) => {
+            if say {
+                eprintln!("sluice: batch map reads unavailable ({e}); reading kernel maps one entry at a time");
+            }
+            for (k, v) in map.iter().filter_map(Result::ok) {
+                f(&k, &v);
+            }
+            Ok(())
+        }
+        Err(partial) => Err(partial),
+    }
+}
+
+/// Entries per BPF_MAP_LOOKUP_BATCH call.
+const BATCH: usize = 4096;
 
 /// Every (key, value) of `map`, deleted as they are read (a plain hash map
 /// used as a queue: the kernel marks, the agent drains).
