@@ -14,7 +14,10 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
 /// TCP_LISTEN in the kernel's state numbering.
-const TCP_LISTEN: u8 = 10;
+pub const TCP_LISTEN: u8 = 10;
+/// `SO_NETNS_COOKIE` (asm-generic and x86 value; 5.14+), which libc does not
+/// export for this target.
+const SO_NETNS_COOKIE: libc::c_int = 71;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiagSocket {
@@ -93,12 +96,22 @@ fn dump_one(sock: &Socket, family: u8, protocol: u8, out: &mut Vec<DiagSocket>) 
     bail!("sock_diag dump did not finish")
 }
 
-/// A socket found by `dump_everywhere`, and whether it was accepted (its local
-/// port has a TCP listener in its own network namespace).
+/// A socket found by `dump_everywhere`, whether it was accepted (its local
+/// port has a TCP listener in its own network namespace), and that
+/// namespace's cookie (the id `bpf_get_netns_cookie` gives the kernel
+/// programs; 0 where this kernel cannot tell it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Found {
     pub sock: DiagSocket,
     pub accepted: bool,
+    pub netns: u64,
+}
+
+impl Found {
+    /// A TCP socket listening for connections.
+    pub fn listening(&self) -> bool {
+        self.sock.protocol == IPPROTO_TCP && self.sock.state == TCP_LISTEN
+    }
 }
 
 /// What `dump_everywhere` saw: sockets, and the namespaces it could not list.
@@ -117,19 +130,41 @@ pub struct Everywhere {
 /// global too, so `inode_owners` finds the process.
 pub fn dump_everywhere() -> Result<Everywhere> {
     let mut out = Everywhere::default();
-    out.sockets.extend(with_accepted(dump()?));
+    out.sockets.extend(with_accepted(dump()?, netns_cookie()));
     for (ino, pid) in other_namespaces() {
         match dump_in_namespace_of(pid) {
-            Ok(socks) => out.sockets.extend(with_accepted(socks)),
+            Ok((socks, netns)) => out.sockets.extend(with_accepted(socks, netns)),
             Err(e) => out.failed.push((ino, format!("{e:#}"))),
         }
     }
     Ok(out)
 }
 
-fn with_accepted(socks: Vec<DiagSocket>) -> impl Iterator<Item = Found> {
+fn with_accepted(socks: Vec<DiagSocket>, netns: u64) -> impl Iterator<Item = Found> {
     let listening = listening_ports(&socks);
-    socks.into_iter().map(move |sock| Found { sock, accepted: sock.protocol == IPPROTO_TCP && sock.state != TCP_LISTEN && listening.contains(&sock.local_port) })
+    socks.into_iter().map(move |sock| Found {
+        sock,
+        accepted: sock.protocol == IPPROTO_TCP && sock.state != TCP_LISTEN && listening.contains(&sock.local_port),
+        netns,
+    })
+}
+
+/// The cookie of this thread's network namespace, read from a socket made in
+/// it; 0 where the kernel cannot say (before 5.14).
+fn netns_cookie() -> u64 {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2); the fd is owned (and closed) by `sock` below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return 0;
+    }
+    // SAFETY: a fresh fd nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for the kernel to write 8 bytes and their length.
+    let rc = unsafe { libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &mut len) };
+    if rc == 0 { cookie } else { 0 }
 }
 
 /// `net:[4026531840]` -> 4026531840
@@ -160,8 +195,9 @@ fn other_namespaces() -> Vec<(u64, u32)> {
     v
 }
 
-/// `dump()` from inside the network namespace `pid` is in.
-fn dump_in_namespace_of(pid: u32) -> Result<Vec<DiagSocket>> {
+/// `dump()` from inside the network namespace `pid` is in, with that
+/// namespace's cookie.
+fn dump_in_namespace_of(pid: u32) -> Result<(Vec<DiagSocket>, u64)> {
     use std::os::fd::AsRawFd;
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).with_context(|| format!("opening /proc/{pid}/ns/net"))?;
     std::thread::scope(|scope| {
@@ -172,7 +208,7 @@ fn dump_in_namespace_of(pid: u32) -> Result<Vec<DiagSocket>> {
                 if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     return Err(anyhow::Error::new(std::io::Error::last_os_error()).context("entering the network namespace (setns needs CAP_SYS_ADMIN)"));
                 }
-                dump()
+                Ok((dump()?, netns_cookie()))
             })
             .join()
             .map_err(|_| anyhow::anyhow!("the sock_diag thread panicked"))?

@@ -412,6 +412,43 @@ fn a_socket_older_than_the_sensor_is_attributed_through_sock_diag() {
 }
 
 #[test]
+fn a_server_listening_before_the_sensor_owns_the_short_connections_it_accepts_after() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let port = free_port();
+    // The server (in the test host's namespace) listens before sluice starts,
+    // so no hook sees its bind; each connection it accepts afterwards gets
+    // 500 kB and is closed at once, long before any scan could place it.
+    let (conns, each) = (20u64, 500_000u64);
+    let serve = format!(
+        "import socket\nl=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('0.0.0.0',{port})); l.listen(32); l.settimeout(90)\nprint('ready',flush=True)\nfor i in range({conns}):\n    c,_=l.accept(); c.sendall(b'r'*{each}); c.close()\n"
+    );
+    let mut server = KillOnDrop(host.command("/usr/bin/python3").args(["-c", &serve]).stdout(Stdio::piped()).spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(server.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let server_pid = server.0.id();
+    let sluice = Sluice::start(TICK).unwrap();
+    let fetch = format!(
+        "import socket\nn=0\nfor i in range({conns}):\n    s=socket.create_connection(('{}',{port}),timeout=30)\n    while True:\n        d=s.recv(1<<16)\n        if not d: break\n        n+=len(d)\n    s.close()\nprint(n)\n",
+        host.peer_v4
+    );
+    let out = Command::new("/usr/bin/python3").args(["-c", &fetch]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (conns * each).to_string(), "the client must get every byte");
+    let records = sluice.stop().unwrap();
+    drop(server);
+    let served: Vec<&Value> = flows_of(&records, server_pid).into_iter().filter(|r| r["source"]["port"] == port).collect();
+    let sent: u64 = served.iter().map(|r| r["sluice"]["bytes_out"].as_u64().unwrap_or(0)).sum();
+    let unknown: u64 = flows_of(&records, 0).iter().filter(|r| r["source"]["port"] == port).map(|r| r["sluice"]["bytes_out"].as_u64().unwrap_or(0)).sum();
+    eprintln!("measured: listener older than the sensor: {sent} of {} response bytes on the server, {unknown} unknown", conns * each);
+    assert_ratio("responses of a listener older than the sensor", sent, conns * each, 0.99, 1.03);
+    for f in &served {
+        assert_eq!(f["sluice"]["attribution"], "listener", "{f}");
+        assert_eq!(f["network"]["direction"], "ingress", "the client opened it: {f}");
+    }
+}
+
+#[test]
 fn sigterm_flushes_the_last_partial_tick() {
     require_root();
     // A tick far longer than the test: only the shutdown flush can print the flow.

@@ -126,6 +126,7 @@ impl Agent {
         let flows_map = BpfHashMap::try_from(flows)?;
         let socks_map = BpfHashMap::try_from(socks)?;
         let changed_map = BpfHashMap::try_from(take(&mut sensor, maps::SOCKS_CHANGED)?)?;
+        let listeners_map = BpfHashMap::try_from(take(&mut sensor, maps::LISTENERS)?)?;
         let dirs_map = BpfHashMap::try_from(take(&mut sensor, maps::DIRS)?)?;
         let counters = PerCpuArray::try_from(take(&mut sensor, maps::COUNTERS)?)?;
         let procfs = Procfs::default();
@@ -155,7 +156,7 @@ impl Agent {
             config,
             sensor,
             flows_map,
-            owners: Owners::new(KernelOwners { socks: socks_map, changed: changed_map }, LiveScan::default()),
+            owners: Owners::new(KernelOwners { socks: socks_map, changed: changed_map, listeners: listeners_map }, LiveScan::default()),
             dirs_map,
             counters,
             procs,

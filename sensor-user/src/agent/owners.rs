@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use foldhash::{HashMap, HashMapExt, HashSet};
-use sensor_common::{SockInfo, COMM_LEN, DIR_EGRESS, DIR_INGRESS, ORIGIN_LISTENER, ORIGIN_PROCFS};
+use sensor_common::{ListenKey, ListenValue, SockInfo, COMM_LEN, DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN, ORIGIN_LISTENER, ORIGIN_PROCFS};
 
 use crate::{
     flows::{Attribution, Owner},
@@ -51,12 +51,17 @@ pub trait OwnerMap {
     /// are read. `None`: changes may have been lost (the marks were full, or
     /// cannot be read), so only a whole read is exact.
     fn take_changed(&mut self) -> Option<Vec<u64>>;
+    /// The `LISTENERS` entry for `key`, if any.
+    fn listener(&self, key: ListenKey) -> Option<ListenValue>;
+    /// Best effort, as `insert`.
+    fn set_listener(&mut self, key: ListenKey, value: ListenValue);
 }
 
-/// `SOCKS` and `SOCKS_CHANGED` in the kernel.
+/// `SOCKS`, `SOCKS_CHANGED` and `LISTENERS` in the kernel.
 pub struct KernelOwners {
     pub socks: aya::maps::HashMap<aya::maps::MapData, u64, SockInfo>,
     pub changed: aya::maps::HashMap<aya::maps::MapData, u64, u8>,
+    pub listeners: aya::maps::HashMap<aya::maps::MapData, ListenKey, ListenValue>,
 }
 
 impl OwnerMap for KernelOwners {
@@ -78,6 +83,12 @@ impl OwnerMap for KernelOwners {
         let taken = crate::kernel::batch::take_all::<u64, u8>(self.changed.map(), 4096).ok()?;
         // Full: an insert may have failed since the last drain.
         (taken.len() < sensor_common::maps::SOCKS_CHANGED_MAX as usize).then(|| taken.into_iter().map(|(c, _)| c).collect())
+    }
+    fn listener(&self, key: ListenKey) -> Option<ListenValue> {
+        self.listeners.get(&key, 0).ok()
+    }
+    fn set_listener(&mut self, key: ListenKey, value: ListenValue) {
+        let _ = self.listeners.insert(key, value, 0);
     }
 }
 
@@ -235,16 +246,30 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
     /// (hooks see every newer socket), so even a pre-existing connection that
     /// finishes within the first tick is named. Never overrides what a hook
     /// recorded in the owner's own context.
+    ///
+    /// Listening sockets also become `LISTENERS` entries: no hook saw them
+    /// bound, and without one the kernel cannot hand the connections they
+    /// accept from now on to their owner (each would be unknown until a scan,
+    /// and one shorter than that stayed unknown).
     pub fn seed(&mut self, procs: &mut ProcessTable, procfs: &impl ProcSource, now: Instant) -> Result<usize> {
         let scan = self.scan.scan()?;
         let found = self.sockets_of(scan.sockets);
+        let holder = |f: &sockets::Found| scan.holders.get(&f.sock.inode).copied().filter(|_| f.sock.inode != 0);
         let mut n = 0;
         for f in &found {
-            if let Some(&pid) = scan.holders.get(&f.sock.inode).filter(|_| f.sock.inode != 0) {
+            if let Some(pid) = holder(f) {
                 if self.map.get(f.sock.cookie).is_none() {
                     self.adopt(f, pid, BPF_NOEXIST, procs, procfs, now);
                     n += 1;
                 }
+            }
+        }
+        for (f, pid, ambiguous) in listeners_to_seed(&found, holder) {
+            let owner = adopted_info(&f, pid, procs.get(pid));
+            let key = ListenKey { port: f.sock.local_port, protocol: f.sock.protocol.into() };
+            let seen = ListenValue { cookie: f.sock.cookie, owner, netns: f.netns, ambiguous: ambiguous.into(), _pad: 0 };
+            if let Some(v) = merge_listener(self.map.listener(key), seen) {
+                self.map.set_listener(key, v);
             }
         }
         Ok(n)
@@ -398,6 +423,37 @@ pub fn to_retire(
 }
 
 /// Kernel-held owner entries closed at least `after` ago that no flow refers to.
+/// The listening sockets a start-up scan found that have a holder, one per
+/// port: (socket, holder, ambiguous). A port listened on in more than one
+/// network namespace (pods on :8080 each), or in one whose cookie is unknown,
+/// is ambiguous, as the kernel marks a port bound in two: the packet hook
+/// cannot tell which namespace an accepted socket is in, so the agent places
+/// those by scan.
+pub fn listeners_to_seed(found: &[sockets::Found], holder: impl Fn(&sockets::Found) -> Option<u32>) -> Vec<(sockets::Found, u32, bool)> {
+    let mut by_port: std::collections::BTreeMap<u16, (sockets::Found, u32, bool)> = Default::default();
+    for f in found.iter().filter(|f| f.listening()) {
+        let Some(pid) = holder(f) else { continue };
+        by_port
+            .entry(f.sock.local_port)
+            .and_modify(|(first, _, ambiguous)| *ambiguous |= first.netns != f.netns)
+            .or_insert((*f, pid, f.netns == 0));
+    }
+    by_port.into_values().collect()
+}
+
+/// What to write for a listener the start-up scan `seen`, given the kernel's
+/// entry for its port: none yet, ours; one from the same namespace (a bind
+/// since the programs attached, which is newer), nothing; one from another
+/// namespace, that one marked ambiguous.
+pub fn merge_listener(kernel: Option<ListenValue>, seen: ListenValue) -> Option<ListenValue> {
+    match kernel {
+        None => Some(seen),
+        Some(k) if k.netns == seen.netns && seen.netns != 0 && seen.ambiguous == 0 => None,
+        Some(k) if k.ambiguous != 0 => None,
+        Some(k) => Some(ListenValue { ambiguous: 1, ..k }),
+    }
+}
+
 pub fn to_sweep(socks: &HashMap<u64, SockInfo>, held: &HashSet<u64>, with_flows: &HashSet<u64>, now_ns: u64, after: Duration) -> Vec<u64> {
     socks.iter().filter(|(c, i)| held.contains(c) && closed_for(i, now_ns, after) && !with_flows.contains(c)).map(|(c, _)| *c).collect()
 }
@@ -426,8 +482,19 @@ fn adopted_info(f: &sockets::Found, pid: u32, p: Option<&crate::process_table::P
         sock_type: 0,
         protocol: f.sock.protocol as u16,
         origin: ORIGIN_PROCFS,
-        direction: if f.accepted { DIR_INGRESS } else { DIR_EGRESS },
-        bound_port: 0,
+        // A listener's own packets (its SYN-ACKs) go either way, as the
+        // kernel's record of a listener it saw bound says; its accepted
+        // sockets say which.
+        direction: if f.listening() {
+            DIR_UNKNOWN
+        } else if f.accepted {
+            DIR_INGRESS
+        } else {
+            DIR_EGRESS
+        },
+        // A listener's port, so its release retires the LISTENERS entry
+        // seeded for it (the kernel does that for a port it saw bound).
+        bound_port: if f.listening() { f.sock.local_port } else { 0 },
         _pad: [0; 6],
     }
 }
@@ -465,6 +532,7 @@ mod tests {
         /// The marks overflowed.
         lost: bool,
         whole_reads: Cell<u32>,
+        listeners: std::collections::HashMap<(u16, u16), ListenValue>,
     }
 
     impl FakeMap {
@@ -499,6 +567,12 @@ mod tests {
             let c = std::mem::take(&mut self.changed);
             (!std::mem::take(&mut self.lost)).then_some(c)
         }
+        fn listener(&self, key: ListenKey) -> Option<ListenValue> {
+            self.listeners.get(&(key.port, key.protocol)).copied()
+        }
+        fn set_listener(&mut self, key: ListenKey, value: ListenValue) {
+            self.listeners.insert((key.port, key.protocol), value);
+        }
     }
 
     /// A scan that finds fixed sockets, counts how often it ran, and can be
@@ -507,6 +581,8 @@ mod tests {
     struct FakeScan {
         /// (cookie, inode, accepted)
         sockets: Vec<(u64, u32, bool)>,
+        /// Listening sockets: (cookie, inode, port, netns cookie)
+        listening: Vec<(u64, u32, u16, u64)>,
         /// inode -> pid
         holders: std::collections::HashMap<u32, u32>,
         scans: u32,
@@ -520,13 +596,13 @@ mod tests {
             if self.fail {
                 anyhow::bail!("sock_diag refused");
             }
-            let sockets = self
-                .sockets
-                .iter()
-                .map(|&(cookie, inode, accepted)| sockets::Found {
-                    sock: sockets::DiagSocket { cookie, inode, uid: 1000, protocol: 6, state: 1, local_port: 40000 },
-                    accepted,
-                })
+            let found = |cookie, inode, state, local_port, accepted, netns| sockets::Found {
+                sock: sockets::DiagSocket { cookie, inode, uid: 1000, protocol: 6, state, local_port },
+                accepted,
+                netns,
+            };
+            let sockets = (self.sockets.iter().map(|&(cookie, inode, accepted)| found(cookie, inode, 1, 40000, accepted, 1)))
+                .chain(self.listening.iter().map(|&(cookie, inode, port, netns)| found(cookie, inode, sockets::TCP_LISTEN, port, false, netns)))
                 .collect();
             Ok(Scan { sockets: sockets::Everywhere { sockets, failed: Vec::new() }, holders: self.holders.clone() })
         }
@@ -564,7 +640,7 @@ mod tests {
 
     fn info(pid: u32, closed_ns: u64) -> SockInfo {
         let mut i = adopted_info(
-            &sockets::Found { sock: sockets::DiagSocket { cookie: 0, inode: 0, uid: 1, protocol: 6, state: 1, local_port: 1 }, accepted: false },
+            &sockets::Found { sock: sockets::DiagSocket { cookie: 0, inode: 0, uid: 1, protocol: 6, state: 1, local_port: 1 }, accepted: false, netns: 1 },
             pid,
             None,
         );
@@ -687,6 +763,45 @@ mod tests {
         assert_eq!(o.map.get(7).map(|i| i.tgid), Some(55));
         // The accepted one (its port has a listener) is ingress.
         assert_eq!(o.map.get(8).map(|i| (i.tgid, i.direction)), Some((200, DIR_INGRESS)));
+    }
+
+    #[test]
+    fn listeners_older_than_the_sensor_are_seeded_so_their_accepted_connections_have_an_owner() {
+        // Port 80 (v4 and v6 sockets of one server), port 8080 in two
+        // namespaces (two pods), port 9090 held by nobody the walk found,
+        // port 7000 already bound since the programs attached (kept).
+        let scan = FakeScan {
+            listening: vec![(1, 10, 80, 5), (2, 20, 80, 5), (3, 30, 8080, 5), (4, 40, 8080, 6), (5, 50, 9090, 5), (6, 60, 7000, 5)],
+            holders: [(10, 100), (20, 100), (30, 300), (40, 400), (60, 600)].into_iter().collect(),
+            ..Default::default()
+        };
+        let mut map = FakeMap::default();
+        let bound = ListenValue { cookie: 99, owner: info(77, 0), netns: 5, ambiguous: 0, _pad: 0 };
+        map.listeners.insert((7000, 6), bound);
+        let mut o = Owners::new(map, scan);
+        let mut procs = ProcessTable::default();
+        o.seed(&mut procs, &Procs, Instant::now()).unwrap();
+        let l = |port| o.map.listeners.get(&(port, 6)).map(|v| (v.cookie, v.owner.tgid, v.netns, v.ambiguous));
+        assert_eq!(l(80), Some((1, 100, 5, 0)));
+        assert_eq!(o.map.listeners[&(80, 6)].owner.comm[..6], *b"rclone");
+        assert_eq!(l(8080).map(|v| v.3), Some(1), "a port in two namespaces lends no owner");
+        assert_eq!(l(9090), None);
+        assert_eq!(l(7000), Some((99, 77, 5, 0)));
+        // The listener's own owner entry carries its port, so its release
+        // retires the seeded entry.
+        assert_eq!(o.map.get(1).map(|i| (i.bound_port, i.direction)), Some((80, DIR_UNKNOWN)));
+    }
+
+    #[test]
+    fn a_seeded_listener_marks_a_port_bound_since_in_another_namespace_ambiguous() {
+        let seen = |netns, ambiguous| ListenValue { cookie: 1, owner: info(1, 0), netns, ambiguous, _pad: 0 };
+        let kernel = ListenValue { cookie: 2, owner: info(2, 0), netns: 5, ambiguous: 0, _pad: 0 };
+        assert_eq!(merge_listener(None, seen(5, 0)).map(|v| v.cookie), Some(1));
+        assert!(merge_listener(Some(kernel), seen(5, 0)).is_none());
+        for other in [seen(6, 0), seen(0, 1), seen(5, 1)] {
+            assert_eq!(merge_listener(Some(kernel), other).map(|v| (v.cookie, v.ambiguous)), Some((2, 1)));
+        }
+        assert!(merge_listener(Some(ListenValue { ambiguous: 1, ..kernel }), seen(6, 0)).is_none());
     }
 
     #[test]
