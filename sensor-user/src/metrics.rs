@@ -76,6 +76,10 @@ pub struct Metrics {
     pub kretprobe_missed: Family<NameLabel, Counter>,
     /// What naming parsed, could not parse, ignored or dropped, by name.
     pub naming: Family<NameLabel, Counter>,
+    /// Background scans for unknown socket owners (sock_diag + /proc walk).
+    pub socket_scan_seconds: Histogram,
+    pub socket_scan_running: Gauge,
+    pub socket_scan_waiting: Gauge,
     /// Monotonic time of the last completed tick, for /healthz.
     last_tick: Arc<AtomicU64>,
     started: Instant,
@@ -116,6 +120,10 @@ impl Metrics {
             ownerless_bytes: Counter::default(),
             naming: Family::default(),
             kretprobe_missed: Family::default(),
+            // 10 ms to ~16 s: with 50,000 processes the /proc walk took seconds.
+            socket_scan_seconds: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]),
+            socket_scan_running: Gauge::default(),
+            socket_scan_waiting: Gauge::default(),
             last_tick: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         };
@@ -156,6 +164,17 @@ impl Metrics {
             "naming",
             "Destination-naming inputs by outcome (names found, malformed, unsolicited DNS answers ignored, reassemblies evicted)",
             m.naming.clone(),
+        );
+        r.register(
+            "socket_scan_duration_seconds",
+            "Background scans for the owners of sockets no hook saw (sock_diag in every network namespace, then a /proc fd walk)",
+            m.socket_scan_seconds.clone(),
+        );
+        r.register("socket_scan_running", "1 while a background socket-owner scan runs (ticks go on meanwhile)", m.socket_scan_running.clone());
+        r.register(
+            "socket_scan_waiting",
+            "Sockets of unknown owner waiting for the running scan or the next (their bytes are held until it ends)",
+            m.socket_scan_waiting.clone(),
         );
         r.register(
             "detector_evictions",

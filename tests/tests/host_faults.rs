@@ -4,7 +4,7 @@
 //! kernel maps' capacity.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -470,4 +470,75 @@ fn floods_of_dns_answers_tcp_dns_trickles_and_client_hellos_during_an_exec_storm
     assert!(rss_after < 128 * 1024, "RSS {rss_after} KiB after the flood");
     assert_eq!(http_get(&metrics, "/healthz").unwrap().0, 200, "the agent fell behind");
     assert!(agent.stop(Duration::from_secs(30)).is_some_and(|s| s.success()));
+}
+
+/// A line from `child`'s stdout.
+fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    line.trim().to_string()
+}
+
+#[test]
+fn a_slow_proc_walk_holds_neither_ticks_nor_health_and_its_socket_is_placed_when_it_ends() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let port = free_port();
+    let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &[]).unwrap();
+    // A connection older than the sensor, held by no process while the
+    // start-up scan runs (in flight to a child over SCM_RIGHTS): no owner is
+    // found for it at start, so its bytes send the agent to a background scan.
+    let bytes = 20 * MB;
+    let mut passer = KillOnDrop(
+        Command::new("/usr/bin/python3")
+            .args([fixture("fdpass.py").to_str().unwrap(), &host.peer_v4, &port.to_string(), &bytes.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let carrier: u32 = first_line(&mut passer.0).parse().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let sluice = Sluice::start(&["--tick", "200ms", "--probe", "cgroup", "--emit", "flows", "--metrics-addr", &metrics]).unwrap();
+    // Then make /proc slow: 50 processes holding 19,000 descriptors each
+    // (this machine's per-process limit is 20,000), about a million links
+    // for the scan's /proc walk to read: seconds of work.
+    let mut holders = KillOnDrop(
+        Command::new("/usr/bin/python3").args([fixture("fdhold.py").to_str().unwrap(), "50", "19000"]).stdout(Stdio::piped()).spawn().unwrap(),
+    );
+    assert_eq!(first_line(&mut holders.0), "ready");
+    let mut tell = passer.0.stdin.take().unwrap();
+    tell.write_all(b"go\n").unwrap();
+    // Watch the agent while the carrier uploads (~4 s) and the scans run,
+    // until no socket waits for one.
+    let (mut during, mut scans) = (Vec::new(), 0.0);
+    let (go, deadline) = (Instant::now(), Instant::now() + Duration::from_secs(120));
+    while Instant::now() < deadline {
+        let (_, body) = http_get(&metrics, "/metrics").unwrap();
+        let health = http_get(&metrics, "/healthz").unwrap().0;
+        scans = metric(&body, "sluice_socket_scan_duration_seconds_count").unwrap_or(0.0);
+        if metric(&body, "sluice_socket_scan_running") == Some(1.0) {
+            during.push((metric(&body, "sluice_ticks_total").unwrap_or(0.0), health));
+        }
+        if scans >= 1.0 && metric(&body, "sluice_socket_scan_waiting") == Some(0.0) && go.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    tell.write_all(b"done\n").unwrap();
+    assert_eq!(sink.received().unwrap(), bytes);
+    assert!(retry(Duration::from_secs(30), || passer.0.try_wait().unwrap().is_some()), "the carrier did not finish");
+    thread::sleep(Duration::from_millis(500));
+    let records = sluice.stop().unwrap();
+    drop(holders);
+    assert!(scans >= 1.0, "no background scan finished");
+    let ticks = during.last().map(|d| d.0).unwrap_or(0.0) - during.first().map(|d| d.0).unwrap_or(0.0);
+    eprintln!("measured: while the background scan ran, {} samples, {ticks} ticks completed", during.len());
+    assert!(ticks >= 2.0, "ticks stalled while the /proc walk ran: {during:?}");
+    assert!(during.iter().all(|d| d.1 == 200), "/healthz failed while the /proc walk ran: {during:?}");
+    // The bytes sent while it ran were held, then given to the carrier.
+    let got = bytes_out_to(&records, carrier, &host.peer_v4, port);
+    assert_ratio("a socket placed by a slow background scan", got, bytes, 0.99, 1.03);
+    let f = flows_of(&records, carrier).into_iter().find(|r| r["destination"]["port"] == port).unwrap();
+    assert_eq!(f["sluice"]["attribution"], "procfs", "{f}");
 }

@@ -35,6 +35,9 @@ const UNRESOLVED_RETRY: Duration = Duration::from_secs(30);
 /// At most one scan for unknown socket owners per this long (with 50,000
 /// processes a /proc walk took seconds; `cargo xtask bench`, section 3).
 const SCAN_EVERY: Duration = Duration::from_secs(10);
+/// At most this many cookies wait for the next scan (past it, their bytes
+/// are judged as an unknown owner's at once).
+const NEXT_MAX: usize = 65_536;
 /// How long a retired socket's owner is remembered (for packets after close).
 const OWNER_MEMORY: Duration = Duration::from_secs(300);
 
@@ -102,14 +105,17 @@ const CHANGED_LOOKUPS_MAX: usize = 8192;
 pub struct Scan {
     pub sockets: sockets::Everywhere,
     pub holders: std::collections::HashMap<u32, u32>,
+    /// How long it took (for the metrics).
+    pub took: Duration,
 }
 
 /// The sockets that exist now, and which process holds each.
 pub trait SocketScan {
     /// Scan on this thread (once, at start).
     fn scan(&mut self) -> Result<Scan>;
-    /// Start a scan in the background, unless one is running.
-    fn start(&mut self);
+    /// Start a scan in the background, unless one is running; whether one
+    /// is running now.
+    fn start(&mut self) -> bool;
     /// The background scan's result, once it is done.
     fn finished(&mut self) -> Option<Result<Scan>>;
 }
@@ -123,20 +129,22 @@ pub struct LiveScan {
 }
 
 fn live_scan() -> Result<Scan> {
-    Ok(Scan { sockets: sockets::dump_everywhere()?, holders: sockets::inode_owners() })
+    let t = Instant::now();
+    Ok(Scan { sockets: sockets::dump_everywhere()?, holders: sockets::inode_owners(), took: t.elapsed() })
 }
 
 impl SocketScan for LiveScan {
     fn scan(&mut self) -> Result<Scan> {
         live_scan()
     }
-    fn start(&mut self) {
+    fn start(&mut self) -> bool {
         if self.running.is_none() {
             match std::thread::Builder::new().name("sluice-scan".into()).spawn(live_scan) {
                 Ok(h) => self.running = Some(h),
                 Err(e) => eprintln!("sluice: cannot start the socket scan ({e}); unknown owners wait for the next try"),
             }
         }
+        self.running.is_some()
     }
     fn finished(&mut self) -> Option<Result<Scan>> {
         let h = self.running.take_if(|h| h.is_finished())?;
@@ -158,12 +166,17 @@ pub struct Owners<M, S> {
     unresolved: HashMap<u64, Instant>,
     /// Cookies the background scan in flight is for (empty: none running).
     waiting: HashSet<u64>,
+    /// Cookies due a scan while one ran or within `SCAN_EVERY` of the last:
+    /// the next scan's, at most `NEXT_MAX`.
+    next: HashSet<u64>,
     last_scan: Option<Instant>,
     /// Whether the "cannot enter other network namespaces" notice was given.
     said_netns: bool,
     /// Owners placed by a scan, and sockets retired, since the start.
     pub resolved: u64,
     pub retired: u64,
+    /// How long each background scan finished since the last `take_scan_times` took.
+    scan_times: Vec<Duration>,
 }
 
 impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
@@ -176,11 +189,28 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
             remembered: HashMap::new(),
             unresolved: HashMap::new(),
             waiting: HashSet::default(),
+            next: HashSet::default(),
             last_scan: None,
             said_netns: false,
             resolved: 0,
             retired: 0,
+            scan_times: Vec::new(),
         }
+    }
+
+    /// Whether a background scan is running.
+    pub fn scanning(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// How many unknown sockets wait for the scan running, or the next.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len() + self.next.len()
+    }
+
+    /// The durations of the background scans finished since the last call.
+    pub fn take_scan_times(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.scan_times)
     }
 
     /// Bring the mirror up to date with the kernel: the entries marked as
@@ -315,13 +345,18 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
     /// The scan runs in the background, at most one per `SCAN_EVERY`: this
     /// returns at once, with what a scan that finished since placed; a
     /// cookie it could not place waits `UNRESOLVED_RETRY` for the next.
-    /// `waiting_on` tells which cookies the scan in flight is for.
+    /// A cookie due while a scan runs (a socket handed to a process during
+    /// the walk) or within `SCAN_EVERY` of the last one is the next scan's.
+    /// `waiting_on` tells which cookies the scan in flight, or the next, is for.
     pub fn resolve(&mut self, cookies: &[u64], procs: &mut ProcessTable, procfs: &impl ProcSource, now: Instant) -> HashMap<u64, Owner> {
         let mut found = HashMap::new();
         if let Some(result) = self.scan.finished() {
             let asked: Vec<u64> = self.waiting.drain().chain(cookies.iter().copied()).collect();
             match result {
-                Ok(scan) => self.place(scan, &asked, procs, procfs, now, &mut found),
+                Ok(scan) => {
+                    self.scan_times.push(scan.took);
+                    self.place(scan, &asked, procs, procfs, now, &mut found)
+                }
                 Err(e) => {
                     eprintln!("sluice: cannot list pre-existing sockets: {e:#}");
                     self.unresolved.extend(asked.into_iter().map(|c| (c, now)));
@@ -331,17 +366,26 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
         let due: Vec<u64> =
             due_for_scan(cookies, &self.unresolved, now).into_iter().filter(|c| !found.contains_key(c) && self.info(*c).is_none()).collect();
         let recent = self.last_scan.is_some_and(|t| now.duration_since(t) < SCAN_EVERY);
-        if !due.is_empty() && self.waiting.is_empty() && !recent {
+        for c in due {
+            if self.next.len() < NEXT_MAX && !self.waiting.contains(&c) {
+                self.next.insert(c);
+            }
+        }
+        if !self.next.is_empty() && self.waiting.is_empty() && !recent {
             self.last_scan = Some(now);
-            self.waiting.extend(due);
-            self.scan.start();
+            let due = std::mem::take(&mut self.next);
+            if self.scan.start() {
+                self.waiting = due;
+            } else {
+                self.unresolved.extend(due.into_iter().map(|c| (c, now)));
+            }
         }
         found
     }
 
-    /// Whether the scan in flight may still place `cookie`.
+    /// Whether the scan in flight, or the next one, may still place `cookie`.
     pub fn waiting_on(&self, cookie: u64) -> bool {
-        self.waiting.contains(&cookie)
+        self.waiting.contains(&cookie) || self.next.contains(&cookie)
     }
 
     /// Adopt the owners `scan` found for `asked`; mark the rest unresolved.
@@ -604,7 +648,7 @@ mod tests {
             let sockets = (self.sockets.iter().map(|&(cookie, inode, accepted)| found(cookie, inode, 1, 40000, accepted, 1)))
                 .chain(self.listening.iter().map(|&(cookie, inode, port, netns)| found(cookie, inode, sockets::TCP_LISTEN, port, false, netns)))
                 .collect();
-            Ok(Scan { sockets: sockets::Everywhere { sockets, failed: Vec::new() }, holders: self.holders.clone() })
+            Ok(Scan { sockets: sockets::Everywhere { sockets, failed: Vec::new() }, holders: self.holders.clone(), took: Duration::from_secs(3) })
         }
     }
 
@@ -613,11 +657,12 @@ mod tests {
             self.scans += 1;
             self.result()
         }
-        fn start(&mut self) {
+        fn start(&mut self) -> bool {
             if !self.running {
                 self.scans += 1;
                 self.running = true;
             }
+            true
         }
         fn finished(&mut self) -> Option<Result<Scan>> {
             if !self.running || self.hold {
@@ -714,12 +759,13 @@ mod tests {
         assert_eq!(o.map.get(7).map(|i| (i.tgid, i.cgroup_id, i.origin)), Some((4242, 9, ORIGIN_PROCFS)));
         assert!(procs.get(4242).is_some_and(|p| p.name == "rclone"));
         assert!(!found.contains_key(&8) && !o.waiting_on(8));
-        // Within SCAN_EVERY: no second scan, whatever is asked.
+        // Within SCAN_EVERY: no second scan, whatever is asked; 9 (new) is
+        // the next scan's, 8 (tried at t0+1) waits for UNRESOLVED_RETRY.
         assert!(o.resolve(&[8, 9], &mut procs, &Procs, t0 + Duration::from_secs(5)).is_empty());
-        assert_eq!(o.scan.scans, 1);
-        // After SCAN_EVERY, 9 is due, 8 (tried at t0+1) waits for UNRESOLVED_RETRY.
+        assert!(o.scan.scans == 1 && o.waiting_on(9) && !o.waiting_on(8));
         assert_eq!(due_for_scan(&[8, 9], &o.unresolved, t0 + SCAN_EVERY), vec![9]);
-        o.resolve(&[8, 9], &mut procs, &Procs, t0 + SCAN_EVERY);
+        // After SCAN_EVERY it runs, even if 9 is not asked again.
+        o.resolve(&[], &mut procs, &Procs, t0 + SCAN_EVERY);
         assert!(o.scan.scans == 2 && o.waiting_on(9) && !o.waiting_on(8));
         assert_eq!(due_for_scan(&[8], &o.unresolved, t0 + UNRESOLVED_RETRY + Duration::from_secs(1)), vec![8]);
     }
@@ -735,11 +781,21 @@ mod tests {
         for i in 0..30 {
             assert!(o.resolve(&[7], &mut procs, &Procs, t0 + Duration::from_secs(i)).is_empty());
         }
-        assert!(o.scan.scans == 1 && o.waiting_on(7));
+        assert!(o.scan.scans == 1 && o.waiting_on(7) && o.scanning());
+        // A socket first seen while the walk runs (handed to a process
+        // meanwhile) waits for the next scan, which starts once this one ends.
+        assert!(o.resolve(&[7, 8], &mut procs, &Procs, t0 + Duration::from_secs(30)).is_empty());
+        assert!(o.waiting_on(8) && o.waiting() == 2);
         o.scan.hold = false;
+        o.scan.sockets.push((8, 80, false));
+        o.scan.holders.insert(80, 4343);
         let found = o.resolve(&[], &mut procs, &Procs, t0 + Duration::from_secs(31));
         assert_eq!(found.get(&7).map(|w| w.pid), Some(4242));
-        assert!(!o.waiting_on(7));
+        assert!(!o.waiting_on(7) && o.waiting_on(8) && o.scanning() && o.scan.scans == 2);
+        assert_eq!(o.take_scan_times(), vec![Duration::from_secs(3)]);
+        let found = o.resolve(&[], &mut procs, &Procs, t0 + Duration::from_secs(32));
+        assert_eq!(found.get(&8).map(|w| w.pid), Some(4343));
+        assert!(!o.waiting_on(8) && !o.scanning() && o.waiting() == 0);
     }
 
     #[test]

@@ -21,6 +21,11 @@ impl Agent {
         m.flows_tracked.set(flows as i64);
         m.map_entries.get_or_create(&metrics::MapLabel { map: "flows".into() }).set(flows as i64);
         m.processes_tracked.set(self.procs.len() as i64);
+        m.socket_scan_running.set(self.owners.scanning().into());
+        m.socket_scan_waiting.set(self.owners.waiting() as i64);
+        for took in self.owners.take_scan_times() {
+            m.socket_scan_seconds.observe(took.as_secs_f64());
+        }
         *p = s.clone();
     }
 
