@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod check;
 pub mod cli;
+pub mod community_id;
 pub mod config;
 pub mod container;
 pub mod detect;
@@ -23,3 +24,4 @@ pub mod sockets;
 pub mod spool;
 pub mod state;
 pub mod text;
+pub mod users;

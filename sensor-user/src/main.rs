@@ -65,7 +65,7 @@ fn replay(file: &std::path::Path, config: Option<&std::path::Path>, format: Opti
     let config = Config::load(config)?;
     let f = std::fs::File::open(file).with_context(|| format!("opening record file {}", file.display()))?;
     let (header, ticks) = record::read(std::io::BufReader::new(f)).with_context(|| format!("reading {}", file.display()))?;
-    let ctx = output::Context { host_name: header.host, backend: "replay" };
+    let ctx = output::Context { host_name: header.host, backend: "replay", agent_id: header.agent_id };
     let catalog = Arc::new(config.destinations.load_catalog()?);
     let mut detector = Detector::new(config.detect).with_catalog(catalog);
     let mut sink = output::Sink::new(std::io::BufWriter::new(std::io::stdout().lock()), format.unwrap_or(config.agent.format));

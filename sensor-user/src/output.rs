@@ -21,11 +21,39 @@ use crate::{
     text::escape_control,
 };
 
+/// The ECS release whose field list the output is checked against
+/// (`tests/ecs/`); every field sluice emits outside `sluice.*` exists there
+/// with the type it has here.
+pub const ECS_VERSION: &str = "9.0.0";
+
 /// Fields every line carries.
 #[derive(Debug, Clone)]
 pub struct Context {
     pub host_name: String,
     pub backend: &'static str,
+    /// This agent's id (`agent.id`): kept in the state file, so it survives
+    /// restarts; empty when there is none (a replay, or no state file).
+    pub agent_id: String,
+}
+
+/// `ecs`, `agent` and `event.module`, on every record.
+fn add_common(v: &mut Value, ctx: &Context) {
+    v["ecs"] = json!({ "version": ECS_VERSION });
+    let mut agent = json!({ "type": "sluice", "version": env!("CARGO_PKG_VERSION"), "name": ctx.host_name });
+    if !ctx.agent_id.is_empty() {
+        agent["id"] = json!(ctx.agent_id);
+    }
+    v["agent"] = agent;
+    v["event"]["module"] = json!("sluice");
+}
+
+/// What the agent knows of a flow's process besides the record itself.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Who<'a> {
+    pub process: Option<&'a Process>,
+    pub parent: Option<&'a Process>,
+    pub user_name: Option<&'a str>,
+    pub container: Option<&'a Container>,
 }
 
 pub fn host_name() -> String {
@@ -39,7 +67,7 @@ pub fn timestamp(t: SystemTime) -> String {
 }
 
 /// ECS `process` object; `None` fields are left out rather than invented.
-pub fn process_json(pid: u32, p: Option<&Process>) -> Value {
+pub fn process_json(pid: u32, p: Option<&Process>, parent: Option<&Process>) -> Value {
     let mut m = Map::new();
     m.insert("pid".into(), json!(pid));
     if let Some(p) = p {
@@ -49,13 +77,7 @@ pub fn process_json(pid: u32, p: Option<&Process>) -> Value {
         }
         m.insert("args".into(), json!(p.args));
         m.insert("args_count".into(), json!(p.args.len()));
-        if p.args_truncated {
-            m.insert("sluice_args_truncated".into(), json!(true));
-        }
-        if p.args_unknown {
-            m.insert("sluice_args_unknown".into(), json!(true));
-        }
-        m.insert("parent".into(), json!({ "pid": p.ppid }));
+        m.insert("parent".into(), parent_json(p.ppid, parent.filter(|q| q.pid == p.ppid).map(|q| (q.name.as_str(), q.executable.as_str(), &q.args[..]))));
         m.insert("entity_id".into(), json!(p.entity_id()));
         if p.start_ns != 0 {
             m.insert("start".into(), json!(timestamp(boot_to_wall(p.start_ns))));
@@ -67,15 +89,30 @@ pub fn process_json(pid: u32, p: Option<&Process>) -> Value {
     Value::Object(m)
 }
 
-/// One `flow-summary` event for `--emit flows`.
-pub fn flow_json(
-    ctx: &Context,
-    at: SystemTime,
-    window: Duration,
-    r: &FlowRecord,
-    p: Option<&Process>,
-    container: Option<&Container>,
-) -> Value {
+/// ECS `process.parent`: its pid, and its name, executable and args when known.
+fn parent_json(ppid: u32, known: Option<(&str, &str, &[String])>) -> Value {
+    let mut v = json!({ "pid": ppid });
+    if let Some((name, exe, args)) = known {
+        if !name.is_empty() {
+            v["name"] = json!(name);
+        }
+        if !exe.is_empty() {
+            v["executable"] = json!(exe);
+        }
+        if !args.is_empty() {
+            v["args"] = json!(args);
+        }
+    }
+    v
+}
+
+/// One `flow-summary` event for `--emit flows`. Bytes and packets are also
+/// in ECS's own fields (`source.*` is the local side, which sent
+/// `source.bytes`), which the pipelines users run already sum: Elastic's
+/// data exfiltration module sums `source.bytes` per destination.
+pub fn flow_json(ctx: &Context, at: SystemTime, window: Duration, r: &FlowRecord, who: Who) -> Value {
+    let (p, container) = (who.process, who.container);
+    let vol = &r.volume;
     let net_type = if r.remote_ip.is_ipv4() { "ipv4" } else { "ipv6" };
     let mut v = json!({
         "@timestamp": timestamp(at),
@@ -87,15 +124,17 @@ pub fn flow_json(
             "dataset": "sluice.flow",
         },
         "host": { "name": ctx.host_name },
-        "process": process_json(r.owner.pid, p),
+        "process": process_json(r.owner.pid, p, who.parent),
         "user": { "id": r.owner.uid.to_string() },
-        "source": { "ip": r.local_ip.to_string(), "port": r.local_port },
+        "source": { "ip": r.local_ip.to_string(), "port": r.local_port, "bytes": vol.bytes_out, "packets": vol.packets_out },
         "destination": destination_json(r.remote_ip, r.remote_port, r.destination.domain.as_deref()),
         "network": {
             "transport": flows::transport(r.protocol),
             "type": net_type,
             "iana_number": r.protocol.to_string(),
             "direction": flows::direction(r.owner.direction),
+            "bytes": vol.bytes_out + vol.bytes_in,
+            "packets": vol.packets_out + vol.packets_in,
         },
         "sluice": {
             "destination": sluice_destination_json(&r.destination),
@@ -113,6 +152,19 @@ pub fn flow_json(
             "backend": ctx.backend,
         },
     });
+    // What ECS has no field for: argv cut at the kernel's bound, or never seen.
+    if let Some(p) = p.filter(|p| p.args_truncated || p.args_unknown) {
+        v["sluice"]["process"] = json!({ "args_truncated": p.args_truncated, "args_unknown": p.args_unknown });
+    }
+    v["destination"]["bytes"] = json!(vol.bytes_in);
+    v["destination"]["packets"] = json!(vol.packets_in);
+    if let Some(id) = crate::community_id::v1(0, r.protocol, (r.local_ip, r.local_port), (r.remote_ip, r.remote_port)) {
+        v["network"]["community_id"] = json!(id);
+    }
+    if let Some(name) = who.user_name {
+        v["user"]["name"] = json!(name);
+    }
+    add_common(&mut v, ctx);
     let d = &r.destination;
     if let Some(p) = d.protocol {
         v["network"]["protocol"] = json!(p.as_str());
@@ -199,7 +251,7 @@ fn proc_info_json(p: &ProcInfo) -> Value {
         "executable": p.executable,
         "args": p.args,
         "args_count": p.args.len(),
-        "parent": { "pid": p.ppid },
+        "parent": parent_json(p.ppid, p.parent_executable().map(|exe| (p.parent_name.as_str(), exe, &p.parent_args[..]))),
         "entity_id": p.entity_id,
     })
 }
@@ -263,6 +315,14 @@ pub fn alert_json(ctx: &Context, a: &Alert) -> Value {
     if let Some(j) = &a.process.job {
         v["sluice"]["job"] = json!({ "pid": j.pid, "pgid": j.pgid, "executable": j.executable, "args": j.args, "entity_id": j.entity_id });
     }
+    if let Some(name) = &a.process.user_name {
+        v["user"]["name"] = json!(name);
+    }
+    // A tunnel's zone is the registered domain its queries were under.
+    if let Some(zone) = a.domain.as_deref().filter(|_| a.rule.id == crate::detect::DNS_TUNNEL.id) {
+        v["dns"] = json!({ "type": "query", "question": { "registered_domain": zone } });
+    }
+    add_common(&mut v, ctx);
     add_container(&mut v, a.container.as_ref());
     v
 }
@@ -389,9 +449,11 @@ mod tests {
 
     #[test]
     fn json_line_is_one_valid_object_with_ecs_fields() {
-        let ctx = Context { host_name: "h".into(), backend: "cgroup" };
+        let ctx = Context { host_name: "h".into(), backend: "cgroup", agent_id: "a1".into() };
         let p = hostile_process();
-        let v = flow_json(&ctx, SystemTime::UNIX_EPOCH, Duration::from_secs(5), &record(), Some(&p), None);
+        let parent = Process { pid: 1, name: "bash".into(), executable: "/usr/bin/bash".into(), args: vec!["-bash".into()], ..Process::default() };
+        let who = Who { process: Some(&p), parent: Some(&parent), user_name: Some("alice"), container: None };
+        let v = flow_json(&ctx, SystemTime::UNIX_EPOCH, Duration::from_secs(5), &record(), who);
         let mut sink = Sink::new(Vec::new(), Format::Json);
         sink.record(&v, String::new).unwrap();
         let text = String::from_utf8(sink.out).unwrap();
@@ -406,11 +468,22 @@ mod tests {
         assert_eq!(back["sluice"]["peer_scope"], "private");
         assert_eq!(back["@timestamp"], "1970-01-01T00:00:00.000Z");
         assert!(back.get("tls").is_none() && back["destination"].get("domain").is_none());
+        // ECS's own byte and packet fields (source = the local side, which sent).
+        assert_eq!((back["source"]["bytes"].as_u64(), back["source"]["packets"].as_u64()), (Some(5_000_000), Some(100)));
+        assert_eq!((back["destination"]["bytes"].as_u64(), back["destination"]["packets"].as_u64()), (Some(1_000), Some(50)));
+        assert_eq!((back["network"]["bytes"].as_u64(), back["network"]["packets"].as_u64()), (Some(5_001_000), Some(150)));
+        let cid = crate::community_id::v1(0, 6, ("10.0.0.1".parse().unwrap(), 40000), ("10.0.0.2".parse().unwrap(), 443)).unwrap();
+        assert_eq!(back["network"]["community_id"], cid);
+        assert_eq!((back["user"]["name"].as_str(), back["user"]["id"].as_str()), (Some("alice"), Some("1000")));
+        assert_eq!(back["process"]["parent"], json!({ "pid": 1, "name": "bash", "executable": "/usr/bin/bash", "args": ["-bash"] }));
+        assert_eq!(back["sluice"]["process"]["args_truncated"], true);
+        assert_eq!((back["ecs"]["version"].as_str(), back["event"]["module"].as_str()), (Some(ECS_VERSION), Some("sluice")));
+        assert_eq!(back["agent"], json!({ "type": "sluice", "version": env!("CARGO_PKG_VERSION"), "name": "h", "id": "a1" }));
     }
 
     #[test]
     fn a_named_flow_carries_domain_service_and_tls_fields() {
-        let ctx = Context { host_name: "h".into(), backend: "cgroup" };
+        let ctx = Context { host_name: "h".into(), backend: "cgroup", agent_id: "a1".into() };
         let mut r = record();
         r.destination = Destination {
             domain: Some("content.dropboxapi.com".into()),
@@ -429,7 +502,7 @@ mod tests {
             image: Some("registry/web:1.2".into()),
             pod: Some(crate::container::Pod { uid: "u-1".into(), name: Some("api-1".into()), namespace: Some("payments".into()) }),
         };
-        let v = flow_json(&ctx, SystemTime::UNIX_EPOCH, Duration::from_secs(5), &r, None, Some(&c));
+        let v = flow_json(&ctx, SystemTime::UNIX_EPOCH, Duration::from_secs(5), &r, Who { container: Some(&c), ..Who::default() });
         assert_eq!(v["container"]["id"], "4f1d");
         assert_eq!(v["container"]["runtime"], "containerd");
         assert_eq!(v["container"]["image"]["name"], "registry/web:1.2");
@@ -448,7 +521,7 @@ mod tests {
 
     #[test]
     fn alert_line_carries_rule_mitre_and_evidence() {
-        let ctx = Context { host_name: "h".into(), backend: "cgroup" };
+        let ctx = Context { host_name: "h".into(), backend: "cgroup", agent_id: "a1".into() };
         let p = hostile_process();
         let info = ProcInfo {
             pid: p.pid,
@@ -458,7 +531,9 @@ mod tests {
             executable: p.executable.clone(),
             args: p.args.clone(),
             uid: 1000,
-            ancestors: vec![],
+            ancestors: vec![(1, "/usr/bin/bash".into())],
+            parent_name: "bash".into(),
+            user_name: Some("alice".into()),
             ..ProcInfo::default()
         };
         let a = Alert {
@@ -496,6 +571,8 @@ mod tests {
         assert_eq!(v["container"]["runtime"], "docker");
         assert!(v.get("orchestrator").is_none());
         assert_eq!(v["event"]["severity"], 73);
+        assert_eq!(v["process"]["parent"], json!({ "pid": 1, "name": "bash", "executable": "/usr/bin/bash" }));
+        assert_eq!((v["user"]["name"].as_str(), v["agent"]["id"].as_str(), v["event"]["module"].as_str()), (Some("alice"), Some("a1"), Some("sluice")));
         let line = alert_text(&a);
         assert!(!line.contains('\n') && line.contains("ALERT high sluice.exfil_tool_upload") && line.contains("3 similar suppressed"), "{line}");
     }

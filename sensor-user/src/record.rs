@@ -17,6 +17,9 @@ pub struct Header {
     pub sluice_record: u32,
     pub host: String,
     pub backend: String,
+    /// The recording agent's `agent.id` (absent in older recordings).
+    #[serde(default)]
+    pub agent_id: String,
 }
 
 pub struct Writer<W: Write> {
@@ -24,8 +27,8 @@ pub struct Writer<W: Write> {
 }
 
 impl<W: Write> Writer<W> {
-    pub fn new(mut out: W, host: &str, backend: &str) -> Result<Self> {
-        let h = Header { sluice_record: FORMAT_VERSION, host: host.into(), backend: backend.into() };
+    pub fn new(mut out: W, host: &str, backend: &str, agent_id: &str) -> Result<Self> {
+        let h = Header { sluice_record: FORMAT_VERSION, host: host.into(), backend: backend.into(), agent_id: agent_id.into() };
         serde_json::to_writer(&mut out, &h)?;
         out.write_all(b"\n")?;
         Ok(Self { out })
@@ -73,7 +76,7 @@ mod tests {
     #[test]
     fn round_trip_and_clear_errors() {
         let mut buf = Vec::new();
-        let mut w = Writer::new(&mut buf, "h", "cgroup").unwrap();
+        let mut w = Writer::new(&mut buf, "h", "cgroup", "a1").unwrap();
         w.tick(&TickInput { t: 1.0, window_s: 5.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![] }).unwrap();
         w.tick(&TickInput { t: 2.0, window_s: 5.0, execs: vec![], dns: vec![], network_users: vec![], flows: vec![] }).unwrap();
         let (h, ticks) = read(&buf[..]).unwrap();

@@ -17,6 +17,8 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
+pub mod ecs;
+
 pub const MB: u64 = 1_000_000;
 
 pub fn workspace() -> PathBuf {
@@ -174,7 +176,15 @@ impl Sluice {
         if !bad.is_empty() {
             bail!("sluice printed {} lines that are not JSON objects, first: {:?}", bad.len(), bad[0]);
         }
-        Ok(self.records())
+        let records = self.records();
+        // Every record of every end-to-end run is ECS (sluice's own fields aside).
+        let mut wrong: Vec<String> = records.iter().flat_map(ecs::violations).collect();
+        wrong.sort();
+        wrong.dedup();
+        if !wrong.is_empty() {
+            bail!("sluice wrote {} fields that are not ECS as ECS defines them: {wrong:?}", wrong.len());
+        }
+        Ok(records)
     }
 }
 

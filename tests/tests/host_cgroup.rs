@@ -55,6 +55,12 @@ fn assert_python_flow(records: &[Value], pid: u32, ip: &str, port: u16, bytes: u
     assert!(f["@timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{f}");
     assert!(f["host"]["name"].is_string());
     assert_eq!(f["user"]["id"], "0");
+    // What Elastic's data exfiltration module reads, in ECS's own fields.
+    assert_eq!(sluice_tests::ecs::missing_for_exfil_module(f), Vec::<&str>::new(), "{f}");
+    assert_eq!((f["user"]["name"].as_str(), f["process"]["parent"]["executable"].as_str()), (Some("root"), std::env::current_exe().ok().and_then(|e| e.to_str().map(str::to_string)).as_deref()), "{f}");
+    assert_eq!(f["source"]["bytes"], f["sluice"]["bytes_out"]);
+    assert!(f["network"]["community_id"].as_str().is_some_and(|c| c.starts_with("1:")), "{f}");
+    assert!(f["agent"]["id"].as_str().is_some_and(|id| id.len() == 36), "{f}");
 }
 
 #[test]
@@ -304,7 +310,7 @@ fn arguments_in_pages_not_yet_faulted_in_are_all_recorded() {
     // only the kernel's copy for the new program holds.
     assert_eq!(args.len(), 6, "arguments lost: {args:?} {recs:?}");
     assert_eq!((args[1].as_str(), args[5].as_str()), ("send", "65536"));
-    assert!(recs[0]["process"]["sluice_args_truncated"].is_null(), "{recs:?}");
+    assert!(recs[0]["sluice"]["process"]["args_truncated"].is_null(), "{recs:?}");
 }
 
 #[test]

@@ -122,7 +122,14 @@ fn a_containerd_pod_uploading_is_tagged_with_its_container_and_pod_and_the_metri
     let recs = sluice
         .wait_for("the Mega rule", Duration::from_secs(20), |r| alerts_of(r, "sluice.exfil_tool_upload").iter().any(|a| a["process"]["pid"] == pid))
         .unwrap();
-    let (_, after) = http_get(&metrics_addr, "/metrics").unwrap();
+    // The alert is written during a tick, which is counted once it ends: the
+    // first tick can still be finishing.
+    let ticks_before = metric(&before, "sluice_ticks_total").unwrap_or(0.0);
+    let mut after = String::new();
+    assert!(retry(Duration::from_secs(10), || {
+        after = http_get(&metrics_addr, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        metric(&after, "sluice_ticks_total").unwrap_or(0.0) > ticks_before
+    }));
     let recs_all = sluice.stop().unwrap();
 
     let a = alerts_of(&recs, "sluice.exfil_tool_upload").into_iter().find(|a| a["process"]["pid"] == pid).unwrap().clone();

@@ -268,7 +268,8 @@ fn after_kill_9_a_restart_restores_what_was_learned_and_raises_no_duplicate_aler
 
     let first = Sluice::start(&args).unwrap();
     let (pid, _) = upload();
-    first.wait_for("the Mega alert", Duration::from_secs(20), |r| mega(r, pid)).unwrap();
+    let before = first.wait_for("the Mega alert", Duration::from_secs(20), |r| mega(r, pid)).unwrap();
+    let agent_id = before[0]["agent"]["id"].as_str().expect("agent.id").to_string();
     // Two saves' worth, then a crash: no shutdown work at all.
     thread::sleep(Duration::from_millis(2500));
     first.kill();
@@ -288,6 +289,8 @@ fn after_kill_9_a_restart_restores_what_was_learned_and_raises_no_duplicate_aler
     assert!(!mega(&recs, pid2), "the restart raised the alert again");
     let recs = second.stop().unwrap();
     assert!(recs.iter().all(|r| r["event"]["kind"] != "alert" || r["process"]["pid"] != pid2), "no alert at all for the repeat");
+    // The agent is the same one to a SIEM: its id came back with the state.
+    assert!(!recs.is_empty() && recs.iter().all(|r| r["agent"]["id"] == agent_id.as_str()), "agent.id changed across the restart");
 }
 
 #[test]

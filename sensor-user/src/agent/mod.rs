@@ -66,6 +66,8 @@ pub struct Agent {
     counters: PerCpuArray<MapData, u64>,
     procs: ProcessTable,
     procfs: Procfs,
+    /// uid -> name, for `user.name`.
+    users: crate::users::Users,
     tracker: DeltaTracker,
     sink: Sink<Spool>,
     /// Output records dropped as last reported.
@@ -134,24 +136,24 @@ impl Agent {
         let seeded = procs.seed(&procfs, procfs.pids());
         eprintln!("sluice: process table seeded with {seeded} processes from /proc");
         let host_name = if config.agent.host_name.is_empty() { output::host_name() } else { config.agent.host_name.clone() };
-        let ctx = output::Context { host_name, backend: sensor.backend.name() };
+        let mut ctx = output::Context { host_name, backend: sensor.backend.name(), agent_id: String::new() };
         let v1 = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| container::v1_mounted_in(&m));
         let containers = container::Resolver::new(config.containers.clone(), v1);
         let format = config.agent.format;
-        let recorder = match record_to {
-            Some(path) => {
-                let f = std::fs::File::create(path).with_context(|| format!("creating record file {}", path.display()))?;
-                Some(record::Writer::new(std::io::BufWriter::new(f), &ctx.host_name, ctx.backend)?)
-            }
-            None => None,
-        };
         let metrics = Metrics::new();
         metrics.backend.get_or_create(&metrics::BackendLabel { backend: ctx.backend.to_string() }).set(1);
         metrics.map_capacity.get_or_create(&metrics::MapLabel { map: "flows".into() }).set(config.kernel.flows_max.into());
         metrics.map_capacity.get_or_create(&metrics::MapLabel { map: "sockets".into() }).set(config.kernel.sockets_max.into());
         let mut detector = Detector::new(config.detect.clone()).with_catalog(catalog.clone());
         let namer = Namer::new(catalog, config.destinations.dns_cache_max);
-        restore_state(&mut config, &mut detector);
+        ctx.agent_id = restore_state(&mut config, &mut detector).unwrap_or_else(new_agent_id);
+        let recorder = match record_to {
+            Some(path) => {
+                let f = std::fs::File::create(path).with_context(|| format!("creating record file {}", path.display()))?;
+                Some(record::Writer::new(std::io::BufWriter::new(f), &ctx.host_name, ctx.backend, &ctx.agent_id)?)
+            }
+            None => None,
+        };
         let mut agent = Self {
             config,
             sensor,
@@ -161,6 +163,7 @@ impl Agent {
             counters,
             procs,
             procfs,
+            users: crate::users::Users::default(),
             tracker: DeltaTracker::default(),
             sink: Sink::new(out, format),
             output_dropped: 0,
@@ -261,6 +264,9 @@ impl Agent {
                         args: job.root.args.clone(),
                     }),
                     exe_deleted: self.exe_gone.get(&(pid, p.start_ns)).is_some_and(|(gone, _)| *gone),
+                    parent_name: self.procs.get(p.ppid).map(|q| q.name.clone()).unwrap_or_default(),
+                    parent_args: self.procs.get(p.ppid).map(|q| q.args.clone()).unwrap_or_default(),
+                    user_name: self.users.name(p.uid).map(str::to_string),
                 }
             }
             None => ProcInfo {
@@ -275,6 +281,7 @@ impl Agent {
                 start_ns: 0,
                 job: None,
                 exe_deleted: false,
+                ..ProcInfo::default()
             },
         }
     }
@@ -344,6 +351,7 @@ impl Agent {
         let at = SystemTime::now();
         let unix_now = output::unix_secs(at);
         self.namer.expire(unix_now);
+        self.users.refresh(now);
 
         // Owners from the mirror of the kernel's owner map, brought up to
         // date from what changed (the sweep reads it whole).
@@ -409,7 +417,13 @@ impl Agent {
                     continue;
                 }
                 let p = self.procs.get_at(r.owner.pid, r.owner.start_ns);
-                let json = output::flow_json(&self.ctx, at, window, r, p, s.container.as_ref());
+                let who = output::Who {
+                    process: p,
+                    parent: p.and_then(|p| self.procs.get(p.ppid)),
+                    user_name: self.users.name(r.owner.uid),
+                    container: s.container.as_ref(),
+                };
+                let json = output::flow_json(&self.ctx, at, window, r, who);
                 self.sink
                     .record(&json, || output::flow_text(at, r, p))
                     .context("writing to stdout")?;
@@ -642,6 +656,7 @@ impl Agent {
             baselines: self.detector.baselines.clone(),
             habits: self.detector.habits.clone(),
             alerts: self.detector.alert_memory(),
+            agent_id: self.ctx.agent_id.clone(),
         };
         let path = std::path::PathBuf::from(&self.config.state.path);
         let bytes = match serde_json::to_vec(&st) {
@@ -778,17 +793,18 @@ struct Sender {
 /// Load learned state, saying on stderr what happened; never fatal. A file that
 /// exists but cannot be read is never overwritten: saving is switched off for
 /// this run (and said so).
-fn restore_state(config: &mut Config, detector: &mut Detector) {
+/// Restore what was learned; the agent id it was saved with, if any.
+fn restore_state(config: &mut Config, detector: &mut Detector) -> Option<String> {
     if config.state.path.is_empty() {
-        return;
+        return None;
     }
     let path = std::path::Path::new(&config.state.path);
     let now = output::unix_secs(SystemTime::now());
     match state::load(path, now) {
         Ok(state::Loaded::Fresh) => eprintln!("sluice: no state at {}: learning from scratch", path.display()),
-        Ok(state::Loaded::Restored(s)) => apply_state(detector, *s, "", path),
+        Ok(state::Loaded::Restored(s)) => return apply_state(detector, *s, "", path),
         Ok(state::Loaded::Migrated(s)) => {
-            apply_state(detector, *s, "state migrated from the previous format (per-command baselines are relearned): ", path)
+            return apply_state(detector, *s, "state migrated from the previous format (per-command baselines are relearned): ", path)
         }
         Ok(state::Loaded::SetAside { reason, moved_to }) => eprintln!(
             "sluice: state file {} is unusable ({reason}); moved to {} and learning from scratch",
@@ -800,9 +816,10 @@ fn restore_state(config: &mut Config, detector: &mut Detector) {
             config.state.path.clear();
         }
     }
+    None
 }
 
-fn apply_state(detector: &mut Detector, s: state::State, how: &str, path: &std::path::Path) {
+fn apply_state(detector: &mut Detector, s: state::State, how: &str, path: &std::path::Path) -> Option<String> {
     eprintln!(
         "sluice: {how}restored {} baselines and the habits of {} programs from {}",
         s.baselines.models.len(),
@@ -812,6 +829,12 @@ fn apply_state(detector: &mut Detector, s: state::State, how: &str, path: &std::
     detector.baselines = s.baselines;
     detector.habits = s.habits;
     detector.restore_alert_memory(s.alerts);
+    Some(s.agent_id).filter(|id| !id.is_empty())
+}
+
+/// A new agent id: a random UUID from the kernel (empty if it cannot say).
+fn new_agent_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// (local port, DNS server address) -> the one process that sent from that

@@ -64,6 +64,14 @@ pub struct ProcInfo {
     /// Its executable file was deleted while it runs, or is an anonymous memfd.
     #[serde(default)]
     pub exe_deleted: bool,
+    /// The parent's name and args (its executable is the first ancestor's),
+    /// and the user's name, for the output's `process.parent` and `user.name`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub parent_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parent_args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
 }
 
 /// A job: its key (the process group) and the command that started it.
@@ -92,6 +100,11 @@ impl ProcInfo {
         let args = self.job.as_ref().map(|j| &j.args).unwrap_or(&self.args);
         let exe = self.job.as_ref().map(|j| &j.executable).unwrap_or(&self.executable);
         if args.is_empty() { exe.clone() } else { args.join(" ") }
+    }
+
+    /// The parent's executable, when the table knew it.
+    pub fn parent_executable(&self) -> Option<&str> {
+        self.ancestors.first().filter(|(pid, exe)| *pid == self.ppid && !exe.is_empty()).map(|(_, exe)| exe.as_str())
     }
 
     /// The job's pid (its leader or top process).
