@@ -69,6 +69,10 @@ pub struct Resolver {
     index: kube::Index,
     last_refresh: Option<Instant>,
     kubelet_retry_at: Option<Instant>,
+    /// The kubelet request in flight, on a thread of its own: it may take
+    /// its whole timeout, and the tick (which drains the ring buffer) must
+    /// not wait for it.
+    kubelet: Option<std::sync::mpsc::Receiver<anyhow::Result<kube::Index>>>,
     /// v1 hierarchies are mounted, so a process's container may show only in
     /// /proc/<pid>/cgroup, not in its v2 path.
     v1_mounted: bool,
@@ -84,6 +88,7 @@ impl Resolver {
             index: kube::Index::default(),
             last_refresh: None,
             kubelet_retry_at: None,
+            kubelet: None,
             v1_mounted,
             stats: Stats::default(),
         }
@@ -106,6 +111,7 @@ impl Resolver {
 
     /// Add the names the pod metadata knows.
     fn describe(&mut self, r: ContainerRef) -> Container {
+        self.take_kubelet_answer();
         let known = |idx: &kube::Index| r.pod_uid.as_ref().is_none_or(|u| idx.pods.contains_key(u) && idx.containers.contains_key(&r.id));
         if r.pod_uid.is_some() && !known(&self.index) {
             self.refresh();
@@ -130,19 +136,44 @@ impl Resolver {
         }
         self.last_refresh = Some(now);
         self.stats.refreshes += 1;
-        let mut idx = kube::scan_log_dirs(&self.cfg.pod_logs, &self.cfg.container_logs, SCAN_LIMIT);
-        if !self.cfg.kubelet_url.is_empty() && self.kubelet_retry_at.is_none_or(|t| now >= t) {
-            match kube::fetch_pod_list(&self.cfg.kubelet_url, KUBELET_TIMEOUT) {
-                Ok(k) => idx.merge(k),
-                Err(e) => {
-                    self.stats.kubelet_errors += 1;
-                    self.kubelet_retry_at = Some(now + KUBELET_BACKOFF);
-                    eprintln!("sluice: kubelet pod list unavailable (pod names from log directories only; retry in {KUBELET_BACKOFF:?}): {e:#}");
-                }
+        // Local and bounded: read now, so a new pod is named in this tick.
+        let idx = kube::scan_log_dirs(&self.cfg.pod_logs, &self.cfg.container_logs, SCAN_LIMIT);
+        self.merge(idx);
+        if !self.cfg.kubelet_url.is_empty() && self.kubelet.is_none() && self.kubelet_retry_at.is_none_or(|t| now >= t) {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let url = self.cfg.kubelet_url.clone();
+            let spawned = std::thread::Builder::new().name("sluice-kubelet".into()).spawn(move || {
+                let _ = tx.send(kube::fetch_pod_list(&url, KUBELET_TIMEOUT));
+            });
+            match spawned {
+                Ok(_) => self.kubelet = Some(rx),
+                Err(e) => eprintln!("sluice: cannot start the kubelet request ({e}); pod names from log directories only"),
             }
         }
-        // Keep what a source said before if it is silent now (a pod that ended
-        // may still have flows in this tick).
+    }
+
+    /// Merge the kubelet's answer, once it has come.
+    fn take_kubelet_answer(&mut self) {
+        let Some(rx) = &self.kubelet else { return };
+        let answer = match rx.try_recv() {
+            Ok(a) => a,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(anyhow::anyhow!("the kubelet request thread ended without an answer")),
+        };
+        self.kubelet = None;
+        match answer {
+            Ok(k) => self.merge(k),
+            Err(e) => {
+                self.stats.kubelet_errors += 1;
+                self.kubelet_retry_at = Some(Instant::now() + KUBELET_BACKOFF);
+                eprintln!("sluice: kubelet pod list unavailable (pod names from log directories only; retry in {KUBELET_BACKOFF:?}): {e:#}");
+            }
+        }
+    }
+
+    /// Keep what a source said before if it is silent now (a pod that ended
+    /// may still have flows in this tick).
+    fn merge(&mut self, idx: kube::Index) {
         self.index.merge(idx);
         if self.index.pods.len() > CACHE_MAX * 4 {
             self.index = kube::Index::default();
@@ -203,6 +234,49 @@ mod tests {
         let pod = c.pod.unwrap();
         assert_eq!((pod.name.as_deref(), pod.namespace.as_deref()), (Some("api-1"), Some("payments")));
         assert_eq!(r.stats.refreshes, 2);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_kubelet_that_does_not_answer_holds_no_tick_and_its_answer_is_taken_later() {
+        use std::io::{Read, Write};
+        let d = std::env::temp_dir().join(format!("sluice-kubelet-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("pods")).unwrap();
+        std::fs::create_dir_all(d.join("containers")).unwrap();
+        std::fs::create_dir_all(d.join(format!("pods/payments_api-1_{UID}"))).unwrap();
+        // A kubelet that takes the request and answers only when released.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/pods", l.local_addr().unwrap());
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let kubelet = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            held.recv().unwrap();
+            let body = format!(
+                r#"{{"items":[{{"metadata":{{"name":"api-1","namespace":"payments","uid":"{UID}"}},"status":{{"containerStatuses":[{{"name":"web","image":"registry/web:1.2","containerID":"containerd://{ID}"}}]}}}}]}}"#
+            );
+            let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        });
+        let mut r = Resolver::new(Config { kubelet_url: url, ..cfg(&d) }, false);
+        let path = format!("/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{ID}.scope", UID.replace('-', "_"));
+        // The kubelet holds the request: the pod is named from its log
+        // directory at once, and the image is not known yet.
+        let c = r.resolve(Some(&path), 1, 1).unwrap();
+        assert_eq!(c.pod.as_ref().and_then(|p| p.name.as_deref()), Some("api-1"));
+        assert_eq!(c.image, None);
+        assert!(r.kubelet.is_some(), "the request is still in flight");
+        release.send(()).unwrap();
+        kubelet.join().unwrap();
+        // A later tick takes the answer.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.kubelet.is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            r.take_kubelet_answer();
+        }
+        let c = r.resolve(Some(&path), 1, 1).unwrap();
+        assert_eq!(c.image.as_deref(), Some("registry/web:1.2"));
+        assert_eq!(r.stats.kubelet_errors, 0);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
