@@ -35,6 +35,7 @@ use crate::{
     state,
 };
 
+mod cgroups;
 mod owners;
 mod report;
 use owners::{KernelOwners, LiveScan, Owners};
@@ -87,9 +88,8 @@ pub struct Agent {
     stopping: bool,
     /// A state save still being written (see `save_state`).
     saving: Option<std::thread::JoinHandle<()>>,
-    /// cgroup id -> cgroup v2 path (refreshed by a bounded walk on a miss).
-    cgroup_paths: std::collections::HashMap<u64, String>,
-    cgroup_walked_tick: u64,
+    /// cgroup id -> cgroup v2 path (a miss starts a walk in the background).
+    cgroup_paths: cgroups::CgroupPaths,
     containers: container::Resolver,
     last_tick: Instant,
     last_counters: Vec<u64>,
@@ -177,8 +177,7 @@ impl Agent {
             saving: None,
             deferred: Vec::new(),
             stopping: false,
-            cgroup_paths: std::collections::HashMap::new(),
-            cgroup_walked_tick: u64::MAX,
+            cgroup_paths: cgroups::CgroupPaths::default(),
             containers,
             last_tick: Instant::now(),
             last_counters: vec![0; counter::LEN as usize],
@@ -457,28 +456,9 @@ impl Agent {
         Ok(())
     }
 
-    /// The cgroup v2 path of a cgroup id (what the kernel recorded for the
-    /// owner, so it resolves after the process is gone): the id is the inode of
-    /// the cgroup's directory, so a miss walks the cgroup2 tree once per tick.
-    fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
-        if cgroup_id == 0 {
-            return None;
-        }
-        if let Some(p) = self.cgroup_paths.get(&cgroup_id) {
-            return Some(p.clone());
-        }
-        if self.cgroup_walked_tick != self.stats.ticks {
-            self.cgroup_walked_tick = self.stats.ticks;
-            if let Ok(root) = crate::kernel::mounts::cgroup2_mount() {
-                self.cgroup_paths = crate::kernel::mounts::cgroup_ids(&root, 50_000);
-            }
-        }
-        self.cgroup_paths.get(&cgroup_id).cloned()
-    }
-
     /// Where a sender runs: its cgroup v2 path and container, if any.
     fn sender(&mut self, pid: u32, incarnation: u64, cgroup_id: u64) -> Sender {
-        let cgroup = self.cgroup_path(cgroup_id);
+        let cgroup = self.cgroup_paths.path(cgroup_id, self.stats.ticks);
         let start_ns = self.procs.get_at(pid, incarnation).map(|p| p.start_ns).unwrap_or(0);
         let container = self.containers.resolve(cgroup.as_deref(), pid, start_ns);
         Sender { cgroup, container }

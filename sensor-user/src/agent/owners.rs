@@ -371,6 +371,10 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
                 self.next.insert(c);
             }
         }
+        // One a hook has recorded since it was queued needs no scan (and a
+        // scan must not overwrite what the hook saw).
+        let (mirror, remembered) = (&self.mirror, &self.remembered);
+        self.next.retain(|c| !mirror.contains_key(c) && !remembered.contains_key(c));
         if !self.next.is_empty() && self.waiting.is_empty() && !recent {
             self.last_scan = Some(now);
             let due = std::mem::take(&mut self.next);
@@ -796,6 +800,25 @@ mod tests {
         let found = o.resolve(&[], &mut procs, &Procs, t0 + Duration::from_secs(32));
         assert_eq!(found.get(&8).map(|w| w.pid), Some(4343));
         assert!(!o.waiting_on(8) && !o.scanning() && o.waiting() == 0);
+    }
+
+    #[test]
+    fn a_queued_socket_a_hook_records_meanwhile_is_left_to_the_hook() {
+        let scan = FakeScan { sockets: vec![(7, 70, false), (8, 80, false)], holders: [(70, 4242), (80, 4343)].into_iter().collect(), ..Default::default() };
+        let mut o = Owners::new(FakeMap::default(), scan);
+        let mut procs = ProcessTable::default();
+        let t0 = Instant::now();
+        o.resolve(&[7], &mut procs, &Procs, t0);
+        o.resolve(&[7], &mut procs, &Procs, t0 + Duration::from_secs(1));
+        // 8 is queued for the next scan; then its process sends, and the
+        // send hook records it.
+        o.resolve(&[8], &mut procs, &Procs, t0 + Duration::from_secs(2));
+        assert!(o.waiting_on(8));
+        o.map.hook_writes(8, info(55, 0));
+        o.sync(false);
+        o.resolve(&[], &mut procs, &Procs, t0 + SCAN_EVERY + Duration::from_secs(1));
+        assert!(!o.waiting_on(8) && o.scan.scans == 1, "no scan for a socket the kernel placed");
+        assert_eq!(o.map.get(8).map(|i| i.tgid), Some(55));
     }
 
     #[test]
