@@ -30,8 +30,11 @@ pub enum Probe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
+    /// ECS JSON lines.
     Json,
     Text,
+    /// OCSF JSON lines (Network Activity, Detection Finding).
+    Ocsf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]

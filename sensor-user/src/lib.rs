@@ -14,6 +14,7 @@ pub mod flows;
 pub mod kernel;
 pub mod metrics;
 pub mod naming;
+pub mod ocsf;
 pub mod output;
 pub mod process_table;
 pub mod proxy;

@@ -72,7 +72,8 @@ fn replay(file: &std::path::Path, config: Option<&std::path::Path>, format: Opti
     let mut n = 0u64;
     for t in &ticks {
         for a in detector.tick(t) {
-            sink.record(&output::alert_json(&ctx, &a), || output::alert_text(&a))?;
+            let json = if sink.format == sluice::config::Format::Ocsf { sluice::ocsf::alert(&ctx, &a) } else { output::alert_json(&ctx, &a) };
+            sink.record(&json, || output::alert_text(&a))?;
             n += 1;
         }
     }

@@ -379,7 +379,7 @@ impl<W: Write> Sink<W> {
     pub fn record(&mut self, json: &Value, text: impl FnOnce() -> String) -> std::io::Result<()> {
         // One write per whole line, so a rotating file never splits a record.
         let mut line = match self.format {
-            Format::Json => serde_json::to_vec(json)?,
+            Format::Json | Format::Ocsf => serde_json::to_vec(json)?,
             Format::Text => text().into_bytes(),
         };
         line.push(b'\n');

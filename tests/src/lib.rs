@@ -18,6 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 pub mod ecs;
+pub mod ocsf;
 
 pub const MB: u64 = 1_000_000;
 
@@ -177,8 +178,10 @@ impl Sluice {
             bail!("sluice printed {} lines that are not JSON objects, first: {:?}", bad.len(), bad[0]);
         }
         let records = self.records();
-        // Every record of every end-to-end run is ECS (sluice's own fields aside).
-        let mut wrong: Vec<String> = records.iter().flat_map(ecs::violations).collect();
+        // Every record of every end-to-end run is ECS (sluice's own fields
+        // aside), or OCSF as the schema defines it (`--format ocsf`).
+        let check = |r: &Value| if r.get("class_uid").is_some() { ocsf::violations(r) } else { ecs::violations(r) };
+        let mut wrong: Vec<String> = records.iter().flat_map(check).collect();
         wrong.sort();
         wrong.dedup();
         if !wrong.is_empty() {

@@ -224,8 +224,45 @@ fn replay_of_a_slow_drip_over_hours_raises_the_drip_rule_once_and_half_of_it_not
     assert!(replay(&thin).0.is_empty());
 }
 
+#[test]
+fn with_format_ocsf_an_upload_is_network_activity_and_its_alert_a_detection_finding() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("ocsf");
+    let tool = dir.0.join("mega-put");
+    std::fs::copy("/usr/bin/curl", &tool).unwrap();
+    let payload = dir.0.join("customers.db");
+    std::fs::File::create(&payload).unwrap().set_len(50 * MB).unwrap();
+    let port = free_port();
+    let sluice = Sluice::start(&[ALERTS, &["--format", "ocsf", "--emit", "all"]].concat()).unwrap();
+    let sink = Sink::start(Some(&host), "http", &host.peer_v4, port, &[]).unwrap();
+    let url = format!("http://{}:{}/upload", host.peer_v4, port);
+    let pid = run_child(Command::new(&tool).args(["-sS", "-o", "/dev/null", "-T"]).arg(&payload).arg(&url), Duration::from_secs(120)).unwrap();
+    sink.received().unwrap();
+    let finding = |r: &Value| r["class_uid"] == 2004 && r["actor"]["process"]["pid"] == pid && r["finding_info"]["analytic"]["uid"] == "sluice.exfil_tool_upload";
+    sluice.wait_for("the finding", Duration::from_secs(30), |r| r.iter().any(finding)).unwrap();
+    // stop() checks every record against the OCSF schema's class definitions.
+    let recs = sluice.stop().unwrap();
+    let f = recs.iter().find(|r| finding(r)).unwrap();
+    assert_eq!(f["actor"]["user"]["name"], "root", "{f}");
+    assert_eq!(f["finding_info"]["attacks"][0]["technique"]["uid"], "T1567.002");
+    assert_eq!(f["evidences"][0]["dst_endpoint"]["ip"], host.peer_v4.as_str());
+    assert!(f["message"].as_str().is_some_and(|m| m.starts_with("mega-put (pid")), "{f}");
+    let sent: u64 = recs
+        .iter()
+        .filter(|r| r["class_uid"] == 4001 && r["actor"]["process"]["pid"] == pid && r["dst_endpoint"]["port"] == port)
+        .map(|r| r["traffic"]["bytes_out"].as_u64().unwrap_or(0))
+        .sum();
+    assert_ratio("OCSF traffic.bytes_out of the upload", sent, 50 * MB, 0.99, 1.03);
+    assert!(recs.iter().all(|r| r.get("class_uid").is_some()), "every record is OCSF");
+}
+
 fn replay(path: &std::path::Path) -> (Vec<Value>, String) {
-    let out = Command::new(sluice_bin()).arg("replay").arg(path).output().unwrap();
+    replay_as(path, &[])
+}
+
+fn replay_as(path: &std::path::Path, args: &[&str]) -> (Vec<Value>, String) {
+    let out = Command::new(sluice_bin()).arg("replay").arg(path).args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "replay failed: {stderr}");
     let recs = String::from_utf8(out.stdout)
@@ -252,6 +289,13 @@ fn replay_of_a_learned_history_then_a_twenty_x_upload_raises_the_anomaly_rule_on
     assert!(a["event"]["reason"].as_str().unwrap().contains("baseline is"), "{a}");
     assert_eq!(replay(&spike).0, alerts, "same file, same alerts");
     assert!(replay(&calm).0.is_empty(), "the history alone raises nothing");
+    // In OCSF, the baseline is the finding's anomaly analysis.
+    let (findings, _) = replay_as(&spike, &["--format", "ocsf"]);
+    assert_eq!(findings.len(), 1);
+    let f = &findings[0];
+    assert_eq!(ocsf::violations(f), Vec::<String>::new(), "{f}");
+    assert_eq!(f["finding_info"]["analytic"]["uid"], "sluice.volume_anomaly");
+    assert!(f["anomaly_analyses"][0]["baselines"][0]["observations"][0]["count"].as_u64().unwrap() >= 20, "{f}");
 }
 
 #[test]

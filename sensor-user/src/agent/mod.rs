@@ -163,7 +163,11 @@ impl Agent {
             counters,
             procs,
             procfs,
-            users: crate::users::Users::default(),
+            users: {
+                let mut u = crate::users::Users::default();
+                u.refresh(Instant::now());
+                u
+            },
             tracker: DeltaTracker::default(),
             sink: Sink::new(out, format),
             output_dropped: 0,
@@ -422,7 +426,10 @@ impl Agent {
                     user_name: self.users.name(r.owner.uid),
                     container: s.container.as_ref(),
                 };
-                let json = output::flow_json(&self.ctx, at, window, r, who);
+                let json = match self.sink.format {
+                    crate::config::Format::Ocsf => crate::ocsf::flow(&self.ctx, at, window, r, who),
+                    _ => output::flow_json(&self.ctx, at, window, r, who),
+                };
                 self.sink
                     .record(&json, || output::flow_text(at, r, p))
                     .context("writing to stdout")?;
@@ -572,7 +579,10 @@ impl Agent {
         if self.config.agent.emit.alerts() {
             for a in &alerts {
                 self.metrics.alerts.get_or_create(&metrics::RuleLabel { rule: a.rule.id.to_string() }).inc();
-                let json = output::alert_json(&self.ctx, a);
+                let json = match self.sink.format {
+                    crate::config::Format::Ocsf => crate::ocsf::alert(&self.ctx, a),
+                    _ => output::alert_json(&self.ctx, a),
+                };
                 self.sink.record(&json, || output::alert_text(a)).context("writing to stdout")?;
                 self.stats.alerts += 1;
             }
