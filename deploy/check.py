@@ -162,7 +162,9 @@ def emulate_pod(sluice, caps, args, config_text):
             status, metrics = get(f"http://127.0.0.1:{port}/metrics")
             expect(status == 200 and 'sluice_backend_info{backend="cgroup"} 1' in metrics, f"/metrics:\n{metrics[:2000]}")
             p.send_signal(signal.SIGTERM)
-            expect(p.wait(timeout=30) == 0, "sluice did not stop cleanly on SIGTERM")
+            code = p.wait(timeout=30)
+            log.seek(0)
+            expect(code == 0, f"sluice did not stop cleanly on SIGTERM (exit status {code}); stderr:\n{log.read()[-4000:]}")
         finally:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
