@@ -159,11 +159,12 @@ fn run(args: RunArgs, record_to: Option<std::path::PathBuf>) -> Result<()> {
     let agent = Agent::new(config, catalog, sensor, out, record_to.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
+        let signals = sluice::agent::Signals::install()?;
         if let Some(l) = metrics_listener {
             let local = metrics::serve(l, agent.metrics.clone(), stale)?;
             eprintln!("sluice: metrics on http://{local}/metrics, health on http://{local}/healthz");
         }
-        agent.run().await
+        agent.run(signals).await
     })?;
     Ok(())
 }

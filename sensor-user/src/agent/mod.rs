@@ -100,6 +100,22 @@ pub struct Agent {
     published: Stats,
 }
 
+/// SIGINT and SIGTERM, taken over before anything answers `/healthz`: a
+/// supervisor that sees the agent healthy and stops it at once must get a
+/// clean shutdown (the last tick flushed, state saved), not the default
+/// action of a signal nobody handles yet.
+pub struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Needs a tokio runtime (call it inside `block_on`).
+    pub fn install() -> Result<Self> {
+        Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub events: u64,
@@ -673,7 +689,8 @@ impl Agent {
     }
 
     /// Run until SIGINT/SIGTERM; the last partial tick is flushed before return.
-    pub async fn run(mut self) -> Result<Stats> {
+    pub async fn run(mut self, signals: Signals) -> Result<Stats> {
+        let Signals { interrupt: mut sigint, terminate: mut sigterm } = signals;
         let ring = RingBuf::try_from(
             self.sensor.ebpf.take_map(maps::EVENTS).ok_or_else(|| anyhow!("map EVENTS missing"))?,
         )?;
@@ -685,8 +702,6 @@ impl Agent {
         let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|_| anyhow!("cannot poll the ring buffer fd"))?;
         // SAFETY: as above.
         let mut payloads = unsafe { AsyncFd::register(payloads) }.map_err(|_| anyhow!("cannot poll the payload ring buffer fd"))?;
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
         let mut interval = tokio::time::interval(self.config.agent.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval.tick().await; // the first tick fires at once
