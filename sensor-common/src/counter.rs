@@ -18,7 +18,12 @@ pub const LISTENER_AMBIGUOUS: u32 = 13;
 /// A socket-owner change the kernel could not mark for the agent's mirror
 /// (`SOCKS_CHANGED` full): the agent reads all of SOCKS instead.
 pub const OWNER_CHANGES_LOST: u32 = 14;
-pub const LEN: u32 = 15;
+/// A send's first bytes lay on a page no page table mapped yet (a probe may
+/// not fault one in): copied at the send's return instead.
+pub const HEAD_READ_FAULT: u32 = 15;
+/// ... and could not be read at its return either: that flow's start is not named.
+pub const HEAD_RETRY_FAULT: u32 = 16;
+pub const LEN: u32 = 17;
 /// Names in index order, for metrics and diagnostics.
 pub const NAMES: [&str; LEN as usize] = [
     "ringbuf_drop_exec",
@@ -36,4 +41,6 @@ pub const NAMES: [&str; LEN as usize] = [
     "payload_rate_limited",
     "listener_ambiguous",
     "owner_changes_lost",
+    "head_read_fault",
+    "head_retry_fault",
 ];

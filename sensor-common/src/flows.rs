@@ -57,7 +57,9 @@ pub struct FlowCounters {
     /// copied at the first send, so a socket address reused within the tick
     /// cannot lend this flow another connection's direction.
     pub direction: u32,
-    pub _pad: u32,
+    /// Non-zero: a send's entry could not read this flow's first bytes and
+    /// left them to its return (`RETRY`, by thread; kernel-side only).
+    pub head_retry: u32,
     /// `bpf_ktime_get_boot_ns` when the entry was created: an entry the LRU
     /// evicted and the next packet recreated has another stamp, so the agent
     /// counts all of it as new, however it compares with the old one's.

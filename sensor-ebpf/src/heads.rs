@@ -8,7 +8,12 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::{bpf_ktime_get_boot_ns, bpf_probe_read_user, bpf_skb_load_bytes},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user_buf,
+        generated::{bpf_ktime_get_boot_ns, bpf_probe_read_user, bpf_skb_load_bytes},
+    },
+    macros::map,
+    maps::LruHashMap,
     programs::SkBuffContext,
 };
 use sensor_common::{
@@ -18,6 +23,23 @@ use sensor_common::{
 };
 
 use crate::{count, PAYLOADS, PAYLOAD_BUDGET};
+
+/// A send whose entry could not read the user buffer it was about to copy
+/// (a page no page table maps yet: a program's untouched .rodata, a fresh
+/// file mapping; a probe may not fault it in), per thread: the send's return
+/// copies it instead, once the kernel's own copy has mapped the pages.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Retry {
+    sk: u64,
+    addr: u64,
+    avail: u64,
+    /// The flow's (bytes_out, packets_out) before the send.
+    before: (u64, u64),
+}
+
+#[map]
+static RETRY: LruHashMap<u64, Retry> = LruHashMap::with_max_entries(4096, 0);
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -71,6 +93,83 @@ pub fn capturing(c: *mut FlowCounters) -> bool {
     unsafe { (*c).head != HEAD_DONE }
 }
 
+/// Run the head state machine for one send of `avail` bytes from the user
+/// buffer at `addr`, and copy them if it says so. False: the buffer was
+/// not readable (not mapped yet), and nothing was decided on its account.
+#[inline(always)]
+fn from_user(c: *mut FlowCounters, key: &FlowKey, protocol: u8, addr: u64, avail: u64, before: (u64, u64)) -> bool {
+    let mut first = [0u8; 5];
+    // SAFETY (both reads): bpf_probe_read_user_buf faults safely on a bad
+    // user address and writes at most the slice it is given.
+    let read = if !undecided(c) {
+        Ok(())
+    } else if avail >= 5 {
+        unsafe { bpf_probe_read_user_buf(addr as *const u8, &mut first) }
+    } else if avail >= 3 {
+        // A SOCKS5 greeting is a 3- or 4-byte write.
+        unsafe { bpf_probe_read_user_buf(addr as *const u8, &mut first[..3]) }
+    } else {
+        Ok(())
+    };
+    if read.is_err() {
+        return false;
+    }
+    match decide(c, protocol, first, before) {
+        Some((kind, offset)) => emit(kind, key, key.pid, offset, Source::User(addr), avail),
+        None => true,
+    }
+}
+
+/// At a send's entry (`sk` about to copy `avail` bytes from `addr`): capture
+/// what the flow needs, or leave it to the send's return when the buffer
+/// cannot be read yet.
+#[inline(always)]
+pub fn at_send_entry(c: *mut FlowCounters, key: &FlowKey, protocol: u8, sk: u64, addr: u64, avail: u64) {
+    let tid = bpf_get_current_pid_tgid();
+    // SAFETY: `c` is a live FLOWS value; a racing writer only makes the
+    // offset stale, which head_step tolerates, or the retry flag, which
+    // costs at most one missed retry.
+    unsafe {
+        if (*c).head_retry != 0 {
+            // An earlier send's retry that its return never took (the send
+            // failed): its buffer is gone.
+            let _ = RETRY.remove(&tid);
+            (*c).head_retry = 0;
+        }
+        let before = ((*c).bytes_out, (*c).packets_out);
+        if from_user(c, key, protocol, addr, avail, before) {
+            return;
+        }
+        count(counter::HEAD_READ_FAULT);
+        if RETRY.insert(&tid, &Retry { sk, addr, avail, before }, 0).is_ok() {
+            (*c).head_retry = 1;
+        }
+    }
+}
+
+/// At a send's return, `sent` bytes accepted from `sk`: the copy its entry
+/// left here, now that the kernel has read (so mapped) those bytes.
+#[inline(always)]
+pub fn at_send_return(c: *mut FlowCounters, key: &FlowKey, protocol: u8, sk: u64, sent: u64) {
+    // SAFETY: as in at_send_entry; the RETRY entry is this thread's own, copied out.
+    unsafe {
+        if (*c).head_retry == 0 {
+            return;
+        }
+        let tid = bpf_get_current_pid_tgid();
+        let Some(r) = RETRY.get(&tid).copied() else { return };
+        if r.sk != sk {
+            return; // another thread's send on this flow
+        }
+        let _ = RETRY.remove(&tid);
+        (*c).head_retry = 0;
+        let avail = if sent < r.avail { sent } else { r.avail };
+        if !from_user(c, key, protocol, r.addr, avail, r.before) {
+            count(counter::HEAD_RETRY_FAULT);
+        }
+    }
+}
+
 /// This CPU's copy budget: `PAYLOAD_RATE_MAX` per `PAYLOAD_RATE_NS` window
 /// (per-CPU, so no other CPU writes the slot; plain stores are race-free).
 #[inline(always)]
@@ -93,14 +192,16 @@ fn within_budget() -> bool {
 }
 
 /// Copy up to `PAYLOAD_LEN` of `avail` bytes into a ring buffer event.
+/// False only when the source could not be read (the copy is discarded); a
+/// copy dropped for the budget or a full ring is counted and says true.
 #[inline(always)]
-pub fn emit(kind: u32, key: &FlowKey, pid: u32, offset: u64, src: Source, avail: u64) {
+pub fn emit(kind: u32, key: &FlowKey, pid: u32, offset: u64, src: Source, avail: u64) -> bool {
     if avail == 0 || !within_budget() {
-        return;
+        return true;
     }
     let Some(mut entry) = PAYLOADS.reserve::<PayloadEvent>(0) else {
         count(counter::RINGBUF_DROP_PAYLOAD);
-        return;
+        return true;
     };
     let ev = entry.as_mut_ptr();
     let n = if avail > PAYLOAD_LEN as u64 { PAYLOAD_LEN as u32 } else { avail as u32 };
@@ -122,7 +223,7 @@ pub fn emit(kind: u32, key: &FlowKey, pid: u32, offset: u64, src: Source, avail:
         };
         if ret != 0 {
             entry.discard(0);
-            return;
+            return false;
         }
         (*ev).header = EventHeader { kind: EVENT_PAYLOAD, pid, ktime_ns: bpf_ktime_get_boot_ns() };
         (*ev).key = *key;
@@ -133,4 +234,5 @@ pub fn emit(kind: u32, key: &FlowKey, pid: u32, offset: u64, src: Source, avail:
         (*ev)._pad = 0;
     }
     entry.submit(crate::wakeup_for(&PAYLOADS));
+    true
 }

@@ -16,7 +16,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::LruHashMap,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
@@ -25,7 +25,7 @@ use sensor_common::{counter, FlowKey};
 
 use crate::{
     add_volume, count, flow_counters, global,
-    heads::{self, Source, IPPROTO_TCP, IPPROTO_UDP},
+    heads::{self, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 #[unsafe(no_mangle)]
@@ -202,6 +202,9 @@ fn account(sk: *const c_void, msg: *const c_void, protocol: u8, bytes: i64, egre
         return;
     };
     let Some((c, _)) = flow_counters(&key) else { return };
+    if egress {
+        heads::at_send_return(c, &key, protocol, sk as u64, bytes as u64);
+    }
     // SAFETY: `c` is a live FLOWS value and `d` a DIRS value. `direction` is
     // set once, to the same value by whichever CPU gets there (both read the
     // connection's one DIRS entry), so the plain store cannot tear anything.
@@ -250,21 +253,7 @@ fn capture_send(sk: *const c_void, msg: *const c_void, protocol: u8) {
         return;
     }
     let Some((addr, avail)) = first_user_segment(msg as *const u8) else { return };
-    let mut first = [0u8; 5];
-    // SAFETY (both reads): bpf_probe_read_user_buf faults safely on a bad
-    // user address and writes at most the slice it is given.
-    if heads::undecided(c) && avail >= 5 {
-        let _ = unsafe { bpf_probe_read_user_buf(addr as *const u8, &mut first) };
-    } else if heads::undecided(c) && avail >= 3 {
-        // A SOCKS5 greeting is a 3- or 4-byte write.
-        let _ = unsafe { bpf_probe_read_user_buf(addr as *const u8, &mut first[..3]) };
-    }
-    // SAFETY: `c` is a live flow map value; a racing writer only makes the
-    // offset stale, which head_step tolerates.
-    let before = unsafe { ((*c).bytes_out, (*c).packets_out) };
-    if let Some((kind, offset)) = heads::decide(c, protocol, first, before) {
-        heads::emit(kind, &key, key.pid, offset, Source::User(addr), avail);
-    }
+    heads::at_send_entry(c, &key, protocol, sk as u64, addr, avail);
 }
 
 /// The int a probed function returned (upper half of the register is noise).

@@ -251,6 +251,10 @@ fn check_names(b: &str, g: &Guest, recs: &[Value], err: &str) {
         socks["sluice"]["destination"]["name_source"], "proxy-request",
         "{b}: {socks}"
     );
+    // Both of its writes came from pages not mapped yet: the entry could not
+    // read them, the return copied them (netload's `cold`).
+    assert!(err.contains("head_read_fault="), "{b}: no send's first bytes faulted at entry:\n{err}");
+    assert!(!err.contains("head_retry_fault="), "{b}: a retried copy faulted again:\n{err}");
     // kTLS: the hello went out in the clear before TLS_TX, and names the flow
     // whose records the socket layer counts.
     let ktls = flow("ktls", 9028);

@@ -49,7 +49,8 @@
 //!     netload dns-tunnel ZONE COUNT           COUNT UDP queries to 127.0.0.1:53 (received there),
 //!                                             each name 30 bytes of data in hex under ZONE
 //!     netload socks5 ADDR PORT HOST BYTES     a SOCKS5 greeting (a 3-byte write) and a CONNECT
-//!                                             to HOST:443 (sent without waiting for replies), then BYTES
+//!                                             to HOST:443 (sent without waiting for replies), then BYTES;
+//!                                             both written from pages not yet mapped (see `cold`)
 //!     netload quic ADDR PORT COUNT            COUNT 1200-byte datagrams, the first a QUIC v1 Initial
 //!     netload dns-send ADDR PORT NAME BYTES [udp]
 //!                                             ask 127.0.0.1:53 for NAME and answer it NAME -> ADDR
@@ -95,6 +96,37 @@ fn hello_then_upload_on(mut s: TcpStream, hello: &[u8], n: usize) {
     s.write_all(hello).expect("hello");
     write_chunks(&mut s, n);
     finish(s);
+}
+
+/// `data` where no page table maps it yet: a private mapping of a file that
+/// holds it, whose pages are mapped only when first used. With `hot` > 0
+/// its first `hot` bytes end a page that is mapped (written, not read: a
+/// read fault would map the neighbouring page too) and the rest starts on one
+/// that is not. The mapping is never unmapped (the process is short-lived).
+fn cold(data: &[u8], hot: usize) -> &'static [u8] {
+    const PAGE: usize = 4096;
+    assert!(hot < PAGE && data.len() <= PAGE, "cold: one page at most");
+    let at = PAGE - hot;
+    let mut image = vec![0u8; 2 * PAGE];
+    image[at..at + data.len()].copy_from_slice(data);
+    let path = std::env::temp_dir().join(format!("netload-cold-{}-{hot}", std::process::id()));
+    std::fs::write(&path, &image).expect("writing the cold file");
+    let f = std::fs::File::open(&path).expect("opening the cold file");
+    // SAFETY: a fresh private read-write mapping of a file just written, of
+    // its length; nothing else maps it. Only bytes inside it are touched.
+    let base = unsafe {
+        libc::mmap(std::ptr::null_mut(), 2 * PAGE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE, f.as_raw_fd(), 0)
+    };
+    assert!(base != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    let _ = std::fs::remove_file(&path);
+    let base = base as *mut u8;
+    if hot > 0 {
+        // SAFETY: inside the mapping; byte 0 is a zero of the image.
+        unsafe { base.write_volatile(0) };
+    }
+    // SAFETY: `data.len()` bytes from `at` lie inside the mapping, which
+    // lives as long as the process.
+    unsafe { std::slice::from_raw_parts(base.add(at), data.len()) }
 }
 
 /// `n` bytes in 64 KiB writes.
@@ -714,14 +746,19 @@ fn main() {
         ["socks5", ip, port, host, bytes] => {
             let n: usize = bytes.parse().expect("bytes");
             let mut s = TcpStream::connect(addr(ip, port)).expect("connect");
-            s.write_all(&[5, 1, 0]).expect("greeting");
+            // Both writes come from memory the process has not touched yet,
+            // as a C client's static greeting in .rodata may be: the greeting
+            // from a page not mapped at all, the request from the end of a
+            // mapped page into one that is not. A probe at the send's entry
+            // cannot read either (it may not fault a page in).
+            s.write_all(cold(&[5, 1, 0], 0)).expect("greeting");
             let request = [
                 &[5, 1, 0, 3, host.len() as u8][..],
                 host.as_bytes(),
                 &443u16.to_be_bytes(),
             ]
             .concat();
-            hello_then_upload_on(s, &request, n);
+            hello_then_upload_on(s, cold(&request, 4), n);
             println!("sent {n}");
         }
         ["threads", ip, port, sni, count, bytes] => {
