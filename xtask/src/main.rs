@@ -140,9 +140,9 @@ fn main() -> Result<()> {
             run(cargo().args(["test", "--workspace", "--exclude", "sluice-tests"]))?;
             // Serial: each scenario runs its own sensor and measures bytes; on two
             // cores, parallel uploads would only make timings noisy. `--lib`: the
-            // harness's own checkers (ECS, OCSF) have unit tests.
+            // harness's own checkers (ECS, OCSF) have unit tests; `docs`: the quoted output.
             run(cargo()
-                .args(["test", "-p", "sluice-tests", "--lib", "--test", "host_cgroup", "--test", "host_detect", "--test", "host_names", "--test", "host_deploy", "--test", "host_faults", "--test", "host_adversarial", "--test", "host_evasion", "--", "--test-threads=1"])
+                .args(["test", "-p", "sluice-tests", "--lib", "--test", "host_cgroup", "--test", "host_detect", "--test", "host_names", "--test", "host_deploy", "--test", "host_faults", "--test", "host_adversarial", "--test", "host_evasion", "--test", "docs", "--", "--test-threads=1"])
                 .env("SLUICE_BIN", &bin))?;
             deploy::check(&bin)?;
             vm::vm_test(cargo)
