@@ -148,7 +148,7 @@ fn a_renamed_mega_client_in_tmp_with_a_false_argv0_splitting_its_upload_is_caugh
     let a = alerts.iter().find(|a| a["process"]["pid"] == threaded).unwrap();
     assert_eq!(a["process"]["executable"], tool.to_str().unwrap());
     assert_eq!(a["process"]["args"][0], "[kworker/u8:2]");
-    assert!(a["event"]["reason"].as_str().unwrap().contains("by destination"), "{a}");
+    assert!(a["event"]["reason"].as_str().unwrap().contains("storage service, so this is an upload to MEGA"), "{a}");
     assert!(a["sluice"]["bytes_out"].as_u64().unwrap() >= 5 * 1024 * 1024, "{a}");
     let b = alerts.iter().find(|a| a["process"]["parent"]["pid"] == shell).unwrap();
     assert_eq!(b["sluice"]["destination"]["service"], "MEGA");

@@ -98,7 +98,7 @@ fn tls_sni_names_flows_and_the_mega_rule_fires_on_a_renamed_binary_by_destinatio
     let a = alerts.iter().find(|a| a["process"]["pid"] == pid).expect("the Mega alert names the renamed binary");
     assert_eq!(a["destination"]["domain"], name);
     assert_eq!(a["sluice"]["destination"]["service"], "MEGA");
-    assert!(a["event"]["reason"].as_str().unwrap().contains("by destination"), "{a}");
+    assert!(a["event"]["reason"].as_str().unwrap().contains("storage service, so this is an upload to MEGA"), "{a}");
     sluice.stop().unwrap();
 }
 

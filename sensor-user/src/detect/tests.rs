@@ -424,7 +424,7 @@ fn ten_children_of_a_tool_splitting_an_upload_count_as_the_tool() {
         all.extend(d.tick(&tick(5.0 + i as f64, vec![flow(&c, MIB)])));
     }
     assert_eq!(ids(&all), [EXFIL_TOOL.id], "one alert once the tree crossed the floor");
-    assert!(all[0].reason.contains("its ancestor rclone (pid 600)"), "{}", all[0].reason);
+    assert!(all[0].reason.contains("started by rclone (pid 600)"), "{}", all[0].reason);
     assert!(all[0].bytes_out >= 5 * MIB);
 }
 
@@ -504,7 +504,7 @@ fn a_renamed_mega_client_is_caught_by_where_it_sends() {
     f.domain = Some("gfs270n122.userstorage.mega.co.nz".into());
     let a = d.tick(&tick(5.0, vec![f]));
     assert_eq!(ids(&a), [EXFIL_TOOL.id]);
-    assert!(a[0].reason.contains("by destination") && a[0].reason.contains("userstorage.mega.co.nz"), "{}", a[0].reason);
+    assert!(a[0].reason.contains("belongs to MEGA's storage service") && a[0].reason.contains("userstorage.mega.co.nz"), "{}", a[0].reason);
 }
 
 #[test]

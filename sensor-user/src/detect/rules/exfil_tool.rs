@@ -68,18 +68,22 @@ pub fn check(d: &mut Detector, s: &Subject) -> Option<Finding> {
         d.baselines.pinned.insert(s.id.clone());
         d.baselines.pinned.insert(s.key_dest.clone());
     }
+    // The rule in plain words: what the tool is for, and that past the floor
+    // its use is a bulk transfer off the host.
+    let floor = human_bytes(r.floor);
     let why = match (&via, &by_dest) {
         (_, Some(svc)) => format!(
-            "identified by destination: that name belongs to {svc}'s storage service, and sending bulk data there is using {svc} \
-             whatever the program calls itself"
+            "that name belongs to {svc}'s storage service, so this is an upload to {svc} whatever the program calls itself, \
+             and more than {floor} of it is a bulk transfer of data off this host"
         ),
         (Some((pid, exe)), _) => format!(
-            "it works for its ancestor {} (pid {pid}), {product}, a tool that pushes files to cloud storage and that ransomware \
-             crews use to take data",
+            "it was started by {} (pid {pid}), which is {product}, a client whose job is pushing files to cloud storage; \
+             more than {floor} from its helpers is a bulk transfer off this host, the way ransomware crews take data",
             catalog::base(exe)
         ),
         (None, None) => format!(
-            "{} is {product}, a tool that pushes files to cloud storage and that ransomware crews use to take data",
+            "{} is {product}, a client whose job is pushing files to cloud storage; more than {floor} through it is a bulk \
+             transfer off this host, the way ransomware crews take data",
             catalog::base(&p.executable)
         ),
     };
