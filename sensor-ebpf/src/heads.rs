@@ -125,7 +125,6 @@ fn from_user(c: *mut FlowCounters, key: &FlowKey, protocol: u8, addr: u64, avail
 /// cannot be read yet.
 #[inline(always)]
 pub fn at_send_entry(c: *mut FlowCounters, key: &FlowKey, protocol: u8, sk: u64, addr: u64, avail: u64) {
-    let tid = bpf_get_current_pid_tgid();
     // SAFETY: `c` is a live FLOWS value; a racing writer only makes the
     // offset stale, which head_step tolerates, or the retry flag, which
     // costs at most one missed retry.
@@ -133,7 +132,7 @@ pub fn at_send_entry(c: *mut FlowCounters, key: &FlowKey, protocol: u8, sk: u64,
         if (*c).head_retry != 0 {
             // An earlier send's retry that its return never took (the send
             // failed): its buffer is gone.
-            let _ = RETRY.remove(&tid);
+            let _ = RETRY.remove(&bpf_get_current_pid_tgid());
             (*c).head_retry = 0;
         }
         let before = ((*c).bytes_out, (*c).packets_out);
@@ -141,7 +140,7 @@ pub fn at_send_entry(c: *mut FlowCounters, key: &FlowKey, protocol: u8, sk: u64,
             return;
         }
         count(counter::HEAD_READ_FAULT);
-        if RETRY.insert(&tid, &Retry { sk, addr, avail, before }, 0).is_ok() {
+        if RETRY.insert(&bpf_get_current_pid_tgid(), &Retry { sk, addr, avail, before }, 0).is_ok() {
             (*c).head_retry = 1;
         }
     }
