@@ -80,6 +80,22 @@ pub struct Containers {
     pub container_logs: String,
     /// A kubelet pod list URL over plain HTTP ("" = not asked).
     pub kubelet_url: String,
+    /// Where each runtime keeps the files that name its containers ("" = not read).
+    pub containerd_state: String,
+    pub crio_state: String,
+    pub podman_storage: String,
+    pub docker_root: String,
+}
+
+impl Containers {
+    pub fn runtime_roots(&self) -> crate::container::runtime_files::Roots {
+        crate::container::runtime_files::Roots {
+            containerd: self.containerd_state.clone(),
+            crio: self.crio_state.clone(),
+            podman: self.podman_storage.clone(),
+            docker: self.docker_root.clone(),
+        }
+    }
 }
 
 /// Where records go: stdout, or a file rotated by size.
@@ -114,6 +130,9 @@ impl Output {
 pub struct Metrics {
     /// host:port for Prometheus `/metrics` and `/healthz` ("" = off).
     pub addr: String,
+    /// Export `sluice_alerts_total` by rule; unset: only on a loopback address.
+    #[serde(default)]
+    pub alerts_by_rule: Option<bool>,
 }
 
 impl Destinations {

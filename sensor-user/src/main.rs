@@ -13,7 +13,7 @@ use sluice::{
     spool::Spool,
     kernel::{
         backend::{self, Backend, Verdict},
-        loader, preflight, privileges,
+        loader, privileges,
     },
 };
 
@@ -140,9 +140,6 @@ fn run(args: RunArgs, record_to: Option<std::path::PathBuf>) -> Result<()> {
     };
     // One clear sentence instead of the same reason repeated per backend.
     privileges::check().map_err(anyhow::Error::msg)?;
-    for w in privileges::effective().map(preflight::warnings).unwrap_or_default() {
-        eprintln!("sluice: warning: {w}");
-    }
     let chosen = match Backend::from_probe(config.agent.probe) {
         Some(b) => b,
         None => {

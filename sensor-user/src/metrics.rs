@@ -91,8 +91,25 @@ impl Default for Metrics {
     }
 }
 
+/// Is the listener's address one only this host can reach? Per-rule alert
+/// counts are exported there by default, not on an address pods can scrape:
+/// a pod that reads `sluice_alerts_total{rule="..."}` move just after its
+/// upload has learned which rule it tripped and how to stay under it.
+pub fn is_loopback(addr: &str) -> bool {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => addr.rsplit_once(':').is_some_and(|(host, _)| host == "localhost"),
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_alerts_by_rule(true)
+    }
+
+    /// `alerts_by_rule` false: no alert counts at all on /metrics (a total
+    /// would tell a pod as much, one alert at a time); the stream has them.
+    pub fn with_alerts_by_rule(alerts_by_rule: bool) -> Self {
         let mut r = Registry::with_prefix("sluice");
         let m = Metrics {
             registry: Arc::new(Registry::default()),
@@ -144,7 +161,9 @@ impl Metrics {
         r.register("flows_tracked", "Flows in the kernel's flow map at the last tick", m.flows_tracked.clone());
         r.register("processes_tracked", "Processes in the agent's process table", m.processes_tracked.clone());
         r.register("flow_records", "Flow records written", m.flow_records.clone());
-        r.register("alerts", "Alerts raised, by rule", m.alerts.clone());
+        if alerts_by_rule {
+            r.register("alerts", "Alerts raised, by rule", m.alerts.clone());
+        }
         r.register("backend_info", "The probe backend in use (value 1)", m.backend.clone());
         r.register("ticks", "Ticks completed", m.ticks.clone());
         r.register("tick_duration_seconds", "Time the agent spent on one tick (drain, attribute, detect, write)", m.tick_seconds.clone());
@@ -320,6 +339,18 @@ mod tests {
             "# EOF",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn alert_counts_only_where_pods_cannot_scrape_them() {
+        let m = Metrics::with_alerts_by_rule(false);
+        m.alerts.get_or_create(&RuleLabel { rule: "sluice.exfil_tool_upload".into() }).inc();
+        let text = m.render();
+        assert!(!text.contains("alerts") && !text.contains("exfil"), "{text}");
+        assert!(text.contains("sluice_ticks_total"), "the rest is exported");
+        for (addr, local) in [("127.0.0.1:9464", true), ("[::1]:9464", true), ("localhost:9464", true), ("0.0.0.0:9464", false), ("10.1.2.3:9464", false), ("[::]:9464", false), ("node:9464", false)] {
+            assert_eq!(is_loopback(addr), local, "{addr}");
         }
     }
 

@@ -5,6 +5,7 @@
 
 use std::{
     io::Write,
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
@@ -52,7 +53,7 @@ pub fn lock(path: &Path) -> Result<Option<Lock>, String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
     }
-    let Ok(mut f) = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path) else {
+    let Ok(mut f) = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&lock_path) else {
         return Ok(None);
     };
     // SAFETY: a valid open fd; flock has no memory effects.
@@ -142,7 +143,9 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         std::process::id()
     ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        // 0600: baselines say what every program on this host does and where
+        // it sends, which is no one else's business.
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(bytes)?;
         f.write_all(b"\n")?;
         f.sync_all()?;
@@ -202,6 +205,8 @@ mod tests {
         let Loaded::Restored(s) = load(&p, 0.0).unwrap() else { panic!() };
         assert_eq!(s.baselines.get("/usr/bin/rclone#1").unwrap().samples, 2);
         assert!(std::fs::read_dir(p.parent().unwrap()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600, "only its owner reads the baselines");
     }
 
     #[test]

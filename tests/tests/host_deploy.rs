@@ -267,7 +267,7 @@ fn start_up_errors_name_what_to_do() {
     require_root();
     // Root without capabilities (an empty bounding set): the caps are named.
     let e = fails(Command::new("setpriv").args(["--bounding-set", "-all", "--inh-caps", "-all"]).arg(sluice_bin()).args(["run", "--state", ""]));
-    assert!(e.contains("missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN") && e.contains("grant CAP_BPF"), "{e}");
+    assert!(e.contains("missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_PTRACE") && e.contains("grant CAP_BPF"), "{e}");
     // A metrics port in use, before anything is loaded.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

@@ -156,7 +156,7 @@ impl Agent {
         let v1 = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| container::v1_mounted_in(&m));
         let containers = container::Resolver::new(config.containers.clone(), v1);
         let format = config.agent.format;
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_alerts_by_rule(config.metrics.alerts_by_rule.unwrap_or_else(|| metrics::is_loopback(&config.metrics.addr)));
         metrics.backend.get_or_create(&metrics::BackendLabel { backend: ctx.backend.to_string() }).set(1);
         metrics.map_capacity.get_or_create(&metrics::MapLabel { map: "flows".into() }).set(config.kernel.flows_max.into());
         metrics.map_capacity.get_or_create(&metrics::MapLabel { map: "sockets".into() }).set(config.kernel.sockets_max.into());

@@ -1,10 +1,12 @@
 //! Which container (and Kubernetes pod) a sender runs in: the runtime and id
-//! from its cgroup path (`cgroup_path`), names from the kubelet's files or pod
-//! list (`kube`). The result rides on flows and alerts as ECS `container.*`
-//! and `orchestrator.*`.
+//! from its cgroup path (`cgroup_path`), names and image from the runtime's own
+//! files on the node (`runtime_files`), else from the kubelet's log directories
+//! or pod list (`kube`). The result rides on flows and alerts as ECS
+//! `container.*` and `orchestrator.*`.
 
 pub mod cgroup_path;
 pub mod kube;
+pub mod runtime_files;
 
 use std::{
     collections::HashMap,
@@ -76,13 +78,17 @@ pub struct Resolver {
     /// v1 hierarchies are mounted, so a process's container may show only in
     /// /proc/<pid>/cgroup, not in its v2 path.
     v1_mounted: bool,
+    runtime_files: runtime_files::Reader,
+    /// What the runtime's files said, by container id, and when a miss may be
+    /// asked again (a container's files exist before its first packet, so a
+    /// miss is rare: a runtime whose files are not mounted here).
+    runtime_meta: HashMap<String, (Option<runtime_files::Meta>, Instant)>,
     pub stats: Stats,
 }
 
 impl Resolver {
     pub fn new(cfg: Config, v1_mounted: bool) -> Self {
         Self {
-            cfg,
             by_path: HashMap::new(),
             by_pid: HashMap::new(),
             index: kube::Index::default(),
@@ -90,7 +96,10 @@ impl Resolver {
             kubelet_retry_at: None,
             kubelet: None,
             v1_mounted,
+            runtime_files: runtime_files::Reader::new(cfg.runtime_roots()),
+            runtime_meta: HashMap::new(),
             stats: Stats::default(),
+            cfg,
         }
     }
 
@@ -109,24 +118,49 @@ impl Resolver {
         r.map(|r| self.describe(r))
     }
 
-    /// Add the names the pod metadata knows.
+    /// Add the names the runtime's files, else the pod metadata, know.
     fn describe(&mut self, r: ContainerRef) -> Container {
+        let own = self.runtime_meta(&r).unwrap_or_default();
         self.take_kubelet_answer();
         let known = |idx: &kube::Index| r.pod_uid.as_ref().is_none_or(|u| idx.pods.contains_key(u) && idx.containers.contains_key(&r.id));
-        if r.pod_uid.is_some() && !known(&self.index) {
+        let named = own.name.is_some() && (r.pod_uid.is_none() || own.pod.as_ref().is_some_and(|p| p.name.is_some()));
+        if r.pod_uid.is_some() && !named && !known(&self.index) {
             self.refresh();
         }
         let meta = self.index.containers.get(&r.id);
+        // The pod UID is the cgroup path's; a bundle naming another pod is not believed.
+        let own_pod = own.pod.filter(|p| Some(&p.uid) == r.pod_uid.as_ref());
         Container {
             runtime: r.runtime.to_string(),
-            name: meta.map(|m| m.name.clone()),
-            image: meta.and_then(|m| m.image.clone()),
+            name: own.name.or_else(|| meta.map(|m| m.name.clone())),
+            image: own.image.or_else(|| meta.and_then(|m| m.image.clone())),
             pod: r.pod_uid.map(|uid| {
                 let p = self.index.pods.get(&uid);
-                Pod { name: p.map(|p| p.name.clone()), namespace: p.map(|p| p.namespace.clone()), uid }
+                Pod {
+                    name: own_pod.as_ref().and_then(|o| o.name.clone()).or_else(|| p.map(|p| p.name.clone())),
+                    namespace: own_pod.as_ref().and_then(|o| o.namespace.clone()).or_else(|| p.map(|p| p.namespace.clone())),
+                    uid,
+                }
             }),
             id: r.id,
         }
+    }
+
+    /// The runtime's files on this container, read once (a miss again after
+    /// `REFRESH_MIN`).
+    fn runtime_meta(&mut self, r: &ContainerRef) -> Option<runtime_files::Meta> {
+        let now = Instant::now();
+        if let Some((m, at)) = self.runtime_meta.get(&r.id) {
+            if m.is_some() || now.duration_since(*at) < REFRESH_MIN {
+                return m.clone();
+            }
+        }
+        if self.runtime_meta.len() >= CACHE_MAX {
+            self.runtime_meta.clear();
+        }
+        let m = self.runtime_files.lookup(r);
+        self.runtime_meta.insert(r.id.clone(), (m.clone(), now));
+        m
     }
 
     fn refresh(&mut self) {
@@ -211,7 +245,37 @@ mod tests {
             pod_logs: dir.join("pods").to_string_lossy().into_owned(),
             container_logs: dir.join("containers").to_string_lossy().into_owned(),
             kubelet_url: String::new(),
+            containerd_state: dir.join("containerd").to_string_lossy().into_owned(),
+            crio_state: String::new(),
+            podman_storage: String::new(),
+            docker_root: String::new(),
         }
+    }
+
+    #[test]
+    fn the_runtimes_bundle_names_the_container_and_its_pod_but_not_another_pod() {
+        let d = std::env::temp_dir().join(format!("sluice-bundle-{}", std::process::id()));
+        let bundle = d.join(format!("containerd/io.containerd.runtime.v2.task/k8s.io/{ID}"));
+        std::fs::create_dir_all(&bundle).unwrap();
+        let write = |uid: &str| {
+            let text = format!(
+                r#"{{"annotations":{{"io.kubernetes.cri.container-name":"uploader","io.kubernetes.cri.image-name":"backup:2",
+                "io.kubernetes.cri.sandbox-name":"api-0","io.kubernetes.cri.sandbox-namespace":"payments","io.kubernetes.cri.sandbox-uid":"{uid}"}}}}"#
+            );
+            std::fs::write(bundle.join("config.json"), text).unwrap();
+        };
+        write(UID);
+        let path = format!("/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{ID}.scope", UID.replace('-', "_"));
+        let c = Resolver::new(cfg(&d), false).resolve(Some(&path), 1, 1).unwrap();
+        assert_eq!((c.name.as_deref(), c.image.as_deref()), (Some("uploader"), Some("backup:2")));
+        let pod = c.pod.unwrap();
+        assert_eq!((pod.name.as_deref(), pod.namespace.as_deref()), (Some("api-0"), Some("payments")));
+        // The cgroup path's pod UID is the kernel's word; a bundle claiming another pod names none.
+        write("00000000-0000-4000-8000-000000000000");
+        let c = Resolver::new(cfg(&d), false).resolve(Some(&path), 1, 1).unwrap();
+        assert_eq!(c.name.as_deref(), Some("uploader"));
+        assert_eq!(c.pod.map(|p| (p.uid, p.name)), Some((UID.to_string(), None)));
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub fn hints(err: &str, env: &Env) -> Vec<String> {
             _ => {}
         }
         out.push(
-            "sluice needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN + CAP_SYS_RESOURCE (CAP_SYS_ADMIN on kernels before 5.8); in a container also CAP_SYS_PTRACE and the host PID namespace".into(),
+            "sluice needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN + CAP_SYS_PTRACE (CAP_SYS_ADMIN on kernels before 5.8, CAP_SYS_RESOURCE before 5.11); in a container also the host PID namespace".into(),
         );
     }
     if (err.contains("btf") || err.contains("BTF")) && !env.btf {
@@ -84,20 +84,6 @@ pub fn hints(err: &str, env: &Env) -> Vec<String> {
     }
     if err.contains("memlock") || err.contains("RLIMIT") {
         out.push("raise the locked-memory limit (`ulimit -l unlimited`, LimitMEMLOCK=infinity in systemd) or grant CAP_SYS_RESOURCE; kernels from 5.11 do not need it".into());
-    }
-    out
-}
-
-/// Non-fatal gaps to say at start: what works less well without them.
-pub fn warnings(cap_eff: u64) -> Vec<String> {
-    const CAP_DAC_READ_SEARCH: u32 = 2;
-    const CAP_SYS_PTRACE: u32 = 19;
-    let has = |c: u32| cap_eff & (1u64 << c) != 0;
-    let mut out = Vec::new();
-    if !has(CAP_SYS_PTRACE) && !has(CAP_DAC_READ_SEARCH) {
-        out.push(
-            "no CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH: other users' /proc/<pid>/fd cannot be read, so connections older than sluice may stay unattributed (pid 0)".to_string(),
-        );
     }
     out
 }
@@ -141,12 +127,5 @@ mod tests {
         assert!(hints("creating map EVENTS: Invalid argument", &e)[0].contains("5.8"));
         assert_eq!(version("6.18.44-fc-v669"), Some((6, 18)));
         assert_eq!(version("weird"), None);
-    }
-
-    #[test]
-    fn ptrace_warning() {
-        assert_eq!(warnings(0).len(), 1);
-        assert!(warnings(1 << 19).is_empty());
-        assert!(warnings(u64::MAX).is_empty());
     }
 }
