@@ -83,6 +83,12 @@ def consistency(k):
     expect(config["kernel"]["cgroup_root"] in mounts, "kernel.cgroup_root is where the host's cgroup fs is mounted")
     for p in ("/sys/kernel/btf", "/sys/kernel/tracing", config["containers"]["pod_logs"], config["containers"]["container_logs"]):
         expect(p in mounts and mounts[p].get("readOnly"), f"{p} is mounted read-only")
+    # The runtimes' files: the exact directories sluice reads, read-only.
+    runtime_dirs = {"containerd_state": "io.containerd.runtime.v2.task", "crio_state": "overlay-containers"}
+    for key, sub in runtime_dirs.items():
+        if config["containers"].get(key):
+            p = os.path.join(config["containers"][key], sub)
+            expect(p in mounts and mounts[p].get("readOnly"), f"containers.{key}: {p} is mounted read-only")
 
     with open(UNIT) as f:
         unit_caps = next(l.split("=", 1)[1].split() for l in f if l.startswith("CapabilityBoundingSet="))

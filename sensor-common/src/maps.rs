@@ -10,5 +10,6 @@ pub const SOCKS_CHANGED: &str = "SOCKS_CHANGED";
 pub const SOCKS_CHANGED_MAX: u32 = 65536;
 pub const FLOWS: &str = "FLOWS";
 pub const LISTENERS: &str = "LISTENERS";
+pub const SKB_CGROUP: &str = "SKB_CGROUP";
 pub const ARGV: &str = "ARGV";
 pub const DIRS: &str = "DIRS";

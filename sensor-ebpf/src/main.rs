@@ -121,6 +121,12 @@ fn owner_changed(cookie: u64) {
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowCounters> = LruHashMap::with_max_entries(65536, 0);
 
+/// Socket cookie -> the cgroup v2 id its packets were charged to, for sockets
+/// with no SOCKS entry at their flow's first packet (cgroup backend: older
+/// than the sensor). An LRU: the agent reads an entry within a tick or two.
+#[map]
+static SKB_CGROUP: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
 /// Bound (port, protocol) -> the binding socket and its owner.
 #[map]
 static LISTENERS: LruHashMap<ListenKey, ListenValue> = LruHashMap::with_max_entries(8192, 0);

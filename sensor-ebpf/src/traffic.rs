@@ -7,7 +7,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::generated::bpf_get_socket_cookie,
+    helpers::generated::{bpf_get_socket_cookie, bpf_skb_cgroup_id},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -19,7 +19,7 @@ use sensor_common::{
 use crate::{
     add_volume, count, flow_counters, owner_changed,
     heads::{self, Source, IPPROTO_TCP, IPPROTO_UDP},
-    LISTENERS, SOCKS,
+    LISTENERS, SKB_CGROUP, SOCKS,
 };
 
 const DNS_PORT: u16 = 53;
@@ -95,8 +95,23 @@ fn account(ctx: &SkBuffContext, egress: bool) {
     } else {
         capture_dns(ctx, &p, PAYLOAD_DNS);
     }
-    if created {
-        adopt_accepted(cookie, &p.key);
+    if created && !adopt_accepted(cookie, &p.key) {
+        remember_cgroup(ctx, cookie);
+    }
+}
+
+/// The cgroup of a socket no hook has an owner for, at its flow's first
+/// packet: a connection older than the sensor, whose process only the agent's
+/// scan can name (and cannot, in a network namespace it may not enter), while
+/// the socket's cgroup already says its container. One lookup per new flow.
+#[inline(always)]
+fn remember_cgroup(ctx: &SkBuffContext, cookie: u64) {
+    // SAFETY: the helper takes the program's own skb context; it reads the
+    // cgroup the socket was charged to (0 without a full socket).
+    let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    if cgroup != 0 {
+        // An LRU: a full map evicts its oldest entry rather than refuse.
+        let _ = SKB_CGROUP.insert(&cookie, &cgroup, 0);
     }
 }
 
@@ -209,20 +224,23 @@ unsafe fn new_tcp_out_bytes(c: *mut FlowCounters, seq: u32, syn: bool, fin: bool
 /// A socket no process-context hook has seen is either older than the sensor
 /// (the agent resolves those through sock_diag and /proc) or was accepted by the
 /// kernel on a listening port: then the listener's owner owns it, and the peer
-/// opened the connection.
+/// opened the connection. Whether the socket has an owner entry now.
 #[inline(always)]
-fn adopt_accepted(cookie: u64, key: &FlowKey) {
-    if SOCKS.get_ptr(&cookie).is_some() || key.protocol != IPPROTO_TCP {
-        return;
+fn adopt_accepted(cookie: u64, key: &FlowKey) -> bool {
+    if SOCKS.get_ptr(&cookie).is_some() {
+        return true;
+    }
+    if key.protocol != IPPROTO_TCP {
+        return false;
     }
     let lk = ListenKey { port: key.local_port, protocol: IPPROTO_TCP as u16 };
     let Some(listener) = LISTENERS.get_ptr(&lk) else {
-        return;
+        return false;
     };
     // SAFETY: a live LISTENERS value, read once.
     if unsafe { (*listener).ambiguous } != 0 {
         count(counter::LISTENER_AMBIGUOUS);
-        return;
+        return false;
     }
     // SAFETY: a live LISTENERS value, copied out.
     let mut owner: SockInfo = unsafe { (*listener).owner };
@@ -232,7 +250,9 @@ fn adopt_accepted(cookie: u64, key: &FlowKey) {
     owner.closed_ns = 0;
     if SOCKS.insert(&cookie, &owner, BPF_NOEXIST as u64).is_ok() {
         owner_changed(cookie);
+        return true;
     }
+    false
 }
 
 /// IPv6 extension headers before the transport header: (transport protocol,

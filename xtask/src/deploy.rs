@@ -38,3 +38,26 @@ pub fn check(sluice: &Path) -> Result<()> {
     println!("xtask: deploy/ checked: manifests, image file, unit, and the emulated pod");
     Ok(())
 }
+
+/// deploy/containers.py: the image built from deploy/container/Containerfile
+/// (local bases, the release binary) and the agent run by podman as the
+/// DaemonSet runs it, beside real workload containers.
+pub fn containers(release: &Path) -> Result<()> {
+    setup::ensure_container_tools()?;
+    let python = root().join("target/deploy-venv/bin/python");
+    run(Command::new(python).arg(root().join("deploy/containers.py")).arg(release))
+}
+
+/// `cargo xtask image`: the image users build, with whichever of podman and
+/// docker is installed; its size printed.
+pub fn image(tag: &str) -> Result<()> {
+    let tool = ["podman", "docker"]
+        .into_iter()
+        .find(|t| Command::new(t).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .context("neither podman nor docker is installed (apt-get install podman)")?;
+    run(Command::new(tool).args(["build", "-f", "deploy/container/Containerfile", "-t", tag, "."]).current_dir(root()))?;
+    let out = Command::new(tool).args(["image", "inspect", "--format", "{{.Size}}", tag]).output()?;
+    let size: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("reading the image size")?;
+    println!("xtask: built {tag} with {tool}: {:.1} MiB", size as f64 / f64::from(1 << 20));
+    Ok(())
+}

@@ -48,9 +48,17 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
-    /// Validate deploy/ offline (manifests, image file, unit) and run the
-    /// emulated pod with the binary (needs root).
+    /// Validate deploy/ offline (manifests, image file, unit), run the
+    /// emulated pod with the binary, then build the image from local bases and
+    /// run the agent container with podman beside real workload containers
+    /// (needs root).
     DeployCheck,
+    /// Build the container image from deploy/container/Containerfile with
+    /// podman or docker (compiles inside; needs the bases' registries).
+    Image {
+        #[arg(long, default_value = "sluice:0.1.0")]
+        tag: String,
+    },
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -121,8 +129,10 @@ fn main() -> Result<()> {
         }
         Cmd::DeployCheck => {
             let bin = build_release()?;
-            deploy::check(&bin)
+            deploy::check(&bin)?;
+            deploy::containers(&bin)
         }
+        Cmd::Image { tag } => deploy::image(&tag),
         Cmd::Run { args } => {
             let bin = build_release()?;
             let mut c = Command::new(&bin);
@@ -145,6 +155,8 @@ fn main() -> Result<()> {
                 .args(["test", "-p", "sluice-tests", "--lib", "--test", "host_cgroup", "--test", "host_detect", "--test", "host_names", "--test", "host_deploy", "--test", "host_faults", "--test", "host_adversarial", "--test", "host_evasion", "--test", "docs", "--", "--test-threads=1"])
                 .env("SLUICE_BIN", &bin))?;
             deploy::check(&bin)?;
+            // The image ships the release binary.
+            deploy::containers(&build_release()?)?;
             vm::vm_test(cargo)
         }
         Cmd::Bench { quick } => {

@@ -101,6 +101,12 @@ pub fn ensure_deploy_tools() -> Result<()> {
     apt_install(&["python3-venv", "systemd", "util-linux"])
 }
 
+/// deploy/containers.py: podman with runc (crun refuses hybrid cgroup hosts),
+/// busybox and curl for the workload image it assembles.
+pub fn ensure_container_tools() -> Result<()> {
+    apt_install(&["podman", "runc", "busybox-static", "curl", "iproute2"])
+}
+
 /// bench: the peer it compares against (bpftrace) and bpftool for the kernel's
 /// per-program run-time statistics.
 pub fn ensure_bench_tools() -> Result<()> {

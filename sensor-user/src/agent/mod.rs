@@ -145,6 +145,7 @@ impl Agent {
         let socks_map = BpfHashMap::try_from(socks)?;
         let changed_map = BpfHashMap::try_from(take(&mut sensor, maps::SOCKS_CHANGED)?)?;
         let listeners_map = BpfHashMap::try_from(take(&mut sensor, maps::LISTENERS)?)?;
+        let skb_cgroup = BpfHashMap::try_from(take(&mut sensor, maps::SKB_CGROUP)?)?;
         let dirs_map = BpfHashMap::try_from(take(&mut sensor, maps::DIRS)?)?;
         let counters = PerCpuArray::try_from(take(&mut sensor, maps::COUNTERS)?)?;
         let procfs = Procfs::default();
@@ -174,7 +175,7 @@ impl Agent {
             config,
             sensor,
             flows_map,
-            owners: Owners::new(KernelOwners { socks: socks_map, changed: changed_map, listeners: listeners_map }, LiveScan::default()),
+            owners: Owners::new(KernelOwners { socks: socks_map, changed: changed_map, listeners: listeners_map, skb_cgroup }, LiveScan::default()),
             dirs_map,
             counters,
             procs,
@@ -399,7 +400,7 @@ impl Agent {
                     continue;
                 }
                 let name = self.namer.destination(&d.key, flows::ip_of(&d.key.remote_addr), unix_now);
-                agg.add(&d, owner.unwrap_or(UNKNOWN_OWNER), name);
+                agg.add(&d, owner.unwrap_or_else(|| self.owners.unknown_owner(d.key.cookie)), name);
             }
         }
         let records = agg.finish();
@@ -763,10 +764,6 @@ impl Agent {
         Ok(self.stats.clone())
     }
 }
-
-/// A socket whose owner no record or scan placed: its bytes are still
-/// judged (fail closed), as an unknown process's.
-const UNKNOWN_OWNER: Owner = Owner { pid: 0, uid: 0, cgroup_id: 0, direction: DIR_UNKNOWN, attribution: Attribution::Unknown, start_ns: 0 };
 
 /// The owner of a send-path flow: the sender is in the key. A datagram is
 /// sent by whoever sends it; TCP's direction is what the kernel recorded at

@@ -58,13 +58,23 @@ pub trait OwnerMap {
     fn listener(&self, key: ListenKey) -> Option<ListenValue>;
     /// Best effort, as `insert`.
     fn set_listener(&mut self, key: ListenKey, value: ListenValue);
+    /// The cgroup the kernel saw `cookie`'s packets charged to, for a socket
+    /// it had no owner entry for (`SKB_CGROUP`).
+    fn socket_cgroup(&self, _cookie: u64) -> Option<u64> {
+        None
+    }
 }
 
-/// `SOCKS`, `SOCKS_CHANGED` and `LISTENERS` in the kernel.
+/// A socket whose owner no record or scan placed: its bytes are still
+/// judged (fail closed), as an unknown process's.
+pub const UNKNOWN_OWNER: Owner = Owner { pid: 0, uid: 0, cgroup_id: 0, direction: DIR_UNKNOWN, attribution: Attribution::Unknown, start_ns: 0 };
+
+/// `SOCKS`, `SOCKS_CHANGED`, `LISTENERS` and `SKB_CGROUP` in the kernel.
 pub struct KernelOwners {
     pub socks: aya::maps::HashMap<aya::maps::MapData, u64, SockInfo>,
     pub changed: aya::maps::HashMap<aya::maps::MapData, u64, u8>,
     pub listeners: aya::maps::HashMap<aya::maps::MapData, ListenKey, ListenValue>,
+    pub skb_cgroup: aya::maps::HashMap<aya::maps::MapData, u64, u64>,
 }
 
 impl OwnerMap for KernelOwners {
@@ -92,6 +102,9 @@ impl OwnerMap for KernelOwners {
     }
     fn set_listener(&mut self, key: ListenKey, value: ListenValue) {
         let _ = self.listeners.insert(key, value, 0);
+    }
+    fn socket_cgroup(&self, cookie: u64) -> Option<u64> {
+        self.skb_cgroup.get(&cookie, 0).ok()
     }
 }
 
@@ -270,6 +283,14 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
             return Some(o);
         }
         self.remembered.get(&cookie).map(|(o, _)| *o)
+    }
+
+    /// What is known of a socket no record or scan placed: the cgroup its
+    /// packets were charged to, so its container (a pod's connection older
+    /// than the agent, in a network namespace the scan may not enter), with
+    /// the process unknown.
+    pub fn unknown_owner(&self, cookie: u64) -> Owner {
+        Owner { cgroup_id: self.map.socket_cgroup(cookie).unwrap_or(0), ..UNKNOWN_OWNER }
     }
 
     /// Attribute every socket that exists now. Run once right after attaching
@@ -581,6 +602,8 @@ mod tests {
         lost: bool,
         whole_reads: Cell<u32>,
         listeners: std::collections::HashMap<(u16, u16), ListenValue>,
+        /// SKB_CGROUP: cookie -> the cgroup its packets were charged to.
+        skb_cgroup: std::collections::HashMap<u64, u64>,
     }
 
     impl FakeMap {
@@ -620,6 +643,9 @@ mod tests {
         }
         fn set_listener(&mut self, key: ListenKey, value: ListenValue) {
             self.listeners.insert((key.port, key.protocol), value);
+        }
+        fn socket_cgroup(&self, cookie: u64) -> Option<u64> {
+            self.skb_cgroup.get(&cookie).copied()
         }
     }
 
@@ -829,6 +855,16 @@ mod tests {
         assert!(o.resolve(&[5, 6], &mut procs, &Procs, t0).is_empty());
         assert!(o.resolve(&[5, 6], &mut procs, &Procs, t0 + Duration::from_secs(1)).is_empty());
         assert!(!o.waiting_on(5) && due_for_scan(&[5, 6], &o.unresolved, t0 + Duration::from_secs(2)).is_empty());
+    }
+
+    #[test]
+    fn a_socket_no_scan_places_keeps_the_cgroup_its_packets_were_charged_to() {
+        // A pod's connection older than the agent, in a namespace the scan cannot enter.
+        let map = FakeMap { skb_cgroup: [(5, 4242)].into_iter().collect(), ..Default::default() };
+        let o = Owners::new(map, FakeScan { fail: true, ..Default::default() });
+        let owner = o.unknown_owner(5);
+        assert_eq!((owner.pid, owner.cgroup_id, owner.attribution), (0, 4242, Attribution::Unknown));
+        assert_eq!(o.unknown_owner(6), UNKNOWN_OWNER, "nothing known: nothing claimed");
     }
 
     #[test]
