@@ -453,6 +453,12 @@ def rollout(net, work, agent, sink_ns, ids):
     expect(mine and not strays, f"agent 2's records of the older connection must name its container: {strays[:1]}")
     after = sent(mine)
     missed = size - before - after
+    # Its process, from the namespace's /proc/<pid>/net listing (the agent may
+    # not enter the namespace), once a scan has run.
+    named = [r for r in mine if r.get("process", {}).get("name") == "rclone"]
+    expect(named, f"agent 2 never named the older connection's process: {[r.get('process') for r in mine][:3]}")
+    unnamed = sent([r for r in mine if r.get("process", {}).get("pid", 0) == 0])
+    others = sorted({r["rule"]["id"] for r in of_container(records, ids["uploader"]) if r["event"]["kind"] == "alert"})
     expect("restored" in agent2.logs()[1], f"agent 2 did not restore the state: {agent2.logs()[1][-2000:]}")
     dup = [r for r in of_container(records, ids["uploader"]) if r["event"]["kind"] == "alert" and r["rule"]["id"] == "sluice.exfil_tool_upload"]
     expect(not dup, f"agent 2 raised the alert agent 1 raised: {dup}")
@@ -460,8 +466,9 @@ def rollout(net, work, agent, sink_ns, ids):
     expect(missed <= rate * (gap + 2), f"agent 1 saw {before} bytes, agent 2 {after}, of {size}: {missed} unseen in a {gap:.1f} s gap")
     print(f"deploy/containers.py: rollout during an upload: agent 1 attributed {before} bytes and alerted "
           f"({first[0]['rule']['id']}); agent 2 restored the state from the hostPath, attributed {after} bytes of the "
-          f"connection older than itself to the container (process unknown: another network namespace) and raised no "
-          f"duplicate; {missed} bytes left during the {gap:.1f} s between the two (no agent loaded); the state file is 0600")
+          f"connection older than itself to the container ({unnamed} of them before its scan named rclone in that "
+          f"network namespace) and raised no duplicate (its alerts: {others or 'none'}); {missed} bytes left during the {gap:.1f} s between the two "
+          f"(no agent loaded); the state file is 0600")
     return agent2
 
 

@@ -120,6 +120,86 @@ pub struct Everywhere {
     pub sockets: Vec<Found>,
     /// (namespace inode, why) for each namespace it could not enter or dump.
     pub failed: Vec<(u64, String)>,
+    /// The sockets of those namespaces as their `/proc/<pid>/net` files list
+    /// them (no cookies: matched to flows by address), with the namespace inode.
+    pub listed: Vec<(u64, Listed)>,
+}
+
+/// An (address, port) pair, the address as the kernel's flow keys hold it
+/// (IPv4 as v4-mapped IPv6).
+pub type Endpoint = ([u8; 16], u16);
+
+/// A socket as `/proc/<pid>/net/{tcp,tcp6,udp,udp6}` lists it: the sockets
+/// of that process's network namespace, readable with ptrace access to the
+/// process (CAP_SYS_PTRACE and hostPID) where sock_diag would have to enter
+/// the namespace (CAP_SYS_ADMIN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed {
+    pub local: Endpoint,
+    pub remote: Endpoint,
+    pub protocol: u8,
+    pub state: u8,
+    pub uid: u32,
+    pub inode: u32,
+}
+
+/// Lines read from one `/proc/<pid>/net` file at most (a namespace with more
+/// sockets than this has the rest unlisted, and their bytes judged unowned).
+const LISTED_MAX: usize = 262_144;
+
+/// The sockets `/proc/<pid>/net/*` lists for `pid`'s network namespace.
+pub fn listed_in_namespace_of(pid: u32) -> Vec<Listed> {
+    let mut out = Vec::new();
+    for (file, protocol) in [("tcp", IPPROTO_TCP), ("tcp6", IPPROTO_TCP), ("udp", IPPROTO_UDP), ("udp6", IPPROTO_UDP)] {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) {
+            out.extend(parse_proc_net(&text, protocol));
+        }
+    }
+    out
+}
+
+/// `/proc/net/tcp`-format text: a header line, then per socket
+/// `sl local rem st queues timer retrnsmt uid timeout inode ...`, addresses
+/// as hex `ADDR:PORT`. Lines that do not parse are skipped.
+pub fn parse_proc_net(text: &str, protocol: u8) -> Vec<Listed> {
+    text.lines()
+        .skip(1)
+        .take(LISTED_MAX)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            Some(Listed {
+                local: parse_endpoint(f.get(1)?)?,
+                remote: parse_endpoint(f.get(2)?)?,
+                state: u8::from_str_radix(f.get(3)?, 16).ok()?,
+                uid: f.get(7)?.parse().ok()?,
+                inode: f.get(9)?.parse().ok()?,
+                protocol,
+            })
+        })
+        .collect()
+}
+
+/// `0100007F:1F90` (127.0.0.1:8080) or 32 hex digits for IPv6: each 32-bit
+/// word of the address is printed in the host's byte order.
+fn parse_endpoint(s: &str) -> Option<Endpoint> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> { u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok().map(u32::to_ne_bytes) };
+    let mut out = [0u8; 16];
+    match addr.len() {
+        8 => {
+            out[10] = 0xff;
+            out[11] = 0xff;
+            out[12..].copy_from_slice(&word(0)?);
+        }
+        32 => {
+            for i in 0..4 {
+                out[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+        }
+        _ => return None,
+    }
+    Some((out, port))
 }
 
 /// Every TCP and UDP socket of this network namespace and of every other one
@@ -134,7 +214,10 @@ pub fn dump_everywhere() -> Result<Everywhere> {
     for (ino, pid) in other_namespaces() {
         match dump_in_namespace_of(pid) {
             Ok((socks, netns)) => out.sockets.extend(with_accepted(socks, netns)),
-            Err(e) => out.failed.push((ino, format!("{e:#}"))),
+            Err(e) => {
+                out.failed.push((ino, format!("{e:#}")));
+                out.listed.extend(listed_in_namespace_of(pid).into_iter().map(|l| (ino, l)));
+            }
         }
     }
     Ok(out)
@@ -261,6 +344,32 @@ mod tests {
     fn namespace_links() {
         assert_eq!(parse_ns_link(b"net:[4026531840]"), Some(4026531840));
         assert_eq!(parse_ns_link(b"mnt:[4026531840]"), None);
+    }
+
+    #[test]
+    fn proc_net_files() {
+        // As this kernel prints them (x86_64: each address word little-endian).
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+                   0: 02004D0A:B5D6 01004D0A:1F91 01 00000000:00000000 00:00000000 00000000     0        0 424242 1 0000000000000000 20 4 0 10 -1\n\
+                   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 7 1 0000000000000000 100 0 0 10 0\n\
+                   2: garbage\n";
+        let l = parse_proc_net(tcp, IPPROTO_TCP);
+        assert_eq!(l.len(), 2, "{l:?}");
+        let v4 = |a: [u8; 4]| {
+            let mut m = [0u8; 16];
+            m[10] = 0xff;
+            m[11] = 0xff;
+            m[12..].copy_from_slice(&a);
+            m
+        };
+        assert_eq!(l[0], Listed { local: (v4([10, 77, 0, 2]), 46550), remote: (v4([10, 77, 0, 1]), 8081), protocol: IPPROTO_TCP, state: 1, uid: 0, inode: 424242 });
+        assert_eq!((l[1].state, l[1].uid, l[1].inode), (TCP_LISTEN, 1000, 7));
+        let tcp6 = "header\n   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 0:0 0:0 0 0 0 9 1\n";
+        let l = parse_proc_net(tcp6, IPPROTO_TCP);
+        assert_eq!(l[0].local, (std::net::Ipv6Addr::LOCALHOST.octets(), 8080));
+        for bad in ["h\n 0: 0100007F 00000000:0000 0A x x x 0 0 1", "h\n 0: 0100007G:0050 00000000:0000 0A x x x 0 0 1", "h\n 0: 01:0050 00:0 0A x x x 0 0 1"] {
+            assert!(parse_proc_net(bad, IPPROTO_TCP).is_empty(), "{bad}");
+        }
     }
 
     #[test]

@@ -383,6 +383,9 @@ impl Agent {
         // each), else older than the sensor or evicted unread (a rate-limited
         // scan); then their deltas.
         if !unknown.is_empty() {
+            for d in &unknown {
+                self.owners.note_tuple(d.key.cookie, owners::Tuple::of(&d.key));
+            }
             let mut cookies: Vec<u64> = unknown.iter().map(|d| d.key.cookie).collect();
             cookies.sort_unstable();
             cookies.dedup();

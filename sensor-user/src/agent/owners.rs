@@ -28,6 +28,48 @@ use crate::{
     sockets,
 };
 
+/// A flow's protocol and addresses (`FlowKey`'s), as a namespace's
+/// `/proc/<pid>/net` listing shows its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuple {
+    pub local: sockets::Endpoint,
+    pub remote: sockets::Endpoint,
+    pub protocol: u8,
+}
+
+impl Tuple {
+    pub fn of(k: &sensor_common::FlowKey) -> Self {
+        Tuple { local: (k.local_addr, k.local_port), remote: (k.remote_addr, k.remote_port), protocol: k.protocol }
+    }
+}
+
+/// The one socket the listings of namespaces the scan could not enter show
+/// at `t`'s addresses (an unconnected UDP socket by its local end), as a
+/// `Found` with `cookie`. None when none, or more than one, does: two pods'
+/// namespaces can hold the same addresses, and no owner is guessed.
+fn by_address(cookie: u64, t: &Tuple, listed: &[(u64, sockets::Listed)]) -> Option<sockets::Found> {
+    let unspecified = |a: &[u8; 16]| a[..10].iter().all(|b| *b == 0) && (a[10..12] == [0, 0] || a[10..12] == [0xff, 0xff]) && a[12..].iter().all(|b| *b == 0);
+    let local_matches = |l: &sockets::Listed| l.local.1 == t.local.1 && (l.local.0 == t.local.0 || unspecified(&l.local.0));
+    let remote_matches = |l: &sockets::Listed| l.remote == t.remote || (t.protocol == IPPROTO_UDP && l.remote.1 == 0 && unspecified(&l.remote.0));
+    let mut hits = listed.iter().filter(|(_, l)| l.protocol == t.protocol && l.state != TCP_LISTEN_STATE && local_matches(l) && remote_matches(l));
+    let (ns, l) = hits.next()?;
+    if hits.any(|(_, other)| other.inode != l.inode) {
+        return None;
+    }
+    let accepted = t.protocol == IPPROTO_TCP
+        && listed.iter().any(|(n, x)| n == ns && x.protocol == IPPROTO_TCP && x.state == TCP_LISTEN_STATE && x.local.1 == l.local.1);
+    Some(sockets::Found {
+        sock: sockets::DiagSocket { cookie, inode: l.inode, uid: l.uid, protocol: l.protocol, state: l.state, local_port: l.local.1 },
+        accepted,
+        // The namespace's cookie is not in the listing; 0 is "cannot tell".
+        netns: 0,
+    })
+}
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const TCP_LISTEN_STATE: u8 = sockets::TCP_LISTEN;
+
 /// BPF_NOEXIST: insert only if the key is absent.
 pub const BPF_NOEXIST: u64 = 1;
 /// How long an unresolvable pre-existing socket waits before another scan.
@@ -185,6 +227,9 @@ pub struct Owners<M, S> {
     last_scan: Option<Instant>,
     /// Whether the "cannot enter other network namespaces" notice was given.
     said_netns: bool,
+    /// The addresses of cookies waiting for a scan (`note_tuple`), to find
+    /// them in the listings of namespaces the scan cannot enter.
+    tuples: HashMap<u64, Tuple>,
     /// Owners placed by a scan, and sockets retired, since the start.
     pub resolved: u64,
     pub retired: u64,
@@ -205,6 +250,7 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
             next: HashSet::default(),
             last_scan: None,
             said_netns: false,
+            tuples: HashMap::new(),
             resolved: 0,
             retired: 0,
             scan_times: Vec::new(),
@@ -285,6 +331,14 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
         self.remembered.get(&cookie).map(|(o, _)| *o)
     }
 
+    /// The addresses of an unknown `cookie`'s flow, for the next scan.
+    pub fn note_tuple(&mut self, cookie: u64, tuple: Tuple) {
+        if self.tuples.len() >= NEXT_MAX && !self.tuples.contains_key(&cookie) {
+            self.tuples.clear();
+        }
+        self.tuples.insert(cookie, tuple);
+    }
+
     /// What is known of a socket no record or scan placed: the cgroup its
     /// packets were charged to, so its container (a pod's connection older
     /// than the agent, in a network namespace the scan may not enter), with
@@ -333,8 +387,8 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
             if !self.said_netns {
                 self.said_netns = true;
                 eprintln!(
-                    "sluice: cannot list the sockets of {} other network namespace(s) (net:[{ino}]: {why}); their connections \
-                     older than sluice are counted as an unknown owner's",
+                    "sluice: cannot list the sockets of {} other network namespace(s) with sock_diag (net:[{ino}]: {why}); their \
+                     connections older than sluice are matched by address to /proc/<pid>/net there, else counted as an unknown owner's",
                     all.failed.len()
                 );
             }
@@ -357,6 +411,7 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
         let owner = owner_from(&info);
         self.remembered.insert(f.sock.cookie, (owner, now));
         self.unresolved.remove(&f.sock.cookie);
+        self.tuples.remove(&f.sock.cookie);
         self.resolved += 1;
         owner
     }
@@ -414,14 +469,16 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
     }
 
     /// Adopt the owners `scan` found for `asked`; mark the rest unresolved.
-    fn place(&mut self, scan: Scan, asked: &[u64], procs: &mut ProcessTable, procfs: &impl ProcSource, now: Instant, found: &mut HashMap<u64, Owner>) {
+    fn place(&mut self, mut scan: Scan, asked: &[u64], procs: &mut ProcessTable, procfs: &impl ProcSource, now: Instant, found: &mut HashMap<u64, Owner>) {
         let holders = scan.holders;
+        let listed = std::mem::take(&mut scan.sockets.listed);
         let by_cookie: HashMap<u64, sockets::Found> = self.sockets_of(scan.sockets).into_iter().map(|f| (f.sock.cookie, f)).collect();
         for &c in asked {
             if found.contains_key(&c) {
                 continue;
             }
-            let hit = by_cookie.get(&c).filter(|f| f.sock.inode != 0).and_then(|f| holders.get(&f.sock.inode).map(|pid| (*f, *pid)));
+            let socket = by_cookie.get(&c).copied().or_else(|| self.tuples.get(&c).and_then(|t| by_address(c, t, &listed)));
+            let hit = socket.filter(|f| f.sock.inode != 0).and_then(|f| holders.get(&f.sock.inode).map(|pid| (f, *pid)));
             match hit {
                 Some((f, pid)) => {
                     found.insert(c, self.adopt(&f, pid, 0, procs, procfs, now));
@@ -659,6 +716,8 @@ mod tests {
         listening: Vec<(u64, u32, u16, u64)>,
         /// inode -> pid
         holders: std::collections::HashMap<u32, u32>,
+        /// What namespaces it could not enter list in /proc/<pid>/net.
+        listed: Vec<(u64, sockets::Listed)>,
         scans: u32,
         fail: bool,
         hold: bool,
@@ -678,7 +737,8 @@ mod tests {
             let sockets = (self.sockets.iter().map(|&(cookie, inode, accepted)| found(cookie, inode, 1, 40000, accepted, 1)))
                 .chain(self.listening.iter().map(|&(cookie, inode, port, netns)| found(cookie, inode, sockets::TCP_LISTEN, port, false, netns)))
                 .collect();
-            Ok(Scan { sockets: sockets::Everywhere { sockets, failed: Vec::new() }, holders: self.holders.clone(), took: Duration::from_secs(3) })
+            let everywhere = sockets::Everywhere { sockets, failed: self.listed.iter().map(|(ns, _)| (*ns, "EPERM".into())).collect(), listed: self.listed.clone() };
+            Ok(Scan { sockets: everywhere, holders: self.holders.clone(), took: Duration::from_secs(3) })
         }
     }
 
@@ -845,6 +905,59 @@ mod tests {
         o.resolve(&[], &mut procs, &Procs, t0 + SCAN_EVERY + Duration::from_secs(1));
         assert!(!o.waiting_on(8) && o.scan.scans == 1, "no scan for a socket the kernel placed");
         assert_eq!(o.map.get(8).map(|i| i.tgid), Some(55));
+    }
+
+    fn v4(a: [u8; 4], port: u16) -> sockets::Endpoint {
+        let mut m = [0u8; 16];
+        m[10] = 0xff;
+        m[11] = 0xff;
+        m[12..].copy_from_slice(&a);
+        (m, port)
+    }
+
+    fn listed(local: sockets::Endpoint, remote: sockets::Endpoint, state: u8, inode: u32) -> sockets::Listed {
+        sockets::Listed { local, remote, protocol: 6, state, uid: 0, inode }
+    }
+
+    #[test]
+    fn a_connection_in_a_namespace_the_scan_cannot_enter_is_placed_by_its_addresses() {
+        let (pod, server) = (v4([10, 77, 0, 2], 46550), v4([10, 77, 0, 1], 8081));
+        let scan = FakeScan {
+            // Namespace 77: the upload, a listener and its accepted connection.
+            listed: vec![
+                (77, listed(pod, server, 1, 500)),
+                (77, listed(v4([0, 0, 0, 0], 80), v4([0, 0, 0, 0], 0), sockets::TCP_LISTEN, 501)),
+                (77, listed(v4([10, 77, 0, 2], 80), v4([10, 77, 0, 9], 5000), 1, 502)),
+            ],
+            holders: [(500, 4242), (502, 4243)].into_iter().collect(),
+            ..Default::default()
+        };
+        let mut o = Owners::new(FakeMap::default(), scan);
+        let (t0, mut procs) = (Instant::now(), ProcessTable::default());
+        o.note_tuple(5, Tuple { local: pod, remote: server, protocol: 6 });
+        o.note_tuple(6, Tuple { local: v4([10, 77, 0, 2], 80), remote: v4([10, 77, 0, 9], 5000), protocol: 6 });
+        o.resolve(&[5, 6, 7], &mut procs, &Procs, t0);
+        let found = o.resolve(&[], &mut procs, &Procs, t0 + Duration::from_secs(1));
+        assert_eq!(found.get(&5).map(|w| (w.pid, w.cgroup_id)), Some((4242, 9)), "{found:?}");
+        assert_eq!(o.map.get(5).map(|i| (i.tgid, i.direction)), Some((4242, DIR_EGRESS)));
+        assert_eq!(o.map.get(6).map(|i| i.direction), Some(DIR_INGRESS), "its port has a listener there: accepted");
+        assert!(!found.contains_key(&7), "no addresses noted: nothing to match");
+    }
+
+    #[test]
+    fn the_same_addresses_in_two_namespaces_place_no_one() {
+        let (pod, server) = (v4([172, 17, 0, 2], 40000), v4([1, 2, 3, 4], 443));
+        let scan = FakeScan {
+            listed: vec![(77, listed(pod, server, 1, 500)), (78, listed(pod, server, 1, 600))],
+            holders: [(500, 4242), (600, 4343)].into_iter().collect(),
+            ..Default::default()
+        };
+        let mut o = Owners::new(FakeMap::default(), scan);
+        let (t0, mut procs) = (Instant::now(), ProcessTable::default());
+        o.note_tuple(5, Tuple { local: pod, remote: server, protocol: 6 });
+        o.resolve(&[5], &mut procs, &Procs, t0);
+        assert!(o.resolve(&[], &mut procs, &Procs, t0 + Duration::from_secs(1)).is_empty());
+        assert!(o.map.get(5).is_none(), "judged as an unknown owner's, not guessed");
     }
 
     #[test]
