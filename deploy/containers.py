@@ -121,7 +121,7 @@ def build_images(sluice):
     # The workload: busybox for a shell, curl and the libraries it loads.
     busybox = shutil.which("busybox") or fail("busybox is not installed (apt-get install busybox-static)")
     curl = shutil.which("curl") or fail("curl is not installed")
-    tree = rootfs(libraries(curl) + [curl, "/etc/ssl/certs/ca-certificates.crt"] if os.path.exists("/etc/ssl/certs/ca-certificates.crt") else libraries(curl) + [curl])
+    tree = rootfs(libraries(curl) + [curl])
     os.makedirs(os.path.join(tree, "bin"), exist_ok=True)
     shutil.copy2(busybox, os.path.join(tree, "bin/busybox"))
     for applet in ("sh", "sleep", "head", "cat"):
