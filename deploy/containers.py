@@ -354,10 +354,10 @@ def wait_for(what, cond, timeout=60):
 # ---------------------------------------------------------------- checks
 
 class Sink:
-    """sink.py http on a test host: one upload, its byte count at the end."""
+    """sink.py on a test host (http by default): one upload, its byte count at the end."""
 
-    def __init__(self, netns, addr, port=8080):
-        self.p = subprocess.Popen(["ip", "netns", "exec", netns, "python3", SINK, "http", addr, str(port)],
+    def __init__(self, netns, addr, port=8080, kind="http"):
+        self.p = subprocess.Popen(["ip", "netns", "exec", netns, "python3", SINK, kind, addr, str(port)],
                                   stdout=subprocess.PIPE, text=True)
         expect(self.p.stdout.readline().strip() == "ready", "the sink did not start")
 

@@ -41,11 +41,13 @@ pub fn check(sluice: &Path) -> Result<()> {
 
 /// deploy/containers.py: the image built from deploy/container/Containerfile
 /// (local bases, the release binary) and the agent run by podman as the
-/// DaemonSet runs it, beside real workload containers.
+/// DaemonSet runs it, beside real workload containers; then deploy/unit.py:
+/// the systemd unit started by systemd in a Debian container.
 pub fn containers(release: &Path) -> Result<()> {
     setup::ensure_container_tools()?;
     let python = root().join("target/deploy-venv/bin/python");
-    run(Command::new(python).arg(root().join("deploy/containers.py")).arg(release))
+    run(Command::new(&python).arg(root().join("deploy/containers.py")).arg(release))?;
+    run(Command::new(&python).arg(root().join("deploy/unit.py")).arg(release))
 }
 
 /// `cargo xtask image`: the image users build, with whichever of podman and

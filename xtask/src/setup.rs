@@ -102,9 +102,10 @@ pub fn ensure_deploy_tools() -> Result<()> {
 }
 
 /// deploy/containers.py: podman with runc (crun refuses hybrid cgroup hosts),
-/// busybox and curl for the workload image it assembles.
+/// busybox and curl for the workload image it assembles; deploy/unit.py:
+/// debootstrap for its Debian root with systemd.
 pub fn ensure_container_tools() -> Result<()> {
-    apt_install(&["podman", "runc", "busybox-static", "curl", "iproute2"])
+    apt_install(&["podman", "runc", "busybox-static", "curl", "iproute2", "debootstrap"])
 }
 
 /// bench: the peer it compares against (bpftrace) and bpftool for the kernel's
