@@ -80,6 +80,10 @@ def consistency(k):
     cfg_arg = next(a.split("=", 1)[1] for a in c["args"] if a.startswith("--config="))
     expect(os.path.dirname(cfg_arg) in mounts, f"--config {cfg_arg} is on a mounted volume")
     expect(os.path.dirname(config["state"]["path"]) in mounts, "state.path is on the hostPath state volume")
+    # agent.control_socket's default, /run/sluice/control.sock, on a writable volume (the root is read-only).
+    socket_dir = os.path.dirname(config.get("agent", {}).get("control_socket", "/run/sluice/control.sock"))
+    expect(socket_dir in mounts and not mounts[socket_dir].get("readOnly") and sc.get("readOnlyRootFilesystem"),
+           f"{socket_dir} (the control socket's directory) is a writable volume")
     expect(config["kernel"]["cgroup_root"] in mounts, "kernel.cgroup_root is where the host's cgroup fs is mounted")
     for p in ("/sys/kernel/btf", "/sys/kernel/tracing", config["containers"]["pod_logs"], config["containers"]["container_logs"]):
         expect(p in mounts and mounts[p].get("readOnly"), f"{p} is mounted read-only")

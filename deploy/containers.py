@@ -8,8 +8,8 @@ beside real workload containers: run by `cargo xtask deploy-check` (and so by
 1. Images from local bases (no registry is reachable here): a runtime base
    like distroless/cc (glibc, libgcc_s, user 65532) and a workload image
    (busybox, curl), each a root file system this script assembles from the
-   host's files and `podman import`s; then deploy/container/Containerfile
-   built with BINARY=prebuilt and that base. Its size is printed.
+   host's files and `podman import`s; then deploy/container/Containerfile's
+   `prebuilt` target built on that base. Its size is printed.
 2. The agent container, with every setting read from deploy/kubernetes/sluice.yaml
    and translated to podman flags (hostPID, drop ALL + the five capabilities,
    uid 0, no privilege escalation, read-only root, seccomp, the hostPath and
@@ -135,7 +135,7 @@ def build_images(sluice):
     try:
         shutil.copy2(sluice, os.path.join(context, "sluice"))
         podman("build", "--quiet", "-f", os.path.join(ROOT, "deploy/container/Containerfile"),
-               "--build-arg", f"RUNTIME_BASE={RUNTIME_BASE}", "--build-arg", "BINARY=prebuilt",
+               "--build-arg", f"RUNTIME_BASE={RUNTIME_BASE}", "--target", "prebuilt",
                "-t", AGENT_IMAGE, context, timeout=600)
     finally:
         shutil.rmtree(context, ignore_errors=True)
@@ -240,6 +240,9 @@ def agent_flags(work, name, drop=None):
     volumes = {v["name"]: v for v in pod["volumes"]}
     for m in c["volumeMounts"]:
         v = volumes[m["name"]]
+        if "emptyDir" in v:
+            flags += ["--tmpfs", f"{m['mountPath']}:rw,size=1m,mode=0700"]
+            continue
         if "configMap" in v:
             source = os.path.join(work, "configmap")
         elif v["hostPath"].get("type") == "DirectoryOrCreate":
@@ -414,12 +417,16 @@ def attribution(net, agent):
     expect(abs(got - size) <= size // 100, f"uploader: {got} bytes attributed, {size} sent")
     alerts = [r for r in up if r["event"]["kind"] == "alert"]
     expect(any(a["rule"]["id"] == "sluice.bulk_upload" for a in alerts), f"no bulk_upload alert for the uploader: {[a['rule']['id'] for a in alerts]}")
+    # `kubectl exec <pod> -- sluice top`: the live view from inside the agent's container.
+    r = podman("exec", agent.name, "/usr/local/bin/sluice", "top", "--count", "1")
+    expect(any("curl" in l and "10.77.0.1" in l for l in r.stdout.splitlines()), f"sluice top in the agent container:\n{r.stdout}{r.stderr}")
     code, metrics = agent.get("/metrics")
     expect(code == 200 and "sluice_ticks_total" in metrics and "sluice_alerts_total" not in metrics,
            "/metrics on the pod's address must carry no alert counts")
     print(f"deploy/containers.py: {got} bytes of {PREFIX}-uploader's curl (own veth, own netns) and the host-network "
           f"container's upload attributed with podman's id, name and image; the idle container has no records; "
-          f"bulk_upload alerted; /metrics on the pod address has no alert counts")
+          f"bulk_upload alerted; `sluice top` in the agent container lists the upload; /metrics on the pod address "
+          f"has no alert counts")
     return sink_ns, ids
 
 

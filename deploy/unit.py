@@ -110,13 +110,16 @@ def main():
         c.expect(s.received() == size, "the upload did not all arrive")
         found = c.wait_for("the exfil_tool_upload alert in the journal", lambda: [
             a for a in alerts() if a["rule"]["id"] == "sluice.exfil_tool_upload" and a.get("process", {}).get("name") == "mega-put"])
+        view = in_box("/usr/local/bin/sluice", "top", "--count", "1").stdout
+        c.expect(any("mega-put" in l and "exfil_tool" in l for l in view.splitlines()), f"sluice top beside the unit:\n{view}")
         in_box("systemctl", "stop", "sluice", timeout=60)
         result = in_box("systemctl", "show", "sluice", "-p", "Result", "-p", "ExecMainStatus").stdout.split()
         c.expect(result == ["Result=success", "ExecMainStatus=0"], f"sluice did not stop cleanly: {result}\n{journal()[-2000:]}")
         modes = in_box("stat", "-c", "%a", "/var/lib/sluice", "/var/lib/sluice/state.json").stdout.split()
         c.expect(modes == ["700", "600"], f"StateDirectory and state file modes: {modes}")
         print(f"deploy/unit.py: systemd started deploy/systemd/sluice.service with all its hardening; it alerted on "
-              f"mega-put's {size} bytes ({found[0]['rule']['id']}), stopped cleanly, and left its state 0600 in a 0700 StateDirectory")
+              f"mega-put's {size} bytes ({found[0]['rule']['id']}), `sluice top` read it through the RuntimeDirectory's "
+              f"socket, it stopped cleanly, and left its state 0600 in a 0700 StateDirectory")
     finally:
         c.podman("rm", "-f", "-t", "0", NAME, check_rc=False)
         net.close()

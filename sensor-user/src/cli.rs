@@ -42,6 +42,23 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Live view of the top uploaders, read from the running agent's control socket.
+    Top {
+        /// The agent's socket (default: agent.control_socket of --config, else the embedded default).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Refresh interval, e.g. "1s".
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        interval: std::time::Duration,
+        /// Print the plain table this many times, then exit.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Plain text even on a terminal (it is the default when stdout is not one).
+        #[arg(long)]
+        plain: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,4 +97,7 @@ pub struct RunArgs {
     /// host.name on every record (overrides agent.host_name; in a pod, the node's name).
     #[arg(long)]
     pub host_name: Option<String>,
+    /// The local socket `sluice top` reads (overrides agent.control_socket; "" = none).
+    #[arg(long)]
+    pub control_socket: Option<String>,
 }

@@ -316,6 +316,8 @@ pub struct Agent {
     /// `host.name` on every record ("" = the kernel's hostname). In a pod, set
     /// it to the node's name (the DaemonSet passes the downward API's).
     pub host_name: String,
+    /// The local control socket `sluice top` reads ("" = none).
+    pub control_socket: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args, None),
         Command::Record { file, run: args } => run(args, Some(file)),
         Command::Replay { file, config, format } => replay(&file, config.as_deref(), format),
+        Command::Top { socket, config, interval, count, plain } => top(socket, config, interval, count, plain),
         Command::Check { config } => Config::load(config.as_deref()).map_err(Into::into).and_then(|c| {
             if !c.kernel.cgroup_root.is_empty() {
                 sluice::kernel::mounts::set_cgroup_root(&c.kernel.cgroup_root)?;
@@ -82,6 +83,14 @@ fn replay(file: &std::path::Path, config: Option<&std::path::Path>, format: Opti
     Ok(())
 }
 
+fn top(socket: Option<std::path::PathBuf>, config: Option<std::path::PathBuf>, interval: std::time::Duration, count: Option<u64>, plain: bool) -> Result<()> {
+    let socket = match socket {
+        Some(s) => s,
+        None => Config::load(config.as_deref())?.agent.control_socket.into(),
+    };
+    sluice::top::run(sluice::top::Options { socket: &socket, interval, count, plain })
+}
+
 fn run(args: RunArgs, record_to: Option<std::path::PathBuf>) -> Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(p) = args.probe {
@@ -107,6 +116,9 @@ fn run(args: RunArgs, record_to: Option<std::path::PathBuf>) -> Result<()> {
     }
     if let Some(h) = args.host_name {
         config.agent.host_name = h;
+    }
+    if let Some(c) = args.control_socket {
+        config.agent.control_socket = c;
     }
     config
         .validate()

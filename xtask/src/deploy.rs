@@ -52,12 +52,17 @@ pub fn containers(release: &Path) -> Result<()> {
 
 /// `cargo xtask image`: the image users build, with whichever of podman and
 /// docker is installed; its size printed.
-pub fn image(tag: &str) -> Result<()> {
+pub fn image(tag: &str, build_args: &[String]) -> Result<()> {
     let tool = ["podman", "docker"]
         .into_iter()
         .find(|t| Command::new(t).arg("--version").output().is_ok_and(|o| o.status.success()))
         .context("neither podman nor docker is installed (apt-get install podman)")?;
-    run(Command::new(tool).args(["build", "-f", "deploy/container/Containerfile", "-t", tag, "."]).current_dir(root()))?;
+    let mut build = Command::new(tool);
+    build.args(["build", "-f", "deploy/container/Containerfile", "-t", tag]);
+    for a in build_args {
+        build.args(["--build-arg", a]);
+    }
+    run(build.arg(".").current_dir(root()))?;
     let out = Command::new(tool).args(["image", "inspect", "--format", "{{.Size}}", tag]).output()?;
     let size: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("reading the image size")?;
     println!("xtask: built {tag} with {tool}: {:.1} MiB", size as f64 / f64::from(1 << 20));

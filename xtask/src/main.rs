@@ -58,6 +58,9 @@ enum Cmd {
     Image {
         #[arg(long, default_value = "sluice:0.1.0")]
         tag: String,
+        /// KEY=VALUE for the Containerfile (BUILD_BASE, RUNTIME_BASE); repeatable.
+        #[arg(long = "build-arg")]
+        build_args: Vec<String>,
     },
 }
 
@@ -132,7 +135,7 @@ fn main() -> Result<()> {
             deploy::check(&bin)?;
             deploy::containers(&bin)
         }
-        Cmd::Image { tag } => deploy::image(&tag),
+        Cmd::Image { tag, build_args } => deploy::image(&tag, &build_args),
         Cmd::Run { args } => {
             let bin = build_release()?;
             let mut c = Command::new(&bin);
@@ -152,7 +155,7 @@ fn main() -> Result<()> {
             // cores, parallel uploads would only make timings noisy. `--lib`: the
             // harness's own checkers (ECS, OCSF) have unit tests; `docs`: the quoted output.
             run(cargo()
-                .args(["test", "-p", "sluice-tests", "--lib", "--test", "host_cgroup", "--test", "host_detect", "--test", "host_names", "--test", "host_deploy", "--test", "host_faults", "--test", "host_adversarial", "--test", "host_evasion", "--test", "docs", "--", "--test-threads=1"])
+                .args(["test", "-p", "sluice-tests", "--lib", "--test", "host_cgroup", "--test", "host_detect", "--test", "host_names", "--test", "host_deploy", "--test", "host_faults", "--test", "host_adversarial", "--test", "host_evasion", "--test", "host_top", "--test", "docs", "--", "--test-threads=1"])
                 .env("SLUICE_BIN", &bin))?;
             deploy::check(&bin)?;
             // The image ships the release binary.

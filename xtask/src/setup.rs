@@ -26,8 +26,9 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 
 /// Programs the end-to-end tests drive.
-/// binutils: `as --32` and `ld -m elf_i386` build the 32-bit `int 0x80` exec fixture.
-const TEST_PACKAGES: &[&str] = &["iproute2", "curl", "python3", "git", "openssl", "binutils"];
+/// binutils: `as --32` and `ld -m elf_i386` build the 32-bit `int 0x80` exec fixture;
+/// tmux: `sluice top` is read back from an 80x24 terminal.
+const TEST_PACKAGES: &[&str] = &["iproute2", "curl", "python3", "git", "openssl", "binutils", "tmux"];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")

@@ -77,6 +77,9 @@ pub struct Agent {
     detector: Detector,
     namer: Namer,
     recorder: Option<record::Writer<std::io::BufWriter<std::fs::File>>>,
+    /// `sluice top`'s view, and the socket it is served on (if any).
+    top: crate::top::table::Table,
+    control: Option<crate::control::Control>,
     pending_execs: Vec<ProcInfo>,
     /// (pid, start) -> (executable deleted or memfd, when last checked).
     exe_gone: HashMap<(u32, u64), (bool, Instant)>,
@@ -171,6 +174,8 @@ impl Agent {
             }
             None => None,
         };
+        let top = crate::top::table::Table::new(config.detect.short_window.as_secs_f64());
+        let control = start_control(&config.agent.control_socket);
         let mut agent = Self {
             config,
             sensor,
@@ -192,6 +197,8 @@ impl Agent {
             detector,
             namer,
             recorder,
+            top,
+            control,
             pending_execs: Vec::new(),
             exe_gone: HashMap::new(),
             last_save: Instant::now(),
@@ -594,6 +601,7 @@ impl Agent {
             }
         }
         let alerts = self.detector.tick(&input);
+        self.publish_top(&input, &alerts);
         let evicted = self.detector.evictions();
         self.metrics.detector_evictions.inc_by(evicted.saturating_sub(self.metrics.detector_evictions.get()));
         if self.config.agent.emit.alerts() {
@@ -608,6 +616,32 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Fold this tick into `sluice top`'s view and publish it, when a socket serves it.
+    fn publish_top(&mut self, input: &TickInput, alerts: &[crate::detect::Alert]) {
+        let Some(control) = &self.control else { return };
+        let catalog = self.detector.catalog();
+        self.top.tick(input.t, self.config.agent.tick.as_secs_f64(), &input.flows, alerts, |d| catalog.lookup(d).map(|s| s.name.clone()));
+        let m = &self.metrics;
+        let snapshot = crate::top::table::Snapshot {
+            backend: self.ctx.backend.to_string(),
+            host: self.ctx.host_name.clone(),
+            at: input.t,
+            tick_s: self.config.agent.tick.as_secs_f64(),
+            window_s: self.config.detect.short_window.as_secs_f64(),
+            // Short names: they share the status line of an 80-column terminal.
+            counters: vec![
+                ("drops".into(), m.ringbuf_drops.get()),
+                ("evicted".into(), m.flows_evicted.get()),
+                ("unwritten".into(), m.output_dropped.get()),
+                ("ownerless".into(), m.ownerless_bytes.get()),
+            ],
+            rows: self.top.rows(),
+        };
+        if let Ok(json) = serde_json::to_string(&snapshot) {
+            control.publish(json);
+        }
     }
 
     /// Retire closed, idle sockets' owners (`Owners::retire`) and drop their
@@ -785,6 +819,21 @@ fn sender_owner(k: &FlowKey, c: &FlowCounters, procs: &ProcessTable, dirs: &BpfH
         direction,
         attribution: Attribution::Kernel,
         start_ns: 0,
+    }
+}
+
+/// The control socket, unless configured off or already served by another
+/// agent (then this one serves none, and says so: it is not a reason to stop).
+fn start_control(path: &str) -> Option<crate::control::Control> {
+    if path.is_empty() {
+        return None;
+    }
+    match crate::control::Control::start(std::path::Path::new(path)) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("sluice: warning: no control socket, so `sluice top` cannot read this agent: {e:#}");
+            None
+        }
     }
 }
 

@@ -281,6 +281,11 @@ impl Detector {
     }
 
     /// Use `catalog` (built-in plus the user's file) to map names to services.
+    /// The destination catalog the rules use.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.clone()
+    }
+
     pub fn with_catalog(mut self, catalog: Arc<Catalog>) -> Self {
         self.catalog = catalog;
         self

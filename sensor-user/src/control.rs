@@ -1,0 +1,126 @@
+//! The agent's local control socket: a Unix stream socket (0600, so root's
+//! only) that answers one request per connection. Today the one request is
+//! `top`, answered with the live view's snapshot as one JSON line; the reply
+//! is prepared by the tick, so a client never waits on it or slows it.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::{
+        fs::PermissionsExt,
+        net::{UnixListener, UnixStream},
+    },
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+/// A request line is a word; anything longer is not one of ours.
+const REQUEST_MAX: u64 = 64;
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The latest serialized snapshot, replaced by each tick.
+pub type Shared = Arc<Mutex<String>>;
+
+/// The bound socket; its file is removed when this is dropped.
+pub struct Control {
+    path: PathBuf,
+    pub snapshot: Shared,
+}
+
+impl Control {
+    /// Bind `path` and serve from a thread of its own. Refused when another
+    /// live agent answers there (a stale file from a crash is replaced).
+    pub fn start(path: &Path) -> Result<Control> {
+        if UnixStream::connect(path).is_ok() {
+            bail!("another sluice already serves {}", path.display());
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        // Flows name every process and where it sends: root's business only.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod 0600 {}", path.display()))?;
+        let snapshot: Shared = Arc::new(Mutex::new(String::from("{}")));
+        let shared = snapshot.clone();
+        std::thread::Builder::new()
+            .name("sluice-control".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    // One client at a time, each bounded by its timeouts.
+                    let _ = answer(conn, &shared);
+                }
+            })
+            .context("starting the control socket thread")?;
+        Ok(Control { path: path.to_path_buf(), snapshot })
+    }
+
+    pub fn publish(&self, json: String) {
+        if let Ok(mut s) = self.snapshot.lock() {
+            *s = json;
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn answer(conn: UnixStream, shared: &Shared) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    conn.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(std::io::Read::take(&conn, REQUEST_MAX)).read_line(&mut line)?;
+    let reply = match line.trim() {
+        "top" => shared.lock().map(|s| s.clone()).unwrap_or_else(|_| "{}".into()),
+        other => serde_json::json!({ "error": format!("unknown request {:?}; this agent answers: top", other.chars().take(32).collect::<String>()) }).to_string(),
+    };
+    let mut w = &conn;
+    w.write_all(reply.as_bytes())?;
+    w.write_all(b"\n")
+}
+
+/// Ask the agent at `path` (the client side, `sluice top`).
+pub fn request(path: &Path, what: &str) -> Result<String> {
+    use std::io::Read;
+    let mut conn = UnixStream::connect(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
+            "no running agent at {} ({e}); start one with `sluice run` (or `cargo xtask run`), or name its socket with --socket",
+            path.display()
+        ),
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!("{}: permission denied (the socket is root's: run as root)", path.display()),
+        _ => anyhow::Error::new(e).context(format!("connecting to {}", path.display())),
+    })?;
+    conn.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    conn.write_all(format!("{what}\n").as_bytes())?;
+    let mut reply = String::new();
+    // A snapshot is at most a few hundred KiB (200 rows).
+    conn.take(16 << 20).read_to_string(&mut reply).with_context(|| format!("reading the agent's answer from {}", path.display()))?;
+    Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_top_refuses_a_second_agent_and_removes_its_file() {
+        let dir = std::env::temp_dir().join(format!("sluice-control-{}", std::process::id()));
+        let path = dir.join("control.sock");
+        let c = Control::start(&path).unwrap();
+        c.publish(r#"{"rows":[]}"#.into());
+        assert_eq!(request(&path, "top").unwrap().trim(), r#"{"rows":[]}"#);
+        assert!(request(&path, "bogus").unwrap().contains("unknown request"));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(Control::start(&path).err().unwrap().to_string().contains("another sluice"));
+        drop(c);
+        assert!(!path.exists());
+        let e = request(&path, "top").unwrap_err().to_string();
+        assert!(e.contains("no running agent"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
