@@ -11,7 +11,7 @@ use ratatui::{
 };
 
 use super::table::{Row, Snapshot};
-use crate::detect::human_bytes;
+use crate::{detect::human_bytes, text::escape_control};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sort {
@@ -73,7 +73,10 @@ fn cells(r: &Row) -> [String; 6] {
     };
     // `sluice.exfil_tool_upload` -> `exfil_tool`: the rules' short names.
     let alert = r.alerted.iter().map(|a| a.trim_start_matches("sluice.").trim_end_matches("_upload")).collect::<Vec<_>>().join(",");
-    [r.pid.to_string(), who, dest, human_bytes(r.rate as u64), human_bytes(r.window_bytes), alert]
+    // Names come from the traffic and from whoever named the process: no
+    // control character reaches the terminal (an escape sequence could
+    // rewrite the screen, or the title of the analyst's terminal).
+    [r.pid.to_string(), escape_control(&who), escape_control(&dest), human_bytes(r.rate as u64), human_bytes(r.window_bytes), alert]
 }
 
 /// Column widths for `width` characters: the fixed columns first, the rest
@@ -177,6 +180,15 @@ mod tests {
         assert!(plain(&s, Sort::Total, 80, 20).lines().nth(2).unwrap().starts_with("7 "));
         assert!(plain(&s, Sort::Process, 80, 20).lines().nth(2).unwrap().starts_with("8 "), "curl before mega-put");
         assert_eq!(Sort::Rate.next().next().next(), Sort::Rate);
+    }
+
+    #[test]
+    fn names_cannot_write_escape_sequences_to_the_terminal() {
+        let mut r = row(1, "evil\x1b]0;pwned\x07\x1b[2J", 0.0, 1);
+        r.destination = "x.example\r\x1b[1A".into();
+        let text = plain(&snap(vec![r]), Sort::Rate, 200, 20);
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(text.contains("evil"), "{text}");
     }
 
     #[test]
