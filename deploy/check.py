@@ -155,7 +155,9 @@ def emulate_pod(sluice, caps, args, config_text):
         expect(r.returncode != 0 and "cgroup namespace" in r.stderr and "kernel.cgroup_root" in r.stderr,
                f"in a cgroup namespace without kernel.cgroup_root sluice must refuse and say why; got {r.returncode}: {r.stderr}")
 
-        log = open(os.path.join(tmp, "stderr"), "w+")
+        # O_APPEND: the child shares this file's offset, and the seeks below
+        # (reading while it runs) must not make it write over its own lines.
+        log = open(os.path.join(tmp, "stderr"), "a+")
         p = subprocess.Popen(pod_command(sluice, caps, args, config_path, host_cgroup, True),
                              stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         try:

@@ -448,7 +448,8 @@ def rollout(net, work, agent, sink_ns, ids):
     podman("rm", agent.name)
     agent2 = Agent(net, work, f"{PREFIX}-agent2")
     # Between the old agent's last read and the new one's attach no program
-    # is loaded: what leaves then is seen by neither (rate x that gap).
+    # is loaded; the old one handed over where the TCP sequence stood, and the
+    # new one counts what left in between from it.
     gap = time.time() - stopping
     got = s.received()
     expect(got == size, "the rollout upload did not all arrive")
@@ -469,13 +470,15 @@ def rollout(net, work, agent, sink_ns, ids):
     expect("restored" in agent2.logs()[1], f"agent 2 did not restore the state: {agent2.logs()[1][-2000:]}")
     dup = [r for r in of_container(records, ids["uploader"]) if r["event"]["kind"] == "alert" and r["rule"]["id"] == "sluice.exfil_tool_upload"]
     expect(not dup, f"agent 2 raised the alert agent 1 raised: {dup}")
-    rate = 3 * MiB
-    expect(missed <= rate * (gap + 2), f"agent 1 saw {before} bytes, agent 2 {after}, of {size}: {missed} unseen in a {gap:.1f} s gap")
+    handed = "TCP flows handed over by the previous agent" in agent2.logs()[1]
+    # HTTP framing makes the flows slightly more than the body the sink counted.
+    expect(handed and abs(missed) <= size // 100,
+           f"agent 1 saw {before} bytes, agent 2 {after}, of {size}: {missed} unseen across a {gap:.1f} s gap (handover said: {handed})")
     print(f"deploy/containers.py: rollout during an upload: agent 1 attributed {before} bytes and alerted "
           f"({first[0]['rule']['id']}); agent 2 restored the state from the hostPath, attributed {after} bytes of the "
           f"connection older than itself to the container ({unnamed} of them before its scan named rclone in that "
-          f"network namespace) and raised no duplicate (its alerts: {others or 'none'}); {missed} bytes left during the {gap:.1f} s between the two "
-          f"(no agent loaded); the state file is 0600")
+          f"network namespace) and raised no duplicate (its alerts: {others or 'none'}); the {gap:.1f} s with no agent loaded "
+          f"were counted from the handed-over TCP position ({-missed} bytes more than the body, its HTTP framing); the state file is 0600")
     return agent2
 
 

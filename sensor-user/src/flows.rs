@@ -12,6 +12,8 @@ use sensor_common::{FlowCounters, FlowKey, DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN}
 
 use crate::naming::Destination;
 
+const IPPROTO_TCP: u8 = 6;
+
 /// Bytes and packets: what moved on a flow in some window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Volume {
@@ -77,6 +79,8 @@ pub struct Delta {
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     volume: Volume,
+    /// Outbound TCP: the kernel's next sequence number at the last read.
+    next_seq: Option<u32>,
     created_ns: u64,
     /// Ticks since it last moved.
     idle: u32,
@@ -91,6 +95,12 @@ struct Seen {
 pub struct DeltaTracker {
     prev: HashMap<FlowKey, Seen>,
     read: u32,
+    /// Positions the previous agent left (`handover`), until first seen or
+    /// `expect_reads` reads have passed.
+    expected: HashMap<FlowKey, u32>,
+    expect_reads: u32,
+    /// Bytes counted from handed-over positions: sent while no agent was loaded.
+    pub handed_over: u64,
     /// Kernel entries that disappeared between ticks without being retired by us
     /// (LRU eviction under pressure): their last tick's bytes are lost.
     pub vanished: u64,
@@ -117,11 +127,19 @@ impl DeltaTracker {
     pub fn observe(&mut self, key: &FlowKey, cur: &FlowCounters) -> Option<Volume> {
         let now = Volume::of(cur);
         let read = self.read;
+        let next_seq = (key.protocol == IPPROTO_TCP && cur.seq_out_valid != 0).then_some(cur.next_seq_out);
         let Some(s) = self.prev.get_mut(key) else {
             let idle = u32::from(now.is_zero());
-            self.prev.insert(*key, Seen { volume: now, created_ns: cur.created_ns, idle, read });
-            return (!now.is_zero()).then_some(now);
+            self.prev.insert(*key, Seen { volume: now, next_seq, created_ns: cur.created_ns, idle, read });
+            let mut first = now;
+            if let (Some(saved), Some(next)) = (self.expected.remove(key), next_seq) {
+                let missed = crate::handover::gap(saved, next, now.bytes_out);
+                first.bytes_out += missed;
+                self.handed_over += missed;
+            }
+            return (!first.is_zero()).then_some(first);
         };
+        s.next_seq = next_seq;
         // Evicted and created again since the last read: all of it is new,
         // even where it has grown past the old entry's counters.
         let recreated = s.created_ns != cur.created_ns;
@@ -143,9 +161,26 @@ impl DeltaTracker {
     /// (After a read that failed part-way, do not call this: the entries it
     /// did not reach are still there.)
     pub fn end(&mut self) {
+        self.expect_reads = self.expect_reads.saturating_sub(1);
+        if self.expect_reads == 0 {
+            self.expected.clear();
+        }
         let (read, before) = (self.read, self.prev.len());
         self.prev.retain(|_, s| s.read == read);
         self.vanished += (before - self.prev.len()) as u64;
+    }
+
+    /// Positions a previous agent left for flows this one has not seen yet:
+    /// the first read of each counts the sequence space since (for `reads`
+    /// reads; a flow not seen by then has ended).
+    pub fn expect(&mut self, positions: impl IntoIterator<Item = (FlowKey, u32)>, reads: u32) {
+        self.expected.extend(positions);
+        self.expect_reads = reads;
+    }
+
+    /// Where every live outbound TCP flow's sequence stood at the last read.
+    pub fn positions(&self) -> Vec<(FlowKey, u32)> {
+        self.prev.iter().filter_map(|(k, s)| s.next_seq.map(|n| (*k, n))).collect()
     }
 
     /// The agent deleted this entry from the kernel map on purpose.
@@ -425,6 +460,26 @@ mod tests {
 
     fn v(out: u64, inn: u64) -> Volume {
         Volume::of(&c(out, inn))
+    }
+
+    #[test]
+    fn a_handed_over_position_adds_what_left_while_no_agent_was_loaded() {
+        let mut t = DeltaTracker::default();
+        let (k, other) = (key(1, [10, 0, 0, 2], 80), key(2, [10, 0, 0, 3], 80));
+        t.expect([(k, 1_000), (other, 5)], 2);
+        // First sight: 500 bytes counted, the kernel's next sequence is 6,000:
+        // 4,500 left between the two agents.
+        let cur = FlowCounters { next_seq_out: 6_000, ..c(500, 0) };
+        let d = t.update([(k, cur)]);
+        assert_eq!((d[0].volume.bytes_out, t.handed_over), (5_000, 4_500));
+        // Later reads are plain deltas.
+        let d = t.update([(k, FlowCounters { next_seq_out: 6_100, ..c(600, 0) })]);
+        assert_eq!(d[0].volume.bytes_out, 100);
+        assert_eq!(t.positions(), vec![(k, 6_100)]);
+        // A flow first seen after the expectation lapsed gets nothing added.
+        t.update([]);
+        let d = t.update([(other, FlowCounters { next_seq_out: 1_000, ..c(10, 0) })]);
+        assert_eq!((d[0].volume.bytes_out, t.handed_over), (10, 4_500));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod detect;
 pub mod events;
 pub mod evict;
 pub mod flows;
+pub mod handover;
 pub mod kernel;
 pub mod metrics;
 pub mod naming;

@@ -32,6 +32,10 @@ pub struct State {
     /// The agent's `agent.id`, kept across restarts.
     #[serde(default)]
     pub agent_id: String,
+    /// Written by a clean stop only: where each live TCP flow's sequence
+    /// stood, for the next agent (`handover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<crate::handover::Handover>,
 }
 
 /// Held for the agent's life: one agent per state file. Two agents writing one
@@ -193,7 +197,7 @@ mod tests {
         let p = Params { alpha: 0.1, sigma_floor: 0.5, max_daily_drift: 0.7, snapshot_every: 3600.0 };
         t.train("/usr/bin/rclone#1", 1000, 1.0, &p, 10);
         t.train("/usr/bin/rclone#1", 2000, 2.0, &p, 10);
-        State { sluice_state: STATE_VERSION, saved_at: 2.0, baselines: t, habits: Default::default(), alerts: Default::default(), agent_id: "a1".into() }
+        State { sluice_state: STATE_VERSION, saved_at: 2.0, baselines: t, habits: Default::default(), alerts: Default::default(), agent_id: "a1".into(), handover: None }
     }
 
     #[test]

@@ -166,7 +166,8 @@ impl Agent {
         metrics.map_capacity.get_or_create(&metrics::MapLabel { map: "sockets".into() }).set(config.kernel.sockets_max.into());
         let mut detector = Detector::new(config.detect.clone()).with_catalog(catalog.clone());
         let namer = Namer::new(catalog, config.destinations.dns_cache_max);
-        ctx.agent_id = restore_state(&mut config, &mut detector).unwrap_or_else(new_agent_id);
+        let (agent_id, positions) = restore_state(&mut config, &mut detector);
+        ctx.agent_id = agent_id.unwrap_or_else(new_agent_id);
         let recorder = match record_to {
             Some(path) => {
                 let f = std::fs::File::create(path).with_context(|| format!("creating record file {}", path.display()))?;
@@ -175,6 +176,7 @@ impl Agent {
             None => None,
         };
         let top = crate::top::table::Table::new(config.detect.short_window.as_secs_f64());
+        let config_tick = config.agent.tick;
         let control = start_control(&config.agent.control_socket);
         let mut agent = Self {
             config,
@@ -190,7 +192,7 @@ impl Agent {
                 u.refresh(Instant::now());
                 u
             },
-            tracker: DeltaTracker::default(),
+            tracker: handed_over_tracker(positions, config_tick),
             sink: Sink::new(out, format),
             output_dropped: 0,
             ctx,
@@ -701,6 +703,12 @@ impl Agent {
             habits: self.detector.habits.clone(),
             alerts: self.detector.alert_memory(),
             agent_id: self.ctx.agent_id.clone(),
+            // Only the last save of a clean stop: a periodic one's positions
+            // would be older than bytes reported after it.
+            handover: self.stopping.then(|| crate::handover::Handover {
+                boot_id: crate::handover::boot_id(),
+                flows: self.tracker.positions().into_iter().map(|(k, n)| crate::handover::Position::new(&k, n)).collect(),
+            }),
         };
         let path = std::path::PathBuf::from(&self.config.state.path);
         let bytes = match serde_json::to_vec(&st) {
@@ -822,6 +830,18 @@ fn sender_owner(k: &FlowKey, c: &FlowCounters, procs: &ProcessTable, dirs: &BpfH
     }
 }
 
+/// A tracker expecting the previous agent's TCP positions for about a minute
+/// of reads (a flow not seen again by then has ended, or sent nothing since).
+fn handed_over_tracker(positions: Vec<crate::handover::Position>, tick: Duration) -> DeltaTracker {
+    let mut t = DeltaTracker::default();
+    if !positions.is_empty() {
+        eprintln!("sluice: {} TCP flows handed over by the previous agent: what they sent between the two is counted", positions.len());
+        let reads = (60.0 / tick.as_secs_f64().max(0.1)).ceil().max(3.0) as u32;
+        t.expect(positions.iter().map(|p| (p.key(), p.next_seq)), reads);
+    }
+    t
+}
+
 /// The control socket, unless configured off or already served by another
 /// agent (then this one serves none, and says so: it is not a reason to stop).
 fn start_control(path: &str) -> Option<crate::control::Control> {
@@ -848,17 +868,22 @@ struct Sender {
 /// exists but cannot be read is never overwritten: saving is switched off for
 /// this run (and said so).
 /// Restore what was learned; the agent id it was saved with, if any.
-fn restore_state(config: &mut Config, detector: &mut Detector) -> Option<String> {
+/// The learned state, the agent id and the previous agent's TCP positions
+/// (`handover`), as far as the state file has them.
+fn restore_state(config: &mut Config, detector: &mut Detector) -> (Option<String>, Vec<crate::handover::Position>) {
     if config.state.path.is_empty() {
-        return None;
+        return (None, Vec::new());
     }
     let path = std::path::Path::new(&config.state.path);
     let now = output::unix_secs(SystemTime::now());
     match state::load(path, now) {
         Ok(state::Loaded::Fresh) => eprintln!("sluice: no state at {}: learning from scratch", path.display()),
-        Ok(state::Loaded::Restored(s)) => return apply_state(detector, *s, "", path),
+        Ok(state::Loaded::Restored(mut s)) => {
+            let positions = crate::handover::usable(s.handover.take(), s.saved_at, now, &crate::handover::boot_id());
+            return (apply_state(detector, *s, "", path), positions);
+        }
         Ok(state::Loaded::Migrated(s)) => {
-            return apply_state(detector, *s, "state migrated from the previous format (per-command baselines are relearned): ", path)
+            return (apply_state(detector, *s, "state migrated from the previous format (per-command baselines are relearned): ", path), Vec::new())
         }
         Ok(state::Loaded::SetAside { reason, moved_to }) => eprintln!(
             "sluice: state file {} is unusable ({reason}); moved to {} and learning from scratch",
@@ -870,7 +895,7 @@ fn restore_state(config: &mut Config, detector: &mut Detector) -> Option<String>
             config.state.path.clear();
         }
     }
-    None
+    (None, Vec::new())
 }
 
 fn apply_state(detector: &mut Detector, s: state::State, how: &str, path: &std::path::Path) -> Option<String> {
