@@ -867,9 +867,8 @@ struct Sender {
 /// Load learned state, saying on stderr what happened; never fatal. A file that
 /// exists but cannot be read is never overwritten: saving is switched off for
 /// this run (and said so).
-/// Restore what was learned; the agent id it was saved with, if any.
-/// The learned state, the agent id and the previous agent's TCP positions
-/// (`handover`), as far as the state file has them.
+/// Restore what was learned; return the agent id it was saved with and the
+/// previous agent's TCP positions (`handover`), as far as the file has them.
 fn restore_state(config: &mut Config, detector: &mut Detector) -> (Option<String>, Vec<crate::handover::Position>) {
     if config.state.path.is_empty() {
         return (None, Vec::new());
