@@ -87,7 +87,7 @@ def libraries(binary):
     return sorted(set(libs))
 
 
-def rootfs(files, passwd=True):
+def rootfs(files):
     """A root file system holding `files` at their own paths (symlinks
     resolved), /tmp, and the distroless users; returned as a directory."""
     d = tempfile.mkdtemp(prefix="sluice-rootfs-")
@@ -98,11 +98,10 @@ def rootfs(files, passwd=True):
     for sub in ("tmp", "etc", "proc", "sys", "dev", "run"):
         os.makedirs(os.path.join(d, sub), exist_ok=True)
     os.chmod(os.path.join(d, "tmp"), 0o1777)
-    if passwd:
-        with open(os.path.join(d, "etc/passwd"), "w") as f:
-            f.write("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n")
-        with open(os.path.join(d, "etc/group"), "w") as f:
-            f.write("root:x:0:\nnonroot:x:65532:\n")
+    with open(os.path.join(d, "etc/passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n")
+    with open(os.path.join(d, "etc/group"), "w") as f:
+        f.write("root:x:0:\nnonroot:x:65532:\n")
     return d
 
 
