@@ -23,7 +23,11 @@ pub const OWNER_CHANGES_LOST: u32 = 14;
 pub const HEAD_READ_FAULT: u32 = 15;
 /// ... and could not be read at its return either: that flow's start is not named.
 pub const HEAD_RETRY_FAULT: u32 = 16;
-pub const LEN: u32 = 17;
+/// Containment: packets of a contained socket dropped on egress.
+pub const DENIED_PACKETS: u32 = 17;
+/// Containment: sockets a contained process tried to create, refused (EPERM).
+pub const DENIED_SOCKETS: u32 = 18;
+pub const LEN: u32 = 19;
 /// Names in index order, for metrics and diagnostics.
 pub const NAMES: [&str; LEN as usize] = [
     "ringbuf_drop_exec",
@@ -43,4 +47,6 @@ pub const NAMES: [&str; LEN as usize] = [
     "owner_changes_lost",
     "head_read_fault",
     "head_retry_fault",
+    "denied_packets",
+    "denied_sockets",
 ];

@@ -3,6 +3,8 @@
 //! `sched_process_fork`, 6.18 has `__data_loc` strings).
 
 pub const EXEC_FILENAME_OFF: &str = "EXEC_FILENAME_OFF";
+/// 1 = containment off (the object's default), 0 = on (`respond`).
+pub const RESPOND_OFF: &str = "RESPOND_OFF";
 pub const NEWTASK_PID_OFF: &str = "NEWTASK_PID_OFF";
 pub const NEWTASK_FLAGS_OFF: &str = "NEWTASK_FLAGS_OFF";
 pub const EXECVE_ARGV_OFF: &str = "EXECVE_ARGV_OFF";

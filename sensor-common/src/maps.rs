@@ -11,5 +11,11 @@ pub const SOCKS_CHANGED_MAX: u32 = 65536;
 pub const FLOWS: &str = "FLOWS";
 pub const LISTENERS: &str = "LISTENERS";
 pub const SKB_CGROUP: &str = "SKB_CGROUP";
+/// Containment: cookie -> containment id (packets dropped), tgid -> containment
+/// id (new sockets refused, and existing ones added to DENY at their next packet).
+pub const DENY: &str = "DENY";
+pub const DENY_TGID: &str = "DENY_TGID";
+pub const DENY_MAX: u32 = 16384;
+pub const DENY_TGID_MAX: u32 = 4096;
 pub const ARGV: &str = "ARGV";
 pub const DIRS: &str = "DIRS";

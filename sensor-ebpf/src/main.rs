@@ -22,6 +22,7 @@ mod floor;
 mod groups;
 mod heads;
 mod process;
+mod respond;
 mod sendpath;
 mod sockets;
 mod traffic;

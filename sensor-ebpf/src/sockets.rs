@@ -68,6 +68,9 @@ fn current_owner(family: u32, sock_type: u32, protocol: u32, origin: u8, directi
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
+    if crate::respond::refuse_socket() {
+        return 0;
+    }
     // SAFETY: the context's socket, a pointer the verifier checked.
     let sk = unsafe { &*ctx.sock };
     // SAFETY: the helper takes the program's own context.

@@ -19,20 +19,24 @@ use sensor_common::{
 use crate::{
     add_volume, count, flow_counters, owner_changed,
     heads::{self, Source, IPPROTO_TCP, IPPROTO_UDP},
-    LISTENERS, SKB_CGROUP, SOCKS,
+    respond, LISTENERS, SKB_CGROUP, SOCKS,
 };
 
 const DNS_PORT: u16 = 53;
 
 #[cgroup_skb(egress)]
 pub fn skb_egress(ctx: SkBuffContext) -> i32 {
-    account(&ctx, true);
+    let cookie = cookie_of(&ctx);
+    if respond::drop_egress(cookie) {
+        return 0;
+    }
+    account(&ctx, cookie, true);
     1
 }
 
 #[cgroup_skb(ingress)]
 pub fn skb_ingress(ctx: SkBuffContext) -> i32 {
-    account(&ctx, false);
+    account(&ctx, cookie_of(&ctx), false);
     1
 }
 
@@ -52,8 +56,11 @@ pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
 /// when it matches a query that left this host.
 #[cgroup_skb(egress)]
 pub fn dns_egress(ctx: SkBuffContext) -> i32 {
-    // SAFETY: the helper takes the program's own skb context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
+    let cookie = cookie_of(&ctx);
+    // Containment on the send-path backends: this is their egress hook too.
+    if respond::drop_egress(cookie) {
+        return 0;
+    }
     if let Some(p) = parse(&ctx, cookie, true) {
         capture_dns(&ctx, &p, PAYLOAD_DNS_QUERY);
     }
@@ -72,9 +79,13 @@ struct Parsed {
 }
 
 #[inline(always)]
-fn account(ctx: &SkBuffContext, egress: bool) {
+fn cookie_of(ctx: &SkBuffContext) -> u64 {
     // SAFETY: the helper takes the program's own skb context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
+    unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) }
+}
+
+#[inline(always)]
+fn account(ctx: &SkBuffContext, cookie: u64, egress: bool) {
     if cookie == 0 {
         count(counter::SKB_NO_SOCKET);
         return;

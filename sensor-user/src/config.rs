@@ -67,6 +67,41 @@ pub struct Config {
     pub containers: Containers,
     pub output: Output,
     pub metrics: Metrics,
+    pub respond: Respond,
+}
+
+/// What a rule's alert does beyond the record (`respond`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RespondMode {
+    Off,
+    /// The containment record, nothing dropped.
+    DryRun,
+    /// The process's sockets' packets dropped and its new sockets refused, for `ttl`.
+    Enforce,
+}
+
+/// Containment, opt-in per rule (`respond`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Respond {
+    /// Rule id -> mode; a rule not named is off.
+    pub rules: std::collections::BTreeMap<String, RespondMode>,
+    #[serde(with = "humantime_serde_compat")]
+    pub ttl: Duration,
+    /// Executables (a path, or a file name) never contained, besides the built-in guard.
+    pub guard: Vec<String>,
+}
+
+impl Respond {
+    pub fn mode(&self, rule: &str) -> RespondMode {
+        self.rules.get(rule).copied().unwrap_or(RespondMode::Off)
+    }
+
+    /// Whether any rule enforces: only then are the kernel's checks loaded.
+    pub fn enforcing(&self) -> bool {
+        self.rules.values().any(|m| *m == RespondMode::Enforce)
+    }
 }
 
 /// Container and Kubernetes attribution (see `container`).
@@ -381,6 +416,16 @@ impl Config {
 
     /// Check ranges and formats (also after command-line flags changed values).
     pub fn validate(&self) -> Result<(), String> {
+        for rule in self.respond.rules.keys() {
+            if !crate::detect::RULES.iter().any(|r| r.id == rule) {
+                let known: Vec<&str> = crate::detect::RULES.iter().map(|r| r.id).collect();
+                return Err(format!("respond.rules: no rule {rule:?} (rules: {})", known.join(", ")));
+            }
+        }
+        let ttl = self.respond.ttl;
+        if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(86_400) {
+            return Err(format!("respond.ttl = {ttl:?}: allowed 1s to 24h"));
+        }
         let tick = self.agent.tick;
         if tick < Duration::from_millis(100) || tick > Duration::from_secs(3600) {
             return Err(format!("agent.tick = {tick:?}: allowed 100ms to 1h"));

@@ -21,6 +21,7 @@ pub mod output;
 pub mod process_table;
 pub mod proxy;
 pub mod record;
+pub mod respond;
 pub mod rotate;
 pub mod services;
 pub mod sockets;

@@ -37,7 +37,7 @@ pub struct Context {
 }
 
 /// `ecs`, `agent` and `event.module`, on every record.
-fn add_common(v: &mut Value, ctx: &Context) {
+pub(crate) fn add_common(v: &mut Value, ctx: &Context) {
     v["ecs"] = json!({ "version": ECS_VERSION });
     let mut agent = json!({ "type": "sluice", "version": env!("CARGO_PKG_VERSION"), "name": ctx.host_name });
     if !ctx.agent_id.is_empty() {
@@ -244,7 +244,7 @@ fn service_json(s: Option<&Service>) -> Value {
 }
 
 /// ECS `process` object from the detector's view of a process.
-fn proc_info_json(p: &ProcInfo) -> Value {
+pub(crate) fn proc_info_json(p: &ProcInfo) -> Value {
     json!({
         "pid": p.pid,
         "name": p.name,

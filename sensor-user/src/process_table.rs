@@ -53,6 +53,24 @@ pub struct ProcessTable {
 }
 
 impl ProcessTable {
+    /// Live descendants of `pid` (children, their children, ...), at most `max`.
+    pub fn descendants(&self, pid: u32, max: usize) -> Vec<&Process> {
+        let mut out: Vec<&Process> = Vec::new();
+        let mut frontier = vec![pid];
+        while let Some(parent) = frontier.pop() {
+            for p in self.procs.values().filter(|p| p.ppid == parent && p.pid != pid && p.exited_ns.is_none()) {
+                if out.len() >= max {
+                    return out;
+                }
+                if !out.iter().any(|o| o.pid == p.pid) {
+                    out.push(p);
+                    frontier.push(p.pid);
+                }
+            }
+        }
+        out
+    }
+
     /// The process that holds `pid` now (or last did).
     pub fn get(&self, pid: u32) -> Option<&Process> {
         self.procs.get(&pid)

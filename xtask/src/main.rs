@@ -155,7 +155,7 @@ fn main() -> Result<()> {
             // cores, parallel uploads would only make timings noisy. `--lib`: the
             // harness's own checkers (ECS, OCSF) have unit tests; `docs`: the quoted output.
             run(cargo()
-                .args(["test", "-p", "sluice-tests", "--lib", "--test", "host_cgroup", "--test", "host_detect", "--test", "host_names", "--test", "host_deploy", "--test", "host_faults", "--test", "host_adversarial", "--test", "host_evasion", "--test", "host_top", "--test", "docs", "--", "--test-threads=1"])
+                .args(["test", "-p", "sluice-tests", "--lib", "--test", "host_cgroup", "--test", "host_detect", "--test", "host_names", "--test", "host_deploy", "--test", "host_faults", "--test", "host_adversarial", "--test", "host_evasion", "--test", "host_top", "--test", "host_respond", "--test", "docs", "--", "--test-threads=1"])
                 .env("SLUICE_BIN", &bin))?;
             deploy::check(&bin)?;
             // The image ships the release binary.

@@ -80,6 +80,8 @@ pub struct Agent {
     /// `sluice top`'s view, and the socket it is served on (if any).
     top: crate::top::table::Table,
     control: Option<crate::control::Control>,
+    /// Containment, when a rule asks for it (`respond`).
+    respond: Option<crate::respond::Responder<crate::respond::KernelDeny>>,
     pending_execs: Vec<ProcInfo>,
     /// (pid, start) -> (executable deleted or memfd, when last checked).
     exe_gone: HashMap<(u32, u64), (bool, Instant)>,
@@ -150,6 +152,17 @@ impl Agent {
         let listeners_map = BpfHashMap::try_from(take(&mut sensor, maps::LISTENERS)?)?;
         let skb_cgroup = BpfHashMap::try_from(take(&mut sensor, maps::SKB_CGROUP)?)?;
         let dirs_map = BpfHashMap::try_from(take(&mut sensor, maps::DIRS)?)?;
+        let respond = match config.respond.rules.is_empty() {
+            true => None,
+            false => Some(crate::respond::Responder::new(
+                config.respond.clone(),
+                crate::respond::KernelDeny {
+                    sockets: BpfHashMap::try_from(take(&mut sensor, maps::DENY)?)?,
+                    processes: BpfHashMap::try_from(take(&mut sensor, maps::DENY_TGID)?)?,
+                },
+                std::process::id(),
+            )),
+        };
         let counters = PerCpuArray::try_from(take(&mut sensor, maps::COUNTERS)?)?;
         let procfs = Procfs::default();
         let mut procs = ProcessTable::default();
@@ -201,6 +214,7 @@ impl Agent {
             recorder,
             top,
             control,
+            respond,
             pending_execs: Vec::new(),
             exe_gone: HashMap::new(),
             last_save: Instant::now(),
@@ -616,6 +630,35 @@ impl Agent {
                 self.sink.record(&json, || output::alert_text(a)).context("writing to stdout")?;
                 self.stats.alerts += 1;
             }
+        }
+        // After the alerts: on the stream, a containment follows its alert.
+        self.respond(&alerts, input.t)
+    }
+
+    /// Containment: this tick's alerts whose rule asks for it, the sockets the
+    /// contained processes made since, and the containments whose TTL ended.
+    fn respond(&mut self, alerts: &[crate::detect::Alert], now: f64) -> Result<()> {
+        let Some(r) = &mut self.respond else { return Ok(()) };
+        // Every socket with a known owner: the cgroup backend's owner map, and
+        // the send-path backends' flow keys (which carry the sender).
+        let owned: Vec<(u64, u32)> =
+            self.owners.owned().chain(self.tracker.live().filter(|(k, _)| k.pid != 0).map(|(k, _)| (k.cookie, k.pid))).collect();
+        let mut records = Vec::new();
+        for a in alerts {
+            // The carrier and what it started (a helper that does the sending);
+            // not its whole process group, which may hold the shell or the
+            // supervisor that ran it.
+            let helpers: Vec<ProcInfo> = self
+                .procs
+                .descendants(a.process.pid, 64)
+                .into_iter()
+                .map(|p| ProcInfo { pid: p.pid, name: p.name.clone(), executable: p.executable.clone(), ..ProcInfo::default() })
+                .collect();
+            records.extend(r.on_alert(&self.ctx, a, &helpers, &owned, now));
+        }
+        records.extend(r.tick(&self.ctx, &owned, now));
+        for json in &records {
+            self.sink.record(json, || json["event"]["reason"].as_str().unwrap_or_default().to_string()).context("writing to stdout")?;
         }
         Ok(())
     }

@@ -311,6 +311,11 @@ impl<M: OwnerMap, S: SocketScan> Owners<M, S> {
         true
     }
 
+    /// Every socket the mirror has an owner for: (cookie, owning tgid).
+    pub fn owned(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.mirror.iter().map(|(c, i)| (*c, i.tgid))
+    }
+
     /// The kernel's record of `cookie`'s owner, as of this tick's `sync`.
     pub fn info(&self, cookie: u64) -> Option<SockInfo> {
         self.mirror.get(&cookie).copied()

@@ -185,6 +185,9 @@ pub fn open(config: &Config) -> Result<Opened> {
     if let Some(cookie) = &cookie_at {
         loader.override_global(globals::SKC_COOKIE, cookie, true);
     }
+    // Containment's checks exist in the programs only when a rule enforces.
+    let respond_off: u32 = u32::from(!config.respond.enforcing());
+    loader.override_global(globals::RESPOND_OFF, &respond_off, true);
     loader
         .map_max_entries(maps::FLOWS, config.kernel.flows_max)
         .map_max_entries(maps::SOCKS, config.kernel.sockets_max);

@@ -1,0 +1,370 @@
+//! Containment (opt-in, `[respond]`): when a rule in `enforce` mode alerts,
+//! the alert's process and the processes it started are contained for the
+//! TTL (not the rest of its process group, which may hold the shell or the
+//! supervisor that ran it): their sockets go into the kernel's `DENY` map (egress packets dropped
+//! by the cgroup_skb programs) and their pids into `DENY_TGID` (new sockets
+//! refused on the cgroup backend; elsewhere their new sockets join `DENY` at
+//! the next tick). `dry-run` writes the same record and drops nothing. The
+//! guard (pid 1, sluice itself, sshd, systemd, kubelet, container runtimes and
+//! the configured executables) is never contained. Everything is lifted at
+//! its TTL, and when sluice stops (the maps die with it: fail open).
+//!
+//! Decisions are pure over what the agent passes in; the kernel maps are
+//! behind `DenyMaps`, which the tests replace.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{json, Value};
+
+use crate::{
+    config::{Respond as Config, RespondMode},
+    detect::{Alert, ProcInfo},
+    output::{self, Context},
+};
+
+/// Never contained, by executable file name.
+const GUARD: &[&str] = &[
+    "sshd", "systemd", "init", "kubelet", "containerd", "containerd-shim", "containerd-shim-runc-v2", "dockerd", "runc", "crun",
+    "conmon", "crio", "podman", "sluice",
+];
+/// Containments held at most; past it the oldest is lifted (the kernel maps
+/// are LRUs too, so a flood of alerts cannot grow them).
+const ACTIVE_MAX: usize = 256;
+
+/// The kernel's deny maps.
+pub trait DenyMaps {
+    fn deny_socket(&mut self, cookie: u64, id: u32);
+    fn allow_socket(&mut self, cookie: u64);
+    fn deny_process(&mut self, tgid: u32, id: u32);
+    fn allow_process(&mut self, tgid: u32);
+}
+
+/// `DENY` and `DENY_TGID` in the kernel.
+pub struct KernelDeny {
+    pub sockets: aya::maps::HashMap<aya::maps::MapData, u64, u32>,
+    pub processes: aya::maps::HashMap<aya::maps::MapData, u32, u32>,
+}
+
+impl DenyMaps for KernelDeny {
+    fn deny_socket(&mut self, cookie: u64, id: u32) {
+        let _ = self.sockets.insert(cookie, id, 0);
+    }
+    fn allow_socket(&mut self, cookie: u64) {
+        let _ = self.sockets.remove(&cookie);
+    }
+    fn deny_process(&mut self, tgid: u32, id: u32) {
+        let _ = self.processes.insert(tgid, id, 0);
+    }
+    fn allow_process(&mut self, tgid: u32) {
+        let _ = self.processes.remove(&tgid);
+    }
+}
+
+struct Containment {
+    id: u32,
+    mode: RespondMode,
+    rule: &'static str,
+    process: ProcInfo,
+    pids: HashSet<u32>,
+    cookies: HashSet<u64>,
+    bytes_before: u64,
+    until: f64,
+}
+
+pub struct Responder<M> {
+    cfg: Config,
+    maps: M,
+    own_pid: u32,
+    next_id: u32,
+    active: Vec<Containment>,
+    /// Containments made and lifted since the start, by mode.
+    pub contained: HashMap<&'static str, u64>,
+}
+
+/// Why a process may not be contained, if it may not.
+pub fn guarded(p: &ProcInfo, own_pid: u32, extra: &[String]) -> Option<String> {
+    let file = p.executable.rsplit('/').next().unwrap_or(&p.executable);
+    if p.pid <= 1 || p.pid == own_pid {
+        return Some(format!("pid {} is {}", p.pid, if p.pid == own_pid { "sluice itself" } else { "init" }));
+    }
+    if GUARD.contains(&file) || GUARD.contains(&p.name.as_str()) {
+        return Some(format!("{file} is on the built-in guard list"));
+    }
+    extra.iter().find(|g| **g == p.executable || g.as_str() == file).map(|g| format!("{g} is on respond.guard"))
+}
+
+impl<M: DenyMaps> Responder<M> {
+    pub fn new(cfg: Config, maps: M, own_pid: u32) -> Self {
+        Responder { cfg, maps, own_pid, next_id: 1, active: Vec::new(), contained: HashMap::new() }
+    }
+
+    pub fn is_on(&self) -> bool {
+        !self.cfg.rules.is_empty()
+    }
+
+    /// An alert: contain its process and `job` (the processes it started),
+    /// with those of `cookies` (socket, owner) they hold, if its rule says so.
+    /// The record to write, if any.
+    pub fn on_alert(&mut self, ctx: &Context, a: &Alert, job: &[ProcInfo], cookies: &[(u64, u32)], now: f64) -> Option<Value> {
+        let mode = self.cfg.mode(a.rule.id);
+        if mode == RespondMode::Off {
+            return None;
+        }
+        if let Some(why) = guarded(&a.process, self.own_pid, &self.cfg.guard) {
+            return Some(record(ctx, a.rule.id, &a.process, mode, "failure", json!({ "guarded": why }), now));
+        }
+        // Already contained (a second rule, a later tick): one containment.
+        if self.active.iter().any(|c| c.pids.contains(&a.process.pid)) {
+            return None;
+        }
+        let pids: HashSet<u32> = std::iter::once(&a.process)
+            .chain(job.iter().filter(|p| guarded(p, self.own_pid, &self.cfg.guard).is_none()))
+            .map(|p| p.pid)
+            .collect();
+        let c = Containment {
+            id: self.next_id,
+            mode,
+            rule: a.rule.id,
+            process: a.process.clone(),
+            cookies: cookies.iter().filter(|(_, pid)| pids.contains(pid)).map(|(c, _)| *c).collect(),
+            pids,
+            bytes_before: a.bytes_out,
+            until: now + self.cfg.ttl.as_secs_f64(),
+        };
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        if mode == RespondMode::Enforce {
+            for &cookie in &c.cookies {
+                self.maps.deny_socket(cookie, c.id);
+            }
+            for &pid in &c.pids {
+                self.maps.deny_process(pid, c.id);
+            }
+        }
+        *self.contained.entry(mode_name(mode)).or_default() += 1;
+        let out = record(ctx, c.rule, &c.process, mode, outcome(mode), self.details(&c), now);
+        self.active.push(c);
+        if self.active.len() > ACTIVE_MAX {
+            let oldest = self.active.remove(0);
+            self.release(&oldest);
+        }
+        Some(out)
+    }
+
+    /// Each tick: the contained processes' sockets made since join `DENY`
+    /// (`live`: cookie and pid of the flows seen), and containments past
+    /// their TTL are lifted; the lift records to write.
+    pub fn tick(&mut self, ctx: &Context, live: &[(u64, u32)], now: f64) -> Vec<Value> {
+        for c in self.active.iter_mut().filter(|c| c.mode == RespondMode::Enforce) {
+            for (cookie, pid) in live {
+                if c.pids.contains(pid) && c.cookies.insert(*cookie) {
+                    self.maps.deny_socket(*cookie, c.id);
+                }
+            }
+        }
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.active).into_iter().partition(|c| c.until <= now);
+        self.active = keep;
+        done.iter()
+            .map(|c| {
+                self.release(c);
+                let mut r = record(ctx, c.rule, &c.process, c.mode, "success", self.details(c), now);
+                r["event"]["action"] = json!("sluice.contain.lift");
+                r["event"]["type"] = json!(["allowed", "end"]);
+                r["event"]["reason"] = json!(format!("containment {} of {} (pid {}) lifted: its ttl of {} s ended", c.id, c.process.name, c.process.pid, self.cfg.ttl.as_secs()));
+                r
+            })
+            .collect()
+    }
+
+    fn release(&mut self, c: &Containment) {
+        if c.mode != RespondMode::Enforce {
+            return;
+        }
+        for &cookie in &c.cookies {
+            self.maps.allow_socket(cookie);
+        }
+        for &pid in &c.pids {
+            self.maps.allow_process(pid);
+        }
+    }
+
+    fn details(&self, c: &Containment) -> Value {
+        let mut pids: Vec<u32> = c.pids.iter().copied().collect();
+        pids.sort_unstable();
+        json!({
+            "id": c.id,
+            "mode": mode_name(c.mode),
+            "processes": pids,
+            "sockets": c.cookies.len(),
+            "bytes_before": c.bytes_before,
+            "ttl_s": self.cfg.ttl.as_secs(),
+        })
+    }
+}
+
+fn mode_name(m: RespondMode) -> &'static str {
+    match m {
+        RespondMode::Off => "off",
+        RespondMode::DryRun => "dry-run",
+        RespondMode::Enforce => "enforce",
+    }
+}
+
+/// ECS `event.outcome`: a dry run's effect is not known, since nothing was dropped.
+fn outcome(m: RespondMode) -> &'static str {
+    if m == RespondMode::Enforce { "success" } else { "unknown" }
+}
+
+/// A containment record: ECS `event.type: ["denied"]` with what was contained.
+fn record(ctx: &Context, rule: &str, p: &ProcInfo, mode: RespondMode, outcome: &str, containment: Value, now: f64) -> Value {
+    let what = match (mode, outcome) {
+        (_, "failure") => format!("{} (pid {}) was not contained after {rule}: {}", p.name, p.pid, containment["guarded"].as_str().unwrap_or("guarded")),
+        (RespondMode::DryRun, _) => format!(
+            "dry run: {} (pid {}) and what it started would have been contained after {rule} ({} processes, {} sockets); nothing was dropped",
+            p.name, p.pid, containment["processes"].as_array().map_or(0, Vec::len), containment["sockets"]
+        ),
+        _ => format!(
+            "contained {} (pid {}) after {rule}: it and what it started ({} processes, {} sockets) may send nothing and open no new socket for {} s",
+            p.name, p.pid, containment["processes"].as_array().map_or(0, Vec::len), containment["sockets"], containment["ttl_s"]
+        ),
+    };
+    let mut v = json!({
+        "@timestamp": output::timestamp(output::unix(now)),
+        "event": {
+            "kind": "event",
+            "category": ["network"],
+            "type": ["denied"],
+            "action": "sluice.contain",
+            "outcome": outcome,
+            "dataset": "sluice.response",
+            "reason": what,
+        },
+        "rule": { "id": rule, "ruleset": "sluice" },
+        "host": { "name": ctx.host_name },
+        "process": output::proc_info_json(p),
+        "sluice": { "containment": containment },
+    });
+    output::add_common(&mut v, ctx);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config as Full;
+
+    #[derive(Default)]
+    struct Maps {
+        sockets: HashMap<u64, u32>,
+        processes: HashMap<u32, u32>,
+    }
+
+    impl DenyMaps for Maps {
+        fn deny_socket(&mut self, cookie: u64, id: u32) {
+            self.sockets.insert(cookie, id);
+        }
+        fn allow_socket(&mut self, cookie: u64) {
+            self.sockets.remove(&cookie);
+        }
+        fn deny_process(&mut self, tgid: u32, id: u32) {
+            self.processes.insert(tgid, id);
+        }
+        fn allow_process(&mut self, tgid: u32) {
+            self.processes.remove(&tgid);
+        }
+    }
+
+    fn responder(toml: &str) -> Responder<Maps> {
+        let cfg = Full::from_toml(toml, None).unwrap();
+        cfg.validate().unwrap();
+        Responder::new(cfg.respond, Maps::default(), 4242)
+    }
+
+    fn proc(pid: u32, exe: &str) -> ProcInfo {
+        ProcInfo { pid, name: exe.rsplit('/').next().unwrap().into(), executable: exe.into(), ..ProcInfo::default() }
+    }
+
+    fn alert(p: ProcInfo) -> Alert {
+        Alert {
+            t: 0.0,
+            rule: crate::detect::EXFIL_TOOL,
+            process: p,
+            remote_ip: None,
+            remote_port: 0,
+            transport: "tcp".into(),
+            domain: None,
+            service: None,
+            container: None,
+            bytes_out: 6 << 20,
+            bytes_in: 0,
+            window_s: 60.0,
+            baseline: None,
+            score: 1.0,
+            reason: String::new(),
+            suppressed: 0,
+            indicators: Vec::new(),
+        }
+    }
+
+    fn ctx() -> Context {
+        Context { host_name: "h".into(), backend: "cgroup", agent_id: String::new() }
+    }
+
+    const ENFORCE: &str = "[respond]\nrules = { \"sluice.exfil_tool_upload\" = \"enforce\" }\nttl = \"30s\"\n";
+
+    #[test]
+    fn enforce_denies_the_job_s_sockets_then_lifts_them_at_the_ttl() {
+        let mut r = responder(ENFORCE);
+        let job = [proc(101, "/bin/bash"), proc(102, "/usr/sbin/sshd")];
+        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &job, &[(7, 100), (8, 101), (9, 102), (10, 555)], 1_000.0).unwrap();
+        assert_eq!((rec["event"]["type"][0].as_str(), rec["event"]["outcome"].as_str()), (Some("denied"), Some("success")));
+        assert_eq!(rec["sluice"]["containment"]["processes"], json!([100, 101]), "sshd in the job is guarded");
+        assert_eq!(r.maps.sockets.keys().copied().collect::<HashSet<_>>(), HashSet::from([7, 8]));
+        assert!(r.maps.processes.contains_key(&100) && !r.maps.processes.contains_key(&102));
+        // A socket the process made since joins at the next tick; the lift comes at the ttl.
+        assert!(r.tick(&ctx(), &[(11, 100), (12, 555)], 1_010.0).is_empty());
+        assert!(r.maps.sockets.contains_key(&11) && !r.maps.sockets.contains_key(&12));
+        let lifted = r.tick(&ctx(), &[], 1_030.0);
+        assert_eq!(lifted[0]["event"]["action"], "sluice.contain.lift");
+        assert!(r.maps.sockets.is_empty() && r.maps.processes.is_empty());
+        assert!(r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &[], 1_031.0).is_some(), "contained again after the lift");
+    }
+
+    #[test]
+    fn dry_run_records_and_drops_nothing_and_off_does_nothing() {
+        let mut r = responder("[respond]\nrules = { \"sluice.exfil_tool_upload\" = \"dry-run\" }\n");
+        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &[(7, 100)], 0.0).unwrap();
+        assert_eq!((rec["event"]["outcome"].as_str(), rec["sluice"]["containment"]["mode"].as_str()), (Some("unknown"), Some("dry-run")));
+        assert!(rec["event"]["reason"].as_str().unwrap().starts_with("dry run:"));
+        assert!(r.maps.sockets.is_empty() && r.maps.processes.is_empty());
+        let mut off = responder("");
+        assert!(!off.is_on() && off.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &[(7, 100)], 0.0).is_none());
+    }
+
+    #[test]
+    fn the_guard_is_never_contained() {
+        let mut r = responder(&format!("{ENFORCE}guard = [\"/opt/backup/mega-put\"]\n"));
+        for p in [proc(1, "/sbin/init"), proc(4242, "/usr/bin/sluice"), proc(9, "/usr/sbin/sshd"), proc(10, "/opt/backup/mega-put")] {
+            let rec = r.on_alert(&ctx(), &alert(p.clone()), &[], &[(7, p.pid)], 0.0).unwrap();
+            assert_eq!(rec["event"]["outcome"], "failure", "{p:?}");
+        }
+        assert!(r.maps.sockets.is_empty() && r.maps.processes.is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_alerts_keeps_the_containments_bounded() {
+        let mut r = responder(ENFORCE);
+        for pid in 100..(100 + ACTIVE_MAX as u32 * 2) {
+            r.on_alert(&ctx(), &alert(proc(pid, "/tmp/mega-put")), &[], &[(pid as u64, pid)], 0.0);
+        }
+        assert_eq!(r.active.len(), ACTIVE_MAX);
+        assert_eq!(r.maps.sockets.len(), ACTIVE_MAX, "the oldest were lifted");
+    }
+
+    #[test]
+    fn unknown_rules_and_ttls_are_config_errors() {
+        let e = Full::from_toml("[respond]\nrules = { \"sluice.nope\" = \"enforce\" }\n", None).unwrap_err().to_string();
+        assert!(e.contains("no rule \"sluice.nope\""), "{e}");
+        assert!(Full::from_toml("[respond]\nrules = { \"sluice.bulk_upload\" = \"kill\" }\n", None).is_err());
+        assert!(Full::from_toml("[respond]\nttl = \"0s\"\n", None).is_err());
+    }
+}

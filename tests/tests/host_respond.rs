@@ -1,0 +1,142 @@
+//! Containment on this host's kernel (cgroup backend), against real uploads
+//! to a test host: an enforcing rule cuts a Mega-named uploader off within
+//! about a tick of its alert, refuses its new sockets for the TTL, and lets it
+//! go at the TTL; dry-run drops nothing; a guarded program is never contained.
+//! Bounded waits throughout.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use serde_json::Value;
+use sluice_tests::*;
+
+const MB: u64 = 1_000_000;
+/// The uploads' rate: a link slow enough that a tick's worth is measurable.
+const RATE: u64 = 20 * MB;
+
+fn config(dir: &Path, body: &str) -> String {
+    let p = dir.join("respond.toml");
+    std::fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+fn start(cfg: &str) -> Sluice {
+    Sluice::start(&["--tick", "1s", "--probe", "cgroup", "--emit", "all", "--state", "", "--config", cfg]).unwrap()
+}
+
+fn containments<'a>(records: &'a [Value], action: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["event"]["action"] == action).collect()
+}
+
+/// A curl named `mega-put` uploading `size` bytes at `RATE`, for at most `max` seconds.
+fn curl_upload(tool: &Path, payload: &Path, url: &str, max: u32) -> std::process::ExitStatus {
+    Command::new(tool)
+        .args(["-sS", "-o", "/dev/null", "--limit-rate", &RATE.to_string(), "--max-time", &max.to_string(), "-T"])
+        .arg(payload)
+        .arg(url)
+        .status()
+        .unwrap()
+}
+
+#[test]
+fn an_enforcing_rule_cuts_a_mega_upload_off_and_its_ttl_lets_it_go() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("respond");
+    let cfg = config(&dir.0, "[respond]\nrules = { \"sluice.exfil_tool_upload\" = \"enforce\" }\nttl = \"4s\"\n");
+    let sluice = start(&cfg);
+    // python3 under a Mega client's name (a link: argv[0] says mega-put).
+    let tool = dir.0.join("mega-put");
+    std::os::unix::fs::symlink("/usr/bin/python3", &tool).unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    let first = Sink::start(Some(&host), "tcp", &host.peer_v4, p1, &["1", "4"]).unwrap();
+    let second = Sink::start(Some(&host), "tcp", &host.peer_v4, p2, &["1", "10"]).unwrap();
+    // Upload 400 MB at RATE; once it stalls, try to open sockets until one is
+    // allowed again, then send 1 MB on a new connection.
+    let script = format!(
+        r#"
+import socket, sys, time
+s = socket.create_connection(("{ip}", {p1})); s.settimeout(3)
+chunk, sent, t0 = b"x" * 65536, 0, time.time()
+try:
+    while sent < 400_000_000:
+        s.sendall(chunk); sent += len(chunk)
+        time.sleep(max(0, sent / {rate} - (time.time() - t0)))
+    print("finished", sent, flush=True)
+except socket.timeout:
+    print("stalled", sent, flush=True)
+refused, t1 = 0, time.time()
+while time.time() - t1 < 30:
+    try:
+        s2 = socket.socket(); break
+    except PermissionError:
+        refused += 1; time.sleep(0.2)
+else:
+    print("never lifted", flush=True); sys.exit(1)
+print("refused", refused, "for", round(time.time() - t1, 1), flush=True)
+s2.connect(("{ip}", {p2})); s2.sendall(b"y" * 1_000_000); s2.close()
+print("resumed", flush=True)
+"#,
+        ip = host.peer_v4,
+        rate = RATE,
+    );
+    let out = Command::new(&tool).arg("-c").arg(&script).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let left = first.received().unwrap();
+    let resumed = second.received().unwrap();
+    let recs = sluice
+        .wait_for("the lift", Duration::from_secs(15), |r| !containments(r, "sluice.contain.lift").is_empty())
+        .unwrap();
+    drop(sluice);
+    let alert = alerts_of(&recs, "sluice.exfil_tool_upload")[0].clone();
+    let contained = containments(&recs, "sluice.contain")[0].clone();
+    assert_eq!(contained["event"]["type"][0], "denied");
+    assert_eq!(contained["event"]["outcome"], "success");
+    assert!(contained["sluice"]["containment"]["sockets"].as_u64() >= Some(1), "{contained}");
+    assert!(said.contains("stalled") && !said.contains("finished"), "the upload was not cut off: {said}");
+    assert!(said.contains("resumed"), "the TTL did not let it go: {said} {}", String::from_utf8_lossy(&out.stderr));
+    let refused: u32 = said.split_whitespace().skip_while(|w| *w != "refused").nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(refused > 0, "new sockets were not refused while contained: {said}");
+    assert_eq!(resumed, 1_000_000);
+    // What left after the alert line was written: the alert counts what the
+    // kernel had counted at its tick; the sink counts what arrived.
+    let at_alert = alert["sluice"]["bytes_out"].as_u64().unwrap();
+    let after = left.saturating_sub(at_alert);
+    eprintln!("measured: {left} bytes arrived, {at_alert} counted at the alert, {after} after it (a tick at this rate is {RATE}); {said}");
+    assert!(left < 100 * MB, "{left} bytes arrived of 400 MB");
+    assert!(after <= 2 * RATE, "{after} bytes left after the alert: more than two ticks at the link's rate");
+}
+
+#[test]
+fn dry_run_drops_nothing_and_a_guarded_program_is_never_contained() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("respond-dry");
+    let tool = dir.0.join("mega-put");
+    std::fs::copy("/usr/bin/curl", &tool).unwrap();
+    let payload = dir.0.join("report.bin");
+    std::fs::File::create(&payload).unwrap().set_len(30 * MB).unwrap();
+    for (body, what) in [
+        ("[respond]\nrules = { \"sluice.exfil_tool_upload\" = \"dry-run\" }\n".to_string(), "dry-run"),
+        (format!("[respond]\nrules = {{ \"sluice.exfil_tool_upload\" = \"enforce\" }}\nguard = [\"{}\"]\n", tool.display()), "guarded"),
+    ] {
+        let sluice = start(&config(&dir.0, &body));
+        let port = free_port();
+        let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &["1", "10"]).unwrap();
+        let status = curl_upload(&tool, &payload, &format!("http://{}:{port}/up", host.peer_v4), 30);
+        let got = sink.received().unwrap();
+        let recs = sluice.wait_for("the containment record", Duration::from_secs(10), |r| !containments(r, "sluice.contain").is_empty()).unwrap();
+        drop(sluice);
+        let c = containments(&recs, "sluice.contain")[0];
+        assert!(got >= 30 * MB, "{what}: {got} bytes arrived of 30 MB (curl {status})");
+        match what {
+            "dry-run" => {
+                assert_eq!((c["event"]["outcome"].as_str(), c["sluice"]["containment"]["mode"].as_str()), (Some("unknown"), Some("dry-run")), "{c}");
+                assert!(c["event"]["reason"].as_str().unwrap().starts_with("dry run:"), "{c}");
+            }
+            _ => {
+                assert_eq!(c["event"]["outcome"], "failure", "{c}");
+                assert!(c["event"]["reason"].as_str().unwrap().contains("respond.guard"), "{c}");
+            }
+        }
+    }
+}
