@@ -42,6 +42,14 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Containment in force on the running agent: list it, or lift one early.
+    Respond {
+        #[command(subcommand)]
+        action: RespondAction,
+        /// The agent's socket (default: agent.control_socket of the embedded config).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+    },
     /// Live view of the top uploaders, read from the running agent's control socket.
     Top {
         /// The agent's socket (default: agent.control_socket of --config, else the embedded default).
@@ -59,6 +67,14 @@ pub enum Command {
         #[arg(long)]
         plain: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RespondAction {
+    /// The containments in force (one JSON array).
+    List,
+    /// Lift containment ID now (at the agent's next tick) instead of at its TTL.
+    Lift { id: u32 },
 }
 
 #[derive(Debug, Subcommand)]

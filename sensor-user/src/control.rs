@@ -1,7 +1,11 @@
 //! The agent's local control socket: a Unix stream socket (0600, so root's
-//! only) that answers one request per connection. Today the one request is
-//! `top`, answered with the live view's snapshot as one JSON line; the reply
-//! is prepared by the tick, so a client never waits on it or slows it.
+//! only) that answers one request per connection, as one JSON line:
+//! - `top`: the live view's snapshot (`sluice top`);
+//! - `containments`: the containments in force (`sluice respond list`);
+//! - `lift ID`: queue containment ID to be lifted at the next tick
+//!   (`sluice respond lift`).
+//!
+//! Replies are prepared by the tick, so a client never waits on it or slows it.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -27,7 +31,21 @@ pub type Shared = Arc<Mutex<String>>;
 pub struct Control {
     path: PathBuf,
     pub snapshot: Shared,
+    pub containments: Shared,
+    /// Containment ids asked to be lifted, taken by the next tick.
+    pub lifts: Arc<Mutex<Vec<u32>>>,
 }
+
+/// What the serving thread shares with the agent.
+#[derive(Clone)]
+struct State {
+    snapshot: Shared,
+    containments: Shared,
+    lifts: Arc<Mutex<Vec<u32>>>,
+}
+
+/// Lift requests queued at most (a client looping on `lift` cannot grow it).
+const LIFTS_MAX: usize = 1024;
 
 impl Control {
     /// Bind `path` and serve from a thread of its own. Refused when another
@@ -43,8 +61,12 @@ impl Control {
         let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
         // Flows name every process and where it sends: root's business only.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod 0600 {}", path.display()))?;
-        let snapshot: Shared = Arc::new(Mutex::new(String::from("{}")));
-        let shared = snapshot.clone();
+        let state = State {
+            snapshot: Arc::new(Mutex::new(String::from("{}"))),
+            containments: Arc::new(Mutex::new(String::from("[]"))),
+            lifts: Arc::new(Mutex::new(Vec::new())),
+        };
+        let shared = state.clone();
         std::thread::Builder::new()
             .name("sluice-control".into())
             .spawn(move || {
@@ -54,7 +76,18 @@ impl Control {
                 }
             })
             .context("starting the control socket thread")?;
-        Ok(Control { path: path.to_path_buf(), snapshot })
+        Ok(Control { path: path.to_path_buf(), snapshot: state.snapshot, containments: state.containments, lifts: state.lifts })
+    }
+
+    pub fn publish_containments(&self, json: String) {
+        if let Ok(mut s) = self.containments.lock() {
+            *s = json;
+        }
+    }
+
+    /// The lift requests since the last call.
+    pub fn take_lifts(&self) -> Vec<u32> {
+        self.lifts.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
     }
 
     pub fn publish(&self, json: String) {
@@ -70,14 +103,28 @@ impl Drop for Control {
     }
 }
 
-fn answer(conn: UnixStream, shared: &Shared) -> std::io::Result<()> {
+fn answer(conn: UnixStream, state: &State) -> std::io::Result<()> {
     conn.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     conn.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut line = String::new();
     BufReader::new(std::io::Read::take(&conn, REQUEST_MAX)).read_line(&mut line)?;
-    let reply = match line.trim() {
-        "top" => shared.lock().map(|s| s.clone()).unwrap_or_else(|_| "{}".into()),
-        other => serde_json::json!({ "error": format!("unknown request {:?}; this agent answers: top", other.chars().take(32).collect::<String>()) }).to_string(),
+    let read = |s: &Shared, empty: &str| s.lock().map(|s| s.clone()).unwrap_or_else(|_| empty.into());
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let reply = match words.as_slice() {
+        ["top"] => read(&state.snapshot, "{}"),
+        ["containments"] => read(&state.containments, "[]"),
+        ["lift", id] => match (id.parse::<u32>(), state.lifts.lock()) {
+            (Ok(id), Ok(mut q)) if q.len() < LIFTS_MAX => {
+                q.push(id);
+                serde_json::json!({ "queued": id }).to_string()
+            }
+            (Ok(_), _) => serde_json::json!({ "error": "too many lift requests queued; retry after a tick" }).to_string(),
+            (Err(_), _) => serde_json::json!({ "error": "lift takes a containment id (a number)" }).to_string(),
+        },
+        _ => serde_json::json!({
+            "error": format!("unknown request {:?}; this agent answers: top, containments, lift ID", line.trim().chars().take(32).collect::<String>())
+        })
+        .to_string(),
     };
     let mut w = &conn;
     w.write_all(reply.as_bytes())?;
@@ -115,6 +162,11 @@ mod tests {
         c.publish(r#"{"rows":[]}"#.into());
         assert_eq!(request(&path, "top").unwrap().trim(), r#"{"rows":[]}"#);
         assert!(request(&path, "bogus").unwrap().contains("unknown request"));
+        assert_eq!(request(&path, "containments").unwrap().trim(), "[]");
+        assert_eq!(request(&path, "lift 7").unwrap().trim(), r#"{"queued":7}"#);
+        assert!(request(&path, "lift x").unwrap().contains("a number"));
+        assert_eq!(c.take_lifts(), vec![7]);
+        assert!(c.take_lifts().is_empty());
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(Control::start(&path).err().unwrap().to_string().contains("another sluice"));
         drop(c);

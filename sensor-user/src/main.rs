@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Record { file, run: args } => run(args, Some(file)),
         Command::Replay { file, config, format } => replay(&file, config.as_deref(), format),
         Command::Top { socket, config, interval, count, plain } => top(socket, config, interval, count, plain),
+        Command::Respond { action, socket } => respond(action, socket),
         Command::Check { config } => Config::load(config.as_deref()).map_err(Into::into).and_then(|c| {
             if !c.kernel.cgroup_root.is_empty() {
                 sluice::kernel::mounts::set_cgroup_root(&c.kernel.cgroup_root)?;
@@ -80,6 +81,21 @@ fn replay(file: &std::path::Path, config: Option<&std::path::Path>, format: Opti
     }
     sink.flush()?;
     eprintln!("sluice: replayed {} ticks from {}: {n} alerts", ticks.len(), file.display());
+    Ok(())
+}
+
+fn respond(action: sluice::cli::RespondAction, socket: Option<std::path::PathBuf>) -> Result<()> {
+    let socket = socket.unwrap_or_else(|| Config::load(None).map(|c| c.agent.control_socket.into()).unwrap_or_default());
+    let request = match action {
+        sluice::cli::RespondAction::List => "containments".to_string(),
+        sluice::cli::RespondAction::Lift { id } => format!("lift {id}"),
+    };
+    let reply = sluice::control::request(&socket, &request)?;
+    let v: serde_json::Value = serde_json::from_str(reply.trim()).with_context(|| format!("the agent's answer: {:.200}", reply.trim()))?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("the agent says: {e}");
+    }
+    println!("{v}");
     Ok(())
 }
 

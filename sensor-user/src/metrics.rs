@@ -80,6 +80,8 @@ pub struct Metrics {
     pub socket_scan_seconds: Histogram,
     pub socket_scan_running: Gauge,
     pub socket_scan_waiting: Gauge,
+    /// Containments made, by mode (`respond`).
+    pub containments: Family<NameLabel, Counter>,
     /// Monotonic time of the last completed tick, for /healthz.
     last_tick: Arc<AtomicU64>,
     started: Instant,
@@ -141,6 +143,7 @@ impl Metrics {
             socket_scan_seconds: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]),
             socket_scan_running: Gauge::default(),
             socket_scan_waiting: Gauge::default(),
+            containments: Family::default(),
             last_tick: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         };
@@ -165,6 +168,7 @@ impl Metrics {
             r.register("alerts", "Alerts raised, by rule", m.alerts.clone());
         }
         r.register("backend_info", "The probe backend in use (value 1)", m.backend.clone());
+        r.register("containments", "Containments made, by mode (enforce, dry-run)", m.containments.clone());
         r.register("ticks", "Ticks completed", m.ticks.clone());
         r.register("tick_duration_seconds", "Time the agent spent on one tick (drain, attribute, detect, write)", m.tick_seconds.clone());
         r.register("last_tick_timestamp_seconds", "Unix time of the last completed tick", m.last_tick_unix.clone());

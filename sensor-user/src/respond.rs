@@ -151,9 +151,10 @@ impl<M: DenyMaps> Responder<M> {
     }
 
     /// Each tick: the contained processes' sockets made since join `DENY`
-    /// (`live`: cookie and pid of the flows seen), and containments past
-    /// their TTL are lifted; the lift records to write.
-    pub fn tick(&mut self, ctx: &Context, live: &[(u64, u32)], now: f64) -> Vec<Value> {
+    /// (`live`: cookie and pid of the flows seen); containments past their
+    /// TTL, or named in `lift` (`sluice respond lift`), are lifted. The lift
+    /// records to write.
+    pub fn tick(&mut self, ctx: &Context, live: &[(u64, u32)], lift: &[u32], now: f64) -> Vec<Value> {
         for c in self.active.iter_mut().filter(|c| c.mode == RespondMode::Enforce) {
             for (cookie, pid) in live {
                 if c.pids.contains(pid) && c.cookies.insert(*cookie) {
@@ -161,18 +162,36 @@ impl<M: DenyMaps> Responder<M> {
                 }
             }
         }
-        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.active).into_iter().partition(|c| c.until <= now);
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.active).into_iter().partition(|c| c.until <= now || lift.contains(&c.id));
         self.active = keep;
         done.iter()
             .map(|c| {
                 self.release(c);
+                let why = if c.until <= now { format!("its ttl of {} s ended", self.cfg.ttl.as_secs()) } else { "`sluice respond lift` asked".to_string() };
                 let mut r = record(ctx, c.rule, &c.process, c.mode, "success", self.details(c), now);
                 r["event"]["action"] = json!("sluice.contain.lift");
                 r["event"]["type"] = json!(["allowed", "end"]);
-                r["event"]["reason"] = json!(format!("containment {} of {} (pid {}) lifted: its ttl of {} s ended", c.id, c.process.name, c.process.pid, self.cfg.ttl.as_secs()));
+                r["event"]["reason"] = json!(format!("containment {} of {} (pid {}) lifted: {why}", c.id, c.process.name, c.process.pid));
                 r
             })
             .collect()
+    }
+
+    /// The containments in force, for `sluice respond list`.
+    pub fn list(&self, now: f64) -> Value {
+        Value::Array(
+            self.active
+                .iter()
+                .map(|c| {
+                    let mut d = self.details(c);
+                    d["rule"] = json!(c.rule);
+                    d["pid"] = json!(c.process.pid);
+                    d["name"] = json!(crate::text::escape_control(&c.process.name));
+                    d["ttl_left_s"] = json!((c.until - now).max(0.0).round());
+                    d
+                })
+                .collect(),
+        )
     }
 
     fn release(&mut self, c: &Containment) {
@@ -321,12 +340,19 @@ mod tests {
         assert_eq!(r.maps.sockets.keys().copied().collect::<HashSet<_>>(), HashSet::from([7, 8]));
         assert!(r.maps.processes.contains_key(&100) && !r.maps.processes.contains_key(&102));
         // A socket the process made since joins at the next tick; the lift comes at the ttl.
-        assert!(r.tick(&ctx(), &[(11, 100), (12, 555)], 1_010.0).is_empty());
+        assert!(r.tick(&ctx(), &[(11, 100), (12, 555)], &[], 1_010.0).is_empty());
         assert!(r.maps.sockets.contains_key(&11) && !r.maps.sockets.contains_key(&12));
-        let lifted = r.tick(&ctx(), &[], 1_030.0);
+        assert_eq!(r.list(1_010.0)[0]["ttl_left_s"], 20.0);
+        let lifted = r.tick(&ctx(), &[], &[], 1_030.0);
         assert_eq!(lifted[0]["event"]["action"], "sluice.contain.lift");
         assert!(r.maps.sockets.is_empty() && r.maps.processes.is_empty());
-        assert!(r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &[], 1_031.0).is_some(), "contained again after the lift");
+        let again = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &[(7, 100)], 1_031.0).unwrap();
+        assert!(!r.maps.sockets.is_empty(), "contained again after the lift");
+        // Lifted by hand before its ttl.
+        let id = again["sluice"]["containment"]["id"].as_u64().unwrap() as u32;
+        let lifted = r.tick(&ctx(), &[], &[id], 1_032.0);
+        assert!(lifted[0]["event"]["reason"].as_str().unwrap().contains("sluice respond lift"), "{}", lifted[0]);
+        assert!(r.maps.sockets.is_empty() && r.list(1_032.0).as_array().unwrap().is_empty());
     }
 
     #[test]

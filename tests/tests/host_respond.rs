@@ -140,3 +140,50 @@ fn dry_run_drops_nothing_and_a_guarded_program_is_never_contained() {
         }
     }
 }
+
+#[test]
+fn a_containment_is_listed_and_lifted_by_hand_and_the_stalled_upload_then_finishes() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("respond-lift");
+    let socket = dir.0.join("control.sock");
+    let cfg = config(&dir.0, "[respond]\nrules = { \"sluice.exfil_tool_upload\" = \"enforce\" }\nttl = \"10m\"\n");
+    let sluice = Sluice::start(&["--tick", "1s", "--probe", "cgroup", "--state", "", "--config", &cfg, "--control-socket", socket.to_str().unwrap()]).unwrap();
+    let tool = dir.0.join("mega-put");
+    std::fs::copy("/usr/bin/curl", &tool).unwrap();
+    let payload = dir.0.join("report.bin");
+    std::fs::File::create(&payload).unwrap().set_len(60 * MB).unwrap();
+    let port = free_port();
+    let sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &["1", "30"]).unwrap();
+    let url = format!("http://{}:{port}/up", host.peer_v4);
+    let (t, p) = (tool.clone(), payload.clone());
+    let upload = std::thread::spawn(move || curl_upload(&t, &p, &url, 60));
+    let respond = |args: &[&str]| {
+        let out = Command::new(sluice_bin()).arg("respond").args(args).arg("--socket").arg(&socket).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let mut listed = String::new();
+    let found = retry(Duration::from_secs(20), || {
+        listed = respond(&["list"]).1;
+        listed.contains("\"rule\":\"sluice.exfil_tool_upload\"")
+    });
+    assert!(found, "never listed: {listed}");
+    let list: Value = serde_json::from_str(listed.trim()).unwrap();
+    let id = list[0]["id"].as_u64().unwrap();
+    assert_eq!(list[0]["name"], "mega-put");
+    let (ok, said) = respond(&["lift", &id.to_string()]);
+    assert!(ok && said.contains("queued"), "{said}");
+    let recs = sluice.wait_for("the lift", Duration::from_secs(10), |r| !containments(r, "sluice.contain.lift").is_empty()).unwrap();
+    let lift = containments(&recs, "sluice.contain.lift")[0];
+    assert!(lift["event"]["reason"].as_str().unwrap().contains("sluice respond lift"), "{lift}");
+    // TCP retransmits what was dropped, and the upload goes on to its end.
+    let status = upload.join().unwrap();
+    let got = sink.received().unwrap();
+    assert!(got >= 60 * MB, "{got} bytes arrived after the lift (curl {status})");
+    let (ok, said) = respond(&["lift", "x"]);
+    assert!(!ok && said.contains("invalid value"), "{said}");
+    let (ok, said) = respond(&["lift", "999"]);
+    assert!(ok && said.contains("queued"), "an id not in force is queued and lifts nothing: {said}");
+    drop(sluice);
+}
+

@@ -656,7 +656,14 @@ impl Agent {
                 .collect();
             records.extend(r.on_alert(&self.ctx, a, &helpers, &owned, now));
         }
-        records.extend(r.tick(&self.ctx, &owned, now));
+        let lifts = self.control.as_ref().map(|c| c.take_lifts()).unwrap_or_default();
+        records.extend(r.tick(&self.ctx, &owned, &lifts, now));
+        if let Some(c) = &self.control {
+            c.publish_containments(r.list(now).to_string());
+        }
+        for (mode, n) in &r.contained {
+            self.metrics.containments.get_or_create(&metrics::NameLabel { name: (*mode).to_string() }).inner().store(*n, std::sync::atomic::Ordering::Relaxed);
+        }
         for json in &records {
             self.sink.record(json, || json["event"]["reason"].as_str().unwrap_or_default().to_string()).context("writing to stdout")?;
         }
