@@ -89,6 +89,9 @@ print("resumed", flush=True)
     drop(sluice);
     let alert = alerts_of(&recs, "sluice.exfil_tool_upload")[0].clone();
     let contained = containments(&recs, "sluice.contain")[0].clone();
+    for r in containments(&recs, "sluice.contain").into_iter().chain(containments(&recs, "sluice.contain.lift")) {
+        assert_eq!(sluice_tests::ecs::violations(r), Vec::<String>::new(), "{r}");
+    }
     assert_eq!(contained["event"]["type"][0], "denied");
     assert_eq!(contained["event"]["outcome"], "success");
     assert!(contained["sluice"]["containment"]["sockets"].as_u64() >= Some(1), "{contained}");
