@@ -303,25 +303,7 @@ mod tests {
     }
 
     fn alert(p: ProcInfo) -> Alert {
-        Alert {
-            t: 0.0,
-            rule: crate::detect::EXFIL_TOOL,
-            process: p,
-            remote_ip: None,
-            remote_port: 0,
-            transport: "tcp".into(),
-            domain: None,
-            service: None,
-            container: None,
-            bytes_out: 6 << 20,
-            bytes_in: 0,
-            window_s: 60.0,
-            baseline: None,
-            score: 1.0,
-            reason: String::new(),
-            suppressed: 0,
-            indicators: Vec::new(),
-        }
+        crate::detect::test_alert(p)
     }
 
     fn ctx() -> Context {

@@ -201,6 +201,31 @@ pub struct Alert {
     pub indicators: Vec<String>,
 }
 
+/// An `exfil_tool_upload` alert about `process` (6 MiB out), for tests
+/// outside the detector that only need one to exist.
+#[cfg(test)]
+pub fn test_alert(process: ProcInfo) -> Alert {
+    Alert {
+        t: 0.0,
+        rule: EXFIL_TOOL,
+        process,
+        remote_ip: None,
+        remote_port: 0,
+        transport: "tcp".into(),
+        domain: None,
+        service: None,
+        container: None,
+        bytes_out: 6 << 20,
+        bytes_in: 0,
+        window_s: 60.0,
+        baseline: None,
+        score: 1.0,
+        reason: String::new(),
+        suppressed: 0,
+        indicators: Vec::new(),
+    }
+}
+
 pub struct Detector {
     pub(crate) cfg: Detect,
     pub(crate) params: Params,

@@ -238,25 +238,8 @@ mod tests {
         child.process.job = Some(JobInfo { pgid: 5, pid: 5, entity_id: "e".into(), executable: "/usr/bin/bash".into(), args: vec!["bash".into(), "backup.sh".into()] });
         let mut alert_proc = child.process.clone();
         alert_proc.pid = 5;
-        let alert = Alert {
-            t: 10.0,
-            rule: crate::detect::EXFIL_TOOL,
-            process: alert_proc,
-            remote_ip: None,
-            remote_port: 0,
-            transport: "tcp".into(),
-            domain: None,
-            service: None,
-            container: None,
-            bytes_out: 50_000_000,
-            bytes_in: 0,
-            window_s: 60.0,
-            baseline: None,
-            score: 1.0,
-            reason: String::new(),
-            suppressed: 0,
-            indicators: Vec::new(),
-        };
+        let mut alert = crate::detect::test_alert(alert_proc);
+        alert.t = 10.0;
         t.tick(10.0, 1.0, &[child, flow(11, "git", None, 5)], &[alert], |_| None);
         let rows = t.rows();
         assert_eq!((rows[0].job.as_str(), rows[0].alerted.clone()), ("bash backup.sh", vec!["sluice.exfil_tool_upload".to_string()]));
