@@ -5,6 +5,7 @@
 /// are IPv6 or IPv4-mapped IPv6 (`::ffff:a.b.c.d`), ports in host byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct FlowKey {
     pub cookie: u64,
     pub local_addr: [u8; 16],

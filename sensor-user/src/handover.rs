@@ -29,46 +29,8 @@ pub struct Handover {
 /// One TCP flow's key and the sequence number after the last byte counted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Position {
-    pub cookie: u64,
-    pub local_addr: [u8; 16],
-    pub remote_addr: [u8; 16],
-    pub local_port: u16,
-    pub remote_port: u16,
-    pub protocol: u8,
-    pub ip_version: u8,
-    pub pid: u32,
+    pub key: FlowKey,
     pub next_seq: u32,
-}
-
-impl Position {
-    pub fn new(k: &FlowKey, next_seq: u32) -> Self {
-        Position {
-            cookie: k.cookie,
-            local_addr: k.local_addr,
-            remote_addr: k.remote_addr,
-            local_port: k.local_port,
-            remote_port: k.remote_port,
-            protocol: k.protocol,
-            ip_version: k.ip_version,
-            pid: k.pid,
-            next_seq,
-        }
-    }
-
-    pub fn key(&self) -> FlowKey {
-        FlowKey {
-            cookie: self.cookie,
-            local_addr: self.local_addr,
-            remote_addr: self.remote_addr,
-            local_port: self.local_port,
-            remote_port: self.remote_port,
-            protocol: self.protocol,
-            ip_version: self.ip_version,
-            _pad: [0; 2],
-            pid: self.pid,
-            _pad2: 0,
-        }
-    }
 }
 
 /// This boot's id ("" where the kernel does not say: then no handover is used).
@@ -133,12 +95,13 @@ mod tests {
             pid: 3,
             _pad2: 0,
         };
-        let h = || Some(Handover { boot_id: "b1".into(), flows: vec![Position::new(&k, 7)] });
+        let h = || Some(Handover { boot_id: "b1".into(), flows: vec![Position { key: k, next_seq: 7 }] });
         assert_eq!(usable(h(), 100.0, 130.0, "b1").len(), 1);
         assert!(usable(h(), 100.0, 130.0, "b2").is_empty(), "another boot: cookies mean other sockets");
         assert!(usable(h(), 100.0, 100.0 + MAX_AGE_S + 1.0, "b1").is_empty(), "too old");
         assert!(usable(h(), 100.0, 50.0, "b1").is_empty(), "from the future");
         assert!(usable(h(), 100.0, 130.0, "").is_empty(), "boot unknown");
-        assert_eq!(Position::new(&k, 1).key(), k);
+        let saved: Position = serde_json::from_str(&serde_json::to_string(&Position { key: k, next_seq: 1 }).unwrap()).unwrap();
+        assert_eq!(saved.key, k, "a key survives the state file");
     }
 }

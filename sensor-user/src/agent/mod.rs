@@ -757,7 +757,7 @@ impl Agent {
             // would be older than bytes reported after it.
             handover: self.stopping.then(|| crate::handover::Handover {
                 boot_id: crate::handover::boot_id(),
-                flows: self.tracker.positions().into_iter().map(|(k, n)| crate::handover::Position::new(&k, n)).collect(),
+                flows: self.tracker.positions().into_iter().map(|(k, n)| crate::handover::Position { key: k, next_seq: n }).collect(),
             }),
         };
         let path = std::path::PathBuf::from(&self.config.state.path);
@@ -887,7 +887,7 @@ fn handed_over_tracker(positions: Vec<crate::handover::Position>, tick: Duration
     if !positions.is_empty() {
         eprintln!("sluice: {} TCP flows handed over by the previous agent: what they sent between the two is counted", positions.len());
         let reads = (60.0 / tick.as_secs_f64().max(0.1)).ceil().max(3.0) as u32;
-        t.expect(positions.iter().map(|p| (p.key(), p.next_seq)), reads);
+        t.expect(positions.iter().map(|p| (p.key, p.next_seq)), reads);
     }
     t
 }
