@@ -12,7 +12,7 @@
 //! Decisions are pure over what the agent passes in; the kernel maps are
 //! behind `DenyMaps`, which the tests replace.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
@@ -77,8 +77,6 @@ pub struct Responder<M> {
     own_pid: u32,
     next_id: u32,
     active: Vec<Containment>,
-    /// Containments made and lifted since the start, by mode.
-    pub contained: HashMap<&'static str, u64>,
 }
 
 /// Why a process may not be contained, if it may not.
@@ -95,11 +93,12 @@ pub fn guarded(p: &ProcInfo, own_pid: u32, extra: &[String]) -> Option<String> {
 
 impl<M: DenyMaps> Responder<M> {
     pub fn new(cfg: Config, maps: M, own_pid: u32) -> Self {
-        Responder { cfg, maps, own_pid, next_id: 1, active: Vec::new(), contained: HashMap::new() }
+        Responder { cfg, maps, own_pid, next_id: 1, active: Vec::new() }
     }
 
-    pub fn is_on(&self) -> bool {
-        !self.cfg.rules.is_empty()
+    /// Whether a containment is in force (its sockets are to be followed).
+    pub fn holding(&self) -> bool {
+        !self.active.is_empty()
     }
 
     /// An alert: contain its process and `job` (the processes it started),
@@ -140,7 +139,6 @@ impl<M: DenyMaps> Responder<M> {
                 self.maps.deny_process(pid, c.id);
             }
         }
-        *self.contained.entry(mode_name(mode)).or_default() += 1;
         let out = record(ctx, c.rule, &c.process, mode, outcome(mode), self.details(&c), now);
         self.active.push(c);
         if self.active.len() > ACTIVE_MAX {
@@ -220,7 +218,7 @@ impl<M: DenyMaps> Responder<M> {
     }
 }
 
-fn mode_name(m: RespondMode) -> &'static str {
+pub fn mode_name(m: RespondMode) -> &'static str {
     match m {
         RespondMode::Off => "off",
         RespondMode::DryRun => "dry-run",
@@ -268,6 +266,8 @@ fn record(ctx: &Context, rule: &str, p: &ProcInfo, mode: RespondMode, outcome: &
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::config::Config as Full;
 
@@ -345,7 +345,7 @@ mod tests {
         assert!(rec["event"]["reason"].as_str().unwrap().starts_with("dry run:"));
         assert!(r.maps.sockets.is_empty() && r.maps.processes.is_empty());
         let mut off = responder("");
-        assert!(!off.is_on() && off.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &[(7, 100)], 0.0).is_none());
+        assert!(off.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &[(7, 100)], 0.0).is_none() && !off.holding());
     }
 
     #[test]

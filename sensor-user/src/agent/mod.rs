@@ -639,10 +639,15 @@ impl Agent {
     /// contained processes made since, and the containments whose TTL ended.
     fn respond(&mut self, alerts: &[crate::detect::Alert], now: f64) -> Result<()> {
         let Some(r) = &mut self.respond else { return Ok(()) };
-        // Every socket with a known owner: the cgroup backend's owner map, and
-        // the send-path backends' flow keys (which carry the sender).
-        let owned: Vec<(u64, u32)> =
-            self.owners.owned().chain(self.tracker.live().filter(|(k, _)| k.pid != 0).map(|(k, _)| (k.cookie, k.pid))).collect();
+        // Every socket with a known owner (the cgroup backend's owner map, and
+        // the send-path backends' flow keys, which carry the sender): only
+        // on a tick with an alert or a containment in force, since the owner
+        // map can hold 65,536 entries.
+        let owned: Vec<(u64, u32)> = if alerts.is_empty() && !r.holding() {
+            Vec::new()
+        } else {
+            self.owners.owned().chain(self.tracker.live().filter(|(k, _)| k.pid != 0).map(|(k, _)| (k.cookie, k.pid))).collect()
+        };
         let mut records = Vec::new();
         for a in alerts {
             // The carrier and what it started (a helper that does the sending);
@@ -654,15 +659,18 @@ impl Agent {
                 .into_iter()
                 .map(|p| ProcInfo { pid: p.pid, name: p.name.clone(), executable: p.executable.clone(), ..ProcInfo::default() })
                 .collect();
-            records.extend(r.on_alert(&self.ctx, a, &helpers, &owned, now));
+            if let Some(rec) = r.on_alert(&self.ctx, a, &helpers, &owned, now) {
+                if rec["event"]["action"] == "sluice.contain" && rec["event"]["outcome"] != "failure" {
+                    let mode = crate::respond::mode_name(self.config.respond.mode(a.rule.id));
+                    self.metrics.containments.get_or_create(&metrics::NameLabel { name: mode.to_string() }).inc();
+                }
+                records.push(rec);
+            }
         }
         let lifts = self.control.as_ref().map(|c| c.take_lifts()).unwrap_or_default();
         records.extend(r.tick(&self.ctx, &owned, &lifts, now));
         if let Some(c) = &self.control {
             c.publish_containments(r.list(now).to_string());
-        }
-        for (mode, n) in &r.contained {
-            self.metrics.containments.get_or_create(&metrics::NameLabel { name: (*mode).to_string() }).inner().store(*n, std::sync::atomic::Ordering::Relaxed);
         }
         for json in &records {
             self.sink.record(json, || json["event"]["reason"].as_str().unwrap_or_default().to_string()).context("writing to stdout")?;
