@@ -187,11 +187,7 @@ fn parse_endpoint(s: &str) -> Option<Endpoint> {
     let word = |i: usize| -> Option<[u8; 4]> { u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok().map(u32::to_ne_bytes) };
     let mut out = [0u8; 16];
     match addr.len() {
-        8 => {
-            out[10] = 0xff;
-            out[11] = 0xff;
-            out[12..].copy_from_slice(&word(0)?);
-        }
+        8 => out = std::net::Ipv4Addr::from(word(0)?).to_ipv6_mapped().octets(),
         32 => {
             for i in 0..4 {
                 out[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);

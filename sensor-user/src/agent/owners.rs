@@ -48,7 +48,7 @@ impl Tuple {
 /// `Found` with `cookie`. None when none, or more than one, does: two pods'
 /// namespaces can hold the same addresses, and no owner is guessed.
 fn by_address(cookie: u64, t: &Tuple, listed: &[(u64, sockets::Listed)]) -> Option<sockets::Found> {
-    let unspecified = |a: &[u8; 16]| a[..10].iter().all(|b| *b == 0) && (a[10..12] == [0, 0] || a[10..12] == [0xff, 0xff]) && a[12..].iter().all(|b| *b == 0);
+    let unspecified = |a: &[u8; 16]| crate::flows::ip_of(a).is_unspecified();
     let local_matches = |l: &sockets::Listed| l.local.1 == t.local.1 && (l.local.0 == t.local.0 || unspecified(&l.local.0));
     let remote_matches = |l: &sockets::Listed| l.remote == t.remote || (t.protocol == IPPROTO_UDP && l.remote.1 == 0 && unspecified(&l.remote.0));
     let mut hits = listed.iter().filter(|(_, l)| l.protocol == t.protocol && l.state != TCP_LISTEN_STATE && local_matches(l) && remote_matches(l));
