@@ -91,6 +91,9 @@ pub struct Respond {
     pub ttl: Duration,
     /// Executables (a path, or a file name) never contained, besides the built-in guard.
     pub guard: Vec<String>,
+    /// End a contained process's TCP connections (sock_diag SOCK_DESTROY), not
+    /// only drop their packets.
+    pub abort: bool,
 }
 
 impl Respond {

@@ -31,9 +31,7 @@ pub struct DiagSocket {
 
 /// Every TCP and UDP socket, v4 and v6, on this network namespace.
 pub fn dump() -> Result<Vec<DiagSocket>> {
-    let mut sock = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
-    sock.bind_auto().context("binding the sock_diag socket")?;
-    sock.connect(&SocketAddr::new(0, 0)).context("connecting the sock_diag socket")?;
+    let sock = diag_socket()?;
     let mut out = Vec::new();
     for family in [AF_INET, AF_INET6] {
         for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
@@ -42,6 +40,14 @@ pub fn dump() -> Result<Vec<DiagSocket>> {
         }
     }
     Ok(out)
+}
+
+/// A sock_diag netlink socket, talking to the kernel, in this thread's network namespace.
+pub fn diag_socket() -> Result<Socket> {
+    let mut sock = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
+    sock.bind_auto().context("binding the sock_diag socket")?;
+    sock.connect(&SocketAddr::new(0, 0)).context("connecting the sock_diag socket")?;
+    Ok(sock)
 }
 
 fn dump_one(sock: &Socket, family: u8, protocol: u8, out: &mut Vec<DiagSocket>) -> Result<()> {
@@ -252,6 +258,11 @@ fn parse_ns_link(t: &[u8]) -> Option<u64> {
     s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
+/// The network namespace (its inode) `pid` is in.
+pub fn netns_of(pid: u32) -> Option<u64> {
+    ns_of(&pid.to_string())
+}
+
 fn ns_of(pid: &str) -> Option<u64> {
     let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
     parse_ns_link(link.as_os_str().as_encoded_bytes())
@@ -277,17 +288,23 @@ fn other_namespaces() -> Vec<(u64, u32)> {
 /// `dump()` from inside the network namespace `pid` is in, with that
 /// namespace's cookie.
 fn dump_in_namespace_of(pid: u32) -> Result<(Vec<DiagSocket>, u64)> {
+    in_namespace_of(pid, || Ok((dump()?, netns_cookie())))
+}
+
+/// `f` run on a short-lived thread inside the network namespace `pid` is in
+/// (setns, which needs CAP_SYS_ADMIN); sockets it makes stay in that namespace.
+pub fn in_namespace_of<T: Send>(pid: u32, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     use std::os::fd::AsRawFd;
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).with_context(|| format!("opening /proc/{pid}/ns/net"))?;
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 // SAFETY: a valid namespace fd; setns changes only this thread's
-                // network namespace, and the thread ends after the dump.
+                // network namespace, and the thread ends after `f`.
                 if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     return Err(anyhow::Error::new(std::io::Error::last_os_error()).context("entering the network namespace (setns needs CAP_SYS_ADMIN)"));
                 }
-                Ok((dump()?, netns_cookie()))
+                f()
             })
             .join()
             .map_err(|_| anyhow::anyhow!("the sock_diag thread panicked"))?

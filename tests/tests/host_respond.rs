@@ -1,8 +1,8 @@
 //! Containment on this host's kernel (cgroup backend), against real uploads
 //! to a test host: an enforcing rule cuts a Mega-named uploader off within
-//! about a tick of its alert, refuses its new sockets for the TTL, and lets it
-//! go at the TTL; dry-run drops nothing; a guarded program is never contained.
-//! Bounded waits throughout.
+//! about a tick of its alert (its connection aborted: the next send fails),
+//! refuses its new sockets for the TTL, and lets it go at the TTL; dry-run
+//! drops nothing; a guarded program is never contained. Bounded waits throughout.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -50,8 +50,8 @@ fn an_enforcing_rule_cuts_a_mega_upload_off_and_its_ttl_lets_it_go() {
     let (p1, p2) = (free_port(), free_port());
     let first = Sink::start(Some(&host), "tcp", &host.peer_v4, p1, &["1", "4"]).unwrap();
     let second = Sink::start(Some(&host), "tcp", &host.peer_v4, p2, &["1", "10"]).unwrap();
-    // Upload 400 MB at RATE; once it stalls, try to open sockets until one is
-    // allowed again, then send 1 MB on a new connection.
+    // Upload 400 MB at RATE; once it fails (aborted) or stalls, try to open
+    // sockets until one is allowed again, then send 1 MB on a new connection.
     let script = format!(
         r#"
 import socket, sys, time
@@ -64,6 +64,8 @@ try:
     print("finished", sent, flush=True)
 except socket.timeout:
     print("stalled", sent, flush=True)
+except OSError as e:
+    print("aborted", e.errno, "after", sent, flush=True)
 refused, t1 = 0, time.time()
 while time.time() - t1 < 30:
     try:
@@ -95,7 +97,10 @@ print("resumed", flush=True)
     assert_eq!(contained["event"]["type"][0], "denied");
     assert_eq!(contained["event"]["outcome"], "success");
     assert!(contained["sluice"]["containment"]["sockets"].as_u64() >= Some(1), "{contained}");
-    assert!(said.contains("stalled") && !said.contains("finished"), "the upload was not cut off: {said}");
+    assert_eq!(contained["sluice"]["containment"]["aborted"], 1, "{contained}");
+    assert!(contained["event"]["reason"].as_str().unwrap().ends_with("its TCP connection was aborted"), "{contained}");
+    // ECONNABORTED from the send the abort woke (EPIPE if it came between sends).
+    assert!(said.contains("aborted 103") || said.contains("aborted 32"), "the upload was not aborted: {said}");
     assert!(said.contains("resumed"), "the TTL did not let it go: {said} {}", String::from_utf8_lossy(&out.stderr));
     let refused: u32 = said.split_whitespace().skip_while(|w| *w != "refused").nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(refused > 0, "new sockets were not refused while contained: {said}");
@@ -150,7 +155,8 @@ fn a_containment_is_listed_and_lifted_by_hand_and_the_stalled_upload_then_finish
     let host = TestHost::create().unwrap();
     let dir = TempDir::new("respond-lift");
     let socket = dir.0.join("control.sock");
-    let cfg = config(&dir.0, "[respond]\nrules = { \"sluice.exfil_tool_upload\" = \"enforce\" }\nttl = \"10m\"\n");
+    // Not aborted: the connection stalls, and TCP's retransmissions carry it on after the lift.
+    let cfg = config(&dir.0, "[respond]\nrules = { \"sluice.exfil_tool_upload\" = \"enforce\" }\nttl = \"10m\"\nabort = false\n");
     let sluice = Sluice::start(&["--tick", "1s", "--probe", "cgroup", "--state", "", "--config", &cfg, "--control-socket", socket.to_str().unwrap()]).unwrap();
     let tool = dir.0.join("mega-put");
     std::fs::copy("/usr/bin/curl", &tool).unwrap();

@@ -159,6 +159,7 @@ impl Agent {
                 crate::respond::KernelDeny {
                     sockets: BpfHashMap::try_from(take(&mut sensor, maps::DENY)?)?,
                     processes: BpfHashMap::try_from(take(&mut sensor, maps::DENY_TGID)?)?,
+                    aborter: crate::respond::abort::Aborter::default(),
                 },
                 std::process::id(),
             )),
@@ -643,11 +644,7 @@ impl Agent {
         // the send-path backends' flow keys, which carry the sender): only
         // on a tick with an alert or a containment in force, since the owner
         // map can hold 65,536 entries.
-        let owned: Vec<(u64, u32)> = if alerts.is_empty() && !r.holding() {
-            Vec::new()
-        } else {
-            self.owners.owned().chain(self.tracker.live().filter(|(k, _)| k.pid != 0).map(|(k, _)| (k.cookie, k.pid))).collect()
-        };
+        let owned = if alerts.is_empty() && !r.holding() { Vec::new() } else { held(&self.owners, &self.tracker) };
         let mut records = Vec::new();
         for a in alerts {
             // The carrier and what it started (a helper that does the sending);
@@ -1030,4 +1027,20 @@ mod tests {
         assert_eq!(s.get(&(5000, server)), Some(&None));
         assert_eq!((s.get(&(6000, server)), s.get(&(7000, server))), (Some(&Some(13)), None));
     }
+}
+
+/// Every socket with a known owner (the cgroup backend's owner map, and the
+/// send-path backends' flow keys, which carry the sender), with its TCP
+/// connection's addresses where the flows have them (for the abort).
+fn held(owners: &Owners<KernelOwners, LiveScan>, tracker: &flows::DeltaTracker) -> Vec<crate::respond::Held> {
+    let tcp: HashMap<u64, crate::respond::Tuple> = tracker
+        .live()
+        .filter(|(k, _)| k.protocol == libc::IPPROTO_TCP as u8)
+        .map(|(k, _)| {
+            let at = |ip: &[u8; 16], port| std::net::SocketAddr::new(flows::ip_of(ip), port);
+            (k.cookie, crate::respond::Tuple { local: at(&k.local_addr, k.local_port), remote: at(&k.remote_addr, k.remote_port) })
+        })
+        .collect();
+    let with = |(cookie, pid): (u64, u32)| crate::respond::Held { cookie, pid, tcp: tcp.get(&cookie).copied() };
+    owners.owned().chain(tracker.live().filter(|(k, _)| k.pid != 0).map(|(k, _)| (k.cookie, k.pid))).map(with).collect()
 }

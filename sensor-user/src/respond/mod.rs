@@ -2,9 +2,10 @@
 //! the alert's process and the processes it started are contained for the
 //! TTL (not the rest of its process group, which may hold the shell or the
 //! supervisor that ran it): their sockets go into the kernel's `DENY` map (egress packets dropped
-//! by the cgroup_skb programs) and their pids into `DENY_TGID` (new sockets
-//! refused on the cgroup backend; elsewhere their new sockets join `DENY` at
-//! the next tick). `dry-run` writes the same record and drops nothing. The
+//! by the cgroup_skb programs), their TCP connections are then aborted
+//! (`abort`, unless `respond.abort` is off), and their pids go into
+//! `DENY_TGID` (new sockets refused on the cgroup backend; elsewhere their new
+//! sockets join `DENY` at the next tick). `dry-run` writes the same record and drops nothing. The
 //! guard (pid 1, sluice itself, sshd, systemd, kubelet, container runtimes and
 //! the configured executables) is never contained. Everything is lifted at
 //! its TTL, and when sluice stops (the maps die with it: fail open).
@@ -12,9 +13,13 @@
 //! Decisions are pure over what the agent passes in; the kernel maps are
 //! behind `DenyMaps`, which the tests replace.
 
+pub mod abort;
+
 use std::collections::HashSet;
 
 use serde_json::{json, Value};
+
+pub use abort::{Aborted, Tuple};
 
 use crate::{
     config::{Respond as Config, RespondMode},
@@ -31,18 +36,28 @@ const GUARD: &[&str] = &[
 /// are LRUs too, so a flood of alerts cannot grow them).
 const ACTIVE_MAX: usize = 256;
 
-/// The kernel's deny maps.
+/// A socket whose owner the agent knows, and its TCP connection where it is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub cookie: u64,
+    pub pid: u32,
+    pub tcp: Option<Tuple>,
+}
+
+/// The kernel's deny maps, and the kernel's way to end a connection.
 pub trait DenyMaps {
     fn deny_socket(&mut self, cookie: u64, id: u32);
     fn allow_socket(&mut self, cookie: u64);
     fn deny_process(&mut self, tgid: u32, id: u32);
     fn allow_process(&mut self, tgid: u32);
+    fn abort(&mut self, pid: u32, cookie: u64, tcp: &Tuple) -> anyhow::Result<Aborted>;
 }
 
-/// `DENY` and `DENY_TGID` in the kernel.
+/// `DENY` and `DENY_TGID` in the kernel, and sock_diag's SOCK_DESTROY.
 pub struct KernelDeny {
     pub sockets: aya::maps::HashMap<aya::maps::MapData, u64, u32>,
     pub processes: aya::maps::HashMap<aya::maps::MapData, u32, u32>,
+    pub aborter: abort::Aborter,
 }
 
 impl DenyMaps for KernelDeny {
@@ -58,6 +73,9 @@ impl DenyMaps for KernelDeny {
     fn allow_process(&mut self, tgid: u32) {
         let _ = self.processes.remove(&tgid);
     }
+    fn abort(&mut self, pid: u32, cookie: u64, tcp: &Tuple) -> anyhow::Result<Aborted> {
+        self.aborter.abort(pid, cookie, tcp)
+    }
 }
 
 struct Containment {
@@ -67,8 +85,31 @@ struct Containment {
     process: ProcInfo,
     pids: HashSet<u32>,
     cookies: HashSet<u64>,
+    /// TCP connections aborted, and why the first one that could not be was not.
+    aborted: u32,
+    abort_error: Option<String>,
     bytes_before: u64,
     until: f64,
+}
+
+impl Containment {
+    /// Take `h` in if one of its processes owns it: drop its packets and, if
+    /// asked, abort its connection.
+    fn cut<M: DenyMaps>(&mut self, maps: &mut M, h: &Held, abort: bool) {
+        if !self.pids.contains(&h.pid) || !self.cookies.insert(h.cookie) || self.mode != RespondMode::Enforce {
+            return;
+        }
+        // Dropped first, so nothing leaves between the abort and the drop.
+        maps.deny_socket(h.cookie, self.id);
+        let Some(tcp) = h.tcp.filter(|_| abort) else { return };
+        match maps.abort(h.pid, h.cookie, &tcp) {
+            Ok(Aborted::Yes) => self.aborted += 1,
+            Ok(Aborted::Gone) => {}
+            Err(e) => {
+                self.abort_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
 }
 
 pub struct Responder<M> {
@@ -102,9 +143,9 @@ impl<M: DenyMaps> Responder<M> {
     }
 
     /// An alert: contain its process and `job` (the processes it started),
-    /// with those of `cookies` (socket, owner) they hold, if its rule says so.
+    /// with the sockets of `held` they own, if its rule says so.
     /// The record to write, if any.
-    pub fn on_alert(&mut self, ctx: &Context, a: &Alert, job: &[ProcInfo], cookies: &[(u64, u32)], now: f64) -> Option<Value> {
+    pub fn on_alert(&mut self, ctx: &Context, a: &Alert, job: &[ProcInfo], held: &[Held], now: f64) -> Option<Value> {
         let mode = self.cfg.mode(a.rule.id);
         if mode == RespondMode::Off {
             return None;
@@ -120,24 +161,27 @@ impl<M: DenyMaps> Responder<M> {
             .chain(job.iter().filter(|p| guarded(p, self.own_pid, &self.cfg.guard).is_none()))
             .map(|p| p.pid)
             .collect();
-        let c = Containment {
+        let mut c = Containment {
             id: self.next_id,
             mode,
             rule: a.rule.id,
             process: a.process.clone(),
-            cookies: cookies.iter().filter(|(_, pid)| pids.contains(pid)).map(|(c, _)| *c).collect(),
+            cookies: HashSet::new(),
+            aborted: 0,
+            abort_error: None,
             pids,
             bytes_before: a.bytes_out,
             until: now + self.cfg.ttl.as_secs_f64(),
         };
         self.next_id = self.next_id.wrapping_add(1).max(1);
         if mode == RespondMode::Enforce {
-            for &cookie in &c.cookies {
-                self.maps.deny_socket(cookie, c.id);
-            }
+            // Refused new sockets first: none slips out between these steps.
             for &pid in &c.pids {
                 self.maps.deny_process(pid, c.id);
             }
+        }
+        for h in held {
+            c.cut(&mut self.maps, h, self.cfg.abort);
         }
         let out = record(ctx, c.rule, &c.process, mode, outcome(mode), self.details(&c), now);
         self.active.push(c);
@@ -149,15 +193,13 @@ impl<M: DenyMaps> Responder<M> {
     }
 
     /// Each tick: the contained processes' sockets made since join `DENY`
-    /// (`live`: cookie and pid of the flows seen); containments past their
+    /// (`live`: the sockets seen, with their owners); containments past their
     /// TTL, or named in `lift` (`sluice respond lift`), are lifted. The lift
     /// records to write.
-    pub fn tick(&mut self, ctx: &Context, live: &[(u64, u32)], lift: &[u32], now: f64) -> Vec<Value> {
+    pub fn tick(&mut self, ctx: &Context, live: &[Held], lift: &[u32], now: f64) -> Vec<Value> {
         for c in self.active.iter_mut().filter(|c| c.mode == RespondMode::Enforce) {
-            for (cookie, pid) in live {
-                if c.pids.contains(pid) && c.cookies.insert(*cookie) {
-                    self.maps.deny_socket(*cookie, c.id);
-                }
+            for h in live {
+                c.cut(&mut self.maps, h, self.cfg.abort);
             }
         }
         let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.active).into_iter().partition(|c| c.until <= now || lift.contains(&c.id));
@@ -212,6 +254,8 @@ impl<M: DenyMaps> Responder<M> {
             "mode": mode_name(c.mode),
             "processes": pids,
             "sockets": c.cookies.len(),
+            "aborted": c.aborted,
+            "abort_error": c.abort_error,
             "bytes_before": c.bytes_before,
             "ttl_s": self.cfg.ttl.as_secs(),
         })
@@ -231,6 +275,20 @@ fn outcome(m: RespondMode) -> &'static str {
     if m == RespondMode::Enforce { "success" } else { "unknown" }
 }
 
+/// What became of its TCP connections, for the reason's end.
+fn aborts(containment: &Value) -> String {
+    let n = containment["aborted"].as_u64().unwrap_or(0);
+    let mut s = match n {
+        0 => String::new(),
+        1 => "; its TCP connection was aborted".to_string(),
+        n => format!("; its {n} TCP connections were aborted"),
+    };
+    if let Some(e) = containment["abort_error"].as_str() {
+        s += &format!("; a connection could not be aborted ({e}) and only its packets are dropped");
+    }
+    s
+}
+
 /// A containment record: ECS `event.type: ["denied"]` with what was contained.
 fn record(ctx: &Context, rule: &str, p: &ProcInfo, mode: RespondMode, outcome: &str, containment: Value, now: f64) -> Value {
     let what = match (mode, outcome) {
@@ -240,8 +298,8 @@ fn record(ctx: &Context, rule: &str, p: &ProcInfo, mode: RespondMode, outcome: &
             p.name, p.pid, containment["processes"].as_array().map_or(0, Vec::len), containment["sockets"]
         ),
         _ => format!(
-            "contained {} (pid {}) after {rule}: it and what it started ({} processes, {} sockets) may send nothing and open no new socket for {} s",
-            p.name, p.pid, containment["processes"].as_array().map_or(0, Vec::len), containment["sockets"], containment["ttl_s"]
+            "contained {} (pid {}) after {rule}: it and what it started ({} processes, {} sockets) may send nothing and open no new socket for {} s{}",
+            p.name, p.pid, containment["processes"].as_array().map_or(0, Vec::len), containment["sockets"], containment["ttl_s"], aborts(&containment)
         ),
     };
     let mut v = json!({
@@ -275,6 +333,9 @@ mod tests {
     struct Maps {
         sockets: HashMap<u64, u32>,
         processes: HashMap<u32, u32>,
+        /// (cookie, denied already when asked) of each abort.
+        aborts: Vec<(u64, bool)>,
+        abort_fails: bool,
     }
 
     impl DenyMaps for Maps {
@@ -290,6 +351,19 @@ mod tests {
         fn allow_process(&mut self, tgid: u32) {
             self.processes.remove(&tgid);
         }
+        fn abort(&mut self, _pid: u32, cookie: u64, _tcp: &Tuple) -> anyhow::Result<Aborted> {
+            self.aborts.push((cookie, self.sockets.contains_key(&cookie)));
+            if self.abort_fails {
+                anyhow::bail!("entering the network namespace: Operation not permitted");
+            }
+            Ok(Aborted::Yes)
+        }
+    }
+
+    /// (cookie, pid) pairs as sockets; cookies from 100 up are TCP connections.
+    fn held(pairs: &[(u64, u32)]) -> Vec<Held> {
+        let tcp = Tuple { local: "10.0.0.1:40000".parse().unwrap(), remote: "10.0.0.2:443".parse().unwrap() };
+        pairs.iter().map(|&(cookie, pid)| Held { cookie, pid, tcp: (cookie >= 100).then_some(tcp) }).collect()
     }
 
     fn responder(toml: &str) -> Responder<Maps> {
@@ -316,19 +390,19 @@ mod tests {
     fn enforce_denies_the_job_s_sockets_then_lifts_them_at_the_ttl() {
         let mut r = responder(ENFORCE);
         let job = [proc(101, "/bin/bash"), proc(102, "/usr/sbin/sshd")];
-        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &job, &[(7, 100), (8, 101), (9, 102), (10, 555)], 1_000.0).unwrap();
+        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &job, &held(&[(7, 100), (8, 101), (9, 102), (10, 555)]), 1_000.0).unwrap();
         assert_eq!((rec["event"]["type"][0].as_str(), rec["event"]["outcome"].as_str()), (Some("denied"), Some("success")));
         assert_eq!(rec["sluice"]["containment"]["processes"], json!([100, 101]), "sshd in the job is guarded");
         assert_eq!(r.maps.sockets.keys().copied().collect::<HashSet<_>>(), HashSet::from([7, 8]));
         assert!(r.maps.processes.contains_key(&100) && !r.maps.processes.contains_key(&102));
         // A socket the process made since joins at the next tick; the lift comes at the ttl.
-        assert!(r.tick(&ctx(), &[(11, 100), (12, 555)], &[], 1_010.0).is_empty());
+        assert!(r.tick(&ctx(), &held(&[(11, 100), (12, 555)]), &[], 1_010.0).is_empty());
         assert!(r.maps.sockets.contains_key(&11) && !r.maps.sockets.contains_key(&12));
         assert_eq!(r.list(1_010.0)[0]["ttl_left_s"], 20.0);
         let lifted = r.tick(&ctx(), &[], &[], 1_030.0);
         assert_eq!(lifted[0]["event"]["action"], "sluice.contain.lift");
         assert!(r.maps.sockets.is_empty() && r.maps.processes.is_empty());
-        let again = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &[(7, 100)], 1_031.0).unwrap();
+        let again = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(7, 100)]), 1_031.0).unwrap();
         assert!(!r.maps.sockets.is_empty(), "contained again after the lift");
         // Lifted by hand before its ttl.
         let id = again["sluice"]["containment"]["id"].as_u64().unwrap() as u32;
@@ -340,29 +414,52 @@ mod tests {
     #[test]
     fn dry_run_records_and_drops_nothing_and_off_does_nothing() {
         let mut r = responder("[respond]\nrules = { \"sluice.exfil_tool_upload\" = \"dry-run\" }\n");
-        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &[(7, 100)], 0.0).unwrap();
+        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(7, 100)]), 0.0).unwrap();
         assert_eq!((rec["event"]["outcome"].as_str(), rec["sluice"]["containment"]["mode"].as_str()), (Some("unknown"), Some("dry-run")));
         assert!(rec["event"]["reason"].as_str().unwrap().starts_with("dry run:"));
         assert!(r.maps.sockets.is_empty() && r.maps.processes.is_empty());
         let mut off = responder("");
-        assert!(off.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &[(7, 100)], 0.0).is_none() && !off.holding());
+        assert!(off.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(7, 100)]), 0.0).is_none() && !off.holding());
     }
 
     #[test]
     fn the_guard_is_never_contained() {
         let mut r = responder(&format!("{ENFORCE}guard = [\"/opt/backup/mega-put\"]\n"));
         for p in [proc(1, "/sbin/init"), proc(4242, "/usr/bin/sluice"), proc(9, "/usr/sbin/sshd"), proc(10, "/opt/backup/mega-put")] {
-            let rec = r.on_alert(&ctx(), &alert(p.clone()), &[], &[(7, p.pid)], 0.0).unwrap();
+            let rec = r.on_alert(&ctx(), &alert(p.clone()), &[], &held(&[(7, p.pid)]), 0.0).unwrap();
             assert_eq!(rec["event"]["outcome"], "failure", "{p:?}");
         }
         assert!(r.maps.sockets.is_empty() && r.maps.processes.is_empty());
     }
 
     #[test]
+    fn tcp_connections_are_aborted_after_their_packets_are_dropped_unless_abort_is_off() {
+        let mut r = responder(ENFORCE);
+        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(7, 100), (300, 100), (301, 100), (302, 555)]), 0.0).unwrap();
+        assert_eq!(r.maps.aborts, vec![(300, true), (301, true)], "TCP only, the job's only, each after its drop");
+        assert_eq!(rec["sluice"]["containment"]["aborted"], 2);
+        assert!(rec["event"]["reason"].as_str().unwrap().ends_with("its 2 TCP connections were aborted"), "{rec}");
+        // A connection made since is aborted when it joins.
+        r.tick(&ctx(), &held(&[(303, 100)]), &[], 1.0);
+        assert_eq!(r.maps.aborts.last(), Some(&(303, true)));
+
+        let mut failing = responder(ENFORCE);
+        failing.maps.abort_fails = true;
+        let rec = failing.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(300, 100)]), 0.0).unwrap();
+        assert_eq!(rec["event"]["outcome"], "success", "its packets are still dropped");
+        assert!(rec["event"]["reason"].as_str().unwrap().contains("could not be aborted (entering the network namespace"), "{rec}");
+
+        let mut kept = responder(&format!("{ENFORCE}abort = false\n"));
+        let rec = kept.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(300, 100)]), 0.0).unwrap();
+        assert!(kept.maps.aborts.is_empty() && kept.maps.sockets.contains_key(&300));
+        assert_eq!(rec["sluice"]["containment"]["aborted"], 0);
+    }
+
+    #[test]
     fn a_flood_of_alerts_keeps_the_containments_bounded() {
         let mut r = responder(ENFORCE);
         for pid in 100..(100 + ACTIVE_MAX as u32 * 2) {
-            r.on_alert(&ctx(), &alert(proc(pid, "/tmp/mega-put")), &[], &[(pid as u64, pid)], 0.0);
+            r.on_alert(&ctx(), &alert(proc(pid, "/tmp/mega-put")), &[], &held(&[(pid as u64, pid)]), 0.0);
         }
         assert_eq!(r.active.len(), ACTIVE_MAX);
         assert_eq!(r.maps.sockets.len(), ACTIVE_MAX, "the oldest were lifted");
