@@ -27,7 +27,9 @@ pub const HEAD_RETRY_FAULT: u32 = 16;
 pub const DENIED_PACKETS: u32 = 17;
 /// Containment: sockets a contained process tried to create, refused (EPERM).
 pub const DENIED_SOCKETS: u32 = 18;
-pub const LEN: u32 = 19;
+/// Containment: connects and sends of a contained process, refused (EPERM; BPF LSM).
+pub const DENIED_SENDS: u32 = 19;
+pub const LEN: u32 = 20;
 /// Names in index order, for metrics and diagnostics.
 pub const NAMES: [&str; LEN as usize] = [
     "ringbuf_drop_exec",
@@ -49,4 +51,5 @@ pub const NAMES: [&str; LEN as usize] = [
     "head_retry_fault",
     "denied_packets",
     "denied_sockets",
+    "denied_sends",
 ];

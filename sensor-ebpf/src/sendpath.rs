@@ -352,6 +352,14 @@ pub fn fexit_inet_sendpage(ctx: FExitContext) -> u32 {
     0
 }
 
+/// Whether a `struct socket *` is an IPv4 or IPv6 one (containment's LSM
+/// hooks leave local sockets, AF_UNIX and netlink, alone).
+#[inline(always)]
+pub(crate) fn socket_is_inet(sock: *const c_void) -> bool {
+    let sk = socket_sk(sock);
+    !sk.is_null() && matches!(read::<u16>(sk as *const u8, global(&SKC_FAMILY)), Some(AF_INET | AF_INET6))
+}
+
 /// `sock->sk` of a `struct socket *` (null if unreadable).
 #[inline(always)]
 fn socket_sk(sock: *const c_void) -> *const c_void {

@@ -72,6 +72,13 @@ pub fn report(config: &Config) -> (String, Option<Backend>) {
             }
         );
     }
+    let _ = writeln!(out, "containment ([respond], opt-in), what this kernel offers:");
+    for (what, verdict) in loader::probe_respond(config) {
+        let _ = writeln!(out, "  {what}: {}", match verdict {
+            Ok(()) => "yes".to_string(),
+            Err(e) => format!("no: {e}"),
+        });
+    }
     match backend::choose(&verdicts) {
         Ok(b) => {
             let _ = writeln!(out, "auto picks:        {b}");

@@ -94,6 +94,9 @@ pub struct Respond {
     /// End a contained process's TCP connections (sock_diag SOCK_DESTROY), not
     /// only drop their packets.
     pub abort: bool,
+    /// Refuse contained processes' connects and sends with BPF LSM programs,
+    /// where the kernel runs the BPF LSM.
+    pub lsm: bool,
 }
 
 impl Respond {

@@ -21,6 +21,8 @@ struct Guest {
     runs: HashMap<String, Run>,
     /// (backend, scenario) -> sender pid
     pids: HashMap<(String, String), u32>,
+    /// backend -> the containment run's records, and what its sender, sinks and sensor said
+    respond: HashMap<String, (Vec<Value>, String)>,
     errors: Vec<String>,
 }
 
@@ -39,6 +41,7 @@ fn guest() -> Guest {
         kernel: text.split("=====KERNEL ").nth(1).and_then(|s| s.split("=====").next()).unwrap_or("").to_string(),
         runs: HashMap::new(),
         pids: HashMap::new(),
+        respond: HashMap::new(),
         errors: text.lines().filter(|l| l.starts_with("SCENARIO-ERROR")).map(str::to_string).collect(),
     };
     for b in ["fentry", "kprobe", "cgroup"] {
@@ -64,6 +67,16 @@ fn guest() -> Guest {
         .unwrap_or("")
         .to_string();
         g.runs.insert(b.to_string(), Run { flows, alerts, err });
+    }
+    for b in ["fentry", "kprobe"] {
+        let recs = section(&text, &format!("=====BEGIN respond-{b}=====\n"), &format!("=====END respond-{b}====="))
+            .unwrap_or_else(|| panic!("no containment section for {b} in {path}"))
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{b}: not JSON ({e}): {l}")))
+            .collect();
+        let said = section(&text, &format!("=====RESPOND {b}=====\n"), &format!("=====END RESPOND {b}=====")).unwrap_or("").to_string();
+        g.respond.insert(b.to_string(), (recs, said));
     }
     // CHILD lines come after their SCENARIO line: the child's pid replaces it.
     for l in text.lines().filter(|l| l.starts_with("SCENARIO ") || l.starts_with("CHILD ")) {
@@ -271,6 +284,10 @@ fn check_in_the_guest_picks_fentry_and_finds_kprobe_usable() {
     assert!(g.check.contains("fentry   usable"), "{}", g.check);
     assert!(g.check.contains("kprobe   usable"), "{}", g.check);
     assert!(g.check.contains("auto picks:        fentry"), "{}", g.check);
+    // Every containment primitive: Debian's kernel runs the BPF LSM.
+    for primitive in ["cgroup_skb egress): yes", "(cgroup sock_create): yes", "(BPF LSM): yes", "(sock_diag SOCK_DESTROY): yes"] {
+        assert!(g.check.contains(primitive), "{primitive}: {}", g.check);
+    }
     // Debian's 6.1 still has tcp_sendpage; every hooked prototype matches.
     assert!(g.check.contains("hook prototypes:   match this kernel's BTF (tcp_sendmsg: matches; tcp_sendpage: matches"), "{}", g.check);
 }
@@ -298,4 +315,50 @@ fn fentry_backend_attributes_every_scenario() {
 #[test]
 fn kprobe_backend_attributes_every_scenario() {
     check_backend("kprobe");
+}
+
+/// Containment on a send-path backend: the Mega-named uploader (5 MB/s) is cut
+/// off within about a tick of its alert (packets dropped by dns_egress, the
+/// connection aborted), its new sockets are refused by deny_sock_create until
+/// the 4 s TTL, and then a new connection sends 1 MB. On fentry the BPF LSM
+/// also refuses its sends (on a UDP socket it already held too); kprobe's run
+/// has `lsm = false`, so there the drop and the abort alone stop it.
+fn check_containment(b: &str) {
+    const RATE: u64 = 5_000_000;
+    let g = guest();
+    let (recs, said) = &g.respond[b];
+    let pid = g.pids[&(b.to_string(), "contained".to_string())];
+    let alert = recs
+        .iter()
+        .find(|r| r["rule"]["id"] == "sluice.exfil_tool_upload" && r["process"]["pid"] == pid)
+        .unwrap_or_else(|| panic!("{b}: no exfil_tool_upload alert for pid {pid}:\n{said}"));
+    let contained = recs.iter().find(|r| r["event"]["action"] == "sluice.contain").unwrap_or_else(|| panic!("{b}: no containment:\n{said}"));
+    assert_eq!(contained["event"]["outcome"], "success", "{b}: {contained}");
+    assert_eq!(contained["sluice"]["containment"]["aborted"], 1, "{b}: {contained}");
+    assert!(recs.iter().any(|r| r["event"]["action"] == "sluice.contain.lift"), "{b}: never lifted:\n{said}");
+    assert!(!said.contains("containment will not refuse"), "{b}: a containment hook did not attach:\n{said}");
+    let word = |w: &str| said.split_whitespace().skip_while(|x| *x != w).nth(1).unwrap_or("").to_string();
+    // Its send failed: EPERM from the LSM, or ECONNABORTED (EPIPE between sends) from the abort.
+    let (errno, lsm) = (word("aborted"), b == "fentry");
+    let want: &[&str] = if lsm { &["1", "103", "32"] } else { &["103", "32"] };
+    assert!(want.contains(&errno.as_str()), "{b}: the upload was not aborted:\n{said}");
+    assert_eq!(word("udp-send"), if lsm { "1" } else { "ok" }, "{b}: a send on a UDP socket held from before (EPERM from the BPF LSM only):\n{said}");
+    assert_eq!(contained["sluice"]["containment"]["abort_error"], Value::Null, "{b}: {contained}");
+    assert!(word("refused").parse::<u32>().unwrap_or(0) > 0, "{b}: new connections were not refused:\n{said}");
+    assert!(said.contains("resumed") && said.contains("sink2 received 1000000"), "{b}: the TTL did not let it go:\n{said}");
+    let left: u64 = said.lines().find_map(|l| l.strip_prefix("sink1 received ")).and_then(|n| n.trim().parse().ok()).unwrap_or(u64::MAX);
+    let at_alert = alert["sluice"]["bytes_out"].as_u64().unwrap_or(0);
+    let after = left.saturating_sub(at_alert);
+    eprintln!("measured: {b} on {}: containment: {left} bytes arrived, {at_alert} counted at the alert, {after} after it (a tick is {RATE})", g.kernel);
+    assert!(after <= 2 * RATE, "{b}: {after} bytes left after the alert: more than two ticks at the link's rate");
+}
+
+#[test]
+fn fentry_backend_contains_an_upload() {
+    check_containment("fentry");
+}
+
+#[test]
+fn kprobe_backend_contains_an_upload() {
+    check_containment("kprobe");
 }

@@ -40,13 +40,16 @@ enum Cmd {
     VmTest,
     /// Build the release binary (eBPF object embedded): target/release/sluice.
     Build,
-    /// Benchmarks (release build, ~15 min, needs root): send-path overhead and
+    /// Benchmarks (release build, ~20 min, needs root): send-path overhead and
     /// exec storms side by side with a bpftrace peer, scale, accuracy per
-    /// backend, per-program cost, alert latency. Writes BENCHMARKS.md.
+    /// backend, per-program cost, alert latency, containment. Writes BENCHMARKS.md.
     Bench {
         /// Fewer, smaller runs: a smoke test of the harness, not numbers to quote.
         #[arg(long)]
         quick: bool,
+        /// Only the containment section, printed and not written to BENCHMARKS.md.
+        #[arg(long)]
+        containment_only: bool,
     },
     /// Validate deploy/ offline (manifests, image file, unit), run the
     /// emulated pod with the binary, then build the image from local bases and
@@ -162,10 +165,14 @@ fn main() -> Result<()> {
             deploy::containers(&build_release()?)?;
             vm::vm_test(cargo)
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, containment_only } => {
             setup::ensure()?;
             build_ebpf()?;
-            bench::bench(cargo, if quick { bench::Plan::quick() } else { bench::Plan::full() })
+            let plan = if quick { bench::Plan::quick() } else { bench::Plan::full() };
+            match containment_only {
+                true => bench::containment_only(cargo, plan),
+                false => bench::bench(cargo, plan),
+            }
         }
         Cmd::VmTest => {
             setup::ensure()?;

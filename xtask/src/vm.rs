@@ -33,9 +33,13 @@ mkdir -p /sys/fs/bpf /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 none /sys/fs/cgroup
 mount -t tmpfs tmpfs /tmp
+# Where the kernel lists its active LSMs (containment asks whether BPF's is one).
+mount -t securityfs securityfs /sys/kernel/security
 ip link set lo up
-# Kernel TLS and the AEAD it needs are modules in Debian's kernel (loaded on
-# first use on a real system; this initramfs has no modprobe), in dependency order.
+# sock_diag's TCP part is a module in Debian's kernel (loaded on first use on a
+# real system; this initramfs has no modprobe).
+for m in inet_diag tcp_diag; do insmod /modules/$m.ko || echo "SCENARIO-ERROR insmod $m"; done
+# Kernel TLS and the AEAD it needs are modules too, in dependency order.
 load_ktls() {
   for m in gf128mul ghash-generic ctr gcm tls; do insmod /modules/$m.ko || echo "SCENARIO-ERROR insmod $m"; done
 }
@@ -145,8 +149,48 @@ ktls_scenario() {
     scenario ktls 9028 tcp 127.0.0.1 /netload ktls 127.0.0.1 9028 ktls.example.org 20000000
 }
 
+# Containment: a Mega-named uploader at 5 MB/s cut off by an enforcing rule,
+# in a sensor run of its own (a config that enforces and judges loopback).
+# fentry's run refuses sends with the BPF LSM too; kprobe's has it off, so
+# only the packet drop and the abort stop the upload there.
+cat > /tmp/respond-fentry.toml <<EOF
+[detect]
+include_loopback = true
+[respond]
+rules = { "sluice.exfil_tool_upload" = "enforce" }
+ttl = "4s"
+EOF
+{ cat /tmp/respond-fentry.toml; echo "lsm = false"; } > /tmp/respond-kprobe.toml
+respond_run() {
+  /sluice run --probe $B --config /tmp/respond-$B.toml --emit alerts --tick 1s --state "" > /tmp/rout-$B.jsonl 2> /tmp/rerr-$B.log &
+  SP=$!
+  if wait_for /tmp/rerr-$B.log "sluice: ready" 1200; then
+    cp /netload /tmp/mega-put
+    /netload sink idle 127.0.0.1 9041 3 > /tmp/rsink1-$B 2>&1 &
+    /netload sink idle 127.0.0.1 9042 10 > /tmp/rsink2-$B 2>&1 &
+    wait_for /tmp/rsink1-$B ready 200
+    wait_for /tmp/rsink2-$B ready 200
+    sh -c 'echo "SCENARIO '"$B"' contained pid=$$"; exec /tmp/mega-put contained 127.0.0.1 9041 400000000 5000000 9042' > /tmp/rsend-$B 2>&1
+    wait_for /tmp/rsink1-$B received 200
+    wait_for /tmp/rsink2-$B received 200
+    sleep 2
+  fi
+  kill -TERM $SP
+  wait $SP
+  echo "=====BEGIN respond-$B====="
+  cat /tmp/rout-$B.jsonl
+  echo "=====END respond-$B====="
+  echo "=====RESPOND $B====="
+  cat /tmp/rsend-$B
+  sed 's/^/sink1 /' /tmp/rsink1-$B
+  sed 's/^/sink2 /' /tmp/rsink2-$B
+  cat /tmp/rerr-$B.log
+  echo "=====END RESPOND $B====="
+}
+
 for B in fentry kprobe; do
   sensor_run every_scenario
+  respond_run
 done
 B=cgroup
 sensor_run ktls_scenario
@@ -185,15 +229,23 @@ fn copy_into(rootfs: &Path, src: &Path, dst_rel: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The guest kernel's modules for kTLS (see `load_ktls` in the prologue),
-/// from the modules directory its package installed beside it.
-const KTLS_MODULES: [&str; 5] =
-    ["crypto/gf128mul.ko", "crypto/ghash-generic.ko", "crypto/ctr.ko", "crypto/gcm.ko", "net/tls/tls.ko"];
+/// The guest kernel's modules for kTLS (see `load_ktls` in the prologue) and
+/// sock_diag, from the modules directory its package installed beside it.
+const GUEST_MODULES: [&str; 7] = [
+    "crypto/gf128mul.ko",
+    "crypto/ghash-generic.ko",
+    "crypto/ctr.ko",
+    "crypto/gcm.ko",
+    "net/tls/tls.ko",
+    // sock_diag for TCP (containment's SOCK_DESTROY), loaded at boot.
+    "net/ipv4/inet_diag.ko",
+    "net/ipv4/tcp_diag.ko",
+];
 
-fn copy_ktls_modules(rootfs: &Path) -> Result<()> {
+fn copy_modules(rootfs: &Path) -> Result<()> {
     let kernel = kernel()?;
     let version = kernel.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("vmlinuz-")).context("kernel file name")?;
-    for m in KTLS_MODULES {
+    for m in GUEST_MODULES {
         let src = Path::new("/lib/modules").join(version).join("kernel").join(m);
         let name = Path::new(m).file_name().context("module name")?;
         copy_into(rootfs, &src, &Path::new("/modules").join(name))?;
@@ -201,7 +253,7 @@ fn copy_ktls_modules(rootfs: &Path) -> Result<()> {
     Ok(())
 }
 
-/// An initramfs with busybox, `bins` (and their libraries), the kTLS modules
+/// An initramfs with busybox, `bins` (and their libraries), the modules
 /// and `init` as /init.
 pub fn build_initramfs(init: &str, bins: &[(PathBuf, &str)]) -> Result<PathBuf> {
     let vm = root().join("target/vm");
@@ -217,7 +269,7 @@ pub fn build_initramfs(init: &str, bins: &[(PathBuf, &str)]) -> Result<PathBuf> 
             copy_into(&rootfs, &lib, &lib)?;
         }
     }
-    copy_ktls_modules(&rootfs)?;
+    copy_modules(&rootfs)?;
     let init_path = rootfs.join("init");
     fs::write(&init_path, init)?;
     run(Command::new("chmod").arg("755").arg(&init_path))?;

@@ -1041,6 +1041,9 @@ fn held(owners: &Owners<KernelOwners, LiveScan>, tracker: &flows::DeltaTracker) 
             (k.cookie, crate::respond::Tuple { local: at(&k.local_addr, k.local_port), remote: at(&k.remote_addr, k.remote_port) })
         })
         .collect();
-    let with = |(cookie, pid): (u64, u32)| crate::respond::Held { cookie, pid, tcp: tcp.get(&cookie).copied() };
-    owners.owned().chain(tracker.live().filter(|(k, _)| k.pid != 0).map(|(k, _)| (k.cookie, k.pid))).map(with).collect()
+    let with = |(key, pid, cookie_known): (u64, u32, bool)| crate::respond::Held { key, cookie_known, pid, tcp: tcp.get(&key).copied() };
+    // The send-path backends' keys carry the sender, and name the socket by
+    // its kernel address rather than its cookie.
+    let send_path = tracker.live().filter(|(k, _)| k.pid != 0).map(|(k, _)| (k.cookie, k.pid, false));
+    owners.owned().map(|(cookie, pid)| (cookie, pid, true)).chain(send_path).map(with).collect()
 }

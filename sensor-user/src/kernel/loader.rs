@@ -5,7 +5,7 @@ use std::{fs::File, path::Path};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, FEntry, FExit, KProbe,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, FEntry, FExit, KProbe, Lsm,
         TracePoint,
     },
     Ebpf, EbpfLoader,
@@ -41,6 +41,9 @@ const CGROUP_SOCK: [&str; 4] = ["sock_create", "post_bind4", "post_bind6", "sock
 const CGROUP_SOCK_ADDR: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
 const CGROUP_SKB: [(&str, CgroupSkbAttachType); 2] =
     [("skb_egress", CgroupSkbAttachType::Egress), ("skb_ingress", CgroupSkbAttachType::Ingress)];
+
+/// Containment's BPF LSM programs: (program, hook).
+const LSM: [(&str, &str); 2] = [("lsm_socket_connect", "socket_connect"), ("lsm_socket_sendmsg", "socket_sendmsg")];
 
 /// fentry backend: (program, kernel function, optional). tcp_sendpage carried
 /// sendfile/splice until 6.5, when it folded into tcp_sendmsg (as did
@@ -335,6 +338,9 @@ pub fn attach(config: &Config, backend: Backend) -> Result<Sensor> {
         Backend::Fentry => attach_fentry(&mut ebpf, &mut attached, btf.as_ref())?,
         Backend::Kprobe => retprobes = attach_kprobe(&mut ebpf, &mut attached, btf.as_ref())?,
     }
+    if config.respond.enforcing() {
+        attach_respond(&mut ebpf, &mut attached, backend, config.respond.lsm);
+    }
     Ok(Sensor { ebpf, backend, attached, retprobes })
 }
 
@@ -368,6 +374,47 @@ fn attach_cgroup(ebpf: &mut Ebpf, attached: &mut Vec<String>) -> Result<()> {
         attached.push(at("cgroup_skb", name));
     }
     Ok(())
+}
+
+/// Containment's hooks beyond the packet drop (which the egress programs
+/// every backend attaches do), loaded only when a rule enforces: the
+/// send-path backends' refusal of new sockets, and, where the kernel runs
+/// the BPF LSM, the refusal of connects and sends. Each is optional: what is
+/// missing is said once, and the drop still holds.
+fn attach_respond(ebpf: &mut Ebpf, attached: &mut Vec<String>, backend: Backend, lsm: bool) {
+    if backend != Backend::Cgroup {
+        let r = (|| -> Result<String> {
+            let root = mounts::cgroup2_mount()?;
+            let cg = File::open(&root).with_context(|| format!("opening cgroup v2 root {}", root.display()))?;
+            let p: &mut CgroupSock = program(ebpf, "deny_sock_create")?;
+            p.load().context("loading cgroup/deny_sock_create")?;
+            p.attach(&cg, cgroup_mode()).context("attaching cgroup/deny_sock_create")?;
+            Ok(format!("cgroup/deny_sock_create on {}", root.display()))
+        })();
+        match r {
+            Ok(a) => attached.push(a),
+            Err(e) => eprintln!("sluice: containment will not refuse a contained process's new sockets: {e:#}"),
+        }
+    }
+    if !lsm {
+        return;
+    }
+    let r = (|| -> Result<()> {
+        if preflight::bpf_lsm() == Some(false) {
+            bail!("the kernel does not run the BPF LSM (\"bpf\" is not in /sys/kernel/security/lsm; boot with lsm=...,bpf)");
+        }
+        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        for (name, hook) in LSM {
+            let p: &mut Lsm = program(ebpf, name)?;
+            p.load(hook, &btf).with_context(|| format!("loading lsm/{hook}"))?;
+            p.attach().with_context(|| format!("attaching lsm/{hook}"))?;
+            attached.push(format!("lsm/{hook}"));
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        eprintln!("sluice: containment will not refuse a contained process's sends on sockets it already holds (its packets are still dropped): {e:#}");
+    }
 }
 
 /// Owner-on-send for the cgroup backend (see `send_owner` in the eBPF crate).
@@ -560,6 +607,41 @@ fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>, ours: Option<&btf:
 /// Can `backend` be used here? Loads its programs (the verifier runs); for
 /// kprobes, whose loads succeed even where attaching cannot, one probe is
 /// attached and dropped again.
+/// Containment's primitives on this kernel, for `sluice check`: each program
+/// loaded (the verifier runs) as an enforcing rule loads it, and an abort
+/// tried on a loopback connection of sluice's own. (what, verdict)
+pub fn probe_respond(config: &Config) -> Vec<(&'static str, Result<(), String>)> {
+    let mut on = config.clone();
+    on.respond.rules.insert("sluice.exfil_tool_upload".into(), crate::config::RespondMode::Enforce);
+    let text = |r: Result<()>| r.map_err(|e| format!("{e:#}"));
+    let mut ebpf = match open(&on) {
+        Ok(o) => o.ebpf,
+        Err(e) => return vec![("containment", text(Err(e)))],
+    };
+    let drop = mounts::cgroup2_mount().map(|_| ()).and_then(|_| {
+        program::<CgroupSkb>(&mut ebpf, "skb_egress")?.load().context("loading cgroup_skb/skb_egress")
+    });
+    let refuse = program::<CgroupSock>(&mut ebpf, "deny_sock_create").and_then(|p| p.load().context("loading cgroup/deny_sock_create"));
+    let lsm = (|| -> Result<()> {
+        match preflight::bpf_lsm() {
+            Some(false) => bail!("the kernel does not run the BPF LSM (\"bpf\" is not in /sys/kernel/security/lsm)"),
+            None => eprintln!("sluice: /sys/kernel/security/lsm is not readable: whether the BPF LSM runs is not known"),
+            Some(true) => {}
+        }
+        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        for (name, hook) in LSM {
+            program::<Lsm>(&mut ebpf, name)?.load(hook, &btf).with_context(|| format!("loading lsm/{hook}"))?;
+        }
+        Ok(())
+    })();
+    vec![
+        ("drop a contained socket's packets (cgroup_skb egress)", text(drop)),
+        ("refuse its new sockets (cgroup sock_create)", text(refuse)),
+        ("refuse its connects and sends (BPF LSM)", text(lsm)),
+        ("abort its TCP connections (sock_diag SOCK_DESTROY)", text(crate::respond::abort::probe())),
+    ]
+}
+
 pub fn probe(config: &Config, backend: Backend) -> Result<(), String> {
     let Opened { mut ebpf, btf: ours, .. } = open(config).map_err(|e| format!("{e:#}"))?;
     // Every backend runs the process tracepoints: "usable" must include them

@@ -38,6 +38,17 @@ pub fn active_lockdown(text: &str) -> Option<String> {
     Some(text[start..end].to_string())
 }
 
+/// Whether the kernel runs the BPF LSM ("bpf" in /sys/kernel/security/lsm);
+/// None where securityfs is not mounted (a container's /sys) and it cannot be told.
+pub fn bpf_lsm() -> Option<bool> {
+    std::fs::read_to_string("/sys/kernel/security/lsm").ok().map(|t| lsm_runs_bpf(&t))
+}
+
+/// "lockdown,capability,landlock,yama,apparmor,bpf" -> true
+pub fn lsm_runs_bpf(list: &str) -> bool {
+    list.trim().split(',').any(|l| l == "bpf")
+}
+
 /// (major, minor) of a kernel release string.
 pub fn version(release: &str) -> Option<(u32, u32)> {
     let mut it = release.split(['.', '-']);
@@ -90,6 +101,13 @@ pub fn hints(err: &str, env: &Env) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_bpf_lsm_is_told_from_the_active_list() {
+        assert!(lsm_runs_bpf("lockdown,capability,landlock,yama,apparmor,bpf\n"));
+        assert!(!lsm_runs_bpf("lockdown,capability,apparmor"));
+        assert!(!lsm_runs_bpf("bpfx,notbpf"));
+    }
+
     use super::*;
 
     fn env(lockdown: Option<&str>, btf: bool, in_container: bool) -> Env {

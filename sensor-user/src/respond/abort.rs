@@ -1,4 +1,10 @@
-//! Aborting a contained TCP connection (`respond.abort`): sock_diag's
+//! Finding and aborting a contained TCP connection through sock_diag.
+//!
+//! Finding: the send-path backends key flows by the socket's kernel address,
+//! not its cookie, so the cookie the deny map needs is asked of sock_diag by
+//! the connection's addresses and ports (SOCK_DIAG_BY_FAMILY, exact).
+//!
+//! Aborting (`respond.abort`): sock_diag's
 //! SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY) ends it as tcp_abort does, so the
 //! uploader's next send fails with ECONNABORTED at once instead of
 //! retransmitting into the drop for the minutes TCP takes to give up. The
@@ -20,7 +26,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
 use netlink_packet_sock_diag::{
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP, SOCK_DESTROY},
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, SOCK_DESTROY, SOCK_DIAG_BY_FAMILY},
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
     SockDiagMessage,
 };
@@ -50,7 +56,10 @@ pub enum Aborted {
     Gone,
 }
 
-/// The netlink sockets aborts go through, by network namespace.
+/// The kernel's idiag_cookie when a request names no particular socket.
+const NO_COOKIE: u64 = u64::MAX;
+
+/// The netlink sockets lookups and aborts go through, by network namespace.
 #[derive(Default)]
 pub struct Aborter {
     by_netns: HashMap<u64, Socket>,
@@ -60,6 +69,18 @@ pub struct Aborter {
 impl Aborter {
     /// Abort the connection `cookie` (`tuple`) of process `pid`.
     pub fn abort(&mut self, pid: u32, cookie: u64, tuple: &Tuple) -> Result<Aborted> {
+        let (sock, seq) = self.socket_for(pid)?;
+        destroy(sock, seq, cookie, tuple)
+    }
+
+    /// The cookie of process `pid`'s TCP connection `tuple`, if it is still open.
+    pub fn cookie_of(&mut self, pid: u32, tuple: &Tuple) -> Result<Option<u64>> {
+        let (sock, seq) = self.socket_for(pid)?;
+        lookup(sock, seq, tuple)
+    }
+
+    /// The netlink socket in `pid`'s network namespace, and a fresh sequence number.
+    fn socket_for(&mut self, pid: u32) -> Result<(&Socket, u32)> {
         // The process may have exited since the tick began: its sockets then
         // close with it, or live on in a process it forked (same namespace).
         let ns = sockets::netns_of(pid).with_context(|| format!("no network namespace for pid {pid} (it exited)"))?;
@@ -75,8 +96,7 @@ impl Aborter {
             self.by_netns.insert(ns, sock);
         }
         self.seq = self.seq.wrapping_add(1);
-        let sock = &self.by_netns[&ns];
-        destroy(sock, self.seq, cookie, tuple)
+        Ok((&self.by_netns[&ns], self.seq))
     }
 }
 
@@ -93,9 +113,10 @@ fn set_timeout(sock: &Socket) -> Result<()> {
     Ok(())
 }
 
-/// SOCK_DESTROY's request: SOCK_DIAG_BY_FAMILY's body (family, protocol, the
-/// socket's id), under the other message type, asking for an acknowledgement.
-pub fn request(seq: u32, cookie: u64, t: &Tuple) -> Vec<u8> {
+/// A request about one TCP connection: SOCK_DIAG_BY_FAMILY (`destroy`
+/// false: its details back) or SOCK_DESTROY (the same body under the other
+/// message type, asking for an acknowledgement).
+pub fn request(destroy: bool, seq: u32, cookie: u64, t: &Tuple) -> Vec<u8> {
     let (local, remote) = (unmapped(t.local.ip()), unmapped(t.remote.ip()));
     let family = if local.is_ipv4() && remote.is_ipv4() { AF_INET } else { AF_INET6 };
     let (local, remote) = match family {
@@ -115,8 +136,10 @@ pub fn request(seq: u32, cookie: u64, t: &Tuple) -> Vec<u8> {
     let mut packet = NetlinkMessage::new(NetlinkHeader::default(), SockDiagMessage::InetRequest(body).into());
     packet.finalize();
     // finalize() typed it SOCK_DIAG_BY_FAMILY, the crate's only request.
-    packet.header.message_type = SOCK_DESTROY;
-    packet.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    (packet.header.message_type, packet.header.flags) = match destroy {
+        true => (SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK),
+        false => (SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST),
+    };
     packet.header.sequence_number = seq;
     let mut buf = vec![0; packet.buffer_len()];
     packet.serialize(&mut buf[..]);
@@ -124,24 +147,77 @@ pub fn request(seq: u32, cookie: u64, t: &Tuple) -> Vec<u8> {
 }
 
 fn destroy(sock: &Socket, seq: u32, cookie: u64, t: &Tuple) -> Result<Aborted> {
-    sock.send(&request(seq, cookie, t), 0).context("sending SOCK_DESTROY")?;
-    let mut rx = vec![0u8; 4096];
-    for _ in 0..REPLIES_MAX {
-        let n = sock.recv(&mut &mut rx[..], 0).context("reading SOCK_DESTROY's answer")?;
-        let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[..n]).map_err(|e| anyhow::anyhow!("malformed sock_diag answer: {e}"))?;
-        // A late answer to an earlier request that timed out: not this one's.
-        if msg.header.sequence_number != seq {
-            continue;
-        }
-        let NetlinkPayload::Error(e) = msg.payload else { bail!("sock_diag answered SOCK_DESTROY with something other than an acknowledgement") };
-        return match e.code.map(|c| -c.get()) {
+    sock.send(&request(true, seq, cookie, t), 0).context("sending SOCK_DESTROY")?;
+    match answer(sock, seq, "SOCK_DESTROY")? {
+        NetlinkPayload::Error(e) => match e.code.map(|c| -c.get()) {
             None => Ok(Aborted::Yes),
             Some(libc::ENOENT | libc::ESTALE) => Ok(Aborted::Gone),
             Some(libc::EOPNOTSUPP) => bail!("this kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY is off, or tcp_diag is not loaded)"),
             Some(errno) => Err(std::io::Error::from_raw_os_error(errno)).context("SOCK_DESTROY"),
-        };
+        },
+        _ => bail!("sock_diag answered SOCK_DESTROY with something other than an acknowledgement"),
     }
-    bail!("no answer to SOCK_DESTROY")
+}
+
+fn lookup(sock: &Socket, seq: u32, t: &Tuple) -> Result<Option<u64>> {
+    sock.send(&request(false, seq, NO_COOKIE, t), 0).context("asking sock_diag for a connection")?;
+    match answer(sock, seq, "a connection's lookup")? {
+        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => Ok(Some(u64::from_ne_bytes(r.header.socket_id.cookie))),
+        NetlinkPayload::Error(e) => match e.code.map(|c| -c.get()) {
+            Some(libc::ENOENT) => Ok(None),
+            Some(errno) => Err(std::io::Error::from_raw_os_error(errno)).context("sock_diag lookup"),
+            None => bail!("sock_diag acknowledged a lookup without answering it"),
+        },
+        _ => bail!("sock_diag answered a lookup with something other than a socket"),
+    }
+}
+
+/// The answer to request `seq` (`what`, for errors).
+fn answer(sock: &Socket, seq: u32, what: &str) -> Result<NetlinkPayload<SockDiagMessage>> {
+    let mut rx = vec![0u8; 4096];
+    for _ in 0..REPLIES_MAX {
+        let n = sock.recv(&mut &mut rx[..], 0).with_context(|| format!("reading the answer to {what}"))?;
+        let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[..n]).map_err(|e| anyhow::anyhow!("malformed sock_diag answer: {e}"))?;
+        // A late answer to an earlier request that timed out: not this one's.
+        if msg.header.sequence_number == seq {
+            return Ok(msg.payload);
+        }
+    }
+    bail!("no answer to {what}")
+}
+
+/// Whether this kernel finds and aborts connections for sluice: a loopback
+/// connection of its own, found by its addresses and aborted, must fail its
+/// next send (`sluice check`).
+pub fn probe() -> Result<()> {
+    use std::{io::Write, net::TcpListener};
+    let listener = TcpListener::bind("127.0.0.1:0").context("listening on loopback")?;
+    let mut client = std::net::TcpStream::connect(listener.local_addr()?).context("connecting on loopback")?;
+    let (_server, _) = listener.accept().context("accepting on loopback")?;
+    let t = Tuple { local: client.local_addr()?, remote: client.peer_addr()? };
+    let mut aborter = Aborter::default();
+    let cookie = socket_cookie(&client)?;
+    if aborter.cookie_of(std::process::id(), &t)? != Some(cookie) {
+        bail!("sock_diag did not find a live loopback connection by its addresses");
+    }
+    match aborter.abort(std::process::id(), cookie, &t)? {
+        Aborted::Yes => {}
+        Aborted::Gone => bail!("SOCK_DESTROY did not find a live loopback connection"),
+    }
+    match client.write_all(b"after") {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+        other => bail!("an aborted connection's send gave {other:?}, not ECONNABORTED"),
+    }
+}
+
+fn socket_cookie(s: &std::net::TcpStream) -> Result<u64> {
+    let (mut cookie, mut len) = (0u64, std::mem::size_of::<u64>() as libc::socklen_t);
+    // SAFETY: `cookie` and `len` are valid for the kernel to write 8 bytes and their length.
+    let rc = unsafe { libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_COOKIE, (&raw mut cookie).cast(), &mut len) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("reading a socket cookie (SO_COOKIE)");
+    }
+    Ok(cookie)
 }
 
 fn unmapped(ip: IpAddr) -> IpAddr {
@@ -168,7 +244,7 @@ mod tests {
 
     #[test]
     fn the_request_is_sock_destroy_with_the_tuple_and_cookie_where_the_kernel_reads_them() {
-        let b = request(7, 0x1122_3344_5566_7788, &tuple("[::ffff:10.0.0.1]:40000", "10.0.0.2:443"));
+        let b = request(true, 7, 0x1122_3344_5566_7788, &tuple("[::ffff:10.0.0.1]:40000", "10.0.0.2:443"));
         // nlmsghdr (16) + inet_diag_req_v2 (56).
         assert_eq!(b.len(), 72);
         assert_eq!(u32::from_ne_bytes(b[0..4].try_into().unwrap()), 72);
@@ -188,37 +264,28 @@ mod tests {
 
     #[test]
     fn an_ipv6_connection_is_asked_for_as_ipv6() {
-        let b = request(1, 1, &tuple("[fd00::1]:5000", "[fd00::2]:80"));
+        let b = request(false, 1, 1, &tuple("[fd00::1]:5000", "[fd00::2]:80"));
+        assert_eq!(u16::from_ne_bytes(b[4..6].try_into().unwrap()), 20, "SOCK_DIAG_BY_FAMILY");
+        assert_eq!(u16::from_ne_bytes(b[6..8].try_into().unwrap()), 1, "NLM_F_REQUEST");
         assert_eq!(b[16], libc::AF_INET6 as u8);
         assert_eq!(&b[24 + 4..24 + 20], &"fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
     }
 
-    /// A real connection on loopback, aborted: the sender's next send fails.
+    /// A real connection on loopback, aborted: the sender's next send fails;
+    /// another socket's cookie on the same tuple is refused.
     #[test]
     fn a_live_loopback_connection_is_aborted_and_a_wrong_cookie_is_refused() {
-        use std::{io::Write, net::TcpListener};
+        use std::net::TcpListener;
+        // SAFETY: geteuid takes no arguments and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: SOCK_DESTROY needs CAP_NET_ADMIN");
             return;
         }
+        probe().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (_server, _) = listener.accept().unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let t = Tuple { local: client.local_addr().unwrap(), remote: client.peer_addr().unwrap() };
-        let cookie = socket_cookie(&client);
-        let mut a = Aborter::default();
-        let me = std::process::id();
-        assert_eq!(a.abort(me, cookie ^ 1, &t).unwrap(), Aborted::Gone, "another socket's cookie");
-        assert_eq!(a.abort(me, cookie, &t).unwrap(), Aborted::Yes);
-        let e = client.write_all(b"after").unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::ECONNABORTED), "{e}");
-    }
-
-    fn socket_cookie(s: &std::net::TcpStream) -> u64 {
-        let (mut cookie, mut len) = (0u64, 8 as libc::socklen_t);
-        // SAFETY: `cookie` and `len` are valid for the kernel to write 8 bytes and their length.
-        let rc = unsafe { libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_COOKIE, (&raw mut cookie).cast(), &mut len) };
-        assert_eq!(rc, 0);
-        cookie
+        let cookie = socket_cookie(&client).unwrap();
+        assert_eq!(Aborter::default().abort(std::process::id(), cookie ^ 1, &t).unwrap(), Aborted::Gone);
     }
 }

@@ -39,7 +39,11 @@ const ACTIVE_MAX: usize = 256;
 /// A socket whose owner the agent knows, and its TCP connection where it is one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
-    pub cookie: u64,
+    /// The socket's cookie or, where `cookie_known` is false (the send-path
+    /// backends' flow keys), its kernel address: the deny map needs the
+    /// cookie, which is then asked of sock_diag by `tcp`.
+    pub key: u64,
+    pub cookie_known: bool,
     pub pid: u32,
     pub tcp: Option<Tuple>,
 }
@@ -51,6 +55,8 @@ pub trait DenyMaps {
     fn deny_process(&mut self, tgid: u32, id: u32);
     fn allow_process(&mut self, tgid: u32);
     fn abort(&mut self, pid: u32, cookie: u64, tcp: &Tuple) -> anyhow::Result<Aborted>;
+    /// The cookie of `pid`'s open TCP connection `tcp`.
+    fn cookie_of(&mut self, pid: u32, tcp: &Tuple) -> anyhow::Result<Option<u64>>;
 }
 
 /// `DENY` and `DENY_TGID` in the kernel, and sock_diag's SOCK_DESTROY.
@@ -76,6 +82,9 @@ impl DenyMaps for KernelDeny {
     fn abort(&mut self, pid: u32, cookie: u64, tcp: &Tuple) -> anyhow::Result<Aborted> {
         self.aborter.abort(pid, cookie, tcp)
     }
+    fn cookie_of(&mut self, pid: u32, tcp: &Tuple) -> anyhow::Result<Option<u64>> {
+        self.aborter.cookie_of(pid, tcp)
+    }
 }
 
 struct Containment {
@@ -84,8 +93,10 @@ struct Containment {
     rule: &'static str,
     process: ProcInfo,
     pids: HashSet<u32>,
+    /// The sockets taken in (their `Held::key`), and the cookies put in `DENY`.
+    seen: HashSet<u64>,
     cookies: HashSet<u64>,
-    /// TCP connections aborted, and why the first one that could not be was not.
+    /// TCP connections aborted, and why the first one that could not be found or aborted was not.
     aborted: u32,
     abort_error: Option<String>,
     bytes_before: u64,
@@ -96,19 +107,34 @@ impl Containment {
     /// Take `h` in if one of its processes owns it: drop its packets and, if
     /// asked, abort its connection.
     fn cut<M: DenyMaps>(&mut self, maps: &mut M, h: &Held, abort: bool) {
-        if !self.pids.contains(&h.pid) || !self.cookies.insert(h.cookie) || self.mode != RespondMode::Enforce {
+        if !self.pids.contains(&h.pid) || !self.seen.insert(h.key) || self.mode != RespondMode::Enforce {
+            return;
+        }
+        let cookie = match (h.cookie_known, h.tcp) {
+            (true, _) => h.key,
+            // A send-path UDP socket is left to the BPF LSM's refusal of its sends.
+            (false, None) => return,
+            (false, Some(tcp)) => match maps.cookie_of(h.pid, &tcp) {
+                Ok(Some(c)) => c,
+                Ok(None) => return,
+                Err(e) => return self.failed(e),
+            },
+        };
+        if !self.cookies.insert(cookie) {
             return;
         }
         // Dropped first, so nothing leaves between the abort and the drop.
-        maps.deny_socket(h.cookie, self.id);
+        maps.deny_socket(cookie, self.id);
         let Some(tcp) = h.tcp.filter(|_| abort) else { return };
-        match maps.abort(h.pid, h.cookie, &tcp) {
+        match maps.abort(h.pid, cookie, &tcp) {
             Ok(Aborted::Yes) => self.aborted += 1,
             Ok(Aborted::Gone) => {}
-            Err(e) => {
-                self.abort_error.get_or_insert_with(|| format!("{e:#}"));
-            }
+            Err(e) => self.failed(e),
         }
+    }
+
+    fn failed(&mut self, e: anyhow::Error) {
+        self.abort_error.get_or_insert_with(|| format!("{e:#}"));
     }
 }
 
@@ -166,6 +192,7 @@ impl<M: DenyMaps> Responder<M> {
             mode,
             rule: a.rule.id,
             process: a.process.clone(),
+            seen: HashSet::new(),
             cookies: HashSet::new(),
             aborted: 0,
             abort_error: None,
@@ -253,7 +280,7 @@ impl<M: DenyMaps> Responder<M> {
             "id": c.id,
             "mode": mode_name(c.mode),
             "processes": pids,
-            "sockets": c.cookies.len(),
+            "sockets": c.seen.len(),
             "aborted": c.aborted,
             "abort_error": c.abort_error,
             "bytes_before": c.bytes_before,
@@ -284,7 +311,7 @@ fn aborts(containment: &Value) -> String {
         n => format!("; its {n} TCP connections were aborted"),
     };
     if let Some(e) = containment["abort_error"].as_str() {
-        s += &format!("; a connection could not be aborted ({e}) and only its packets are dropped");
+        s += &format!("; a connection could not be found or aborted ({e}), so at most its packets are dropped");
     }
     s
 }
@@ -351,6 +378,10 @@ mod tests {
         fn allow_process(&mut self, tgid: u32) {
             self.processes.remove(&tgid);
         }
+        fn cookie_of(&mut self, _pid: u32, tcp: &Tuple) -> anyhow::Result<Option<u64>> {
+            // The test connection's cookie, as sock_diag would find it.
+            Ok((tcp.local.port() == 40000).then_some(900))
+        }
         fn abort(&mut self, _pid: u32, cookie: u64, _tcp: &Tuple) -> anyhow::Result<Aborted> {
             self.aborts.push((cookie, self.sockets.contains_key(&cookie)));
             if self.abort_fails {
@@ -363,7 +394,7 @@ mod tests {
     /// (cookie, pid) pairs as sockets; cookies from 100 up are TCP connections.
     fn held(pairs: &[(u64, u32)]) -> Vec<Held> {
         let tcp = Tuple { local: "10.0.0.1:40000".parse().unwrap(), remote: "10.0.0.2:443".parse().unwrap() };
-        pairs.iter().map(|&(cookie, pid)| Held { cookie, pid, tcp: (cookie >= 100).then_some(tcp) }).collect()
+        pairs.iter().map(|&(cookie, pid)| Held { key: cookie, cookie_known: true, pid, tcp: (cookie >= 100).then_some(tcp) }).collect()
     }
 
     fn responder(toml: &str) -> Responder<Maps> {
@@ -447,12 +478,27 @@ mod tests {
         failing.maps.abort_fails = true;
         let rec = failing.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(300, 100)]), 0.0).unwrap();
         assert_eq!(rec["event"]["outcome"], "success", "its packets are still dropped");
-        assert!(rec["event"]["reason"].as_str().unwrap().contains("could not be aborted (entering the network namespace"), "{rec}");
+        assert!(rec["event"]["reason"].as_str().unwrap().contains("could not be found or aborted (entering the network namespace"), "{rec}");
 
         let mut kept = responder(&format!("{ENFORCE}abort = false\n"));
         let rec = kept.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(300, 100)]), 0.0).unwrap();
         assert!(kept.maps.aborts.is_empty() && kept.maps.sockets.contains_key(&300));
         assert_eq!(rec["sluice"]["containment"]["aborted"], 0);
+    }
+
+    #[test]
+    fn a_send_path_socket_is_denied_by_the_cookie_sock_diag_finds_for_its_connection() {
+        let mut r = responder(ENFORCE);
+        let by_address = |key, tcp| Held { key, cookie_known: false, pid: 100, tcp };
+        let tcp = held(&[(100, 100)])[0].tcp;
+        let other = Some(Tuple { local: "10.0.0.1:40001".parse().unwrap(), remote: "10.0.0.2:443".parse().unwrap() });
+        // A TCP key found, one closed since (not found), and a UDP key (left to the LSM).
+        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &[by_address(0xffff_8880_0001, tcp), by_address(0xffff_8880_0002, other), by_address(0xffff_8880_0003, None)], 0.0).unwrap();
+        assert_eq!(r.maps.sockets.keys().copied().collect::<Vec<_>>(), vec![900], "the cookie, not the kernel address");
+        assert_eq!(r.maps.aborts, vec![(900, true)]);
+        assert_eq!(rec["sluice"]["containment"]["sockets"], 3);
+        r.tick(&ctx(), &[by_address(0xffff_8880_0001, tcp)], &[], 1.0);
+        assert_eq!(r.maps.aborts.len(), 1, "a key is looked up once");
     }
 
     #[test]

@@ -56,6 +56,13 @@
 //!                                             ask 127.0.0.1:53 for NAME and answer it NAME -> ADDR
 //!                                             (dns-unsolicited: the answer without the query),
 //!                                             then send BYTES to ADDR:PORT (named by DNS alone)
+//!     netload contained ADDR PORT BYTES RATE PORT2
+//!                                             containment's uploader: BYTES at RATE bytes/s on one TCP
+//!                                             connection until a send fails ("aborted ERRNO after N") or
+//!                                             stalls 3 s ("stalled N"); then a send on a UDP socket made at
+//!                                             the start ("udp-send ok|ERRNO"), socket() tried every 0.2 s
+//!                                             until allowed (at most 30 s: "refused N"), and 1 MB to PORT2
+//!     netload sink idle ADDR PORT SECONDS     one TCP connection's bytes until EOF or SECONDS of silence
 //!
 //! LABEL is ignored: it gives otherwise identical senders different command lines.
 //! Prints "ready" when listening and "received N" / "sent N" at the end.
@@ -80,6 +87,48 @@ fn drain(mut c: TcpStream) -> u64 {
         }
     }
     n
+}
+
+/// Containment's uploader (see the module's list).
+fn contained(dst: SocketAddr, bytes: u64, rate: u64, resume: SocketAddr) {
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp bind");
+    let mut s = TcpStream::connect(dst).expect("connect");
+    s.set_write_timeout(Some(Duration::from_secs(3))).ok();
+    let (chunk, start) = (vec![b'c'; 1 << 16], std::time::Instant::now());
+    let mut sent = 0u64;
+    let end = loop {
+        if sent >= bytes {
+            break format!("finished {sent}");
+        }
+        match s.write(&chunk) {
+            Ok(k) => sent += k as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break format!("stalled {sent}"),
+            Err(e) => break format!("aborted {} after {sent}", e.raw_os_error().unwrap_or(0)),
+        }
+        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+        std::thread::sleep(due.saturating_sub(start.elapsed()));
+    };
+    println!("{end}");
+    match udp.send_to(b"u", dst) {
+        Ok(_) => println!("udp-send ok"),
+        Err(e) => println!("udp-send {}", e.raw_os_error().unwrap_or(0)),
+    }
+    let t = std::time::Instant::now();
+    let mut refused = 0;
+    let again = loop {
+        match TcpStream::connect(resume) {
+            Ok(c) => break c,
+            Err(_) if t.elapsed() > Duration::from_secs(30) => {
+                println!("never lifted");
+                return;
+            }
+            Err(_) => refused += 1,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("refused {refused} for {:.1}", t.elapsed().as_secs_f64());
+    hello_then_upload_on(again, &[], 1_000_000);
+    println!("resumed");
 }
 
 /// A ClientHello naming `sni`, then `n` bytes, on one connection.
@@ -317,6 +366,20 @@ fn main() {
                 .collect();
             let n: u64 = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
             println!("received {n}");
+        }
+        ["sink", "idle", ip, port, secs] => {
+            let l = TcpListener::bind(addr(ip, port)).expect("bind");
+            println!("ready");
+            let (mut c, _) = l.accept().expect("accept");
+            c.set_read_timeout(Some(Duration::from_secs(secs.parse().expect("seconds")))).ok();
+            let (mut buf, mut n) = (vec![0u8; 1 << 20], 0u64);
+            while let Ok(k @ 1..) = c.read(&mut buf) {
+                n += k as u64;
+            }
+            println!("received {n}");
+        }
+        ["contained", ip, port, bytes, rate, port2] => {
+            contained(addr(ip, port), bytes.parse().expect("bytes"), rate.parse().expect("rate"), addr(ip, port2));
         }
         ["sink", "mptcp", ip, port] => {
             let l = TcpListener::from(mptcp(addr(ip, port), true));

@@ -26,6 +26,7 @@ use crate::{root, run, setup, vm};
 
 
 mod accuracy;
+mod containment;
 mod exec_storm;
 mod harness;
 mod latency;
@@ -34,6 +35,7 @@ mod scale;
 mod send_path;
 
 use accuracy::*;
+use containment::*;
 use exec_storm::*;
 use harness::*;
 use latency::*;
@@ -89,24 +91,40 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, {mem:.0} GiB; kernel {kernel}; peer: {bpftrace}")
 }
 
-pub fn bench(cargo: impl Fn() -> Command, plan: Plan) -> Result<()> {
-    setup::ensure_bench_tools()?;
-    if plan.vm {
-        setup::ensure_vm_tools()?;
-    }
+/// The release binaries, built, and a fresh scratch directory.
+fn bins(cargo: impl Fn() -> Command) -> Result<Bins> {
     run(cargo().args(["build", "--release", "-p", "sensor-user", "-p", "sluice-tests", "--bins"]))?;
     let rel = root().join("target/release");
     let dir = root().join("target/bench");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
-    let b = Bins {
+    Ok(Bins {
         sluice: rel.join("sluice"),
         netload: rel.join("netload"),
         benchload: rel.join("benchload"),
         burst: rel.join("burst"),
         floor: rel.join("floor"),
         dir,
-    };
+    })
+}
+
+/// Section 7 alone, printed (BENCHMARKS.md holds whole runs only).
+pub fn containment_only(cargo: impl Fn() -> Command, plan: Plan) -> Result<()> {
+    setup::ensure_bench_tools()?;
+    let b = bins(cargo)?;
+    let (cuts, costs) = containment(&b, plan)?;
+    let mut r = String::new();
+    containment::render(&mut r, &cuts, &costs);
+    println!("{r}");
+    Ok(())
+}
+
+pub fn bench(cargo: impl Fn() -> Command, plan: Plan) -> Result<()> {
+    setup::ensure_bench_tools()?;
+    if plan.vm {
+        setup::ensure_vm_tools()?;
+    }
+    let b = bins(cargo)?;
     let started = Instant::now();
     // A section that fails is reported as such; the others still run.
     let mut failures = Vec::new();
@@ -124,7 +142,9 @@ pub fn bench(cargo: impl Fn() -> Command, plan: Plan) -> Result<()> {
     section("accuracy", accuracy(&b, plan, &mut acc));
     section("per-program cost", bpf_cost(&b, plan).map(|v| progs = v));
     section("alert latency", alert_latency(&b, plan).map(|v| latency = v));
-    let mut report = report(plan, &send, &execs, &scales, &acc, &progs, &latency, started.elapsed());
+    let (mut cuts, mut costs) = (vec![], vec![]);
+    section("containment", containment(&b, plan).map(|(c, k)| (cuts, costs) = (c, k)));
+    let mut report = report(plan, &send, &execs, &scales, &acc, &progs, &latency, (&cuts, &costs), started.elapsed());
     if !failures.is_empty() {
         let _ = writeln!(report, "## Sections that failed in this run
 
@@ -146,7 +166,17 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn report(plan: Plan, send: &[SendRow], execs: &[ExecRow], scale: &[ScaleRow], acc: &[AccRow], progs: &[ProgRow], latency: &[f64], took: Duration) -> String {
+fn report(
+    plan: Plan,
+    send: &[SendRow],
+    execs: &[ExecRow],
+    scale: &[ScaleRow],
+    acc: &[AccRow],
+    progs: &[ProgRow],
+    latency: &[f64],
+    (cuts, costs): (&[CutRow], &[CostRow]),
+    took: Duration,
+) -> String {
     let mut r = String::new();
     let _ = writeln!(r, "# sluice benchmarks\n");
     let _ = writeln!(
@@ -162,6 +192,7 @@ fn report(plan: Plan, send: &[SendRow], execs: &[ExecRow], scale: &[ScaleRow], a
     accuracy::render(&mut r, acc);
     programs::render(&mut r, progs);
     latency::render(&mut r, latency, plan);
+    containment::render(&mut r, cuts, costs);
     r.push_str(READING);
     r
 }
