@@ -71,7 +71,7 @@ pub struct Config {
 }
 
 /// What a rule's alert does beyond the record (`respond`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RespondMode {
     Off,
@@ -97,6 +97,9 @@ pub struct Respond {
     /// Refuse contained processes' connects and sends with BPF LSM programs,
     /// where the kernel runs the BPF LSM.
     pub lsm: bool,
+    /// A clean stop hands the containments in force to the next agent, which
+    /// puts them back for what is left of their TTL (else all are lifted).
+    pub keep: bool,
 }
 
 impl Respond {

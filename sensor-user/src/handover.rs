@@ -24,6 +24,9 @@ pub struct Handover {
     /// `/proc/sys/kernel/random/boot_id`: socket cookies are unique within one boot only.
     pub boot_id: String,
     pub flows: Vec<Position>,
+    /// The containments in force (`respond.keep`), for the next agent to put back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containments: Vec<crate::respond::Containment>,
 }
 
 /// One TCP flow's key and the sequence number after the last byte counted.
@@ -38,11 +41,16 @@ pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
-/// The positions a loaded state may be trusted with: same boot, recent.
-pub fn usable(h: Option<Handover>, saved_at: f64, now: f64, boot: &str) -> Vec<Position> {
+/// What of a loaded handover may be trusted: its positions if it is from
+/// this boot and recent, its containments if it is from this boot (each
+/// knows its own end; cookies and pids mean nothing across a reboot).
+pub fn usable(h: Option<Handover>, saved_at: f64, now: f64, boot: &str) -> (Vec<Position>, Vec<crate::respond::Containment>) {
     match h {
-        Some(h) if !boot.is_empty() && h.boot_id == boot && (0.0..=MAX_AGE_S).contains(&(now - saved_at)) => h.flows,
-        _ => Vec::new(),
+        Some(h) if !boot.is_empty() && h.boot_id == boot => match (0.0..=MAX_AGE_S).contains(&(now - saved_at)) {
+            true => (h.flows, h.containments),
+            false => (Vec::new(), h.containments),
+        },
+        _ => (Vec::new(), Vec::new()),
     }
 }
 
@@ -95,12 +103,12 @@ mod tests {
             pid: 3,
             _pad2: 0,
         };
-        let h = || Some(Handover { boot_id: "b1".into(), flows: vec![Position { key: k, next_seq: 7 }] });
-        assert_eq!(usable(h(), 100.0, 130.0, "b1").len(), 1);
-        assert!(usable(h(), 100.0, 130.0, "b2").is_empty(), "another boot: cookies mean other sockets");
-        assert!(usable(h(), 100.0, 100.0 + MAX_AGE_S + 1.0, "b1").is_empty(), "too old");
-        assert!(usable(h(), 100.0, 50.0, "b1").is_empty(), "from the future");
-        assert!(usable(h(), 100.0, 130.0, "").is_empty(), "boot unknown");
+        let h = || Some(Handover { boot_id: "b1".into(), flows: vec![Position { key: k, next_seq: 7 }], containments: Vec::new() });
+        assert_eq!(usable(h(), 100.0, 130.0, "b1").0.len(), 1);
+        assert!(usable(h(), 100.0, 130.0, "b2").0.is_empty(), "another boot: cookies mean other sockets");
+        assert!(usable(h(), 100.0, 100.0 + MAX_AGE_S + 1.0, "b1").0.is_empty(), "too old");
+        assert!(usable(h(), 100.0, 50.0, "b1").0.is_empty(), "from the future");
+        assert!(usable(h(), 100.0, 130.0, "").0.is_empty(), "boot unknown");
         let saved: Position = serde_json::from_str(&serde_json::to_string(&Position { key: k, next_seq: 1 }).unwrap()).unwrap();
         assert_eq!(saved.key, k, "a key survives the state file");
     }

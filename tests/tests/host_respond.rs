@@ -196,3 +196,66 @@ fn a_containment_is_listed_and_lifted_by_hand_and_the_stalled_upload_then_finish
     drop(sluice);
 }
 
+
+/// `respond.keep`: a clean stop hands the containment to the next agent,
+/// which puts it back at its start. In between nothing enforces (fail open):
+/// the stalled connection is not aborted (`abort = false`), and it resumes
+/// until the next agent contains it again.
+#[test]
+fn a_kept_containment_is_put_back_by_the_next_agent() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("respond-keep");
+    let state = dir.0.join("state.json");
+    let cfg = config(&dir.0, "[respond]\nrules = { \"sluice.exfil_tool_upload\" = \"enforce\" }\nttl = \"5m\"\nabort = false\nkeep = true\n");
+    let args = ["--tick", "1s", "--probe", "cgroup", "--emit", "alerts", "--state", state.to_str().unwrap(), "--config", &cfg];
+    let first = Sluice::start(&args).unwrap();
+    let tool = dir.0.join("mega-put");
+    std::os::unix::fs::symlink("/usr/bin/python3", &tool).unwrap();
+    let port = free_port();
+    let _sink = Sink::start(Some(&host), "tcp", &host.peer_v4, port, &["1", "60"]).unwrap();
+    // Sends at RATE for at most 60 s; a thread prints the bytes sent so far every 0.2 s.
+    let script = format!(
+        r#"
+import socket, threading, time
+s = socket.create_connection(("{ip}", {port}))
+sent, t0 = 0, time.time()
+def report():
+    while time.time() - t0 < 60:
+        print(round(time.time() - t0, 2), sent, flush=True); time.sleep(0.2)
+threading.Thread(target=report, daemon=True).start()
+chunk = b"k" * 65536
+while sent < 1_000_000_000 and time.time() - t0 < 60:
+    sent += s.send(chunk)
+    time.sleep(max(0, sent / {rate} - (time.time() - t0)))
+"#,
+        ip = host.peer_v4,
+        rate = RATE,
+    );
+    let progress = dir.0.join("progress");
+    let mut upload = Command::new(&tool).arg("-c").arg(&script).stdout(std::fs::File::create(&progress).unwrap()).spawn().unwrap();
+    let sent = || -> u64 { std::fs::read_to_string(&progress).unwrap_or_default().lines().last().and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0) };
+    first.wait_for("the first containment", Duration::from_secs(20), |r| !containments(r, "sluice.contain").is_empty()).unwrap();
+    let first_recs = first.stop().unwrap();
+    let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["handover"]["containments"].as_array().map(Vec::len), Some(1), "{saved}");
+    // Fail open: with no agent, the stalled connection's retransmissions get through.
+    let stalled = sent();
+    assert!(retry(Duration::from_secs(20), || sent() > stalled + MB), "the upload did not resume with no agent running");
+    let second = Sluice::start(&args).unwrap();
+    let recs = second.wait_for("the containment put back", Duration::from_secs(10), |r| !containments(r, "sluice.contain").is_empty()).unwrap();
+    let put_back = containments(&recs, "sluice.contain")[0].clone();
+    // Once put back, the upload makes no progress.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = sent();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = sent();
+    let _ = upload.kill();
+    let _ = upload.wait();
+    drop(second);
+    let id = containments(&first_recs, "sluice.contain")[0]["sluice"]["containment"]["id"].clone();
+    assert_eq!(put_back["sluice"]["containment"]["id"], id, "{put_back}");
+    assert!(put_back["event"]["reason"].as_str().unwrap().contains("put back when sluice restarted: 1 of its processes still run"), "{put_back}");
+    eprintln!("measured: {} bytes sent in the 3 s after the containment was put back", after - before);
+    assert!(after - before < MB, "{} bytes left in 3 s after the containment was put back", after - before);
+}

@@ -180,7 +180,7 @@ impl Agent {
         metrics.map_capacity.get_or_create(&metrics::MapLabel { map: "sockets".into() }).set(config.kernel.sockets_max.into());
         let mut detector = Detector::new(config.detect.clone()).with_catalog(catalog.clone());
         let namer = Namer::new(catalog, config.destinations.dns_cache_max);
-        let (agent_id, positions) = restore_state(&mut config, &mut detector);
+        let (agent_id, positions, kept) = restore_state(&mut config, &mut detector);
         ctx.agent_id = agent_id.unwrap_or_else(new_agent_id);
         let recorder = match record_to {
             Some(path) => {
@@ -236,7 +236,26 @@ impl Agent {
             Ok(n) => eprintln!("sluice: {n} sockets older than the sensor attributed through sock_diag and /proc"),
             Err(e) => eprintln!("sluice: cannot attribute pre-existing sockets (their bytes will show pid 0): {e:#}"),
         }
+        agent.put_back(kept)?;
         Ok(agent)
+    }
+
+    /// The containments the previous agent handed over (`respond.keep`), put
+    /// back before the first tick, with their records.
+    fn put_back(&mut self, kept: Vec<crate::respond::Containment>) -> Result<()> {
+        let (Some(r), false) = (&mut self.respond, kept.is_empty()) else { return Ok(()) };
+        if !self.config.respond.keep {
+            eprintln!("sluice: {} containments were handed over, and are not put back (respond.keep is off)", kept.len());
+            return Ok(());
+        }
+        let procs = &self.procs;
+        // A start read from /proc is in clock ticks; one from the kernel's exec event, in ns.
+        let alive = |pid: u32, start: u64| procs.get_at(pid, 0).is_some_and(|p| start == 0 || p.start_ns.abs_diff(start) <= 20_000_000);
+        let records = r.restore(&self.ctx, kept, output::unix_secs(SystemTime::now()), alive);
+        for json in &records {
+            self.sink.record(json, || json["event"]["reason"].as_str().unwrap_or_default().to_string()).context("writing to stdout")?;
+        }
+        Ok(())
     }
 
     /// Decode and apply one ring buffer record.
@@ -654,7 +673,7 @@ impl Agent {
                 .procs
                 .descendants(a.process.pid, 64)
                 .into_iter()
-                .map(|p| ProcInfo { pid: p.pid, name: p.name.clone(), executable: p.executable.clone(), ..ProcInfo::default() })
+                .map(|p| ProcInfo { pid: p.pid, name: p.name.clone(), executable: p.executable.clone(), start_ns: p.start_ns, ..ProcInfo::default() })
                 .collect();
             if let Some(rec) = r.on_alert(&self.ctx, a, &helpers, &owned, now) {
                 if rec["event"]["action"] == "sluice.contain" && rec["event"]["outcome"] != "failure" {
@@ -763,6 +782,10 @@ impl Agent {
             handover: self.stopping.then(|| crate::handover::Handover {
                 boot_id: crate::handover::boot_id(),
                 flows: self.tracker.positions().into_iter().map(|(k, n)| crate::handover::Position { key: k, next_seq: n }).collect(),
+                containments: match (&self.respond, self.config.respond.keep) {
+                    (Some(r), true) => r.kept(),
+                    _ => Vec::new(),
+                },
             }),
         };
         let path = std::path::PathBuf::from(&self.config.state.path);
@@ -924,20 +947,20 @@ struct Sender {
 /// this run (and said so).
 /// Restore what was learned; return the agent id it was saved with and the
 /// previous agent's TCP positions (`handover`), as far as the file has them.
-fn restore_state(config: &mut Config, detector: &mut Detector) -> (Option<String>, Vec<crate::handover::Position>) {
+fn restore_state(config: &mut Config, detector: &mut Detector) -> (Option<String>, Vec<crate::handover::Position>, Vec<crate::respond::Containment>) {
     if config.state.path.is_empty() {
-        return (None, Vec::new());
+        return (None, Vec::new(), Vec::new());
     }
     let path = std::path::Path::new(&config.state.path);
     let now = output::unix_secs(SystemTime::now());
     match state::load(path, now) {
         Ok(state::Loaded::Fresh) => eprintln!("sluice: no state at {}: learning from scratch", path.display()),
         Ok(state::Loaded::Restored(mut s)) => {
-            let positions = crate::handover::usable(s.handover.take(), s.saved_at, now, &crate::handover::boot_id());
-            return (apply_state(detector, *s, "", path), positions);
+            let (positions, kept) = crate::handover::usable(s.handover.take(), s.saved_at, now, &crate::handover::boot_id());
+            return (apply_state(detector, *s, "", path), positions, kept);
         }
         Ok(state::Loaded::Migrated(s)) => {
-            return (apply_state(detector, *s, "state migrated from the previous format (per-command baselines are relearned): ", path), Vec::new())
+            return (apply_state(detector, *s, "state migrated from the previous format (per-command baselines are relearned): ", path), Vec::new(), Vec::new())
         }
         Ok(state::Loaded::SetAside { reason, moved_to }) => eprintln!(
             "sluice: state file {} is unusable ({reason}); moved to {} and learning from scratch",
@@ -949,7 +972,7 @@ fn restore_state(config: &mut Config, detector: &mut Detector) -> (Option<String
             config.state.path.clear();
         }
     }
-    (None, Vec::new())
+    (None, Vec::new(), Vec::new())
 }
 
 fn apply_state(detector: &mut Detector, s: state::State, how: &str, path: &std::path::Path) -> Option<String> {

@@ -15,8 +15,9 @@
 
 pub mod abort;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub use abort::{Aborted, Tuple};
@@ -87,12 +88,17 @@ impl DenyMaps for KernelDeny {
     }
 }
 
-struct Containment {
+/// One containment; saved as it is in the state file when `respond.keep`
+/// hands it to the next agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Containment {
     id: u32,
     mode: RespondMode,
-    rule: &'static str,
+    rule: String,
     process: ProcInfo,
-    pids: HashSet<u32>,
+    /// pid -> start (CLOCK_BOOTTIME ns, 0 = unknown): the processes contained,
+    /// each told from a later process that reuses its pid by its start.
+    pids: HashMap<u32, u64>,
     /// The sockets taken in (their `Held::key`), and the cookies put in `DENY`.
     seen: HashSet<u64>,
     cookies: HashSet<u64>,
@@ -107,7 +113,7 @@ impl Containment {
     /// Take `h` in if one of its processes owns it: drop its packets and, if
     /// asked, abort its connection.
     fn cut<M: DenyMaps>(&mut self, maps: &mut M, h: &Held, abort: bool) {
-        if !self.pids.contains(&h.pid) || !self.seen.insert(h.key) || self.mode != RespondMode::Enforce {
+        if !self.pids.contains_key(&h.pid) || !self.seen.insert(h.key) || self.mode != RespondMode::Enforce {
             return;
         }
         let cookie = match (h.cookie_known, h.tcp) {
@@ -180,17 +186,17 @@ impl<M: DenyMaps> Responder<M> {
             return Some(record(ctx, a.rule.id, &a.process, mode, "failure", json!({ "guarded": why }), now));
         }
         // Already contained (a second rule, a later tick): one containment.
-        if self.active.iter().any(|c| c.pids.contains(&a.process.pid)) {
+        if self.active.iter().any(|c| c.pids.contains_key(&a.process.pid)) {
             return None;
         }
-        let pids: HashSet<u32> = std::iter::once(&a.process)
+        let pids: HashMap<u32, u64> = std::iter::once(&a.process)
             .chain(job.iter().filter(|p| guarded(p, self.own_pid, &self.cfg.guard).is_none()))
-            .map(|p| p.pid)
+            .map(|p| (p.pid, p.start_ns))
             .collect();
         let mut c = Containment {
             id: self.next_id,
             mode,
-            rule: a.rule.id,
+            rule: a.rule.id.to_string(),
             process: a.process.clone(),
             seen: HashSet::new(),
             cookies: HashSet::new(),
@@ -203,14 +209,14 @@ impl<M: DenyMaps> Responder<M> {
         self.next_id = self.next_id.wrapping_add(1).max(1);
         if mode == RespondMode::Enforce {
             // Refused new sockets first: none slips out between these steps.
-            for &pid in &c.pids {
+            for &pid in c.pids.keys() {
                 self.maps.deny_process(pid, c.id);
             }
         }
         for h in held {
             c.cut(&mut self.maps, h, self.cfg.abort);
         }
-        let out = record(ctx, c.rule, &c.process, mode, outcome(mode), self.details(&c), now);
+        let out = record(ctx, &c.rule, &c.process, mode, outcome(mode), self.details(&c), now);
         self.active.push(c);
         if self.active.len() > ACTIVE_MAX {
             let oldest = self.active.remove(0);
@@ -235,13 +241,48 @@ impl<M: DenyMaps> Responder<M> {
             .map(|c| {
                 self.release(c);
                 let why = if c.until <= now { format!("its ttl of {} s ended", self.cfg.ttl.as_secs()) } else { "`sluice respond lift` asked".to_string() };
-                let mut r = record(ctx, c.rule, &c.process, c.mode, "success", self.details(c), now);
+                let mut r = record(ctx, &c.rule, &c.process, c.mode, "success", self.details(c), now);
                 r["event"]["action"] = json!("sluice.contain.lift");
                 r["event"]["type"] = json!(["allowed", "end"]);
                 r["event"]["reason"] = json!(format!("containment {} of {} (pid {}) lifted: {why}", c.id, c.process.name, c.process.pid));
                 r
             })
             .collect()
+    }
+
+    /// The containments in force, for the next agent (`respond.keep`).
+    pub fn kept(&self) -> Vec<Containment> {
+        self.active.clone()
+    }
+
+    /// Put back the containments the previous agent handed over: those whose
+    /// TTL has time left, with those of their processes `alive(pid, start)`
+    /// says still run (not another process that reuses a pid). The records to write.
+    pub fn restore(&mut self, ctx: &Context, kept: Vec<Containment>, now: f64, alive: impl Fn(u32, u64) -> bool) -> Vec<Value> {
+        let mut out = Vec::new();
+        for mut c in kept.into_iter().filter(|c| c.until > now && self.cfg.mode(&c.rule) == c.mode) {
+            c.pids.retain(|&pid, &mut start| alive(pid, start));
+            if c.pids.is_empty() || self.active.len() >= ACTIVE_MAX {
+                continue;
+            }
+            if c.mode == RespondMode::Enforce {
+                for &pid in c.pids.keys() {
+                    self.maps.deny_process(pid, c.id);
+                }
+                for &cookie in &c.cookies {
+                    self.maps.deny_socket(cookie, c.id);
+                }
+            }
+            self.next_id = self.next_id.max(c.id.wrapping_add(1)).max(1);
+            let mut r = record(ctx, &c.rule, &c.process, c.mode, outcome(c.mode), self.details(&c), now);
+            r["event"]["reason"] = json!(format!(
+                "containment {} of {} (pid {}) after {} put back when sluice restarted: {} of its processes still run, held for the {:.0} s left of its ttl",
+                c.id, c.process.name, c.process.pid, c.rule, c.pids.len(), c.until - now
+            ));
+            out.push(r);
+            self.active.push(c);
+        }
+        out
     }
 
     /// The containments in force, for `sluice respond list`.
@@ -268,13 +309,13 @@ impl<M: DenyMaps> Responder<M> {
         for &cookie in &c.cookies {
             self.maps.allow_socket(cookie);
         }
-        for &pid in &c.pids {
+        for &pid in c.pids.keys() {
             self.maps.allow_process(pid);
         }
     }
 
     fn details(&self, c: &Containment) -> Value {
-        let mut pids: Vec<u32> = c.pids.iter().copied().collect();
+        let mut pids: Vec<u32> = c.pids.keys().copied().collect();
         pids.sort_unstable();
         json!({
             "id": c.id,
@@ -499,6 +540,34 @@ mod tests {
         assert_eq!(rec["sluice"]["containment"]["sockets"], 3);
         r.tick(&ctx(), &[by_address(0xffff_8880_0001, tcp)], &[], 1.0);
         assert_eq!(r.maps.aborts.len(), 1, "a key is looked up once");
+    }
+
+    #[test]
+    fn a_handed_over_containment_is_put_back_for_what_is_left_of_its_ttl_on_live_processes_only() {
+        let mut first = responder(&format!("{ENFORCE}keep = true\n"));
+        let job = [ProcInfo { start_ns: 77, ..proc(101, "/bin/sh") }];
+        first.on_alert(&ctx(), &alert(ProcInfo { start_ns: 55, ..proc(100, "/tmp/mega-put") }), &job, &held(&[(7, 100), (8, 101)]), 1_000.0);
+        // Through the state file's JSON, as a restart reads it.
+        let kept: Vec<Containment> = serde_json::from_str(&serde_json::to_string(&first.kept()).unwrap()).unwrap();
+        assert_eq!(kept, first.kept());
+
+        let mut next = responder(&format!("{ENFORCE}keep = true\n"));
+        // pid 101 is another process now (another start).
+        let recs = next.restore(&ctx(), kept.clone(), 1_010.0, |pid, start| (pid, start) == (100, 55));
+        assert_eq!(recs.len(), 1);
+        let reason = recs[0]["event"]["reason"].as_str().unwrap();
+        assert!(reason.contains("put back when sluice restarted: 1 of its processes still run, held for the 20 s left"), "{reason}");
+        assert_eq!(next.maps.processes.keys().copied().collect::<Vec<_>>(), vec![100]);
+        assert_eq!(next.maps.sockets.keys().copied().collect::<HashSet<_>>(), HashSet::from([7, 8]));
+        // It ends at its old ttl; and a new containment takes a new id.
+        assert_eq!(next.tick(&ctx(), &[], &[], 1_030.0).len(), 1);
+        let again = next.on_alert(&ctx(), &alert(proc(300, "/tmp/rclone")), &[], &[], 1_031.0).unwrap();
+        assert_eq!(again["sluice"]["containment"]["id"], 2);
+
+        let mut late = responder(&format!("{ENFORCE}keep = true\n"));
+        assert!(late.restore(&ctx(), kept.clone(), 1_031.0, |_, _| true).is_empty(), "past its ttl");
+        let mut now_off = responder("[respond]\nrules = { \"sluice.exfil_tool_upload\" = \"dry-run\" }\n");
+        assert!(now_off.restore(&ctx(), kept, 1_010.0, |_, _| true).is_empty() && now_off.maps.sockets.is_empty(), "the rule no longer enforces");
     }
 
     #[test]
