@@ -148,7 +148,7 @@ pub(super) fn render(r: &mut String, cuts: &[CutRow], costs: &[CostRow]) {
     let _ = writeln!(r, "\n## 7. Containment: a 1 GB upload by a binary named mega-put\n");
     let _ = writeln!(
         r,
-        "`exfil_tool_upload` in enforce mode, then dry-run; 1 s tick; the upload paced at {} MB/s to a loopback sink. \"After the alert\" is what the sink received beyond the bytes the alert counted; the cut-off time runs from the alert line on stdout to the uploader's failed send (in dry-run, to its last), seen at {} ms resolution.\n",
+        "`exfil_tool_upload` in enforce mode, then dry-run; 1 s tick; the upload paced at {} MB/s to a loopback sink. \"After the alert\" is what the sink received beyond the bytes the alert counted; the cut-off time runs from the alert line on stdout to the uploader's failed send (in dry-run, to its last), both seen by polling every {} ms (0: in the same poll; the containment is made in the tick that writes the alert).\n",
         RATE / 1_000_000,
         POLL.as_millis()
     );
