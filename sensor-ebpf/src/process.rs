@@ -406,6 +406,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     let Ok(child) = (unsafe { ctx.read_at::<u32>(global(&NEWTASK_PID_OFF) as usize) }) else {
         return 0;
     };
+    crate::respond::inherit(child);
     let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
         count(counter::RINGBUF_DROP_FORK);
         return 0;

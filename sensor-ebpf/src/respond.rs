@@ -59,6 +59,21 @@ pub fn refuse_socket() -> bool {
     false
 }
 
+/// A process that a contained one forks is contained with it (under the same
+/// id), so a helper started after the containment cannot carry the upload on.
+/// Runs in the parent's context (task_newtask).
+#[inline(always)]
+pub fn inherit(child: u32) {
+    if global(&RESPOND_OFF) != 0 {
+        return;
+    }
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a lookup whose value is copied out at once.
+    if let Some(id) = unsafe { DENY_TGID.get(&parent) }.copied() {
+        let _ = DENY_TGID.insert(&child, &id, 0);
+    }
+}
+
 /// Whether the current process is contained.
 #[inline(always)]
 fn contained() -> bool {

@@ -66,6 +66,10 @@ except socket.timeout:
     print("stalled", sent, flush=True)
 except OSError as e:
     print("aborted", e.errno, "after", sent, flush=True)
+# A helper started now (fork and exec) is contained with its parent.
+import subprocess
+h = subprocess.run(["/usr/bin/python3", "-c", "import socket; socket.create_connection(('{ip}', {p2})).sendall(b'h' * 1_000_000)"], capture_output=True, text=True)
+print("helper", h.returncode, "PermissionError" in h.stderr, flush=True)
 refused, t1 = 0, time.time()
 while time.time() - t1 < 30:
     try:
@@ -104,6 +108,7 @@ print("resumed", flush=True)
     assert!(said.contains("resumed"), "the TTL did not let it go: {said} {}", String::from_utf8_lossy(&out.stderr));
     let refused: u32 = said.split_whitespace().skip_while(|w| *w != "refused").nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(refused > 0, "new sockets were not refused while contained: {said}");
+    assert!(said.contains("helper 1 True"), "a helper started after the containment was not contained: {said}");
     assert_eq!(resumed, 1_000_000);
     // What left after the alert line was written: the alert counts what the
     // kernel had counted at its tick; the sink counts what arrived.

@@ -1013,6 +1013,25 @@ fn dns_senders<'a>(keys: impl Iterator<Item = &'a FlowKey>) -> DnsSenders {
     out
 }
 
+/// Every socket with a known owner (the cgroup backend's owner map, and the
+/// send-path backends' flow keys, which carry the sender), with its TCP
+/// connection's addresses where the flows have them (for the abort).
+fn held(owners: &Owners<KernelOwners, LiveScan>, tracker: &flows::DeltaTracker) -> Vec<crate::respond::Held> {
+    let tcp: HashMap<u64, crate::respond::Tuple> = tracker
+        .live()
+        .filter(|(k, _)| k.protocol == libc::IPPROTO_TCP as u8)
+        .map(|(k, _)| {
+            let at = |ip: &[u8; 16], port| std::net::SocketAddr::new(flows::ip_of(ip), port);
+            (k.cookie, crate::respond::Tuple { local: at(&k.local_addr, k.local_port), remote: at(&k.remote_addr, k.remote_port) })
+        })
+        .collect();
+    let with = |(key, pid, cookie_known): (u64, u32, bool)| crate::respond::Held { key, cookie_known, pid, tcp: tcp.get(&key).copied() };
+    // The send-path backends' keys carry the sender, and name the socket by
+    // its kernel address rather than its cookie.
+    let send_path = tracker.live().filter(|(k, _)| k.pid != 0).map(|(k, _)| (k.cookie, k.pid, false));
+    owners.owned().map(|(cookie, pid)| (cookie, pid, true)).chain(send_path).map(with).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1050,23 +1069,4 @@ mod tests {
         assert_eq!(s.get(&(5000, server)), Some(&None));
         assert_eq!((s.get(&(6000, server)), s.get(&(7000, server))), (Some(&Some(13)), None));
     }
-}
-
-/// Every socket with a known owner (the cgroup backend's owner map, and the
-/// send-path backends' flow keys, which carry the sender), with its TCP
-/// connection's addresses where the flows have them (for the abort).
-fn held(owners: &Owners<KernelOwners, LiveScan>, tracker: &flows::DeltaTracker) -> Vec<crate::respond::Held> {
-    let tcp: HashMap<u64, crate::respond::Tuple> = tracker
-        .live()
-        .filter(|(k, _)| k.protocol == libc::IPPROTO_TCP as u8)
-        .map(|(k, _)| {
-            let at = |ip: &[u8; 16], port| std::net::SocketAddr::new(flows::ip_of(ip), port);
-            (k.cookie, crate::respond::Tuple { local: at(&k.local_addr, k.local_port), remote: at(&k.remote_addr, k.remote_port) })
-        })
-        .collect();
-    let with = |(key, pid, cookie_known): (u64, u32, bool)| crate::respond::Held { key, cookie_known, pid, tcp: tcp.get(&key).copied() };
-    // The send-path backends' keys carry the sender, and name the socket by
-    // its kernel address rather than its cookie.
-    let send_path = tracker.live().filter(|(k, _)| k.pid != 0).map(|(k, _)| (k.cookie, k.pid, false));
-    owners.owned().map(|(cookie, pid)| (cookie, pid, true)).chain(send_path).map(with).collect()
 }

@@ -604,9 +604,6 @@ fn attach_kprobe(ebpf: &mut Ebpf, attached: &mut Vec<String>, ours: Option<&btf:
     Ok(retprobes)
 }
 
-/// Can `backend` be used here? Loads its programs (the verifier runs); for
-/// kprobes, whose loads succeed even where attaching cannot, one probe is
-/// attached and dropped again.
 /// Containment's primitives on this kernel, for `sluice check`: each program
 /// loaded (the verifier runs) as an enforcing rule loads it, and an abort
 /// tried on a loopback connection of sluice's own. (what, verdict)
@@ -642,6 +639,9 @@ pub fn probe_respond(config: &Config) -> Vec<(&'static str, Result<(), String>)>
     ]
 }
 
+/// Can `backend` be used here? Loads its programs (the verifier runs); for
+/// kprobes, whose loads succeed even where attaching cannot, one probe is
+/// attached and dropped again.
 pub fn probe(config: &Config, backend: Backend) -> Result<(), String> {
     let Opened { mut ebpf, btf: ours, .. } = open(config).map_err(|e| format!("{e:#}"))?;
     // Every backend runs the process tracepoints: "usable" must include them

@@ -58,6 +58,9 @@ pub trait DenyMaps {
     fn abort(&mut self, pid: u32, cookie: u64, tcp: &Tuple) -> anyhow::Result<Aborted>;
     /// The cookie of `pid`'s open TCP connection `tcp`.
     fn cookie_of(&mut self, pid: u32, tcp: &Tuple) -> anyhow::Result<Option<u64>>;
+    /// Every contained process, with its containment's id: those the agent
+    /// put there, and those the kernel added as contained processes forked them.
+    fn contained(&self) -> Vec<(u32, u32)>;
 }
 
 /// `DENY` and `DENY_TGID` in the kernel, and sock_diag's SOCK_DESTROY.
@@ -85,6 +88,9 @@ impl DenyMaps for KernelDeny {
     }
     fn cookie_of(&mut self, pid: u32, tcp: &Tuple) -> anyhow::Result<Option<u64>> {
         self.aborter.cookie_of(pid, tcp)
+    }
+    fn contained(&self) -> Vec<(u32, u32)> {
+        self.processes.iter().filter_map(Result::ok).collect()
     }
 }
 
@@ -230,6 +236,14 @@ impl<M: DenyMaps> Responder<M> {
     /// TTL, or named in `lift` (`sluice respond lift`), are lifted. The lift
     /// records to write.
     pub fn tick(&mut self, ctx: &Context, live: &[Held], lift: &[u32], now: f64) -> Vec<Value> {
+        if self.active.iter().any(|c| c.mode == RespondMode::Enforce) {
+            // Processes the contained ones forked since: the kernel contained them.
+            for (pid, id) in self.maps.contained() {
+                if let Some(c) = self.active.iter_mut().find(|c| c.id == id) {
+                    c.pids.entry(pid).or_insert(0);
+                }
+            }
+        }
         for c in self.active.iter_mut().filter(|c| c.mode == RespondMode::Enforce) {
             for h in live {
                 c.cut(&mut self.maps, h, self.cfg.abort);
@@ -310,6 +324,10 @@ impl<M: DenyMaps> Responder<M> {
             self.maps.allow_socket(cookie);
         }
         for &pid in c.pids.keys() {
+            self.maps.allow_process(pid);
+        }
+        // And any the kernel added since the last tick.
+        for (pid, _) in self.maps.contained().into_iter().filter(|&(_, id)| id == c.id) {
             self.maps.allow_process(pid);
         }
     }
@@ -418,6 +436,9 @@ mod tests {
         }
         fn allow_process(&mut self, tgid: u32) {
             self.processes.remove(&tgid);
+        }
+        fn contained(&self) -> Vec<(u32, u32)> {
+            self.processes.iter().map(|(&p, &id)| (p, id)).collect()
         }
         fn cookie_of(&mut self, _pid: u32, tcp: &Tuple) -> anyhow::Result<Option<u64>> {
             // The test connection's cookie, as sock_diag would find it.
@@ -568,6 +589,21 @@ mod tests {
         assert!(late.restore(&ctx(), kept.clone(), 1_031.0, |_, _| true).is_empty(), "past its ttl");
         let mut now_off = responder("[respond]\nrules = { \"sluice.exfil_tool_upload\" = \"dry-run\" }\n");
         assert!(now_off.restore(&ctx(), kept, 1_010.0, |_, _| true).is_empty() && now_off.maps.sockets.is_empty(), "the rule no longer enforces");
+    }
+
+    #[test]
+    fn a_process_the_kernel_contained_at_fork_is_followed_and_lifted_with_its_parent() {
+        let mut r = responder(ENFORCE);
+        r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(7, 100)]), 0.0);
+        // task_newtask: pid 100 forked 200 after the containment.
+        r.maps.processes.insert(200, 1);
+        r.tick(&ctx(), &held(&[(8, 200)]), &[], 1.0);
+        assert!(r.maps.sockets.contains_key(&8), "the child's socket is denied too");
+        assert_eq!(r.list(1.0)[0]["processes"], json!([100, 200]));
+        // Forked again after the last tick, and lifted before the next: still let go.
+        r.maps.processes.insert(201, 1);
+        r.tick(&ctx(), &[], &[1], 2.0);
+        assert!(r.maps.processes.is_empty() && r.maps.sockets.is_empty());
     }
 
     #[test]
