@@ -521,8 +521,9 @@ fn check_explains_the_backend_choice() {
     }
     assert!(text.lines().any(|l| l.trim_start().starts_with("cgroup") && l.contains("usable: programs load")), "{text}");
     assert!(text.contains("auto picks:        cgroup"), "{text}");
-    // Containment's primitives, each tried: this kernel refuses BPF LSM programs.
-    for primitive in ["cgroup_skb egress): yes", "(cgroup sock_create): yes", "(BPF LSM): no:", "(sock_diag SOCK_DESTROY): yes"] {
+    // Containment's primitives, each tried (this host's kernel refuses BPF LSM
+    // programs, as it refuses fentry; the guest's runs them: tests/tests/vm.rs).
+    for primitive in ["cgroup_skb egress): yes", "(cgroup sock_create): yes", "(BPF LSM): ", "(sock_diag SOCK_DESTROY): yes"] {
         assert!(text.contains(primitive), "{primitive}: {text}");
     }
 }
