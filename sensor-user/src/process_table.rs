@@ -246,7 +246,7 @@ pub fn is_interactive_shell(p: &Process) -> bool {
     SHELLS.contains(&exe) && p.args.iter().skip(1).all(|a| a.starts_with('-') && a != "-c")
 }
 
-fn is_supervisor(p: &Process) -> bool {
+pub fn is_supervisor(p: &Process) -> bool {
     let exe = basename(&p.executable);
     // containerd-shim, containerd-shim-runc-v2, ...
     SUPERVISORS.contains(&exe) || exe.starts_with("containerd-shim")

@@ -4,7 +4,7 @@
 //! refuses its new sockets for the TTL, and lets it go at the TTL; dry-run
 //! drops nothing; a guarded program is never contained. Bounded waits throughout.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{os::unix::process::CommandExt, path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
 use sluice_tests::*;
@@ -263,4 +263,86 @@ while sent < 1_000_000_000 and time.time() - t0 < 60:
     assert!(put_back["event"]["reason"].as_str().unwrap().contains("put back when sluice restarted: 1 of its processes still run"), "{put_back}");
     eprintln!("measured: {} bytes sent in the 3 s after the containment was put back", after - before);
     assert!(after - before < MB, "{} bytes left in 3 s after the containment was put back", after - before);
+}
+
+/// An upload split over 30 children of one driver (3 at a time, 4 MB each at
+/// 4 MB/s; each far under any floor) trips `bulk_upload` as a job. Enforcing,
+/// the whole job stops: the driver too, so the children it starts after the
+/// alert are contained as the kernel makes them and cannot connect. Contained
+/// by the alert's carrier alone, the driver would go on starting uploaders.
+#[test]
+fn an_upload_split_over_a_driver_s_children_stops_with_the_whole_job() {
+    require_root();
+    let host = TestHost::create().unwrap();
+    let dir = TempDir::new("respond-job");
+    let cfg = config(&dir.0, "[detect.bulk_upload]\nfloor = \"20MiB\"\n[respond]\nrules = { \"sluice.bulk_upload\" = \"enforce\" }\nttl = \"30s\"\n");
+    let sluice = Sluice::start(&["--tick", "1s", "--probe", "cgroup", "--emit", "alerts", "--state", "", "--config", &cfg]).unwrap();
+    let port = free_port();
+    // A sink for any number of connections, for 25 s.
+    let sink_py = format!(
+        r#"
+import socket, threading, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("{ip}", {port})); s.listen(64); s.settimeout(0.5)
+print("ready", flush=True)
+total, end = [0], time.time() + 25
+def drain(c):
+    c.settimeout(3)
+    try:
+        while b := c.recv(1 << 20): total[0] += len(b)
+    except OSError: pass
+while time.time() < end:
+    try: threading.Thread(target=drain, args=(s.accept()[0],), daemon=True).start()
+    except socket.timeout: pass
+time.sleep(3.5)
+print("received", total[0], flush=True)
+"#,
+        ip = host.peer_v4,
+    );
+    let sink_out = dir.0.join("sink.out");
+    let mut sink = host.command("/usr/bin/python3").arg("-c").arg(&sink_py).stdout(std::fs::File::create(&sink_out).unwrap()).spawn().unwrap();
+    assert!(retry(Duration::from_secs(10), || std::fs::read_to_string(&sink_out).unwrap_or_default().contains("ready")), "the sink did not start");
+    let driver_py = format!(
+        r#"
+import subprocess, sys, time
+child = '''
+import socket, sys, time
+try:
+    s = socket.create_connection(("{ip}", {port}))
+except PermissionError:
+    sys.exit(3)
+chunk, sent, t0 = b"j" * 65536, 0, time.time()
+try:
+    while sent < 4_000_000:
+        s.sendall(chunk); sent += len(chunk)
+        time.sleep(max(0, sent / 4_000_000 - (time.time() - t0)))
+except OSError:
+    sys.exit(4)
+'''
+codes, running = [], []
+for i in range(30):
+    running.append(subprocess.Popen([sys.executable, "-c", child, "--part=%d" % i]))
+    if len(running) >= 3:
+        codes.append(running.pop(0).wait(timeout=60))
+codes += [p.wait(timeout=60) for p in running]
+print("done", codes.count(0), "refused", codes.count(3), "cut", codes.count(4), flush=True)
+"#,
+        ip = host.peer_v4,
+    );
+    let out = Command::new("/usr/bin/python3").arg("-c").arg(&driver_py).process_group(0).stdin(std::process::Stdio::null()).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = sink.wait();
+    let received: u64 = std::fs::read_to_string(&sink_out).unwrap().split_whitespace().skip_while(|w| *w != "received").nth(1).and_then(|n| n.parse().ok()).unwrap();
+    let recs = sluice.wait_for("the containment", Duration::from_secs(5), |r| !containments(r, "sluice.contain").is_empty()).unwrap();
+    drop(sluice);
+    let alert = alerts_of(&recs, "sluice.bulk_upload")[0].clone();
+    let c = containments(&recs, "sluice.contain")[0].clone();
+    let driver = alert["sluice"]["job"]["pid"].clone();
+    assert_eq!(c["sluice"]["containment"]["job"]["pid"], driver, "{c}");
+    assert!(c["event"]["reason"].as_str().unwrap().contains(&format!("it and the rest of its job, under python3 (pid {driver})")), "{c}");
+    let refused: u32 = said.split_whitespace().skip_while(|w| *w != "refused").nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(refused >= 20, "the driver's later children were not refused: {said} {}", String::from_utf8_lossy(&out.stderr));
+    let after = received.saturating_sub(alert["sluice"]["bytes_out"].as_u64().unwrap());
+    eprintln!("measured: {received} bytes arrived, {} counted at the job's alert, {after} after it; {said}", alert["sluice"]["bytes_out"]);
+    assert!(after < 12 * MB, "{after} bytes arrived after the job's alert (the job sends 12 MB/s)");
 }

@@ -666,16 +666,23 @@ impl Agent {
         let owned = if alerts.is_empty() && !r.holding() { Vec::new() } else { held(&self.owners, &self.tracker) };
         let mut records = Vec::new();
         for a in alerts {
-            // The carrier and what it started (a helper that does the sending);
-            // not its whole process group, which may hold the shell or the
-            // supervisor that ran it.
-            let helpers: Vec<ProcInfo> = self
-                .procs
-                .descendants(a.process.pid, 64)
-                .into_iter()
-                .map(|p| ProcInfo { pid: p.pid, name: p.name.clone(), executable: p.executable.clone(), start_ns: p.start_ns, ..ProcInfo::default() })
-                .collect();
-            if let Some(rec) = r.on_alert(&self.ctx, a, &helpers, &owned, now) {
+            // The job: its root as the alert names it (the command a user,
+            // service or container started) and everything below, so an upload
+            // split over 30 children of one driver stops with the driver, whose
+            // next children the kernel contains at fork. Not when that root is
+            // an interactive shell, a supervisor (job_of stops below those
+            // unless they lead the process group) or guarded: then the carrier
+            // and what it started.
+            let brief = |p: &crate::process_table::Process| ProcInfo { pid: p.pid, name: p.name.clone(), executable: p.executable.clone(), start_ns: p.start_ns, ..ProcInfo::default() };
+            let guard = &self.config.respond.guard;
+            let root = a.process.job.as_ref().and_then(|j| self.procs.get_at(j.pid, 0)).filter(|p| {
+                use crate::process_table::{is_interactive_shell, is_supervisor};
+                p.pid > 1 && !is_interactive_shell(p) && !is_supervisor(p) && crate::respond::guarded(&brief(p), std::process::id(), guard).is_none()
+            });
+            let top = root.map_or(a.process.pid, |p| p.pid);
+            let members: Vec<ProcInfo> = self.procs.descendants(top, 64).into_iter().map(brief).collect();
+            let root = root.map(brief);
+            if let Some(rec) = r.on_alert(&self.ctx, a, root.as_ref(), &members, &owned, now) {
                 if rec["event"]["action"] == "sluice.contain" && rec["event"]["outcome"] != "failure" {
                     let mode = crate::respond::mode_name(self.config.respond.mode(a.rule.id));
                     self.metrics.containments.get_or_create(&metrics::NameLabel { name: mode.to_string() }).inc();

@@ -105,6 +105,10 @@ pub struct Containment {
     /// pid -> start (CLOCK_BOOTTIME ns, 0 = unknown): the processes contained,
     /// each told from a later process that reuses its pid by its start.
     pids: HashMap<u32, u64>,
+    /// The job's root (pid, name) when the containment holds the whole job,
+    /// not only the alert's process and what it started.
+    #[serde(default)]
+    job: Option<(u32, String)>,
     /// The sockets taken in (their `Held::key`), and the cookies put in `DENY`.
     seen: HashSet<u64>,
     cookies: HashSet<u64>,
@@ -180,10 +184,11 @@ impl<M: DenyMaps> Responder<M> {
         !self.active.is_empty()
     }
 
-    /// An alert: contain its process and `job` (the processes it started),
-    /// with the sockets of `held` they own, if its rule says so.
+    /// An alert: contain its process and `job` (the processes it started, or,
+    /// when `root` is its job's root, that root and everything below it), with
+    /// the sockets of `held` they own, if its rule says so.
     /// The record to write, if any.
-    pub fn on_alert(&mut self, ctx: &Context, a: &Alert, job: &[ProcInfo], held: &[Held], now: f64) -> Option<Value> {
+    pub fn on_alert(&mut self, ctx: &Context, a: &Alert, root: Option<&ProcInfo>, job: &[ProcInfo], held: &[Held], now: f64) -> Option<Value> {
         let mode = self.cfg.mode(a.rule.id);
         if mode == RespondMode::Off {
             return None;
@@ -195,7 +200,9 @@ impl<M: DenyMaps> Responder<M> {
         if self.active.iter().any(|c| c.pids.contains_key(&a.process.pid)) {
             return None;
         }
+        let root = root.filter(|r| r.pid != a.process.pid && guarded(r, self.own_pid, &self.cfg.guard).is_none());
         let pids: HashMap<u32, u64> = std::iter::once(&a.process)
+            .chain(root)
             .chain(job.iter().filter(|p| guarded(p, self.own_pid, &self.cfg.guard).is_none()))
             .map(|p| (p.pid, p.start_ns))
             .collect();
@@ -209,6 +216,7 @@ impl<M: DenyMaps> Responder<M> {
             aborted: 0,
             abort_error: None,
             pids,
+            job: root.map(|r| (r.pid, r.name.clone())),
             bytes_before: a.bytes_out,
             until: now + self.cfg.ttl.as_secs_f64(),
         };
@@ -340,6 +348,7 @@ impl<M: DenyMaps> Responder<M> {
             "mode": mode_name(c.mode),
             "processes": pids,
             "sockets": c.seen.len(),
+            "job": c.job.as_ref().map(|(pid, name)| json!({ "pid": pid, "name": crate::text::escape_control(name) })),
             "aborted": c.aborted,
             "abort_error": c.abort_error,
             "bytes_before": c.bytes_before,
@@ -361,6 +370,14 @@ fn outcome(m: RespondMode) -> &'static str {
     if m == RespondMode::Enforce { "success" } else { "unknown" }
 }
 
+/// Who is contained along with the alert's process, for the reason.
+fn with_whom(containment: &Value) -> String {
+    match &containment["job"] {
+        Value::Null => "what it started".to_string(),
+        j => format!("the rest of its job, under {} (pid {})", j["name"].as_str().unwrap_or("?"), j["pid"]),
+    }
+}
+
 /// What became of its TCP connections, for the reason's end.
 fn aborts(containment: &Value) -> String {
     let n = containment["aborted"].as_u64().unwrap_or(0);
@@ -380,12 +397,12 @@ fn record(ctx: &Context, rule: &str, p: &ProcInfo, mode: RespondMode, outcome: &
     let what = match (mode, outcome) {
         (_, "failure") => format!("{} (pid {}) was not contained after {rule}: {}", p.name, p.pid, containment["guarded"].as_str().unwrap_or("guarded")),
         (RespondMode::DryRun, _) => format!(
-            "dry run: {} (pid {}) and what it started would have been contained after {rule} ({} processes, {} sockets); nothing was dropped",
-            p.name, p.pid, containment["processes"].as_array().map_or(0, Vec::len), containment["sockets"]
+            "dry run: {} (pid {}) and {} would have been contained after {rule} ({} processes, {} sockets); nothing was dropped",
+            p.name, p.pid, with_whom(&containment), containment["processes"].as_array().map_or(0, Vec::len), containment["sockets"]
         ),
         _ => format!(
-            "contained {} (pid {}) after {rule}: it and what it started ({} processes, {} sockets) may send nothing and open no new socket for {} s{}",
-            p.name, p.pid, containment["processes"].as_array().map_or(0, Vec::len), containment["sockets"], containment["ttl_s"], aborts(&containment)
+            "contained {} (pid {}) after {rule}: it and {} ({} processes, {} sockets) may send nothing and open no new socket for {} s{}",
+            p.name, p.pid, with_whom(&containment), containment["processes"].as_array().map_or(0, Vec::len), containment["sockets"], containment["ttl_s"], aborts(&containment)
         ),
     };
     let mut v = json!({
@@ -483,7 +500,7 @@ mod tests {
     fn enforce_denies_the_job_s_sockets_then_lifts_them_at_the_ttl() {
         let mut r = responder(ENFORCE);
         let job = [proc(101, "/bin/bash"), proc(102, "/usr/sbin/sshd")];
-        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &job, &held(&[(7, 100), (8, 101), (9, 102), (10, 555)]), 1_000.0).unwrap();
+        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), None, &job, &held(&[(7, 100), (8, 101), (9, 102), (10, 555)]), 1_000.0).unwrap();
         assert_eq!((rec["event"]["type"][0].as_str(), rec["event"]["outcome"].as_str()), (Some("denied"), Some("success")));
         assert_eq!(rec["sluice"]["containment"]["processes"], json!([100, 101]), "sshd in the job is guarded");
         assert_eq!(r.maps.sockets.keys().copied().collect::<HashSet<_>>(), HashSet::from([7, 8]));
@@ -495,7 +512,7 @@ mod tests {
         let lifted = r.tick(&ctx(), &[], &[], 1_030.0);
         assert_eq!(lifted[0]["event"]["action"], "sluice.contain.lift");
         assert!(r.maps.sockets.is_empty() && r.maps.processes.is_empty());
-        let again = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(7, 100)]), 1_031.0).unwrap();
+        let again = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), None, &[], &held(&[(7, 100)]), 1_031.0).unwrap();
         assert!(!r.maps.sockets.is_empty(), "contained again after the lift");
         // Lifted by hand before its ttl.
         let id = again["sluice"]["containment"]["id"].as_u64().unwrap() as u32;
@@ -507,19 +524,19 @@ mod tests {
     #[test]
     fn dry_run_records_and_drops_nothing_and_off_does_nothing() {
         let mut r = responder("[respond]\nrules = { \"sluice.exfil_tool_upload\" = \"dry-run\" }\n");
-        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(7, 100)]), 0.0).unwrap();
+        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), None, &[], &held(&[(7, 100)]), 0.0).unwrap();
         assert_eq!((rec["event"]["outcome"].as_str(), rec["sluice"]["containment"]["mode"].as_str()), (Some("unknown"), Some("dry-run")));
         assert!(rec["event"]["reason"].as_str().unwrap().starts_with("dry run:"));
         assert!(r.maps.sockets.is_empty() && r.maps.processes.is_empty());
         let mut off = responder("");
-        assert!(off.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(7, 100)]), 0.0).is_none() && !off.holding());
+        assert!(off.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), None, &[], &held(&[(7, 100)]), 0.0).is_none() && !off.holding());
     }
 
     #[test]
     fn the_guard_is_never_contained() {
         let mut r = responder(&format!("{ENFORCE}guard = [\"/opt/backup/mega-put\"]\n"));
         for p in [proc(1, "/sbin/init"), proc(4242, "/usr/bin/sluice"), proc(9, "/usr/sbin/sshd"), proc(10, "/opt/backup/mega-put")] {
-            let rec = r.on_alert(&ctx(), &alert(p.clone()), &[], &held(&[(7, p.pid)]), 0.0).unwrap();
+            let rec = r.on_alert(&ctx(), &alert(p.clone()), None, &[], &held(&[(7, p.pid)]), 0.0).unwrap();
             assert_eq!(rec["event"]["outcome"], "failure", "{p:?}");
         }
         assert!(r.maps.sockets.is_empty() && r.maps.processes.is_empty());
@@ -528,7 +545,7 @@ mod tests {
     #[test]
     fn tcp_connections_are_aborted_after_their_packets_are_dropped_unless_abort_is_off() {
         let mut r = responder(ENFORCE);
-        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(7, 100), (300, 100), (301, 100), (302, 555)]), 0.0).unwrap();
+        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), None, &[], &held(&[(7, 100), (300, 100), (301, 100), (302, 555)]), 0.0).unwrap();
         assert_eq!(r.maps.aborts, vec![(300, true), (301, true)], "TCP only, the job's only, each after its drop");
         assert_eq!(rec["sluice"]["containment"]["aborted"], 2);
         assert!(rec["event"]["reason"].as_str().unwrap().ends_with("its 2 TCP connections were aborted"), "{rec}");
@@ -538,12 +555,12 @@ mod tests {
 
         let mut failing = responder(ENFORCE);
         failing.maps.abort_fails = true;
-        let rec = failing.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(300, 100)]), 0.0).unwrap();
+        let rec = failing.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), None, &[], &held(&[(300, 100)]), 0.0).unwrap();
         assert_eq!(rec["event"]["outcome"], "success", "its packets are still dropped");
         assert!(rec["event"]["reason"].as_str().unwrap().contains("could not be found or aborted (entering the network namespace"), "{rec}");
 
         let mut kept = responder(&format!("{ENFORCE}abort = false\n"));
-        let rec = kept.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(300, 100)]), 0.0).unwrap();
+        let rec = kept.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), None, &[], &held(&[(300, 100)]), 0.0).unwrap();
         assert!(kept.maps.aborts.is_empty() && kept.maps.sockets.contains_key(&300));
         assert_eq!(rec["sluice"]["containment"]["aborted"], 0);
     }
@@ -555,7 +572,7 @@ mod tests {
         let tcp = held(&[(100, 100)])[0].tcp;
         let other = Some(Tuple { local: "10.0.0.1:40001".parse().unwrap(), remote: "10.0.0.2:443".parse().unwrap() });
         // A TCP key found, one closed since (not found), and a UDP key (left to the LSM).
-        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &[by_address(0xffff_8880_0001, tcp), by_address(0xffff_8880_0002, other), by_address(0xffff_8880_0003, None)], 0.0).unwrap();
+        let rec = r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), None, &[], &[by_address(0xffff_8880_0001, tcp), by_address(0xffff_8880_0002, other), by_address(0xffff_8880_0003, None)], 0.0).unwrap();
         assert_eq!(r.maps.sockets.keys().copied().collect::<Vec<_>>(), vec![900], "the cookie, not the kernel address");
         assert_eq!(r.maps.aborts, vec![(900, true)]);
         assert_eq!(rec["sluice"]["containment"]["sockets"], 3);
@@ -567,7 +584,7 @@ mod tests {
     fn a_handed_over_containment_is_put_back_for_what_is_left_of_its_ttl_on_live_processes_only() {
         let mut first = responder(&format!("{ENFORCE}keep = true\n"));
         let job = [ProcInfo { start_ns: 77, ..proc(101, "/bin/sh") }];
-        first.on_alert(&ctx(), &alert(ProcInfo { start_ns: 55, ..proc(100, "/tmp/mega-put") }), &job, &held(&[(7, 100), (8, 101)]), 1_000.0);
+        first.on_alert(&ctx(), &alert(ProcInfo { start_ns: 55, ..proc(100, "/tmp/mega-put") }), None, &job, &held(&[(7, 100), (8, 101)]), 1_000.0);
         // Through the state file's JSON, as a restart reads it.
         let kept: Vec<Containment> = serde_json::from_str(&serde_json::to_string(&first.kept()).unwrap()).unwrap();
         assert_eq!(kept, first.kept());
@@ -582,7 +599,7 @@ mod tests {
         assert_eq!(next.maps.sockets.keys().copied().collect::<HashSet<_>>(), HashSet::from([7, 8]));
         // It ends at its old ttl; and a new containment takes a new id.
         assert_eq!(next.tick(&ctx(), &[], &[], 1_030.0).len(), 1);
-        let again = next.on_alert(&ctx(), &alert(proc(300, "/tmp/rclone")), &[], &[], 1_031.0).unwrap();
+        let again = next.on_alert(&ctx(), &alert(proc(300, "/tmp/rclone")), None, &[], &[], 1_031.0).unwrap();
         assert_eq!(again["sluice"]["containment"]["id"], 2);
 
         let mut late = responder(&format!("{ENFORCE}keep = true\n"));
@@ -594,7 +611,7 @@ mod tests {
     #[test]
     fn a_process_the_kernel_contained_at_fork_is_followed_and_lifted_with_its_parent() {
         let mut r = responder(ENFORCE);
-        r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), &[], &held(&[(7, 100)]), 0.0);
+        r.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), None, &[], &held(&[(7, 100)]), 0.0);
         // task_newtask: pid 100 forked 200 after the containment.
         r.maps.processes.insert(200, 1);
         r.tick(&ctx(), &held(&[(8, 200)]), &[], 1.0);
@@ -607,10 +624,25 @@ mod tests {
     }
 
     #[test]
+    fn a_job_is_contained_from_its_root_and_a_guarded_root_is_left_out() {
+        let mut r = responder(ENFORCE);
+        let driver = proc(50, "/usr/bin/python3");
+        let siblings = [proc(100, "/usr/bin/python3"), proc(101, "/usr/bin/python3")];
+        let rec = r.on_alert(&ctx(), &alert(proc(100, "/usr/bin/python3")), Some(&driver), &siblings, &held(&[(7, 101)]), 0.0).unwrap();
+        assert_eq!(rec["sluice"]["containment"]["processes"], json!([50, 100, 101]));
+        assert!(rec["event"]["reason"].as_str().unwrap().contains("it and the rest of its job, under python3 (pid 50) (3 processes, 1 sockets)"), "{rec}");
+        assert!(r.maps.sockets.contains_key(&7), "a sibling's socket");
+        let mut g = responder(ENFORCE);
+        let rec = g.on_alert(&ctx(), &alert(proc(100, "/tmp/mega-put")), Some(&proc(9, "/usr/sbin/sshd")), &[], &[], 0.0).unwrap();
+        assert_eq!(rec["sluice"]["containment"]["processes"], json!([100]));
+        assert!(rec["event"]["reason"].as_str().unwrap().contains("it and what it started"), "{rec}");
+    }
+
+    #[test]
     fn a_flood_of_alerts_keeps_the_containments_bounded() {
         let mut r = responder(ENFORCE);
         for pid in 100..(100 + ACTIVE_MAX as u32 * 2) {
-            r.on_alert(&ctx(), &alert(proc(pid, "/tmp/mega-put")), &[], &held(&[(pid as u64, pid)]), 0.0);
+            r.on_alert(&ctx(), &alert(proc(pid, "/tmp/mega-put")), None, &[], &held(&[(pid as u64, pid)]), 0.0);
         }
         assert_eq!(r.active.len(), ACTIVE_MAX);
         assert_eq!(r.maps.sockets.len(), ACTIVE_MAX, "the oldest were lifted");
