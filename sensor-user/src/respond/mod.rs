@@ -1,14 +1,16 @@
 //! Containment (opt-in, `[respond]`): when a rule in `enforce` mode alerts,
-//! the alert's process and the processes it started are contained for the
-//! TTL (not the rest of its process group, which may hold the shell or the
-//! supervisor that ran it): their sockets go into the kernel's `DENY` map (egress packets dropped
-//! by the cgroup_skb programs), their TCP connections are then aborted
-//! (`abort`, unless `respond.abort` is off), and their pids go into
-//! `DENY_TGID` (new sockets refused on the cgroup backend; elsewhere their new
-//! sockets join `DENY` at the next tick). `dry-run` writes the same record and drops nothing. The
-//! guard (pid 1, sluice itself, sshd, systemd, kubelet, container runtimes and
-//! the configured executables) is never contained. Everything is lifted at
-//! its TTL, and when sluice stops (the maps die with it: fail open).
+//! the alert's job (the agent passes its root and the processes below it, or,
+//! where that root is a shell, a supervisor or guarded, the alert's process
+//! and what it started) is contained for the TTL. Their pids go into the
+//! kernel's `DENY_TGID` (new sockets refused; processes they fork later are
+//! added by the kernel), their sockets into `DENY` (egress packets dropped by
+//! the cgroup_skb programs; sockets found later join at each tick), and their
+//! TCP connections are then aborted (`abort`, unless `respond.abort` is off).
+//! `dry-run` writes the same record and drops nothing. The guard (pid 1,
+//! sluice itself, sshd, systemd, kubelet, container runtimes and the
+//! configured executables) is never contained. Everything is lifted at its
+//! TTL, and when sluice stops (its programs go with it: fail open), unless
+//! `respond.keep` hands the containments to the next agent.
 //!
 //! Decisions are pure over what the agent passes in; the kernel maps are
 //! behind `DenyMaps`, which the tests replace.
