@@ -187,6 +187,9 @@ fn a_name_claimed_in_sni_does_not_allowlist_and_one_this_host_resolved_does() {
     let recs = sluice
         .wait_for("the forged name's alert", Duration::from_secs(20), |r| alerts_of(r, "sluice.exfil_tool_upload").iter().any(|a| a["process"]["pid"] == forged))
         .unwrap();
+    // The counters' line comes with the tick's report, which can trail the
+    // alert on stdout under load: waited for, not read once.
+    retry(Duration::from_secs(10), || sluice.stderr_text().contains("dns_unsolicited="));
     let err = sluice.stderr_text();
     sluice.stop().unwrap();
     let about_resolved: Vec<&Value> = recs.iter().filter(|r| r["event"]["kind"] == "alert" && r["process"]["pid"] == resolved).collect();
@@ -257,7 +260,8 @@ fn a_dns_answer_from_a_local_resolver_names_a_plain_http_upload() {
     // The plain-HTTP Host header names it too; the name the flow reports comes from its own bytes.
     assert_eq!(f["sluice"]["destination"]["service"], "transfer.sh");
     assert_eq!(f["network"]["protocol"], "http");
-    assert!(sluice.stderr_text().contains("dns_answers="), "{}", sluice.stderr_text());
+    // The counters' line comes with the tick's report, which can trail the record on stdout.
+    assert!(retry(Duration::from_secs(10), || sluice.stderr_text().contains("dns_answers=")), "{}", sluice.stderr_text());
     // The answer itself was parsed: at least one DNS answer counted.
     let err = sluice.stderr_text();
     let answers = err.rsplit("dns_answers=").next().and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse::<u64>().ok());

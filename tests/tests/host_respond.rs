@@ -102,6 +102,9 @@ print("resumed", flush=True)
     assert_eq!(contained["event"]["outcome"], "success");
     assert!(contained["sluice"]["containment"]["sockets"].as_u64() >= Some(1), "{contained}");
     assert_eq!(contained["sluice"]["containment"]["aborted"], 1, "{contained}");
+    // A per-process alert does not reach up to what ran the uploader (this
+    // test's harness, which shares its process group).
+    assert!(contained["sluice"]["containment"]["job"].is_null(), "{contained}");
     assert!(contained["event"]["reason"].as_str().unwrap().ends_with("its TCP connection was aborted"), "{contained}");
     // ECONNABORTED from the send the abort woke (EPIPE if it came between sends).
     assert!(said.contains("aborted 103") || said.contains("aborted 32"), "the upload was not aborted: {said}");
@@ -344,5 +347,7 @@ print("done", codes.count(0), "refused", codes.count(3), "cut", codes.count(4), 
     assert!(refused >= 20, "the driver's later children were not refused: {said} {}", String::from_utf8_lossy(&out.stderr));
     let after = received.saturating_sub(alert["sluice"]["bytes_out"].as_u64().unwrap());
     eprintln!("measured: {received} bytes arrived, {} counted at the job's alert, {after} after it; {said}", alert["sluice"]["bytes_out"]);
-    assert!(after < 12 * MB, "{after} bytes arrived after the job's alert (the job sends 12 MB/s)");
+    // Two ticks at the job's 12 MB/s, the bar the single-process test uses; unchecked, the
+    // driver's remaining children would send some 80 MB more.
+    assert!(after <= 24 * MB, "{after} bytes arrived after the job's alert (the job sends 12 MB/s)");
 }

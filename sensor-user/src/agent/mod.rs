@@ -666,16 +666,18 @@ impl Agent {
         let owned = if alerts.is_empty() && !r.holding() { Vec::new() } else { held(&self.owners, &self.tracker) };
         let mut records = Vec::new();
         for a in alerts {
-            // The job: its root as the alert names it (the command a user,
-            // service or container started) and everything below, so an upload
-            // split over 30 children of one driver stops with the driver, whose
-            // next children the kernel contains at fork. Not when that root is
-            // an interactive shell, a supervisor (job_of stops below those
-            // unless they lead the process group) or guarded: then the carrier
-            // and what it started.
+            // An alert on a job's total (`level: job`: an upload split over 30
+            // children of one driver) holds the job it names, from its root (the
+            // command a user, service or container started) down: the driver
+            // stops, and the kernel contains its next children at fork. Any
+            // other alert holds the carrier and what it started, since a
+            // process without job control shares its process group with
+            // whatever ran it (a CI runner, `timeout`, `make`). Nor is the root
+            // taken when it is an interactive shell, a supervisor or guarded.
             let brief = |p: &crate::process_table::Process| ProcInfo { pid: p.pid, name: p.name.clone(), executable: p.executable.clone(), start_ns: p.start_ns, ..ProcInfo::default() };
             let guard = &self.config.respond.guard;
-            let root = a.process.job.as_ref().and_then(|j| self.procs.get_at(j.pid, 0)).filter(|p| {
+            let job_level = a.indicators.iter().any(|i| i == "level: job");
+            let root = a.process.job.as_ref().filter(|_| job_level).and_then(|j| self.procs.get_at(j.pid, 0)).filter(|p| {
                 use crate::process_table::{is_interactive_shell, is_supervisor};
                 p.pid > 1 && !is_interactive_shell(p) && !is_supervisor(p) && crate::respond::guarded(&brief(p), std::process::id(), guard).is_none()
             });

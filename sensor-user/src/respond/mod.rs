@@ -1,7 +1,8 @@
 //! Containment (opt-in, `[respond]`): when a rule in `enforce` mode alerts,
-//! the alert's job (the agent passes its root and the processes below it, or,
-//! where that root is a shell, a supervisor or guarded, the alert's process
-//! and what it started) is contained for the TTL. Their pids go into the
+//! the alert's process and what it started are contained for the TTL, and
+//! for an alert on a job's total the whole job (the agent passes its root and
+//! the processes below it, unless that root is a shell, a supervisor or
+//! guarded). Their pids go into the
 //! kernel's `DENY_TGID` (new sockets refused; processes they fork later are
 //! added by the kernel), their sockets into `DENY` (egress packets dropped by
 //! the cgroup_skb programs; sockets found later join at each tick), and their
