@@ -477,6 +477,12 @@ pub fn run_child(cmd: &mut Command, timeout: Duration) -> Result<u32> {
     }
 }
 
+/// The word after the first `key` in `text` ("refused 20 for 4.0", "refused" -> "20"):
+/// how the workloads' progress lines are read.
+pub fn word_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.split_whitespace().skip_while(|w| *w != key).nth(1)
+}
+
 /// Try `f` until it succeeds or `timeout` passes (servers take a moment to listen).
 pub fn retry(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -109,7 +109,7 @@ print("resumed", flush=True)
     // ECONNABORTED from the send the abort woke (EPIPE if it came between sends).
     assert!(said.contains("aborted 103") || said.contains("aborted 32"), "the upload was not aborted: {said}");
     assert!(said.contains("resumed"), "the TTL did not let it go: {said} {}", String::from_utf8_lossy(&out.stderr));
-    let refused: u32 = said.split_whitespace().skip_while(|w| *w != "refused").nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let refused: u32 = word_after(&said, "refused").and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(refused > 0, "new sockets were not refused while contained: {said}");
     assert!(said.contains("helper 1 True"), "a helper started after the containment was not contained: {said}");
     assert_eq!(resumed, 1_000_000);
@@ -335,7 +335,7 @@ print("done", codes.count(0), "refused", codes.count(3), "cut", codes.count(4), 
     let out = Command::new("/usr/bin/python3").arg("-c").arg(&driver_py).process_group(0).stdin(std::process::Stdio::null()).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     let _ = sink.wait();
-    let received: u64 = std::fs::read_to_string(&sink_out).unwrap().split_whitespace().skip_while(|w| *w != "received").nth(1).and_then(|n| n.parse().ok()).unwrap();
+    let received: u64 = word_after(&std::fs::read_to_string(&sink_out).unwrap(), "received").and_then(|n| n.parse().ok()).unwrap();
     let recs = sluice.wait_for("the containment", Duration::from_secs(5), |r| !containments(r, "sluice.contain").is_empty()).unwrap();
     drop(sluice);
     let alert = alerts_of(&recs, "sluice.bulk_upload")[0].clone();
@@ -343,7 +343,7 @@ print("done", codes.count(0), "refused", codes.count(3), "cut", codes.count(4), 
     let driver = alert["sluice"]["job"]["pid"].clone();
     assert_eq!(c["sluice"]["containment"]["job"]["pid"], driver, "{c}");
     assert!(c["event"]["reason"].as_str().unwrap().contains(&format!("it and the rest of its job, under python3 (pid {driver})")), "{c}");
-    let refused: u32 = said.split_whitespace().skip_while(|w| *w != "refused").nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let refused: u32 = word_after(&said, "refused").and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(refused >= 20, "the driver's later children were not refused: {said} {}", String::from_utf8_lossy(&out.stderr));
     let after = received.saturating_sub(alert["sluice"]["bytes_out"].as_u64().unwrap());
     eprintln!("measured: {received} bytes arrived, {} counted at the job's alert, {after} after it; {said}", alert["sluice"]["bytes_out"]);

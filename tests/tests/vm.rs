@@ -337,7 +337,7 @@ fn check_containment(b: &str) {
     assert_eq!(contained["sluice"]["containment"]["aborted"], 1, "{b}: {contained}");
     assert!(recs.iter().any(|r| r["event"]["action"] == "sluice.contain.lift"), "{b}: never lifted:\n{said}");
     assert!(!said.contains("containment will not refuse"), "{b}: a containment hook did not attach:\n{said}");
-    let word = |w: &str| said.split_whitespace().skip_while(|x| *x != w).nth(1).unwrap_or("").to_string();
+    let word = |w: &str| sluice_tests::word_after(said, w).unwrap_or("").to_string();
     // Its send failed: EPERM from the LSM, or ECONNABORTED (EPIPE between sends) from the abort.
     let (errno, lsm) = (word("aborted"), b == "fentry");
     let want: &[&str] = if lsm { &["1", "103", "32"] } else { &["103", "32"] };
