@@ -399,22 +399,29 @@ fn attach_respond(ebpf: &mut Ebpf, attached: &mut Vec<String>, backend: Backend,
     if !lsm {
         return;
     }
-    let r = (|| -> Result<()> {
-        if preflight::bpf_lsm() == Some(false) {
-            bail!("the kernel does not run the BPF LSM (\"bpf\" is not in /sys/kernel/security/lsm; boot with lsm=...,bpf)");
-        }
-        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    let r = load_lsm(ebpf).and_then(|()| {
         for (name, hook) in LSM {
-            let p: &mut Lsm = program(ebpf, name)?;
-            p.load(hook, &btf).with_context(|| format!("loading lsm/{hook}"))?;
-            p.attach().with_context(|| format!("attaching lsm/{hook}"))?;
+            program::<Lsm>(ebpf, name)?.attach().with_context(|| format!("attaching lsm/{hook}"))?;
             attached.push(format!("lsm/{hook}"));
         }
         Ok(())
-    })();
+    });
     if let Err(e) = r {
         eprintln!("sluice: containment will not refuse a contained process's sends on sockets it already holds (its packets are still dropped): {e:#}");
     }
+}
+
+/// Load (the verifier runs) containment's BPF LSM programs, where the kernel
+/// runs the BPF LSM or cannot say (/sys/kernel/security not mounted).
+fn load_lsm(ebpf: &mut Ebpf) -> Result<()> {
+    if preflight::bpf_lsm() == Some(false) {
+        bail!("the kernel does not run the BPF LSM (\"bpf\" is not in /sys/kernel/security/lsm; boot with lsm=...,bpf)");
+    }
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    for (name, hook) in LSM {
+        program::<Lsm>(ebpf, name)?.load(hook, &btf).with_context(|| format!("loading lsm/{hook}"))?;
+    }
+    Ok(())
 }
 
 /// Owner-on-send for the cgroup backend (see `send_owner` in the eBPF crate).
@@ -619,18 +626,10 @@ pub fn probe_respond(config: &Config) -> Vec<(&'static str, Result<(), String>)>
         program::<CgroupSkb>(&mut ebpf, "skb_egress")?.load().context("loading cgroup_skb/skb_egress")
     });
     let refuse = program::<CgroupSock>(&mut ebpf, "deny_sock_create").and_then(|p| p.load().context("loading cgroup/deny_sock_create"));
-    let lsm = (|| -> Result<()> {
-        match preflight::bpf_lsm() {
-            Some(false) => bail!("the kernel does not run the BPF LSM (\"bpf\" is not in /sys/kernel/security/lsm)"),
-            None => eprintln!("sluice: /sys/kernel/security/lsm is not readable: whether the BPF LSM runs is not known"),
-            Some(true) => {}
-        }
-        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-        for (name, hook) in LSM {
-            program::<Lsm>(&mut ebpf, name)?.load(hook, &btf).with_context(|| format!("loading lsm/{hook}"))?;
-        }
-        Ok(())
-    })();
+    if preflight::bpf_lsm().is_none() {
+        eprintln!("sluice: /sys/kernel/security/lsm is not readable: whether the BPF LSM runs is not known");
+    }
+    let lsm = load_lsm(&mut ebpf);
     vec![
         ("drop a contained socket's packets (cgroup_skb egress)", text(drop)),
         ("refuse its new sockets (cgroup sock_create)", text(refuse)),

@@ -117,7 +117,7 @@ fn set_timeout(sock: &Socket) -> Result<()> {
 /// false: its details back) or SOCK_DESTROY (the same body under the other
 /// message type, asking for an acknowledgement).
 pub fn request(destroy: bool, seq: u32, cookie: u64, t: &Tuple) -> Vec<u8> {
-    let (local, remote) = (unmapped(t.local.ip()), unmapped(t.remote.ip()));
+    let (local, remote) = (t.local.ip().to_canonical(), t.remote.ip().to_canonical());
     let family = if local.is_ipv4() && remote.is_ipv4() { AF_INET } else { AF_INET6 };
     let (local, remote) = match family {
         AF_INET => (local, remote),
@@ -218,13 +218,6 @@ fn socket_cookie(s: &std::net::TcpStream) -> Result<u64> {
         return Err(std::io::Error::last_os_error()).context("reading a socket cookie (SO_COOKIE)");
     }
     Ok(cookie)
-}
-
-fn unmapped(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 fn to_v6(ip: IpAddr) -> std::net::Ipv6Addr {
