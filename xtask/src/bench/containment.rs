@@ -98,17 +98,6 @@ fn one_cut(b: &Bins, tool: &Path, cfg: &Path) -> Result<(u64, f64, u64)> {
     Ok((arrived.saturating_sub(at_alert), ms, arrived))
 }
 
-/// id -> (name, translated bytes) of every loaded program.
-fn xlated() -> Result<HashMap<u64, (String, u64)>> {
-    let out = Command::new("bpftool").args(["prog", "show", "-j"]).output().context("running bpftool")?;
-    let v: Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
-    Ok(v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| Some((p["id"].as_u64()?, (p["name"].as_str().unwrap_or("?").to_string(), p["bytes_xlated"].as_u64().unwrap_or(0)))))
-        .collect())
-}
-
 /// The cgroup programs' translated size and ns per run, containment off and
 /// enforcing, under 1 s of 64 KiB loopback writes per repetition.
 fn cost(b: &Bins, plan: Plan) -> Result<Vec<CostRow>> {
@@ -116,9 +105,9 @@ fn cost(b: &Bins, plan: Plan) -> Result<Vec<CostRow>> {
     let mut rows: Vec<CostRow> = Vec::new();
     for mode in ["off", "enforce"] {
         println!("xtask bench: containment's per-program cost, containment {mode}");
-        let before: HashSet<u64> = xlated()?.keys().copied().collect();
+        let before: HashSet<u64> = prog_stats()?.keys().copied().collect();
         let sluice = b.sluice(&["--config", config(b, mode)?.to_str().unwrap()])?;
-        let mine: HashMap<u64, (String, u64)> = xlated()?.into_iter().filter(|(id, _)| !before.contains(id)).collect();
+        let mine: HashMap<u64, ProgStat> = prog_stats()?.into_iter().filter(|(id, _)| !before.contains(id)).collect();
         for _ in 0..plan.reps {
             let s0 = prog_stats()?;
             let port = free_port();
@@ -126,15 +115,16 @@ fn cost(b: &Bins, plan: Plan) -> Result<Vec<CostRow>> {
             b.output(&b.benchload, &["stream", "127.0.0.1", &port.to_string(), "65536", "1"])?;
             sink.wait_line("received", Duration::from_secs(30))?;
             let s1 = prog_stats()?;
-            for (id, (name, size)) in &mine {
-                let (Some((_, rt1, n1)), Some((_, rt0, n0))) = (s1.get(id), s0.get(id)) else { continue };
-                if n1 - n0 < 1.0 || !name.starts_with("skb_") && !name.starts_with("sock_create") && !name.starts_with("connect4") {
+            for (id, ProgStat { name, xlated, .. }) in &mine {
+                let (Some(p1), Some(p0)) = (s1.get(id), s0.get(id)) else { continue };
+                let runs = p1.run_cnt - p0.run_cnt;
+                if runs < 1.0 || !name.starts_with("skb_") && !name.starts_with("sock_create") && !name.starts_with("connect4") {
                     continue;
                 }
-                let ns = (rt1 - rt0) / (n1 - n0);
+                let ns = (p1.run_time_ns - p0.run_time_ns) / runs;
                 match rows.iter_mut().find(|r| r.mode == mode && &r.name == name) {
                     Some(r) => r.ns.push(ns),
-                    None => rows.push(CostRow { name: name.clone(), mode, xlated: *size, ns: vec![ns] }),
+                    None => rows.push(CostRow { name: name.clone(), mode, xlated: *xlated, ns: vec![ns] }),
                 }
             }
         }

@@ -3,22 +3,32 @@
 
 use super::*;
 
-/// id -> (name, run_time_ns, run_cnt) of every loaded program.
-pub(super) fn prog_stats() -> Result<HashMap<u64, (String, f64, f64)>> {
+/// One loaded program, as `bpftool prog show` reports it.
+pub(super) struct ProgStat {
+    pub(super) name: String,
+    pub(super) run_time_ns: f64,
+    pub(super) run_cnt: f64,
+    /// Translated (post-verifier) code size.
+    pub(super) xlated: u64,
+}
+
+/// id -> stats of every loaded program.
+pub(super) fn prog_stats() -> Result<HashMap<u64, ProgStat>> {
     let out = Command::new("bpftool").args(["prog", "show", "-j"]).output().context("running bpftool")?;
     let v: Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
     Ok(v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| {
-                    Some((
-                        p["id"].as_u64()?,
-                        (p["name"].as_str().unwrap_or("?").to_string(), p["run_time_ns"].as_f64().unwrap_or(0.0), p["run_cnt"].as_f64().unwrap_or(0.0)),
-                    ))
-                })
-                .collect()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let stat = ProgStat {
+                name: p["name"].as_str().unwrap_or("?").to_string(),
+                run_time_ns: p["run_time_ns"].as_f64().unwrap_or(0.0),
+                run_cnt: p["run_cnt"].as_f64().unwrap_or(0.0),
+                xlated: p["bytes_xlated"].as_u64().unwrap_or(0),
+            };
+            Some((p["id"].as_u64()?, stat))
         })
-        .unwrap_or_default())
+        .collect())
 }
 
 /// The floor (empty program of the same type) for each of sluice's programs.
@@ -63,7 +73,7 @@ pub(super) fn bpf_cost(b: &Bins, plan: Plan) -> Result<Vec<ProgRow>> {
             }
             b.output(&b.benchload, &["spawn", "500", "/bin/true"])?;
             let s1 = prog_stats()?;
-            for (id, (name, rt1, cnt1)) in &s1 {
+            for (id, ProgStat { name, run_time_ns: rt1, run_cnt: cnt1, .. }) in &s1 {
                 let label = if mine.contains(id) {
                     if who == Sensor::Sluice { "sluice" } else { "bpftrace" }
                 } else if floors.contains(id) {
@@ -71,7 +81,7 @@ pub(super) fn bpf_cost(b: &Bins, plan: Plan) -> Result<Vec<ProgRow>> {
                 } else {
                     continue;
                 };
-                let (rt0, cnt0) = s0.get(id).map(|(_, r, c)| (*r, *c)).unwrap_or((0.0, 0.0));
+                let (rt0, cnt0) = s0.get(id).map(|p| (p.run_time_ns, p.run_cnt)).unwrap_or((0.0, 0.0));
                 if cnt1 - cnt0 < 1.0 {
                     continue;
                 }
